@@ -1,0 +1,174 @@
+//! The one configuration type: every setting is a CLI flag with an environment-variable
+//! twin (the indexer's names where they mean the same thing, SPEC §5) and a documented
+//! default, so `oip-media --help` is enough to run the service.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Parses a duration given in whole seconds or with a unit (`500ms`, `10s`, `2m`, `1h`).
+///
+/// Hand-written because it is six lines and every duration flag shares it; a crate for
+/// this would add a dependency for less code than its glue.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration (try 30s, 500ms, 5m)"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{raw}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    }
+}
+
+/// Parses a byte size: a plain number of bytes or one with a binary suffix (`64KiB`, `512MiB`, `2GiB`).
+pub fn parse_bytes(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a size (try 65536, 64KiB, 512MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("`{raw}`: unknown unit `{other}` (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{raw}` is too large"))
+}
+
+/// Every setting of the service. Built by clap from flags and environment variables in
+/// `main`, or by tests and benches with [`Config::for_media_dir`] and plain field updates.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "oip-media", version, about = "Media service for the OIP indexer: memory-mapped, zero-copy GIF serving and a 404-caching GUN relay companion.")]
+pub struct Config {
+    // ---------------------------------------------------------------- listening
+    /// Address to bind. Loopback by default: the service is meant to sit behind the
+    /// indexer's proxy or a front proxy.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// TCP port to listen on (0 picks a free port; the chosen one is logged).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Worker threads of the runtime (0 = one per available core).
+    #[arg(long, env = "WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    // ---------------------------------------------------------------- connections
+    /// Most open client connections. Past it the service stops accepting and new
+    /// connections wait in the kernel's backlog, so descriptors and per-connection memory
+    /// stay bounded whatever arrives.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a complete request head once it has sent its first byte.
+    /// Defeats slowloris clients that trickle header bytes.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Time an idle keep-alive connection (nothing in flight, nothing sent) is kept open.
+    /// Also closes connections that are opened and never used.
+    #[arg(long, env = "KEEP_ALIVE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub keep_alive_timeout: Duration,
+
+    /// A client that accepts no response bytes for this long is dropped and its limiter
+    /// permit released. A GIF of 2 MB over a 256 kbit/s phone link never stalls this long.
+    #[arg(long, env = "WRITE_STALL_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub write_stall_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long responses under way may take to finish before the
+    /// process exits anyway.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    // ---------------------------------------------------------------- media roots
+    /// The media root (the indexer's `data/media`): `/media/<project>/<file>` is served
+    /// from its `web/` folder. Defaults to the bundled sample media.
+    #[arg(long, env = "MEDIA_DIR", default_value = default_media_dir())]
+    pub media_dir: PathBuf,
+
+    /// Largest file the service maps and serves; larger files answer 404 and are logged.
+    /// 512 MiB is far above any GIF and keeps a hostile or corrupt file from pinning
+    /// gigabytes of address space.
+    #[arg(long, env = "MAX_FILE_SIZE", default_value = "512MiB", value_parser = parse_bytes)]
+    pub max_file_size: u64,
+
+    // ---------------------------------------------------------------- mapping cache
+    /// Most mappings kept open in the cache. A mapping holds no file descriptor, only
+    /// address space and a little bookkeeping, so this can be generous.
+    #[arg(long, env = "MAP_CACHE_ENTRIES", default_value_t = 16_384)]
+    pub map_cache_entries: usize,
+
+    /// Most bytes of files kept mapped by the cache (responses under way may keep an
+    /// evicted mapping alive until they finish). Mapped pages are page cache, reclaimable
+    /// by the kernel, so this bounds address space rather than memory.
+    #[arg(long, env = "MAP_CACHE_BYTES", default_value = "8GiB", value_parser = parse_bytes)]
+    pub map_cache_bytes: u64,
+
+    /// Size of each chunk the response body hands to hyper. The body yields the next
+    /// chunk only when the socket has taken the last, so this (times two, for hyper's
+    /// queue) is what a slow reader pins: references into the mapping, never copies.
+    #[arg(long, env = "BODY_CHUNK_SIZE", default_value = "256KiB", value_parser = parse_bytes)]
+    pub body_chunk_size: u64,
+}
+
+fn default_media_dir() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/media")
+}
+
+impl Config {
+    /// A configuration with every default, serving `media_dir`, listening on an
+    /// ephemeral loopback port: what tests and benches start from.
+    pub fn for_media_dir(media_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Config::parse_from(["oip-media"]);
+        config.media_dir = media_dir.into();
+        config.port = 0;
+        config.bind = IpAddr::from([127, 0, 0, 1]);
+        config
+    }
+
+    /// The folder `/media/<project>/<file>` is served from.
+    pub fn web_root(&self) -> PathBuf {
+        self.media_dir.join("web")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("64KiB"), Ok(65_536));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::for_media_dir("/tmp/x");
+        assert_eq!(c.web_root(), PathBuf::from("/tmp/x/web"));
+        assert_eq!(c.port, 0);
+    }
+}

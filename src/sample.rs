@@ -1,0 +1,1 @@
+//! Sample GIF generation (placeholder; see issue 2).
