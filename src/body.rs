@@ -137,7 +137,7 @@ mod tests {
     async fn yields_bounded_chunks_in_order() {
         let data = Bytes::from((0..=255u8).cycle().take(1000).collect::<Vec<_>>());
         let body = Body::from_segments(vec![data.slice(0..700), data.slice(700..)], 256);
-        assert_eq!(body.size_hint().exact(), Some(1000));
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(1000));
         let mut body = body;
         let mut sizes = Vec::new();
         let mut all = Vec::new();
