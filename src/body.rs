@@ -165,13 +165,21 @@ mod tests {
         let _ = body.frame().await;
         assert_eq!(dropped.load(Ordering::SeqCst), 0, "held while bytes remain");
         assert!(body.frame().await.is_none());
-        assert_eq!(dropped.load(Ordering::SeqCst), 1, "released at end of stream");
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            1,
+            "released at end of stream"
+        );
 
         let mut aborted = Body::full(vec![0u8; 10_000]);
         aborted.attach(CountOnDrop(dropped.clone()));
         let _ = aborted.frame().await;
         drop(aborted);
-        assert_eq!(dropped.load(Ordering::SeqCst), 2, "released when dropped mid-stream");
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            2,
+            "released when dropped mid-stream"
+        );
     }
 
     #[test]

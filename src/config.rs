@@ -23,7 +23,9 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{raw}`: unknown unit `{unit}` (use ms, s, m or h)")),
+        _ => Err(format!(
+            "`{raw}`: unknown unit `{unit}` (use ms, s, m or h)"
+        )),
     }
 }
 
@@ -40,15 +42,24 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
         "K" | "KiB" | "k" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
-        other => return Err(format!("`{raw}`: unknown unit `{other}` (use KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "`{raw}`: unknown unit `{other}` (use KiB, MiB or GiB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{raw}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{raw}` is too large"))
 }
 
 /// Every setting of the service. Built by clap from flags and environment variables in
 /// `main`, or by tests and benches with [`Config::for_media_dir`] and plain field updates.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "oip-media", version, about = "Media service for the OIP indexer: memory-mapped, zero-copy GIF serving and a 404-caching GUN relay companion.")]
+#[command(
+    name = "oip-media",
+    version,
+    about = "Media service for the OIP indexer: memory-mapped, zero-copy GIF serving and a 404-caching GUN relay companion."
+)]
 pub struct Config {
     // ---------------------------------------------------------------- listening
     /// Address to bind. Loopback by default: the service is meant to sit behind the

@@ -1,10 +1,20 @@
 //! oip-media: the media service that takes over byte-serving routes from the OIP indexer.
 //!
 //! Data flows one way: `routes` → `http` (pure RFC decisions) → `store` (mapped files) →
-//! `body` (bounded zero-copy chunks). `server` owns sockets and connection limits.
+//! `body` (bounded zero-copy chunks). `server` owns sockets, connection limits and
+//! shutdown; `app` builds the shared state from the one [`Config`].
 
+pub mod app;
 pub mod body;
 pub mod config;
+pub mod error;
+pub mod http;
+pub mod routes;
 pub mod sample;
+pub mod server;
+pub mod store;
 
+pub use app::App;
 pub use config::Config;
+pub use error::StartError;
+pub use server::{RunningServer, start};

@@ -1,0 +1,35 @@
+//! Errors that stop the service from starting. Request-time errors never escape a
+//! handler: they become responses where they happen.
+
+use std::path::PathBuf;
+
+/// Why the service could not start. Each variant names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A media root is missing or unreadable.
+    #[error("{option}: media root {path} is not usable: {source}")]
+    MediaRoot {
+        /// The flag / environment variable that set it.
+        option: &'static str,
+        /// The path as configured.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// The listening socket could not be set up.
+    #[error("--bind/--port: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A setting has a value the service cannot work with.
+    #[error("{option}: {message}")]
+    InvalidSetting {
+        /// The flag / environment variable.
+        option: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}

@@ -1,0 +1,135 @@
+//! Builds the response for a mapped file from an [`http::FileOutcome`] — the second half
+//! of "decide, then build". Shared by every route that sends file bytes, so they all get
+//! the same ranges, preconditions and headers.
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+
+use crate::body::Body;
+use crate::http::conditional::EntityTag;
+use crate::http::{self as rfc, FileOutcome, Validators, multipart};
+use crate::store::MappedFile;
+
+/// How one route describes its files.
+#[derive(Debug, Clone)]
+pub struct FileHeaders {
+    /// `Content-Type` of the representation.
+    pub content_type: HeaderValue,
+    /// `Cache-Control` (also sent on 304).
+    pub cache_control: HeaderValue,
+    /// The entity tag.
+    pub etag: EntityTag,
+    /// Route-specific extras (e.g. `Content-Disposition`, `Vary`), sent on 200/206/304.
+    pub extra: HeaderMap,
+}
+
+/// Answers GET or HEAD for `file`. HEAD gets GET's headers and no body, and never
+/// touches the file's bytes.
+pub fn respond(
+    method: &Method,
+    request_headers: &HeaderMap,
+    file: &MappedFile,
+    describe: FileHeaders,
+    chunk: usize,
+) -> Response<Body> {
+    let len = file.len();
+    let validators = Validators {
+        etag: &describe.etag,
+        last_modified: file.modified,
+    };
+    let outcome = rfc::decide(method, request_headers, len, validators);
+    let head = method == Method::HEAD;
+
+    let (status, body_segments, content_len, content_type, content_range) = match outcome {
+        FileOutcome::Full => (
+            StatusCode::OK,
+            vec![file.bytes.clone()],
+            len,
+            describe.content_type.clone(),
+            None,
+        ),
+        FileOutcome::Partial(range) => (
+            StatusCode::PARTIAL_CONTENT,
+            // `decide` clamps ranges to the file, so the slice is in bounds.
+            vec![file.bytes.slice(range.start as usize..=range.end as usize)],
+            range.len(),
+            describe.content_type.clone(),
+            Some(range.content_range(len)),
+        ),
+        FileOutcome::Multipart(ranges) => {
+            let part_type = describe
+                .content_type
+                .to_str()
+                .unwrap_or("application/octet-stream");
+            let parts = multipart::byteranges(
+                &file.bytes,
+                len,
+                &ranges,
+                part_type,
+                &multipart::new_boundary(),
+            );
+            let content_type = HeaderValue::from_str(&parts.content_type)
+                .unwrap_or_else(|_| HeaderValue::from_static("multipart/byteranges"));
+            (
+                StatusCode::PARTIAL_CONTENT,
+                parts.segments,
+                parts.len,
+                content_type,
+                None,
+            )
+        }
+        FileOutcome::NotModified => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            validator_headers(response.headers_mut(), file, &describe);
+            return response;
+        }
+        FileOutcome::PreconditionFailed => {
+            return super::json_error(StatusCode::PRECONDITION_FAILED, "Precondition failed");
+        }
+        FileOutcome::RangeNotSatisfiable => {
+            let mut response =
+                super::json_error(StatusCode::RANGE_NOT_SATISFIABLE, "Range not satisfiable");
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return response;
+        }
+    };
+
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from_segments(body_segments, chunk)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    validator_headers(headers, file, &describe);
+    headers.insert(header::CONTENT_TYPE, content_type);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content_len));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(range) = content_range.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        headers.insert(header::CONTENT_RANGE, range);
+    }
+    response
+}
+
+/// Headers a cache needs on 200, 206 and 304 alike (RFC 9110 §15.4.5).
+fn validator_headers(headers: &mut HeaderMap, file: &MappedFile, describe: &FileHeaders) {
+    headers.insert(header::ETAG, describe.etag.to_header_value());
+    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(file.modified)) {
+        headers.insert(header::LAST_MODIFIED, date);
+    }
+    headers.insert(header::CACHE_CONTROL, describe.cache_control.clone());
+    for (name, value) in &describe.extra {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// `Content-Type` by file extension, case-insensitively; unknown → octet-stream.
+pub fn content_type_for(path: &std::path::Path) -> HeaderValue {
+    let guess = mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
+    HeaderValue::from_static(guess)
+}

@@ -1,0 +1,58 @@
+//! `GET|HEAD /media/<project>/<file>`: the exercise-GIF route (SPEC §1A), served from
+//! `MEDIA_DIR/web` with the indexer's headers and none of its defects.
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+
+use super::file_response::{self, FileHeaders};
+use crate::app::AppState;
+use crate::body::Body;
+use crate::http::conditional::EntityTag;
+use crate::http::path::safe_relative_path;
+use crate::store::StoreError;
+
+/// Path prefix of this route.
+pub const PREFIX: &str = "/media/";
+
+/// The GIFs never change under a name (new content gets a new file name), so a year and
+/// `immutable`, exactly as the indexer sent.
+const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+
+/// Answers one `/media/…` request.
+pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        return super::method_not_allowed("GET, HEAD, OPTIONS");
+    }
+    let tail = request
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .unwrap_or_default();
+    let relative = match safe_relative_path(tail) {
+        Ok(relative) => relative,
+        Err(reason) => {
+            tracing::debug!(path = request.uri().path(), %reason, "refused media path");
+            return super::not_found();
+        }
+    };
+    let file = match state.store.open(&state.web_root, &relative) {
+        Ok(file) => file,
+        Err(StoreError::NotFound) => return super::not_found(),
+        Err(error @ StoreError::TooLarge { .. }) => {
+            tracing::warn!(path = %relative.display(), %error, "not serving file");
+            return super::not_found();
+        }
+        Err(error) => {
+            tracing::error!(path = %relative.display(), %error, "cannot serve file");
+            return super::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
+        }
+    };
+    let describe = FileHeaders {
+        content_type: file_response::content_type_for(&relative),
+        cache_control: HeaderValue::from_static(CACHE_CONTROL),
+        etag: EntityTag::for_file(file.len(), file.mtime_ms()),
+        extra: HeaderMap::new(),
+    };
+    let chunk = usize::try_from(state.config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
+    file_response::respond(method, request.headers(), &file, describe, chunk)
+}
