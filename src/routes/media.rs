@@ -20,6 +20,9 @@ const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 /// Answers one `/media/…` request.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let method = request.method();
+    if method == Method::OPTIONS {
+        return super::options("GET, HEAD, OPTIONS");
+    }
     if method != Method::GET && method != Method::HEAD {
         return super::method_not_allowed("GET, HEAD, OPTIONS");
     }

@@ -54,3 +54,13 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
+
+/// 204 for `OPTIONS`, with `Allow` (CORS preflights get their headers from the CORS layer).
+pub fn options(allow: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
