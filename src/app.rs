@@ -2,14 +2,20 @@
 //! sends each request to its route family. Kept free of sockets so tests can call
 //! [`App::handle`] directly.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
+use tower::{Layer, ServiceExt};
 
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::StartError;
+use crate::limit::{BodyLimit, BodyLimitLayer, LimitSettings, Limiter};
 use crate::routes;
 
 /// Everything a handler may need, built once at start-up and shared by every connection.
@@ -20,12 +26,43 @@ pub struct AppState {
     pub store: crate::store::Store,
     /// The `/media/<project>/<file>` root (`MEDIA_DIR/web`), canonicalised at start-up.
     pub web_root: crate::store::Root,
+    /// The media concurrency limiter (its counters feed metrics).
+    pub limiter: Arc<Limiter>,
+    /// Connection counters, filled by the server's accept loop and sockets.
+    pub connections: Arc<crate::server::ConnCounters>,
 }
 
-/// The router. Cheap to clone (one `Arc`), one clone per connection.
+/// The router. Cheap to clone (two `Arc`s), one clone per connection.
 #[derive(Clone)]
 pub struct App {
     state: Arc<AppState>,
+    /// Every route that sends file bytes, behind the body-lifetime limiter.
+    media: BodyLimit<MediaRoutes>,
+}
+
+/// The byte-serving routes as one tower service, so a single [`BodyLimitLayer`] guards
+/// them all while health, metrics and GUN routes stay outside it.
+#[derive(Clone)]
+pub struct MediaRoutes {
+    state: Arc<AppState>,
+}
+
+impl<B> tower::Service<Request<B>> for MediaRoutes
+where
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        Box::pin(async move { Ok(routes::media::handle(&state, request).await) })
+    }
 }
 
 impl App {
@@ -41,13 +78,23 @@ impl App {
                 source,
             }
         })?;
-        Ok(App {
-            state: Arc::new(AppState {
-                config,
-                store,
-                web_root,
-            }),
-        })
+        let limiter = Arc::new(Limiter::new(LimitSettings {
+            max_in_flight: config.max_in_flight,
+            max_queue: config.max_queue,
+            queue_timeout: config.queue_timeout,
+            retry_after_secs: 1,
+        }));
+        let state = Arc::new(AppState {
+            config,
+            store,
+            web_root,
+            limiter: Arc::clone(&limiter),
+            connections: Arc::default(),
+        });
+        let media = BodyLimitLayer::new(limiter).layer(MediaRoutes {
+            state: Arc::clone(&state),
+        });
+        Ok(App { state, media })
     }
 
     /// The shared state (for tests and for components that report on it).
@@ -62,8 +109,11 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = request.uri().path();
-        let mut response = if path.starts_with("/media/") {
-            routes::media::handle(&self.state, request).await
+        let mut response = if path.starts_with(routes::media::PREFIX) {
+            match self.media.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
         } else {
             routes::not_found()
         };

@@ -102,6 +102,24 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    // ---------------------------------------------------------------- media limiter
+    /// Media response bodies in flight at once. A body in flight costs a few hundred KB of
+    /// kernel socket buffer and a couple of chunk references here (never a copy of the
+    /// file), so the bound is about fairness and kernel memory: 512 GIFs in flight is
+    /// several times the indexer's peak, and still far from the connection cap.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+
+    /// Media requests allowed to wait for a slot when all are taken; past it requests are
+    /// shed at once with 503 and `Retry-After`.
+    #[arg(long, env = "MAX_QUEUE", default_value_t = 512)]
+    pub max_queue: usize,
+
+    /// Longest a media request waits for a slot before it is shed with 503. Short on
+    /// purpose: a browser retrying in a second does better than one waiting in a line.
+    #[arg(long, env = "QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub queue_timeout: Duration,
+
     // ---------------------------------------------------------------- media roots
     /// The media root (the indexer's `data/media`): `/media/<project>/<file>` is served
     /// from its `web/` folder. Defaults to the bundled sample media.

@@ -8,6 +8,7 @@ pub mod timed_io;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::config::Config;
 use crate::error::StartError;
+pub use timed_io::ConnCounters;
 use timed_io::{ConnActivity, TimedIo, Timeouts};
 
 /// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -113,6 +115,7 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
         keep_alive: config.keep_alive_timeout,
         write_stall: config.write_stall_timeout,
     };
+    let counters = Arc::clone(&app.state().connections);
     let graceful = GracefulShutdown::new();
     let builder = http1_builder();
     tokio::pin!(shutdown);
@@ -139,9 +142,16 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
             },
             () = &mut shutdown => break,
         };
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        counters.open.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(ConnActivity::default());
-        let io = TokioIo::new(TimedIo::new(stream, Arc::clone(&activity), timeouts));
+        let io = TokioIo::new(TimedIo::new(
+            stream,
+            Arc::clone(&activity),
+            timeouts,
+            Arc::clone(&counters),
+        ));
         let conn_app = app.clone();
         let service = service_fn(move |request| {
             // Begin before the future runs: the socket must see "busy" as soon as the
@@ -155,10 +165,12 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
             }
         });
         let watched = graceful.watch(builder.serve_connection(io, service));
+        let counters = Arc::clone(&counters);
         tokio::spawn(async move {
             if let Err(error) = watched.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            counters.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
     }

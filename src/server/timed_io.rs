@@ -30,6 +30,21 @@ pub struct Timeouts {
     pub write_stall: Duration,
 }
 
+/// Connection-level counters shared by every connection (they feed metrics).
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections closed because a request head took too long (or never came).
+    pub header_timeouts: AtomicU64,
+    /// Idle keep-alive connections closed.
+    pub idle_timeouts: AtomicU64,
+    /// Connections dropped because the client stopped reading the response.
+    pub stall_timeouts: AtomicU64,
+}
+
 /// What the connection's service tells its socket: how many requests are in flight, and
 /// how many have finished (so the socket knows when an idle period starts).
 #[derive(Debug, Default)]
@@ -74,6 +89,7 @@ pub struct TimedIo<T> {
     io: T,
     activity: Arc<ConnActivity>,
     timeouts: Timeouts,
+    counters: Arc<ConnCounters>,
     read_timer: Pin<Box<Sleep>>,
     // `finished` count when the current idle period started.
     seen_finished: u64,
@@ -87,12 +103,18 @@ pub struct TimedIo<T> {
 impl<T> TimedIo<T> {
     /// Wraps a freshly accepted socket. The first request must arrive within the
     /// header-read timeout: a connection opened and never used is a slowloris.
-    pub fn new(io: T, activity: Arc<ConnActivity>, timeouts: Timeouts) -> Self {
+    pub fn new(
+        io: T,
+        activity: Arc<ConnActivity>,
+        timeouts: Timeouts,
+        counters: Arc<ConnCounters>,
+    ) -> Self {
         let now = Instant::now();
         TimedIo {
             io,
             activity,
             timeouts,
+            counters,
             read_timer: Box::pin(tokio::time::sleep_until(now + timeouts.header_read)),
             seen_finished: 0,
             idle_since: now,
@@ -137,18 +159,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                     this.idle_since = Instant::now();
                     this.head_started = None;
                 }
-                let (deadline, what) = match this.head_started {
-                    Some(start) => (start + this.timeouts.header_read, "request head timed out"),
+                let (deadline, what, counter) = match this.head_started {
+                    Some(start) => (
+                        start + this.timeouts.header_read,
+                        "request head timed out",
+                        &this.counters.header_timeouts,
+                    ),
                     None => (
                         this.idle_since + this.timeouts.keep_alive,
                         "keep-alive idle timeout",
+                        &this.counters.idle_timeouts,
                     ),
                 };
                 if this.read_timer.deadline() != deadline {
                     this.read_timer.as_mut().reset(deadline);
                 }
                 match this.read_timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(timed_out(what))),
+                    Poll::Ready(()) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        Poll::Ready(Err(timed_out(what)))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -176,7 +206,10 @@ impl<T: AsyncWrite + Unpin> TimedIo<T> {
                     self.write_timer.as_mut().reset(deadline);
                 }
                 match self.write_timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(timed_out("client stopped reading"))),
+                    Poll::Ready(()) => {
+                        self.counters.stall_timeouts.fetch_add(1, Ordering::Relaxed);
+                        Poll::Ready(Err(timed_out("client stopped reading")))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -239,7 +272,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_connection_times_out_after_header_timeout() {
         let (client, server) = tokio::io::duplex(64);
-        let mut io = TimedIo::new(server, Arc::default(), timeouts());
+        let mut io = TimedIo::new(server, Arc::default(), timeouts(), Arc::default());
         let started = Instant::now();
         let mut buf = [0u8; 8];
         let err = io.read(&mut buf).await.unwrap_err();
@@ -252,7 +285,7 @@ mod tests {
     async fn idle_after_response_uses_keep_alive_timeout() {
         let (mut client, server) = tokio::io::duplex(64);
         let activity = Arc::new(ConnActivity::default());
-        let mut io = TimedIo::new(server, activity.clone(), timeouts());
+        let mut io = TimedIo::new(server, activity.clone(), timeouts(), Arc::default());
         client.write_all(b"GET").await.unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 3);
@@ -268,7 +301,7 @@ mod tests {
     async fn busy_connection_is_not_read_timed_out() {
         let (mut client, server) = tokio::io::duplex(64);
         let activity = Arc::new(ConnActivity::default());
-        let mut io = TimedIo::new(server, activity.clone(), timeouts());
+        let mut io = TimedIo::new(server, activity.clone(), timeouts(), Arc::default());
         let token = activity.begin();
         let read = tokio::spawn(async move {
             let mut buf = [0u8; 8];
@@ -287,7 +320,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stalled_writer_times_out() {
         let (_client, server) = tokio::io::duplex(16);
-        let mut io = TimedIo::new(server, Arc::default(), timeouts());
+        let mut io = TimedIo::new(server, Arc::default(), timeouts(), Arc::default());
         let started = Instant::now();
         let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);

@@ -36,17 +36,26 @@ pub fn media_root() -> tempfile::TempDir {
 }
 
 /// Starts a server over `media` with `tweak` applied to the default test config.
-pub async fn start_with(media: tempfile::TempDir, tweak: impl FnOnce(&mut oip_media::Config)) -> TestServer {
+pub async fn start_with(
+    media: tempfile::TempDir,
+    tweak: impl FnOnce(&mut oip_media::Config),
+) -> TestServer {
     let mut config = oip_media::Config::for_media_dir(media.path());
     tweak(&mut config);
     let server = oip_media::start(config).await.expect("server starts");
     let addr = server.local_addr();
-    TestServer { server, addr, media }
+    TestServer {
+        server,
+        addr,
+        media,
+    }
 }
 
 /// Deterministic pseudo-random bytes, so range bodies can be compared exactly.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
 }
 
 pub fn write_file(path: &Path, bytes: &[u8]) {
@@ -79,7 +88,12 @@ impl RawResponse {
 
 /// Sends `method path` with extra header lines and `Connection: close`, reads the whole
 /// answer. HEAD answers are read without a body.
-pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> RawResponse {
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
     let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (k, v) in headers {
         text.push_str(&format!("{k}: {v}\r\n"));
@@ -101,20 +115,36 @@ pub async fn get(addr: SocketAddr, path: &str) -> RawResponse {
 
 /// Parses one response; checks Content-Length against the body it read.
 pub fn parse(raw: &[u8], head: bool) -> RawResponse {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of head");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of head");
     let head_text = std::str::from_utf8(&raw[..end]).expect("utf8 head");
     let mut lines = head_text.split("\r\n");
     let status_line = lines.next().expect("status line");
-    let status = status_line.split(' ').nth(1).expect("status").parse().expect("numeric status");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("numeric status");
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
     let body = raw[end + 4..].to_vec();
-    let response = RawResponse { status, headers, body };
+    let response = RawResponse {
+        status,
+        headers,
+        body,
+    };
     if !head && status != 304 {
         if let Some(len) = response.header("content-length") {
-            assert_eq!(len.parse::<usize>().expect("length"), response.body.len(), "Content-Length matches body");
+            assert_eq!(
+                len.parse::<usize>().expect("length"),
+                response.body.len(),
+                "Content-Length matches body"
+            );
         }
     } else {
         assert!(response.body.is_empty(), "no body for HEAD/304");
