@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -51,6 +52,9 @@ pub struct ConnCounters {
 pub struct ConnActivity {
     in_flight: AtomicUsize,
     finished: AtomicU64,
+    // The reader parked while a request was in flight: woken when it ends so the idle
+    // deadline gets armed even if the client sends nothing more.
+    reader: AtomicWaker,
 }
 
 impl ConnActivity {
@@ -79,6 +83,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.finished.fetch_add(1, Ordering::AcqRel);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.reader.wake();
     }
 }
 
@@ -150,7 +155,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 if this.activity.busy() {
-                    return Poll::Pending;
+                    this.activity.reader.register(cx.waker());
+                    // Re-check: the request may have ended between the load and the
+                    // registration, and then nobody would wake us.
+                    if this.activity.busy() {
+                        return Poll::Pending;
+                    }
                 }
                 let finished = this.activity.finished();
                 if finished != this.seen_finished {
@@ -315,6 +325,24 @@ mod tests {
         client.write_all(b"x").await.unwrap();
         assert_eq!(read.await.unwrap().unwrap(), 1);
         drop(token);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reader_parked_while_busy_arms_idle_deadline_when_request_ends() {
+        let (_client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(ConnActivity::default());
+        let mut io = TimedIo::new(server, activity.clone(), timeouts(), Arc::default());
+        let token = activity.begin();
+        let read = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            io.read(&mut buf).await
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let ended = Instant::now();
+        drop(token);
+        let err = read.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(ended.elapsed(), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
