@@ -43,7 +43,9 @@ impl Options {
     fn from_env() -> Options {
         let var = |k: &str| std::env::var(k).ok();
         let num = |k: &str, d: u64| var(k).and_then(|v| v.parse().ok()).unwrap_or(d);
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let workers = num("BENCH_WORKERS", (cores / 2).max(1) as u64) as usize;
         Options {
             files: num("BENCH_FILES", 1000) as usize,
@@ -73,13 +75,24 @@ struct Rss {
 fn rss_of(pid: u32) -> Rss {
     let mut pids = vec![pid];
     if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        pids.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     let mut total = Rss::default();
     for p in pids {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else { continue };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else {
+            continue;
+        };
         for line in status.lines() {
-            let value = || line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let value = || {
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
             if line.starts_with("RssAnon:") {
                 total.anon_kib += value();
             } else if line.starts_with("RssFile:") {
@@ -112,7 +125,11 @@ impl Sampler {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Sampler { stop, samples, thread: Some(thread) }
+        Sampler {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
     }
 
     fn finish(mut self) -> Vec<(Duration, Rss)> {
@@ -148,7 +165,9 @@ impl Drop for ServerProc {
 }
 
 fn free_port() -> BenchResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn wait_listening(addr: SocketAddr) -> BenchResult<()> {
@@ -162,7 +181,11 @@ fn wait_listening(addr: SocketAddr) -> BenchResult<()> {
     Err(format!("nothing listening on {addr}").into())
 }
 
-fn start_oip_media(media: &Path, workers: usize, env: &[(&str, String)]) -> BenchResult<ServerProc> {
+fn start_oip_media(
+    media: &Path,
+    workers: usize,
+    env: &[(&str, String)],
+) -> BenchResult<ServerProc> {
     let port = free_port()?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_oip-media"));
     cmd.env("MEDIA_DIR", media)
@@ -178,7 +201,12 @@ fn start_oip_media(media: &Path, workers: usize, env: &[(&str, String)]) -> Benc
     let child = cmd.spawn()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr)?;
-    Ok(ServerProc { name: "oip-media", child, addr, _scratch: None })
+    Ok(ServerProc {
+        name: "oip-media",
+        child,
+        addr,
+        _scratch: None,
+    })
 }
 
 fn start_nginx(media: &Path, workers: usize) -> BenchResult<ServerProc> {
@@ -207,7 +235,12 @@ fn start_nginx(media: &Path, workers: usize) -> BenchResult<ServerProc> {
         .spawn()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr)?;
-    Ok(ServerProc { name: "nginx", child, addr, _scratch: Some(scratch) })
+    Ok(ServerProc {
+        name: "nginx",
+        child,
+        addr,
+        _scratch: Some(scratch),
+    })
 }
 
 fn installed(program: &str) -> bool {
@@ -295,7 +328,13 @@ impl Generator {
         }
     }
 
-    fn run(&self, addr: SocketAddr, connections: usize, threads: usize, secs: u64) -> BenchResult<LoadResult> {
+    fn run(
+        &self,
+        addr: SocketAddr,
+        connections: usize,
+        threads: usize,
+        secs: u64,
+    ) -> BenchResult<LoadResult> {
         match self {
             Generator::Wrk { script, targets } => {
                 let out = Command::new("wrk")
@@ -313,7 +352,12 @@ impl Generator {
                 let line = text
                     .lines()
                     .find(|l| l.starts_with("RESULT "))
-                    .ok_or_else(|| format!("wrk printed no result: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "wrk printed no result: {text} {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        )
+                    })?;
                 let fields: HashMap<&str, u64> = line
                     .split_whitespace()
                     .skip(1)
@@ -339,8 +383,17 @@ impl Generator {
 
 /// The fallback load generator: `connections` keep-alive clients on `threads` OS
 /// threads (blocking sockets, one per client thread slot, round-robin), the same mix.
-fn rust_client(addr: SocketAddr, connections: usize, threads: usize, secs: u64, targets: &Arc<Vec<Target>>) -> BenchResult<LoadResult> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+fn rust_client(
+    addr: SocketAddr,
+    connections: usize,
+    threads: usize,
+    secs: u64,
+    targets: &Arc<Vec<Target>>,
+) -> BenchResult<LoadResult> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let results = runtime.block_on(async {
@@ -359,7 +412,10 @@ fn rust_client(addr: SocketAddr, connections: usize, threads: usize, secs: u64, 
     });
     let secs = started.elapsed().as_secs_f64();
     let mut latencies: Vec<u64> = Vec::new();
-    let mut out = LoadResult { secs, ..Default::default() };
+    let mut out = LoadResult {
+        secs,
+        ..Default::default()
+    };
     for (lat, bytes, socket_errors, status_errors) in results {
         out.requests += lat.len() as u64;
         latencies.extend(lat);
@@ -368,17 +424,28 @@ fn rust_client(addr: SocketAddr, connections: usize, threads: usize, secs: u64, 
         out.status_errors += status_errors;
     }
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     out.p50_us = pct(0.50);
     out.p99_us = pct(0.99);
     out.max_us = latencies.last().copied().unwrap_or(0);
     Ok(out)
 }
 
-async fn one_client(addr: SocketAddr, deadline: Instant, targets: &[Target], seed: u64) -> (Vec<u64>, u64, u64, u64) {
+async fn one_client(
+    addr: SocketAddr,
+    deadline: Instant,
+    targets: &[Target],
+    seed: u64,
+) -> (Vec<u64>, u64, u64, u64) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let mut rng = fastrand::Rng::with_seed(seed);
-    let (mut latencies, mut bytes, mut socket_errors, mut status_errors) = (Vec::new(), 0u64, 0u64, 0u64);
+    let (mut latencies, mut bytes, mut socket_errors, mut status_errors) =
+        (Vec::new(), 0u64, 0u64, 0u64);
     'connect: while Instant::now() < deadline {
         let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
             socket_errors += 1;
@@ -413,7 +480,11 @@ async fn one_client(addr: SocketAddr, deadline: Instant, targets: &[Target], see
                     Ok(n) => bytes += n as u64,
                 }
                 if status == 0 {
-                    status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    status = line
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
                 } else if line == "\r\n" {
                     break;
                 } else if let Some((k, v)) = line.split_once(':')
@@ -452,7 +523,13 @@ struct Measured {
     last: Rss,
 }
 
-fn measure(server: &ServerProc, generator: &Generator, connections: usize, threads: usize, secs: u64) -> BenchResult<(Measured, Vec<(Duration, Rss)>)> {
+fn measure(
+    server: &ServerProc,
+    generator: &Generator,
+    connections: usize,
+    threads: usize,
+    secs: u64,
+) -> BenchResult<(Measured, Vec<(Duration, Rss)>)> {
     let idle = rss_of(server.pid());
     let sampler = Sampler::start(server.pid());
     let load = generator.run(server.addr, connections, threads, secs)?;
@@ -462,12 +539,21 @@ fn measure(server: &ServerProc, generator: &Generator, connections: usize, threa
         file_kib: m.file_kib.max(r.file_kib),
     });
     let last = samples.last().map(|(_, r)| *r).unwrap_or(idle);
-    Ok((Measured { load, idle, peak, last }, samples))
+    Ok((
+        Measured {
+            load,
+            idle,
+            peak,
+            last,
+        },
+        samples,
+    ))
 }
 
 fn print_row(name: &str, connections: usize, m: &Measured) {
     let l = &m.load;
-    let per_stream = (m.peak.anon_kib.saturating_sub(m.idle.anon_kib)) as f64 * 1024.0 / connections as f64;
+    let per_stream =
+        (m.peak.anon_kib.saturating_sub(m.idle.anon_kib)) as f64 * 1024.0 / connections as f64;
     println!(
         "{name:<10} {connections:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>7} {:>9} {:>9} {:>9} {:>10.0}",
         l.rps(),
@@ -487,15 +573,35 @@ fn print_row(name: &str, connections: usize, m: &Measured) {
 fn header() {
     println!(
         "{:<10} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>9} {:>10}",
-        "server", "conns", "req/s", "MB/s", "p50 ms", "p99 ms", "max ms", "sockerr", "status", "anon0 KiB", "anonpk KiB", "filepk KiB", "anon B/strm"
+        "server",
+        "conns",
+        "req/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "sockerr",
+        "status",
+        "anon0 KiB",
+        "anonpk KiB",
+        "filepk KiB",
+        "anon B/strm"
     );
 }
 
-fn write_targets(dir: &Path, files: &[oip_media::sample::CorpusFile]) -> BenchResult<(PathBuf, Vec<Target>)> {
+fn write_targets(
+    dir: &Path,
+    files: &[oip_media::sample::CorpusFile],
+) -> BenchResult<(PathBuf, Vec<Target>)> {
     let mut targets = Vec::with_capacity(files.len());
     for f in files {
-        let modified = std::fs::metadata(&f.fs_path)?.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        targets.push(Target { path: f.url_path.clone(), last_modified: httpdate::fmt_http_date(modified) });
+        let modified = std::fs::metadata(&f.fs_path)?
+            .modified()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        targets.push(Target {
+            path: f.url_path.clone(),
+            last_modified: httpdate::fmt_http_date(modified),
+        });
     }
     let path = dir.join("targets.tsv");
     let mut out = std::fs::File::create(&path)?;
@@ -508,9 +614,14 @@ fn write_targets(dir: &Path, files: &[oip_media::sample::CorpusFile]) -> BenchRe
 fn main() -> BenchResult<()> {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let opts = Options::from_env();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     println!("# oip-media load benchmark");
-    println!("machine: {cores} cores; server workers: {}; load threads: {}", opts.workers, opts.client_threads);
+    println!(
+        "machine: {cores} cores; server workers: {}; load threads: {}",
+        opts.workers, opts.client_threads
+    );
 
     let corpus = tempfile::tempdir()?;
     let started = Instant::now();
@@ -535,16 +646,30 @@ fn main() -> BenchResult<()> {
     let generator = if installed("wrk") && !opts.force_rust_client {
         let script = corpus.path().join("mix.lua");
         std::fs::write(&script, WRK_SCRIPT)?;
-        Generator::Wrk { script, targets: targets_path }
+        Generator::Wrk {
+            script,
+            targets: targets_path,
+        }
     } else {
-        Generator::Rust { targets: Arc::new(targets) }
+        Generator::Rust {
+            targets: Arc::new(targets),
+        }
     };
     println!("load generator: {}", generator.name());
-    println!("request mix: 80% GET, 10% If-Modified-Since (304), 10% Range bytes=0-65535; uniform over the corpus");
+    println!(
+        "request mix: 80% GET, 10% If-Modified-Since (304), 10% Range bytes=0-65535; uniform over the corpus"
+    );
 
     let nginx_available = installed("nginx") && !opts.skip_nginx;
     if !nginx_available {
-        println!("nginx comparison: SKIPPED ({})", if opts.skip_nginx { "BENCH_SKIP_NGINX=1" } else { "nginx is not installed" });
+        println!(
+            "nginx comparison: SKIPPED ({})",
+            if opts.skip_nginx {
+                "BENCH_SKIP_NGINX=1"
+            } else {
+                "nginx is not installed"
+            }
+        );
     }
 
     // ---- throughput, side by side
@@ -553,13 +678,25 @@ fn main() -> BenchResult<()> {
     for &connections in &opts.connections {
         let oip = start_oip_media(corpus.path(), opts.workers, &[])?;
         let _ = generator.run(oip.addr, connections.min(64), opts.client_threads, 2)?; // warm-up
-        let (o, _) = measure(&oip, &generator, connections, opts.client_threads, opts.secs)?;
+        let (o, _) = measure(
+            &oip,
+            &generator,
+            connections,
+            opts.client_threads,
+            opts.secs,
+        )?;
         print_row(oip.name, connections, &o);
         drop(oip);
         if nginx_available {
             let ngx = start_nginx(corpus.path(), opts.workers)?;
             let _ = generator.run(ngx.addr, connections.min(64), opts.client_threads, 2)?;
-            let (n, _) = measure(&ngx, &generator, connections, opts.client_threads, opts.secs)?;
+            let (n, _) = measure(
+                &ngx,
+                &generator,
+                connections,
+                opts.client_threads,
+                opts.secs,
+            )?;
             print_row(ngx.name, connections, &n);
             println!(
                 "ratio oip-media/nginx at {connections} conns: req/s {:.2}x, MB/s {:.2}x, p99 {:.2}x",
@@ -571,21 +708,32 @@ fn main() -> BenchResult<()> {
     }
 
     // ---- long run: memory drift
-    println!("\n## Long run ({} s, 64 connections): RSS drift", opts.long_secs);
+    println!(
+        "\n## Long run ({} s, 64 connections): RSS drift",
+        opts.long_secs
+    );
     let oip = start_oip_media(corpus.path(), opts.workers, &[])?;
     let (m, samples) = measure(&oip, &generator, 64, opts.client_threads, opts.long_secs)?;
     header();
     print_row(oip.name, 64, &m);
     let at = |frac: f64| {
         let t = Duration::from_secs_f64(opts.long_secs as f64 * frac);
-        samples.iter().find(|(d, _)| *d >= t).map(|(_, r)| *r).unwrap_or(m.last)
+        samples
+            .iter()
+            .find(|(d, _)| *d >= t)
+            .map(|(_, r)| *r)
+            .unwrap_or(m.last)
     };
     let (early, late) = (at(0.2), at(0.9));
     let drift = |a: u64, b: u64| (b as f64 - a as f64) / a.max(1) as f64 * 100.0;
     println!(
         "requests: {} ({}); RssAnon early {} KiB → late {} KiB (drift {:+.2}%); RssFile early {} KiB → late {} KiB; final RssAnon {} KiB, RssFile {} KiB",
         m.load.requests,
-        if m.load.requests >= 200_000 { "≥ 200,000" } else { "UNDER 200,000: raise BENCH_LONG_SECS" },
+        if m.load.requests >= 200_000 {
+            "≥ 200,000"
+        } else {
+            "UNDER 200,000: raise BENCH_LONG_SECS"
+        },
         early.anon_kib,
         late.anon_kib,
         drift(early.anon_kib, late.anon_kib),
@@ -608,7 +756,13 @@ fn main() -> BenchResult<()> {
         ("QUEUE_TIMEOUT", "250ms".to_owned()),
     ];
     let oip = start_oip_media(corpus.path(), opts.workers, &env)?;
-    let (m, _) = measure(&oip, &generator, opts.overload_connections, opts.client_threads, opts.secs)?;
+    let (m, _) = measure(
+        &oip,
+        &generator,
+        opts.overload_connections,
+        opts.client_threads,
+        opts.secs,
+    )?;
     header();
     print_row(oip.name, opts.overload_connections, &m);
     println!(
@@ -622,7 +776,10 @@ fn main() -> BenchResult<()> {
     let probe = &files[0].url_path;
     let t = Instant::now();
     let mut s = TcpStream::connect(oip.addr)?;
-    write!(s, "GET {probe} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {probe} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+    )?;
     let mut status_line = String::new();
     BufReader::new(&mut s).read_line(&mut status_line)?;
     println!(
