@@ -4,18 +4,22 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use tower::{Layer, ServiceExt};
+use tracing::Instrument;
 
 use crate::body::Body;
 use crate::config::Config;
+use crate::cors::{CorsPolicy, X_REQUEST_ID};
 use crate::error::StartError;
 use crate::limit::{BodyLimit, BodyLimitLayer, LimitSettings, Limiter};
+use crate::metrics::{HttpCounters, RouteFamily};
 use crate::routes;
 
 /// Everything a handler may need, built once at start-up and shared by every connection.
@@ -30,6 +34,22 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// Connection counters, filled by the server's accept loop and sockets.
     pub connections: Arc<crate::server::ConnCounters>,
+    /// Responses by route and status class, bytes sent.
+    pub http: HttpCounters,
+    /// The CORS allow-list.
+    pub cors: CorsPolicy,
+}
+
+impl AppState {
+    /// Each media root by name, for readiness checks.
+    pub fn media_roots(&self) -> Vec<(&'static str, &Path)> {
+        vec![("web", self.web_root.path())]
+    }
+
+    /// The GUN relay's state for `/readyz`.
+    pub fn gun_status(&self) -> serde_json::Value {
+        serde_json::Value::String("not configured".to_owned())
+    }
 }
 
 /// The router. Cheap to clone (two `Arc`s), one clone per connection.
@@ -65,10 +85,35 @@ where
     }
 }
 
+/// The route family a path belongs to (for dispatch and metrics).
+fn route_family(path: &str) -> RouteFamily {
+    if path.starts_with(routes::media::PREFIX) {
+        RouteFamily::Media
+    } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        RouteFamily::Ops
+    } else {
+        RouteFamily::Other
+    }
+}
+
+/// The request id to use: the caller's `X-Request-Id` when it is short and printable
+/// (so a proxy's id follows the request through our logs), else a fresh one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(given) = headers.get(&X_REQUEST_ID)
+        && (1..=128).contains(&given.len())
+        && given.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return given.clone();
+    }
+    let fresh = format!("{:016x}", fastrand::u64(..));
+    HeaderValue::from_str(&fresh).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 impl App {
     /// Builds every shared component from `config`; fails with a message naming the
-    /// setting when a media root is unusable.
+    /// setting when a value or a media root is unusable.
     pub fn new(config: Config) -> Result<App, StartError> {
+        config.validate()?;
         let config = Arc::new(config);
         let store = crate::store::Store::new(&config);
         let web_root = crate::store::Root::open(&config.web_root()).map_err(|source| {
@@ -76,6 +121,12 @@ impl App {
                 option: "--media-dir/MEDIA_DIR",
                 path: config.web_root(),
                 source,
+            }
+        })?;
+        let cors = CorsPolicy::parse(&config.cors_origins).map_err(|message| {
+            StartError::InvalidSetting {
+                option: "--cors-origins/CORS_ORIGINS",
+                message,
             }
         })?;
         let limiter = Arc::new(Limiter::new(LimitSettings {
@@ -90,6 +141,8 @@ impl App {
             web_root,
             limiter: Arc::clone(&limiter),
             connections: Arc::default(),
+            http: HttpCounters::default(),
+            cors,
         });
         let media = BodyLimitLayer::new(limiter).layer(MediaRoutes {
             state: Arc::clone(&state),
@@ -108,22 +161,63 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let path = request.uri().path();
-        let mut response = if path.starts_with(routes::media::PREFIX) {
-            match self.media.clone().oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        } else {
-            routes::not_found()
-        };
+        let id = request_id(request.headers());
+        let family = route_family(request.uri().path());
+        let span = tracing::info_span!(
+            "request",
+            id = id.to_str().unwrap_or_default(),
+            method = %request.method(),
+            path = request.uri().path(),
+        );
+        let request_headers = request.headers().clone();
+        let mut response = self
+            .dispatch(family, request)
+            .instrument(span.clone())
+            .await;
+
+        let state = &self.state;
+        state.http.record(family, response.status());
+        span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+        let headers = response.headers_mut();
+        state.cors.decorate(&request_headers, headers);
+        headers.insert(X_REQUEST_ID.clone(), id);
         // The Node app set this on every response; browsers rely on it not to sniff
         // a GIF URL into something executable.
-        response.headers_mut().insert(
+        headers.insert(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
         response
+            .body_mut()
+            .count_into(Arc::clone(&state.http.bytes_sent));
+        response
+    }
+
+    async fn dispatch<B>(&self, family: RouteFamily, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(preflight) = self
+            .state
+            .cors
+            .preflight(request.method(), request.headers())
+        {
+            return preflight;
+        }
+        let method: &Method = request.method();
+        match family {
+            RouteFamily::Media => match self.media.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            RouteFamily::Ops => match request.uri().path() {
+                "/healthz" => routes::ops::healthz(method),
+                "/readyz" => routes::ops::readyz(&self.state, method),
+                _ => routes::ops::metrics(&self.state, method),
+            },
+            _ => routes::not_found(),
+        }
     }
 }
 

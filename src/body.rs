@@ -17,6 +17,8 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -32,6 +34,7 @@ pub struct Body {
     remaining: u64,
     chunk: usize,
     guards: Vec<Box<dyn Any + Send + Sync>>,
+    sent: Option<Arc<AtomicU64>>,
 }
 
 impl Body {
@@ -55,6 +58,7 @@ impl Body {
             remaining,
             chunk: chunk.max(1),
             guards: Vec::new(),
+            sent: None,
         }
     }
 
@@ -62,6 +66,12 @@ impl Body {
     /// connection-activity token). Order of release is the order of attachment.
     pub fn attach(&mut self, guard: impl Any + Send + Sync) {
         self.guards.push(Box::new(guard));
+    }
+
+    /// Adds every chunk handed to hyper to `counter` (the "bytes sent" metric counts what
+    /// left, not what was promised: an aborted download counts only its part).
+    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        self.sent = Some(counter);
     }
 
     /// Bytes still to be yielded.
@@ -77,6 +87,9 @@ impl Body {
             self.segments.pop_front()?
         };
         self.remaining -= chunk.len() as u64;
+        if let Some(sent) = &self.sent {
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
         Some(chunk)
     }
 }
@@ -130,8 +143,7 @@ impl http_body::Body for Body {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     #[tokio::test]
     async fn yields_bounded_chunks_in_order() {

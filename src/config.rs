@@ -120,6 +120,27 @@ pub struct Config {
     #[arg(long, env = "QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
 
+    // ---------------------------------------------------------------- operation
+    /// Origins allowed to read responses cross-origin (comma list). Entries are exact
+    /// origins (`https://fitnessally.io`), subdomain wildcards (`https://*.fitnessally.io`)
+    /// or whole schemes (`chrome-extension://*` for the browser extensions). Other origins
+    /// get normal responses without CORS headers, never an error. Empty turns CORS off.
+    #[arg(
+        long,
+        env = "CORS_ORIGINS",
+        default_value = "https://fitnessally.io,https://*.fitnessally.io,chrome-extension://*,moz-extension://*,safari-web-extension://*"
+    )]
+    pub cors_origins: String,
+
+    /// Log format: `human` (default, for a terminal) or `json` (one object per line, for
+    /// log shippers). The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+
+    /// Interval of the one-line traffic summary in the log (instead of a line per GIF).
+    #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub summary_interval: Duration,
+
     // ---------------------------------------------------------------- media roots
     /// The media root (the indexer's `data/media`): `/media/<project>/<file>` is served
     /// from its `web/` folder. Defaults to the bundled sample media.
@@ -166,6 +187,58 @@ impl Config {
         config
     }
 
+    /// Checks values clap cannot: each error names the option to fix.
+    pub fn validate(&self) -> Result<(), crate::StartError> {
+        let invalid = |option: &'static str, message: &str| {
+            Err(crate::StartError::InvalidSetting {
+                option,
+                message: message.to_owned(),
+            })
+        };
+        if self.max_in_flight == 0 {
+            return invalid("--max-in-flight/MAX_IN_FLIGHT", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return invalid("--max-connections/MAX_CONNECTIONS", "must be at least 1");
+        }
+        if !(4096..=16 << 20).contains(&self.body_chunk_size) {
+            return invalid(
+                "--body-chunk-size/BODY_CHUNK_SIZE",
+                "must be between 4KiB and 16MiB",
+            );
+        }
+        if self.map_cache_entries == 0 || self.map_cache_bytes == 0 {
+            return invalid(
+                "--map-cache-entries/--map-cache-bytes",
+                "must be at least 1",
+            );
+        }
+        for (option, value) in [
+            (
+                "--header-read-timeout/HEADER_READ_TIMEOUT",
+                self.header_read_timeout,
+            ),
+            (
+                "--keep-alive-timeout/KEEP_ALIVE_TIMEOUT",
+                self.keep_alive_timeout,
+            ),
+            (
+                "--write-stall-timeout/WRITE_STALL_TIMEOUT",
+                self.write_stall_timeout,
+            ),
+            ("--queue-timeout/QUEUE_TIMEOUT", self.queue_timeout),
+            ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
+        ] {
+            if value.is_zero() {
+                return invalid(option, "must be greater than zero");
+            }
+        }
+        if let Err(message) = crate::cors::CorsPolicy::parse(&self.cors_origins) {
+            return invalid("--cors-origins/CORS_ORIGINS", &message);
+        }
+        Ok(())
+    }
+
     /// The folder `/media/<project>/<file>` is served from.
     pub fn web_root(&self) -> PathBuf {
         self.media_dir.join("web")
@@ -199,5 +272,36 @@ mod tests {
         let c = Config::for_media_dir("/tmp/x");
         assert_eq!(c.web_root(), PathBuf::from("/tmp/x/web"));
         assert_eq!(c.port, 0);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn invalid_values_name_their_option() {
+        let mut c = Config::for_media_dir("/tmp/x");
+        c.max_in_flight = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--max-in-flight")
+        );
+        let mut c = Config::for_media_dir("/tmp/x");
+        c.cors_origins = "fitnessally.io".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--cors-origins")
+        );
+        let mut c = Config::for_media_dir("/tmp/x");
+        c.body_chunk_size = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--body-chunk-size")
+        );
+        assert!(Config::try_parse_from(["oip-media", "--port", "http"]).is_err());
+        assert!(Config::try_parse_from(["oip-media", "--queue-timeout", "soon"]).is_err());
     }
 }

@@ -7,9 +7,11 @@
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod http;
 pub mod limit;
+pub mod metrics;
 pub mod routes;
 pub mod sample;
 pub mod server;

@@ -5,12 +5,17 @@ use oip_media::Config;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if config.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.workers > 0 {
@@ -34,6 +39,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> Result<(), oip_media::StartError> {
     let sample = oip_media::app::sample_url_path(&config);
+    tracing::info!(config = ?config, "effective configuration");
     let server = oip_media::server::start_with_shutdown(config, shutdown_signal()).await?;
     let addr = server.local_addr();
     match sample {

@@ -116,6 +116,7 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
         write_stall: config.write_stall_timeout,
     };
     let counters = Arc::clone(&app.state().connections);
+    let summary = crate::metrics::spawn_summary(Arc::clone(app.state()), config.summary_interval);
     let graceful = GracefulShutdown::new();
     let builder = http1_builder();
     tokio::pin!(shutdown);
@@ -176,6 +177,7 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
     }
 
     drop(listener);
+    summary.abort();
     tracing::info!(
         grace_secs = config.shutdown_grace.as_secs(),
         "shutting down: no longer accepting, finishing responses under way"
