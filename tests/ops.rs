@@ -1,0 +1,355 @@
+//! Operation: health, readiness, metrics, request ids, CORS, configuration errors and
+//! graceful shutdown of the real binary.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let media = media_root();
+    let server = start_with(media, |_| {}).await;
+    let r = get(server.addr, "/healthz").await;
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
+    let r = get(server.addr, "/readyz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["mediaRoots"]["web"], true);
+
+    // A media root that becomes unreadable makes the service not ready, and says which.
+    std::fs::rename(server.web(""), server.media.path().join("web-moved")).unwrap();
+    let r = get(server.addr, "/readyz").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["mediaRoots"]["web"], false);
+    std::fs::rename(server.media.path().join("web-moved"), server.web("")).unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_bytes_and_memory() {
+    let media = media_root();
+    write_file(&media.path().join("web/p/a.gif"), &pattern(10_000, 1));
+    let server = start_with(media, |_| {}).await;
+    for _ in 0..3 {
+        assert_eq!(get(server.addr, "/media/p/a.gif").await.status, 200);
+    }
+    assert_eq!(get(server.addr, "/media/p/missing.gif").await.status, 404);
+    let r = get(server.addr, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = String::from_utf8(r.body).unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "oip_media_http_responses_total{route=\"media\",class=\"2xx\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "oip_media_http_responses_total{route=\"media\",class=\"4xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(metric(&text, "oip_media_body_bytes_sent_total").unwrap() >= 30_000.0);
+    assert_eq!(metric(&text, "oip_media_map_cache_entries"), Some(1.0));
+    assert!(metric(&text, "oip_media_process_rss_anon_bytes").unwrap() > 0.0);
+    assert!(metric(&text, "oip_media_process_rss_file_bytes").is_some());
+    assert!(metric(&text, "oip_media_process_open_fds").unwrap() > 0.0);
+    assert_eq!(metric(&text, "oip_media_media_in_flight"), Some(0.0));
+    assert!(metric(&text, "oip_media_media_shed_total{kind=\"queue_full\"}").is_some());
+    assert!(
+        metric(
+            &text,
+            "oip_media_connection_timeouts_total{kind=\"write_stall\"}"
+        )
+        .is_some()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_never_queued_behind_media() {
+    let media = media_root();
+    let big = media.path().join("web/fitnessally/big.gif");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let server = start_with(media, |c| {
+        c.max_in_flight = 1;
+        c.max_queue = 100;
+        c.queue_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let state = std::sync::Arc::clone(server.server.app().state());
+    // One slow reader holds the only slot; a second media request waits in the queue.
+    let mut holder = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    holder
+        .write_all(b"GET /media/fitnessally/big.gif HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut waiter = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    waiter
+        .write_all(b"GET /media/fitnessally/big.gif HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.limiter.waiting() < 1 {
+        assert!(Instant::now() < deadline, "second request queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    assert_eq!(get(server.addr, "/healthz").await.status, 200);
+    assert_eq!(get(server.addr, "/metrics").await.status, 200);
+    assert_eq!(get(server.addr, "/readyz").await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop((holder, waiter));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let server = start_with(media_root(), |_| {}).await;
+    let r = request(
+        server.addr,
+        "GET",
+        "/healthz",
+        &[("X-Request-Id", "abc-123")],
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    let a = get(server.addr, "/healthz").await;
+    let b = get(server.addr, "/nope").await;
+    let (a, b) = (
+        a.header("x-request-id").unwrap(),
+        b.header("x-request-id").unwrap(),
+    );
+    assert_eq!(a.len(), 16);
+    assert_ne!(a, b);
+    let long = "x".repeat(200);
+    let r = request(server.addr, "GET", "/healthz", &[("X-Request-Id", &long)]).await;
+    assert_ne!(
+        r.header("x-request-id"),
+        Some(long.as_str()),
+        "overlong ids are replaced"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cors_reflects_allowed_origins_and_never_errors_for_others() {
+    let media = media_root();
+    write_file(&media.path().join("web/p/a.gif"), b"gif");
+    let server = start_with(media, |c| {
+        c.cors_origins =
+            "https://fitnessally.io,https://*.fitnessally.io,chrome-extension://*".into();
+    })
+    .await;
+    for origin in [
+        "https://fitnessally.io",
+        "https://app.fitnessally.io",
+        "chrome-extension://abcdef",
+    ] {
+        let r = request(server.addr, "GET", "/media/p/a.gif", &[("Origin", origin)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+        assert_eq!(r.header("vary"), Some("Origin"));
+        let exposed = r.header("access-control-expose-headers").unwrap();
+        for h in ["Content-Length", "Content-Range", "ETag"] {
+            assert!(exposed.contains(h), "{h} exposed");
+        }
+    }
+    let r = request(
+        server.addr,
+        "GET",
+        "/media/p/a.gif",
+        &[("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "other origins get the normal response");
+    assert_eq!(r.body, b"gif");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    let pre = request(
+        server.addr,
+        "OPTIONS",
+        "/media/p/a.gif",
+        &[
+            ("Origin", "https://app.fitnessally.io"),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "range"),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("https://app.fitnessally.io")
+    );
+    assert!(
+        pre.header("access-control-allow-methods")
+            .unwrap()
+            .contains("GET")
+    );
+    assert!(
+        pre.header("access-control-allow-headers")
+            .unwrap()
+            .contains("Range")
+    );
+    let blocked = request(
+        server.addr,
+        "OPTIONS",
+        "/media/p/a.gif",
+        &[
+            ("Origin", "https://evil.example"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(blocked.status, 204);
+    assert_eq!(blocked.header("access-control-allow-origin"), None);
+    server.stop().await;
+}
+
+#[test]
+fn invalid_configuration_fails_at_start_naming_the_option() {
+    let bin = env!("CARGO_BIN_EXE_oip-media");
+    let out = Command::new(bin)
+        .args(["--port", "0", "--max-in-flight", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--max-in-flight"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin)
+        .args(["--write-stall-timeout", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--write-stall-timeout"));
+    let out = Command::new(bin)
+        .args(["--port", "0", "--media-dir", "/definitely/not/here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MEDIA_DIR"));
+}
+
+#[test]
+fn help_documents_every_option_with_its_default() {
+    let out = Command::new(env!("CARGO_BIN_EXE_oip-media"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--media-dir",
+        "--port",
+        "--bind",
+        "--max-in-flight",
+        "--max-queue",
+        "--queue-timeout",
+        "--header-read-timeout",
+        "--keep-alive-timeout",
+        "--write-stall-timeout",
+        "--max-connections",
+        "--cors-origins",
+        "--log-format",
+    ] {
+        assert!(help.contains(flag), "{flag} in --help");
+    }
+    assert!(help.contains("[env: MEDIA_DIR="), "env twins shown");
+    assert!(help.contains("[default: 8080]"));
+}
+
+#[test]
+fn sigterm_lets_a_slow_download_finish_then_exits_zero() {
+    let media = media_root();
+    let bytes = pattern(24 << 20, 5);
+    write_file(&media.path().join("web/p/big.gif"), &bytes);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oip-media"))
+        .env("MEDIA_DIR", media.path())
+        .env("PORT", "0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The port comes from the "listening on" line.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "server printed its address"
+        );
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+        rest
+    });
+
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /media/p/big.gif HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut raw).unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Keep reading slowly for a while: the download must still complete.
+    std::thread::sleep(Duration::from_millis(300));
+    stream.read_to_end(&mut raw).unwrap();
+    let response = parse(&raw, false);
+    assert_eq!(response.status, 200);
+    assert!(
+        response.body == bytes,
+        "the download under way completed intact"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "exits after the download");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "exit 0 after a graceful shutdown: {exit:?}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "no longer listening"
+    );
+    let log = drain.join().unwrap();
+    assert!(log.contains("shutting down"), "{log}");
+}
