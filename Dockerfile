@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: compile in the Rust image, run in a slim Debian with only the binary.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not refetch the registry.
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY media ./media
+RUN cargo build --release --locked --bin oip-media
+
+FROM debian:bookworm-slim AS runtime
+# curl for the HEALTHCHECK; nothing else is needed at run time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl=7.88.* \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin oip
+COPY --from=build /src/target/release/oip-media /usr/local/bin/oip-media
+# The bundled samples, so the image answers out of the box; mount the real roots over them.
+COPY --from=build /src/media /srv/media
+ENV BIND=0.0.0.0 \
+    PORT=8080 \
+    MEDIA_DIR=/srv/media \
+    GENERATED_MEDIA_DIR=/srv/generated \
+    DERIVED_DIR=/var/cache/oip-media \
+    LOG_FORMAT=json
+RUN mkdir -p /srv/generated /var/cache/oip-media && chown oip /var/cache/oip-media
+VOLUME ["/srv/media", "/srv/generated", "/var/cache/oip-media"]
+USER 10001
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
+# SIGTERM starts a graceful shutdown (responses under way finish, up to SHUTDOWN_GRACE).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/oip-media"]
