@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod gif;
 pub mod http;
 pub mod manifest;
 pub mod routes;
