@@ -20,6 +20,16 @@ pub struct AppState {
     pub store: crate::store::Store,
     /// The `/media/<project>/<file>` root (`MEDIA_DIR/web`), canonicalised at start-up.
     pub web_root: crate::store::Root,
+    /// `MEDIA_DIR` itself: content-addressed media (`<mediaId>/original`).
+    pub media_root: crate::store::Root,
+    /// Generated audio; may appear after start-up.
+    pub generated_root: crate::store::LazyRoot,
+    /// Parsed `manifest.json` files, bounded and revalidated.
+    pub manifests: crate::manifest::ManifestCache,
+    /// Verifies owners' tokens; `None` without `JWT_SECRET` (private media → 401).
+    pub jwt: Option<crate::auth::JwtVerifier>,
+    /// GIF metadata and still posters.
+    pub gifs: crate::gif::Gifs,
 }
 
 /// The router. Cheap to clone (one `Arc`), one clone per connection.
@@ -41,11 +51,61 @@ impl App {
                 source,
             }
         })?;
+        let media_root = crate::store::Root::open(&config.media_dir).map_err(|source| {
+            StartError::MediaRoot {
+                option: "--media-dir/MEDIA_DIR",
+                path: config.media_dir.clone(),
+                source,
+            }
+        })?;
+        let generated_root = crate::store::LazyRoot::new(config.generated_root());
+        if generated_root.get().is_none() {
+            tracing::warn!(
+                path = %generated_root.configured_path().display(),
+                "generated-media folder (--generated-media-dir/GENERATED_MEDIA_DIR) is missing; \
+                 /api/generate/media and /api/media?id= answer 404 until it exists"
+            );
+        }
+        let jwt = config
+            .jwt_secret
+            .as_ref()
+            .and_then(crate::auth::JwtVerifier::new);
+        if jwt.is_none() {
+            tracing::warn!(
+                "JWT_SECRET is not set: private /api/media items will not be served (401)"
+            );
+        }
+        let manifests = crate::manifest::ManifestCache::new(
+            config.manifest_cache_entries,
+            vec![config.media_dir.clone(), media_root.path().to_path_buf()],
+        );
+        if let Some(bad) = config
+            .still_widths
+            .iter()
+            .find(|w| **w == 0 || **w > config.gif_max_dimension)
+        {
+            return Err(StartError::InvalidSetting {
+                option: "--still-widths/STILL_WIDTHS",
+                message: format!(
+                    "width {bad} is not between 1 and --gif-max-dimension ({})",
+                    config.gif_max_dimension
+                ),
+            });
+        }
+        let gifs = crate::gif::Gifs::new(&config).map_err(|source| StartError::DerivedDir {
+            path: config.derived_dir.clone(),
+            source,
+        })?;
         Ok(App {
             state: Arc::new(AppState {
                 config,
                 store,
                 web_root,
+                media_root,
+                generated_root,
+                manifests,
+                jwt,
+                gifs,
             }),
         })
     }
@@ -62,8 +122,14 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = request.uri().path();
-        let mut response = if path.starts_with("/media/") {
+        let mut response = if path.starts_with(routes::media::PREFIX) {
             routes::media::handle(&self.state, request).await
+        } else if path.starts_with(routes::api_media::PREFIX) {
+            routes::api_media::handle(&self.state, request).await
+        } else if path == routes::api_media::QUERY_PATH {
+            routes::api_media::handle_query(&self.state, request).await
+        } else if routes::generate::matches(path) {
+            routes::generate::handle(&self.state, request).await
         } else {
             routes::not_found()
         };

@@ -22,6 +22,7 @@ pub mod still;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -129,8 +130,18 @@ pub struct Still {
     pub fresh: Option<Bytes>,
 }
 
+/// Counters of GIF work, for metrics (and for tests that check work is not repeated).
+#[derive(Debug, Default)]
+pub struct GifCounters {
+    /// GIFs parsed for metadata.
+    pub infos_parsed: AtomicU64,
+    /// Stills rendered and written.
+    pub stills_rendered: AtomicU64,
+}
+
 /// GIF metadata and stills, shared by every route.
 pub struct Gifs {
+    counters: Arc<GifCounters>,
     limits: GifLimits,
     widths: Vec<u32>,
     workers: Arc<Semaphore>,
@@ -145,6 +156,7 @@ impl Gifs {
     pub fn new(config: &Config) -> std::io::Result<Gifs> {
         let entries = config.gif_info_cache_entries.max(1);
         Ok(Gifs {
+            counters: Arc::default(),
             limits: GifLimits::from_config(config),
             widths: config.still_widths.clone(),
             workers: Arc::new(Semaphore::new(config.still_workers.max(1))),
@@ -155,6 +167,11 @@ impl Gifs {
                 config.derived_max_bytes,
             )?),
         })
+    }
+
+    /// Work done so far.
+    pub fn counters(&self) -> &GifCounters {
+        &self.counters
     }
 
     /// Widths a still may be asked for.
@@ -193,11 +210,15 @@ impl Gifs {
     /// `identity`; parsed once per file version, concurrent callers wait for one parse.
     pub async fn info(&self, path: PathBuf, identity: FileIdentity) -> Result<GifInfo, GifError> {
         let limits = self.limits;
+        let counters = Arc::clone(&self.counters);
         let outcome = self
             .info
             .get_or_insert_async(&identity, async {
                 match self
-                    .blocking(move || meta::read_info(&path, identity, &limits))
+                    .blocking(move || {
+                        counters.infos_parsed.fetch_add(1, Ordering::Relaxed);
+                        meta::read_info(&path, identity, &limits)
+                    })
                     .await
                 {
                     Err(error) if !error.is_about_the_file() => Err(error),
@@ -228,12 +249,14 @@ impl Gifs {
         let mut fresh = None;
         let limits = self.limits;
         let derived = Arc::clone(&self.derived);
+        let counters = Arc::clone(&self.counters);
         let key = name.clone();
         let outcome = self
             .renders
             .get_or_insert_async(&name, async {
                 let rendered = self
                     .blocking(move || {
+                        counters.stills_rendered.fetch_add(1, Ordering::Relaxed);
                         let png = still::render(&path, identity, width, &limits)?;
                         derived
                             .store(&key, &png)
