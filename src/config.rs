@@ -152,9 +152,10 @@ pub struct Config {
     #[arg(long, env = "MANIFEST_CACHE_ENTRIES", default_value_t = 4096)]
     pub manifest_cache_entries: usize,
 
-    /// Most GIF metadata results (for `/info`) kept in memory; each is a few dozen bytes,
-    /// and a result is computed once per file version, so a page of ~100 exercises never
-    /// parses twice.
+    /// Most GIF results kept in memory: metadata for `/info`, and the outcome of each
+    /// still render (so a broken GIF is not decoded again on every request). Each is a
+    /// few dozen bytes, and a result is kept per file version, so a page of ~100
+    /// exercises never parses twice.
     #[arg(long, env = "GIF_INFO_CACHE_ENTRIES", default_value_t = 4096)]
     pub gif_info_cache_entries: usize,
 
@@ -168,7 +169,7 @@ pub struct Config {
     #[arg(long, env = "GIF_MAX_DIMENSION", default_value_t = 4096)]
     pub gif_max_dimension: u32,
 
-    /// Most pixels in one GIF frame (and in its screen) that a still is rendered from;
+    /// Most pixels in one GIF frame (and in its screen) that is parsed or rendered;
     /// larger → 422. 4 Mpx is 16 MiB of RGBA per buffer, and a render holds two, so this
     /// times `--still-workers` bounds the memory stills can take.
     #[arg(long, env = "GIF_MAX_PIXELS", default_value_t = 4 * 1024 * 1024)]
@@ -195,8 +196,9 @@ pub struct Config {
     #[arg(long, env = "DERIVED_DIR", default_value_os_t = default_derived_dir())]
     pub derived_dir: PathBuf,
 
-    /// Most bytes of derived files kept; past it the oldest are deleted. A 360 px still
-    /// is 20–100 KiB, so 256 MiB holds thousands of GIFs in every width.
+    /// Most bytes of derived files kept; past it the oldest are deleted. A still of a
+    /// bundled exercise GIF is about 15 KiB at 90 px, 60 KiB at 180 px and 200 KiB at
+    /// 360 px, so 256 MiB holds every width of about a thousand GIFs.
     #[arg(long, env = "DERIVED_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
     pub derived_max_bytes: u64,
 }

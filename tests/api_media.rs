@@ -393,9 +393,18 @@ async fn info_returns_the_manifest_without_paths_and_gif_metadata() {
         info["gif"],
         json!({"width": 30, "height": 20, "frameCount": 3, "durationMs": 400, "loopCount": 3})
     );
-    // Computed once: a second /info does not parse again.
+    // Computed once: a second /info (or a HEAD) does not parse again.
     let before = parsed(&fx);
+    assert_eq!(before, 1);
     assert_eq!(fx.get(&format!("/api/media/{id}/info")).await.status(), 200);
+    let r = fx
+        .client
+        .head(fx.url(&format!("/api/media/{id}/info")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().is_empty());
     assert_eq!(parsed(&fx), before);
 
     // Not a GIF: the manifest alone.

@@ -242,8 +242,12 @@ impl Gifs {
         if self.derived.contains(&name) {
             return Ok(Still { name, fresh: None });
         }
-        // A success remembered for a file that has since been evicted: render again.
         if matches!(self.renders.peek(&name), Some(Ok(()))) {
+            // Either a render finished since the check above, or the file it wrote has
+            // been evicted since: look again before forgetting the success.
+            if self.derived.contains(&name) {
+                return Ok(Still { name, fresh: None });
+            }
             self.renders.remove(&name);
         }
         let mut fresh = None;
