@@ -38,12 +38,25 @@ pub struct AppState {
     pub http: HttpCounters,
     /// The CORS allow-list.
     pub cors: CorsPolicy,
+    /// `MEDIA_DIR` itself: content-addressed media (`<mediaId>/original`).
+    pub media_root: crate::store::Root,
+    /// Generated audio; may appear after start-up.
+    pub generated_root: crate::store::LazyRoot,
+    /// Parsed `manifest.json` files, bounded and revalidated.
+    pub manifests: crate::manifest::ManifestCache,
+    /// Verifies owners' tokens; `None` without `JWT_SECRET` (private media → 401).
+    pub jwt: Option<crate::auth::JwtVerifier>,
+    /// GIF metadata and still posters.
+    pub gifs: crate::gif::Gifs,
 }
 
 impl AppState {
     /// Each media root by name, for readiness checks.
     pub fn media_roots(&self) -> Vec<(&'static str, &Path)> {
-        vec![("web", self.web_root.path())]
+        vec![
+            ("web", self.web_root.path()),
+            ("media", self.media_root.path()),
+        ]
     }
 
     /// The GUN relay's state for `/readyz`.
@@ -81,7 +94,19 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let state = Arc::clone(&self.state);
-        Box::pin(async move { Ok(routes::media::handle(&state, request).await) })
+        Box::pin(async move {
+            let path = request.uri().path();
+            let response = if path.starts_with(routes::media::PREFIX) {
+                routes::media::handle(&state, request).await
+            } else if path.starts_with(routes::api_media::PREFIX) {
+                routes::api_media::handle(&state, request).await
+            } else if path == routes::api_media::QUERY_PATH {
+                routes::api_media::handle_query(&state, request).await
+            } else {
+                routes::generate::handle(&state, request).await
+            };
+            Ok(response)
+        })
     }
 }
 
@@ -89,6 +114,10 @@ where
 fn route_family(path: &str) -> RouteFamily {
     if path.starts_with(routes::media::PREFIX) {
         RouteFamily::Media
+    } else if path.starts_with(routes::api_media::PREFIX) || path == routes::api_media::QUERY_PATH {
+        RouteFamily::ApiMedia
+    } else if routes::generate::matches(path) {
+        RouteFamily::Generate
     } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         RouteFamily::Ops
     } else {
@@ -123,6 +152,38 @@ impl App {
                 source,
             }
         })?;
+        let media_root = crate::store::Root::open(&config.media_dir).map_err(|source| {
+            StartError::MediaRoot {
+                option: "--media-dir/MEDIA_DIR",
+                path: config.media_dir.clone(),
+                source,
+            }
+        })?;
+        let generated_root = crate::store::LazyRoot::new(config.generated_root());
+        if generated_root.get().is_none() {
+            tracing::warn!(
+                path = %generated_root.configured_path().display(),
+                "generated-media folder (--generated-media-dir/GENERATED_MEDIA_DIR) is missing; \
+                 /api/generate/media and /api/media?id= answer 404 until it exists"
+            );
+        }
+        let jwt = config
+            .jwt_secret
+            .as_ref()
+            .and_then(crate::auth::JwtVerifier::new);
+        if jwt.is_none() {
+            tracing::warn!(
+                "JWT_SECRET is not set: private /api/media items will not be served (401)"
+            );
+        }
+        let manifests = crate::manifest::ManifestCache::new(
+            config.manifest_cache_entries,
+            vec![config.media_dir.clone(), media_root.path().to_path_buf()],
+        );
+        let gifs = crate::gif::Gifs::new(&config).map_err(|source| StartError::DerivedDir {
+            path: config.derived_dir.clone(),
+            source,
+        })?;
         let cors = CorsPolicy::parse(&config.cors_origins).map_err(|message| {
             StartError::InvalidSetting {
                 option: "--cors-origins/CORS_ORIGINS",
@@ -143,6 +204,11 @@ impl App {
             connections: Arc::default(),
             http: HttpCounters::default(),
             cors,
+            media_root,
+            generated_root,
+            manifests,
+            jwt,
+            gifs,
         });
         let media = BodyLimitLayer::new(limiter).layer(MediaRoutes {
             state: Arc::clone(&state),
@@ -207,10 +273,12 @@ impl App {
         }
         let method: &Method = request.method();
         match family {
-            RouteFamily::Media => match self.media.clone().oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
+            RouteFamily::Media | RouteFamily::ApiMedia | RouteFamily::Generate => {
+                match self.media.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
             RouteFamily::Ops => match request.uri().path() {
                 "/healthz" => routes::ops::healthz(method),
                 "/readyz" => routes::ops::readyz(&self.state, method),

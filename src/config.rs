@@ -170,20 +170,131 @@ pub struct Config {
     /// queue) is what a slow reader pins: references into the mapping, never copies.
     #[arg(long, env = "BODY_CHUNK_SIZE", default_value = "256KiB", value_parser = parse_bytes)]
     pub body_chunk_size: u64,
+
+    // ---------------------------------------------------------------- other media routes
+    /// Folder of generated audio (the indexer's `media/`: TTS output and `jfk/`, `rfk/`),
+    /// served by `/api/generate/media` and `/api/media?id=`. Unset means
+    /// `<MEDIA_DIR>/generated`. A missing folder does not stop start-up (those routes
+    /// answer 404 until it appears): audio is a side feature, GIFs are not.
+    #[arg(long, env = "GENERATED_MEDIA_DIR")]
+    pub generated_media_dir: Option<PathBuf>,
+
+    /// Secret of the HS256 tokens the indexer issues; private `/api/media` items are
+    /// served only to their owner's token. Unset: private media is never served (401),
+    /// and a warning says so at start-up. Never printed, not even by `--help`.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Most `manifest.json` files kept parsed in memory. A manifest is about 1 KiB; each
+    /// entry is also charged at least 1 KiB so the cache never holds more than this many
+    /// KiB of manifest text.
+    #[arg(long, env = "MANIFEST_CACHE_ENTRIES", default_value_t = 4096)]
+    pub manifest_cache_entries: usize,
+
+    /// Most GIF results kept in memory: metadata for `/info`, and the outcome of each
+    /// still render (so a broken GIF is not decoded again on every request). Each is a
+    /// few dozen bytes, and a result is kept per file version, so a page of ~100
+    /// exercises never parses twice.
+    #[arg(long, env = "GIF_INFO_CACHE_ENTRIES", default_value_t = 4096)]
+    pub gif_info_cache_entries: usize,
+
+    /// Most frames a GIF may have before `/info` refuses it with 422. Exercise GIFs have
+    /// tens to a few hundred; the bound caps the CPU a hostile file can cost.
+    #[arg(long, env = "GIF_MAX_FRAMES", default_value_t = 2000)]
+    pub gif_max_frames: usize,
+
+    /// Largest width or height (of the screen or any frame) of a GIF that is parsed or
+    /// rendered; larger → 422. 4096 is far above any exercise GIF (180–720 px).
+    #[arg(long, env = "GIF_MAX_DIMENSION", default_value_t = 4096)]
+    pub gif_max_dimension: u32,
+
+    /// Most pixels in one GIF frame (and in its screen) that is parsed or rendered;
+    /// larger → 422. 4 Mpx is 16 MiB of RGBA per buffer, and a render holds two, so this
+    /// times `--still-workers` bounds the memory stills can take.
+    #[arg(long, env = "GIF_MAX_PIXELS", default_value_t = 4 * 1024 * 1024)]
+    pub gif_max_pixels: u64,
+
+    /// Widths a still may be asked for with `&w=`; any other → 400. A short list keeps
+    /// the derived cache small and its hit rate high (one still per GIF and width).
+    #[arg(
+        long,
+        env = "STILL_WIDTHS",
+        default_value = "90,180,360",
+        value_delimiter = ','
+    )]
+    pub still_widths: Vec<u32>,
+
+    /// GIF decodes and PNG encodes running at once (each on a blocking thread). Two keep
+    /// a burst of first-time stills from starving the GIF route of CPU on a small host.
+    #[arg(long, env = "STILL_WORKERS", default_value_t = 2)]
+    pub still_workers: usize,
+
+    /// Folder of derived files (still PNGs), written once and served like media. Created
+    /// if missing. Defaults to `oip-media-derived` in the system temp folder: everything
+    /// in it can be regenerated.
+    #[arg(long, env = "DERIVED_DIR", default_value_os_t = default_derived_dir())]
+    pub derived_dir: PathBuf,
+
+    /// Most bytes of derived files kept; past it the oldest are deleted. A still of a
+    /// bundled exercise GIF is about 15 KiB at 90 px, 60 KiB at 180 px and 200 KiB at
+    /// 360 px, so 256 MiB holds every width of about a thousand GIFs.
+    #[arg(long, env = "DERIVED_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub derived_max_bytes: u64,
 }
 
 fn default_media_dir() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/media")
 }
 
+fn default_derived_dir() -> PathBuf {
+    std::env::temp_dir().join("oip-media-derived")
+}
+
+/// A secret setting. Its `Debug` prints `<redacted>`, so `{:?}` of a [`Config`] (in a
+/// log line or a panic message) never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one component that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(raw.to_owned()))
+    }
+}
+
 impl Config {
     /// A configuration with every default, serving `media_dir`, listening on an
-    /// ephemeral loopback port: what tests and benches start from.
+    /// ephemeral loopback port: what tests and benches start from. Its derived-file
+    /// folder is `<media_dir>/.oip-media-derived` (hidden, so no route serves it as
+    /// media) rather than the shared one in the temp folder, so two test servers never
+    /// evict each other's stills. No JWT secret and no environment is read.
     pub fn for_media_dir(media_dir: impl Into<PathBuf>) -> Self {
         let mut config = Config::parse_from(["oip-media"]);
         config.media_dir = media_dir.into();
         config.port = 0;
         config.bind = IpAddr::from([127, 0, 0, 1]);
+        config.derived_dir = config.media_dir.join(".oip-media-derived");
+        config.generated_media_dir = None;
+        config.jwt_secret = None;
         config
     }
 
@@ -236,12 +347,30 @@ impl Config {
         if let Err(message) = crate::cors::CorsPolicy::parse(&self.cors_origins) {
             return invalid("--cors-origins/CORS_ORIGINS", &message);
         }
+        if let Some(bad) = self
+            .still_widths
+            .iter()
+            .find(|w| **w == 0 || **w > self.gif_max_dimension)
+        {
+            let message = format!(
+                "width {bad} is not between 1 and --gif-max-dimension ({})",
+                self.gif_max_dimension
+            );
+            return invalid("--still-widths/STILL_WIDTHS", &message);
+        }
         Ok(())
     }
 
     /// The folder `/media/<project>/<file>` is served from.
     pub fn web_root(&self) -> PathBuf {
         self.media_dir.join("web")
+    }
+
+    /// The folder generated audio is served from (see `--generated-media-dir`).
+    pub fn generated_root(&self) -> PathBuf {
+        self.generated_media_dir
+            .clone()
+            .unwrap_or_else(|| self.media_dir.join("generated"))
     }
 }
 
@@ -273,6 +402,9 @@ mod tests {
         assert_eq!(c.web_root(), PathBuf::from("/tmp/x/web"));
         assert_eq!(c.port, 0);
         assert!(c.validate().is_ok());
+        assert_eq!(c.generated_root(), PathBuf::from("/tmp/x/generated"));
+        assert_eq!(c.derived_dir, PathBuf::from("/tmp/x/.oip-media-derived"));
+        assert_eq!(c.still_widths, vec![90, 180, 360]);
     }
 
     #[test]
@@ -303,5 +435,23 @@ mod tests {
         );
         assert!(Config::try_parse_from(["oip-media", "--port", "http"]).is_err());
         assert!(Config::try_parse_from(["oip-media", "--queue-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_jwt_secret_never_shows_in_debug_output() {
+        let c = Config::parse_from(["oip-media", "--jwt-secret", "hunter2-very-secret"]);
+        assert_eq!(
+            c.jwt_secret.as_ref().map(Secret::expose),
+            Some("hunter2-very-secret")
+        );
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn still_widths_parse_as_a_list() {
+        let c = Config::parse_from(["oip-media", "--still-widths", "64,128"]);
+        assert_eq!(c.still_widths, vec![64, 128]);
     }
 }

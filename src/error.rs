@@ -16,6 +16,14 @@ pub enum StartError {
         /// What the file system said.
         source: std::io::Error,
     },
+    /// The derived-file folder could not be created or listed.
+    #[error("--derived-dir/DERIVED_DIR: {path} is not usable: {source}")]
+    DerivedDir {
+        /// The path as configured.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
     /// The listening socket could not be set up.
     #[error("--bind/--port: cannot listen on {addr}: {source}")]
     Bind {

@@ -2,15 +2,20 @@
 //!
 //! Data flows one way: `routes` → `http` (pure RFC decisions) → `store` (mapped files) →
 //! `body` (bounded zero-copy chunks). `server` owns sockets, connection limits and
-//! shutdown; `app` builds the shared state from the one [`Config`].
+//! shutdown; `app` builds the shared state from the one [`Config`]. Beside the byte
+//! path: `auth` (owner tokens), `manifest` (content-addressed media's manifests) and
+//! `gif` (metadata and stills, read with `read()`, never through a mapping).
 
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod gif;
 pub mod http;
 pub mod limit;
+pub mod manifest;
 pub mod metrics;
 pub mod routes;
 pub mod sample;

@@ -353,3 +353,62 @@ fn sigterm_lets_a_slow_download_finish_then_exits_zero() {
     let log = drain.join().unwrap();
     assert!(log.contains("shutting down"), "{log}");
 }
+
+#[tokio::test]
+async fn every_byte_serving_route_shares_the_limiter() {
+    let media = media_root();
+    let big = media.path().join("web/fitnessally/big.gif");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let id = "ab".repeat(32);
+    write_file(
+        &media.path().join(&id).join("original"),
+        b"content-addressed",
+    );
+    write_file(&media.path().join("generated/tts.mp3"), b"audio");
+    let server = start_with(media, |c| {
+        c.max_in_flight = 1;
+        c.max_queue = 0;
+    })
+    .await;
+    let state = std::sync::Arc::clone(server.server.app().state());
+    let mut holder = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    holder
+        .write_all(b"GET /media/fitnessally/big.gif HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.limiter.in_flight() < 1 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for path in [
+        format!("/api/media/{id}"),
+        "/api/generate/media?id=tts.mp3".to_owned(),
+        "/api/media?id=tts.mp3".to_owned(),
+    ] {
+        let r = get(server.addr, &path).await;
+        assert_eq!(r.status, 503, "{path} is behind the media limiter");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    assert_eq!(get(server.addr, "/healthz").await.status, 200);
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.limiter.in_flight() > 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        get(server.addr, &format!("/api/media/{id}")).await.status,
+        200
+    );
+    assert_eq!(
+        get(server.addr, "/api/generate/media?id=tts.mp3")
+            .await
+            .status,
+        200
+    );
+    server.stop().await;
+}

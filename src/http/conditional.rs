@@ -39,6 +39,16 @@ impl EntityTag {
         EntityTag::weak(format!("{len:x}-{mtime_ms:x}"))
     }
 
+    /// A tag for a representation derived from this one (a still of a GIF): the same
+    /// strength, the opaque text with `suffix` appended. It changes whenever the
+    /// source's tag does, and differs from it, so caches never mix the two.
+    pub fn derived(&self, suffix: &str) -> Self {
+        EntityTag {
+            weak: self.weak,
+            opaque: format!("{}{suffix}", self.opaque),
+        }
+    }
+
     /// True for a weak tag.
     pub fn is_weak(&self) -> bool {
         self.weak
@@ -236,6 +246,14 @@ mod tests {
     fn indexer_etag_format() {
         let tag = EntityTag::for_file(0x39c1b, 0x1a204213997);
         assert_eq!(tag.to_header_value(), "W/\"39c1b-1a204213997\"");
+    }
+
+    #[test]
+    fn derived_tags_keep_strength() {
+        let weak = EntityTag::for_file(0x10, 0x20).derived("-still-w90");
+        assert_eq!(weak.to_header_value(), "W/\"10-20-still-w90\"");
+        let strong = EntityTag::strong("abc").derived("-still");
+        assert_eq!(strong.to_header_value(), "\"abc-still\"");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod conditional;
 pub mod multipart;
 pub mod path;
+pub mod query;
 pub mod range;
 
 use std::time::SystemTime;

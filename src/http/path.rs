@@ -41,18 +41,43 @@ pub fn safe_relative_path(tail: &str) -> Result<PathBuf, PathRejection> {
         let decoded = percent_decode_str(raw)
             .decode_utf8()
             .map_err(|_| PathRejection::NotUtf8)?;
-        if decoded.bytes().any(|b| b == b'/' || b == b'\\' || b == 0) {
+        if decoded.contains('/') {
             return Err(PathRejection::ForbiddenByte);
         }
-        if decoded.starts_with('.') {
-            return Err(PathRejection::DotSegment);
-        }
+        check_segment(&decoded)?;
         path.push(decoded.as_ref());
     }
     if path.as_os_str().is_empty() {
         return Err(PathRejection::EmptySegment);
     }
     Ok(path)
+}
+
+/// The same rules for a value that is already decoded, such as a query parameter
+/// (`?id=jfk/speech.mp3`): `/` separates segments, and every segment must pass the
+/// checks [`safe_relative_path`] applies. Nothing is decoded again, so `%2e%2e` in the
+/// value is a literal file name, not `..`.
+pub fn safe_relative_decoded(value: &str) -> Result<PathBuf, PathRejection> {
+    let mut path = PathBuf::new();
+    for segment in value.split('/') {
+        if segment.is_empty() {
+            return Err(PathRejection::EmptySegment);
+        }
+        check_segment(segment)?;
+        path.push(segment);
+    }
+    Ok(path)
+}
+
+/// The checks every decoded segment must pass, whichever way it arrived.
+fn check_segment(decoded: &str) -> Result<(), PathRejection> {
+    if decoded.bytes().any(|b| b == b'\\' || b == 0) {
+        return Err(PathRejection::ForbiddenByte);
+    }
+    if decoded.starts_with('.') {
+        return Err(PathRejection::DotSegment);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -118,6 +143,39 @@ mod tests {
         ];
         for (input, expected) in hostile {
             assert_eq!(safe_relative_path(input), Err(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn decoded_values_follow_the_same_rules() {
+        use PathRejection::*;
+        assert_eq!(
+            safe_relative_decoded("abc.mp3"),
+            Ok(PathBuf::from("abc.mp3"))
+        );
+        assert_eq!(
+            safe_relative_decoded("jfk/speech.mp3"),
+            Ok(PathBuf::from("jfk/speech.mp3"))
+        );
+        assert_eq!(
+            safe_relative_decoded("%2e%2e"),
+            Ok(PathBuf::from("%2e%2e")),
+            "never decoded twice"
+        );
+        let hostile = [
+            ("", EmptySegment),
+            ("/etc/passwd", EmptySegment),
+            ("a//b", EmptySegment),
+            ("jfk/", EmptySegment),
+            ("../x", DotSegment),
+            ("jfk/../../x", DotSegment),
+            (".", DotSegment),
+            (".env", DotSegment),
+            ("a\\..\\b", ForbiddenByte),
+            ("a\0b", ForbiddenByte),
+        ];
+        for (input, expected) in hostile {
+            assert_eq!(safe_relative_decoded(input), Err(expected), "{input:?}");
         }
     }
 }

@@ -133,3 +133,8 @@ pub fn content_type_for(path: &std::path::Path) -> HeaderValue {
         .unwrap_or("application/octet-stream");
     HeaderValue::from_static(guess)
 }
+
+/// The configured body chunk size as a `usize` (the default where it does not fit).
+pub fn chunk_size(config: &crate::config::Config) -> usize {
+    usize::try_from(config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK)
+}

@@ -1,9 +1,11 @@
 //! `GET|HEAD /media/<project>/<file>`: the exercise-GIF route (SPEC §1A), served from
-//! `MEDIA_DIR/web` with the indexer's headers and none of its defects.
+//! `MEDIA_DIR/web` with the indexer's headers and none of its defects. `?still=1`
+//! on a GIF hands over to [`super::still`] for a PNG poster.
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 
 use super::file_response::{self, FileHeaders};
+use super::still::StillQuery;
 use crate::app::AppState;
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
@@ -38,6 +40,20 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             return super::not_found();
         }
     };
+    // The query string is ignored, except for a still poster of a GIF (`?still=1`).
+    let still = match StillQuery::parse(request.uri().query(), state.gifs.widths()) {
+        StillQuery::NotAsked => None,
+        StillQuery::BadWidth => return super::still::bad_width(state.gifs.widths()),
+        StillQuery::Asked(width) => {
+            let is_gif = relative
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gif"));
+            if !is_gif {
+                return super::still::not_a_gif();
+            }
+            Some(width)
+        }
+    };
     let file = match state.store.open(&state.web_root, &relative) {
         Ok(file) => file,
         Err(StoreError::NotFound) => return super::not_found(),
@@ -56,6 +72,15 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         etag: EntityTag::for_file(file.len(), file.mtime_ms()),
         extra: HeaderMap::new(),
     };
+    if let Some(width) = still {
+        let source = super::still::Source {
+            root: &state.web_root,
+            relative: &relative,
+            file: &file,
+            describe,
+        };
+        return super::still::respond(state, method, request.headers(), source, width).await;
+    }
     let chunk = usize::try_from(state.config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
     file_response::respond(method, request.headers(), &file, describe, chunk)
 }

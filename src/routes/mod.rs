@@ -1,9 +1,12 @@
 //! Route handlers, one file per route family. Each handler turns a request into a
 //! `Response<Body>`; JSON helpers here keep every error body the same shape.
 
+pub mod api_media;
 pub mod file_response;
+pub mod generate;
 pub mod media;
 pub mod ops;
+pub mod still;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};

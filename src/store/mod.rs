@@ -34,7 +34,10 @@ pub struct FileIdentity {
 }
 
 impl FileIdentity {
-    fn of(meta: &Metadata) -> FileIdentity {
+    /// The identity of the file `meta` describes. Public so that caches of things
+    /// derived from a file (manifests, GIF metadata, stills) can be keyed and revalidated
+    /// the same way the mapping cache is.
+    pub fn of(meta: &Metadata) -> FileIdentity {
         FileIdentity {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -121,6 +124,55 @@ impl Root {
     pub fn path(&self) -> &Path {
         &self.canonical
     }
+
+    /// The real path of `relative` (already checked by `http::path`) under this root,
+    /// symlinks resolved; `NotFound` when it does not exist or resolves outside the root.
+    /// For code that must `read()` a file rather than map it (GIF parsing) yet keep the
+    /// same confinement as [`Store::open`].
+    pub fn resolve(&self, relative: &Path) -> Result<PathBuf, StoreError> {
+        let full = self.canonical.join(relative);
+        let canonical = std::fs::canonicalize(&full).map_err(not_found_or_io)?;
+        if !canonical.starts_with(&self.canonical) {
+            tracing::warn!(path = %full.display(), "refused: resolves outside its media root");
+            return Err(StoreError::NotFound);
+        }
+        Ok(canonical)
+    }
+}
+
+/// A media root that may not exist yet (the generated-audio folder): opened on first
+/// use and then kept, so a folder created after start-up is picked up without a
+/// restart, and a missing one costs a `stat` per request instead of a failed start.
+#[derive(Debug)]
+pub struct LazyRoot {
+    path: PathBuf,
+    root: std::sync::OnceLock<Root>,
+}
+
+impl LazyRoot {
+    /// A root at `path`, opened now if it exists.
+    pub fn new(path: PathBuf) -> LazyRoot {
+        let lazy = LazyRoot {
+            path,
+            root: std::sync::OnceLock::new(),
+        };
+        lazy.get();
+        lazy
+    }
+
+    /// The path as configured.
+    pub fn configured_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root, if the folder exists (now or at any earlier call).
+    pub fn get(&self) -> Option<&Root> {
+        if let Some(root) = self.root.get() {
+            return Some(root);
+        }
+        let root = Root::open(&self.path).ok()?;
+        Some(self.root.get_or_init(|| root))
+    }
 }
 
 /// Weighs a cache entry so that one capacity enforces both bounds: an entry costs its
@@ -206,17 +258,13 @@ impl Store {
                 }
             }
         }
-        let file = self.map_confined(root, &full)?;
+        let file = self.map_confined(root, relative)?;
         self.cache.insert(full, Arc::clone(&file));
         Ok(file)
     }
 
-    fn map_confined(&self, root: &Root, full: &Path) -> Result<Arc<MappedFile>, StoreError> {
-        let canonical = std::fs::canonicalize(full).map_err(not_found_or_io)?;
-        if !canonical.starts_with(&root.canonical) {
-            tracing::warn!(path = %full.display(), "refused: resolves outside its media root");
-            return Err(StoreError::NotFound);
-        }
+    fn map_confined(&self, root: &Root, relative: &Path) -> Result<Arc<MappedFile>, StoreError> {
+        let canonical = root.resolve(relative)?;
         let file = File::open(&canonical).map_err(not_found_or_io)?;
         let meta = file.metadata().map_err(StoreError::Io)?;
         if !meta.is_file() {

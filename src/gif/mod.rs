@@ -1,0 +1,284 @@
+//! GIF metadata (`/info`) and still posters (`?still=1`).
+//!
+//! Everything here reads files with `read()`, never through a mapping: a GIF truncated
+//! while we parse it must cost an error, not a SIGBUS (SPEC §2). Decoding and encoding
+//! run on Tokio's blocking pool behind a semaphore (`--still-workers`), with the frame,
+//! dimension and pixel limits checked before anything is allocated, so a hostile GIF
+//! costs bounded CPU and memory and never stalls the async workers.
+//!
+//! - [`meta`]: width, height, frames, duration, loop count.
+//! - [`still`]: the first frame as a PNG, optionally resized.
+//! - [`derived`]: the bounded folder the PNGs are written to once.
+//!
+//! [`Gifs`] ties them together: the semaphore, a bounded cache of results (so a file
+//! is parsed once per version, and a hostile one is not re-parsed on every request),
+//! and single-flight rendering (concurrent requests for the same still wait for one
+//! render instead of starting their own).
+
+pub mod derived;
+pub mod meta;
+pub mod still;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::store::{FileIdentity, Root};
+use derived::DerivedDir;
+use meta::GifInfo;
+
+/// Bounds on what a GIF may cost to parse or render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GifLimits {
+    /// Most frames (`--gif-max-frames`).
+    pub max_frames: usize,
+    /// Largest width or height of the screen or any frame (`--gif-max-dimension`).
+    pub max_dimension: u32,
+    /// Most pixels of the screen or of one frame (`--gif-max-pixels`).
+    pub max_pixels: u64,
+}
+
+impl GifLimits {
+    /// The configured limits.
+    pub fn from_config(config: &Config) -> GifLimits {
+        GifLimits {
+            max_frames: config.gif_max_frames.max(1),
+            max_dimension: config.gif_max_dimension.max(1),
+            max_pixels: config.gif_max_pixels.max(1),
+        }
+    }
+
+    /// `Ok` when a `width`×`height` area is within the dimension and pixel limits.
+    pub fn check_area(&self, what: &str, width: u32, height: u32) -> Result<(), GifError> {
+        if width > self.max_dimension || height > self.max_dimension {
+            return Err(GifError::TooLarge(format!(
+                "{what} of {width}x{height} is over the {} px limit",
+                self.max_dimension
+            )));
+        }
+        if u64::from(width) * u64::from(height) > self.max_pixels {
+            return Err(GifError::TooLarge(format!(
+                "{what} of {width}x{height} is over the {}-pixel limit",
+                self.max_pixels
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why a GIF could not be described or rendered. Cloneable so results can be cached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GifError {
+    /// Not a GIF, or a malformed or truncated one: 422.
+    #[error("not a valid GIF: {0}")]
+    Invalid(String),
+    /// Over a frame, dimension or pixel limit: 422.
+    #[error("GIF is too large to process: {0}")]
+    TooLarge(String),
+    /// The file changed between the lookup and the read: try again.
+    #[error("the file changed while it was being read")]
+    SourceChanged,
+    /// The file or the derived folder could not be read or written: 500.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl GifError {
+    /// True for outcomes that say something about the file itself and may be cached
+    /// with its identity; false for transient ones worth retrying.
+    pub fn is_about_the_file(&self) -> bool {
+        matches!(self, GifError::Invalid(_) | GifError::TooLarge(_))
+    }
+
+    fn from_decoding(error: ::gif::DecodingError) -> GifError {
+        use ::gif::DecodingError as D;
+        match error {
+            D::MemoryLimit | D::OutOfMemory => GifError::TooLarge(error.to_string()),
+            D::Io(io) if io.kind() != std::io::ErrorKind::UnexpectedEof => {
+                GifError::Io(format!("cannot read GIF: {io}"))
+            }
+            other => GifError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// Opens `path` for reading and checks that it is still the file `expected` describes
+/// (the one the route looked up and whose ETag it will send).
+fn open_checked(path: &Path, expected: FileIdentity) -> Result<File, GifError> {
+    let file = File::open(path).map_err(|_| GifError::SourceChanged)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| GifError::Io(format!("cannot stat GIF: {e}")))?;
+    if FileIdentity::of(&meta) != expected {
+        return Err(GifError::SourceChanged);
+    }
+    Ok(file)
+}
+
+/// A still that is ready: its name in the derived folder, and its bytes when this
+/// request rendered it (so it can be answered even if the file was evicted at once).
+#[derive(Debug, Clone)]
+pub struct Still {
+    /// File name under [`Gifs::derived_root`].
+    pub name: String,
+    /// The PNG, when this call rendered it.
+    pub fresh: Option<Bytes>,
+}
+
+/// Counters of GIF work, for metrics (and for tests that check work is not repeated).
+#[derive(Debug, Default)]
+pub struct GifCounters {
+    /// GIFs parsed for metadata.
+    pub infos_parsed: AtomicU64,
+    /// Stills rendered and written.
+    pub stills_rendered: AtomicU64,
+}
+
+/// GIF metadata and stills, shared by every route.
+pub struct Gifs {
+    counters: Arc<GifCounters>,
+    limits: GifLimits,
+    widths: Vec<u32>,
+    workers: Arc<Semaphore>,
+    info: quick_cache::sync::Cache<FileIdentity, Result<GifInfo, GifError>>,
+    renders: quick_cache::sync::Cache<String, Result<(), GifError>>,
+    derived: Arc<DerivedDir>,
+}
+
+impl Gifs {
+    /// Builds the workers and caches and opens (creating it if needed) the derived
+    /// folder; fails only when that folder cannot be created or listed.
+    pub fn new(config: &Config) -> std::io::Result<Gifs> {
+        let entries = config.gif_info_cache_entries.max(1);
+        Ok(Gifs {
+            counters: Arc::default(),
+            limits: GifLimits::from_config(config),
+            widths: config.still_widths.clone(),
+            workers: Arc::new(Semaphore::new(config.still_workers.max(1))),
+            info: quick_cache::sync::Cache::new(entries),
+            renders: quick_cache::sync::Cache::new(entries),
+            derived: Arc::new(DerivedDir::open(
+                &config.derived_dir,
+                config.derived_max_bytes,
+            )?),
+        })
+    }
+
+    /// Work done so far.
+    pub fn counters(&self) -> &GifCounters {
+        &self.counters
+    }
+
+    /// Widths a still may be asked for.
+    pub fn widths(&self) -> &[u32] {
+        &self.widths
+    }
+
+    /// The folder stills are served from.
+    pub fn derived_root(&self) -> &Root {
+        self.derived.root()
+    }
+
+    /// The derived folder (for its byte count).
+    pub fn derived(&self) -> &DerivedDir {
+        &self.derived
+    }
+
+    /// Runs `work` on the blocking pool once a worker slot is free.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, GifError> + Send + 'static,
+    ) -> Result<T, GifError> {
+        let permit = Arc::clone(&self.workers)
+            .acquire_owned()
+            .await
+            .map_err(|_| GifError::Io("GIF workers are shut down".to_owned()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| GifError::Io(format!("GIF worker failed: {e}")))?
+    }
+
+    /// Metadata of the GIF at `path` (confined, real path) whose identity is
+    /// `identity`; parsed once per file version, concurrent callers wait for one parse.
+    pub async fn info(&self, path: PathBuf, identity: FileIdentity) -> Result<GifInfo, GifError> {
+        let limits = self.limits;
+        let counters = Arc::clone(&self.counters);
+        let outcome = self
+            .info
+            .get_or_insert_async(&identity, async {
+                match self
+                    .blocking(move || {
+                        counters.infos_parsed.fetch_add(1, Ordering::Relaxed);
+                        meta::read_info(&path, identity, &limits)
+                    })
+                    .await
+                {
+                    Err(error) if !error.is_about_the_file() => Err(error),
+                    settled => Ok(settled),
+                }
+            })
+            .await;
+        outcome.and_then(|settled| settled)
+    }
+
+    /// Makes sure the still of the GIF at `path` (identity `identity`) at `width`
+    /// (`None`: the GIF's own size) exists in the derived folder, rendering it if not.
+    /// Concurrent callers for the same still share one render.
+    pub async fn still(
+        &self,
+        path: PathBuf,
+        identity: FileIdentity,
+        width: Option<u32>,
+    ) -> Result<Still, GifError> {
+        let name = derived::still_name(identity, width);
+        if self.derived.contains(&name) {
+            return Ok(Still { name, fresh: None });
+        }
+        if matches!(self.renders.peek(&name), Some(Ok(()))) {
+            // Either a render finished since the check above, or the file it wrote has
+            // been evicted since: look again before forgetting the success.
+            if self.derived.contains(&name) {
+                return Ok(Still { name, fresh: None });
+            }
+            self.renders.remove(&name);
+        }
+        let mut fresh = None;
+        let limits = self.limits;
+        let derived = Arc::clone(&self.derived);
+        let counters = Arc::clone(&self.counters);
+        let key = name.clone();
+        let outcome = self
+            .renders
+            .get_or_insert_async(&name, async {
+                let rendered = self
+                    .blocking(move || {
+                        counters.stills_rendered.fetch_add(1, Ordering::Relaxed);
+                        let png = still::render(&path, identity, width, &limits)?;
+                        derived
+                            .store(&key, &png)
+                            .map_err(|e| GifError::Io(format!("cannot write still: {e}")))?;
+                        Ok(Bytes::from(png))
+                    })
+                    .await;
+                match rendered {
+                    Ok(png) => {
+                        fresh = Some(png);
+                        Ok(Ok(()))
+                    }
+                    Err(error) if !error.is_about_the_file() => Err(error),
+                    Err(error) => Ok(Err(error)),
+                }
+            })
+            .await;
+        outcome.and_then(|settled| settled)?;
+        Ok(Still { name, fresh })
+    }
+}

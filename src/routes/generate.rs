@@ -1,0 +1,136 @@
+//! Generated audio (SPEC §1C): `GET|HEAD /api/generate/media?id=<file>`,
+//! `/api/generate/media/<path>` and `/api/media?id=<file>`, all served from the
+//! generated-media folder with the same ranges and preconditions as `/media`.
+//!
+//! The indexer's `?id=` form joined the value onto its folder as given, so `../` walked
+//! out of it. Here the decoded value goes through the same segment rules as a URL path
+//! (no empty, dot or hidden segments, no `\` or NUL) and the store's confinement check.
+
+use std::path::PathBuf;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+
+use super::file_response::{self, FileHeaders};
+use crate::app::AppState;
+use crate::body::Body;
+use crate::http::conditional::EntityTag;
+use crate::http::path::{PathRejection, safe_relative_decoded, safe_relative_path};
+use crate::http::query;
+use crate::store::StoreError;
+
+/// Path of the route; `<path>` forms continue after a `/`.
+pub const PREFIX: &str = "/api/generate/media";
+
+/// Generated files keep their names when regenerated, so clients must revalidate every
+/// time; the ETag and `Last-Modified` make that a 304. The indexer sent the same.
+const CACHE_CONTROL: &str = "public, max-age=0";
+
+/// True for the paths this route answers.
+pub fn matches(path: &str) -> bool {
+    path == PREFIX
+        || path
+            .strip_prefix(PREFIX)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Answers `/api/generate/media…`.
+pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
+    let path = request.uri().path();
+    let relative = match path.strip_prefix(PREFIX).and_then(|r| r.strip_prefix('/')) {
+        Some(tail) => safe_relative_path(tail),
+        None => from_query(request.uri().query()),
+    };
+    serve(state, &request, relative)
+}
+
+/// Answers `/api/media?id=<file>` (the same folder and rules).
+pub async fn handle_query<B>(state: &AppState, request: Request<B>) -> Response<Body> {
+    let relative = from_query(request.uri().query());
+    serve(state, &request, relative)
+}
+
+fn from_query(query: Option<&str>) -> Result<PathBuf, PathRejection> {
+    let id = query::param(query, "id").ok_or(PathRejection::EmptySegment)?;
+    safe_relative_decoded(&id)
+}
+
+fn serve<B>(
+    state: &AppState,
+    request: &Request<B>,
+    relative: Result<PathBuf, PathRejection>,
+) -> Response<Body> {
+    let method = request.method();
+    if method == Method::OPTIONS {
+        return super::options("GET, HEAD, OPTIONS");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return super::method_not_allowed("GET, HEAD, OPTIONS");
+    }
+    let relative = match relative {
+        Ok(relative) => relative,
+        Err(reason) => {
+            tracing::debug!(uri = %request.uri(), %reason, "refused generated-media path");
+            return super::not_found();
+        }
+    };
+    let Some(root) = state.generated_root.get() else {
+        return super::not_found();
+    };
+    let file = match state.store.open(root, &relative) {
+        Ok(file) => file,
+        Err(StoreError::NotFound) => return super::not_found(),
+        Err(error @ StoreError::TooLarge { .. }) => {
+            tracing::warn!(path = %relative.display(), %error, "not serving file");
+            return super::not_found();
+        }
+        Err(error) => {
+            tracing::error!(path = %relative.display(), %error, "cannot serve file");
+            return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
+        }
+    };
+    let describe = FileHeaders {
+        content_type: file_response::content_type_for(&relative),
+        cache_control: HeaderValue::from_static(CACHE_CONTROL),
+        etag: EntityTag::for_file(file.len(), file.mtime_ms()),
+        extra: HeaderMap::new(),
+    };
+    let chunk = file_response::chunk_size(&state.config);
+    file_response::respond(method, request.headers(), &file, describe, chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_matching() {
+        assert!(matches("/api/generate/media"));
+        assert!(matches("/api/generate/media/a.mp3"));
+        assert!(!matches("/api/generate/mediafoo"));
+        assert!(!matches("/api/generate/med"));
+    }
+
+    #[test]
+    fn query_ids_are_confined() {
+        assert_eq!(from_query(Some("id=abc.mp3")), Ok(PathBuf::from("abc.mp3")));
+        assert_eq!(
+            from_query(Some("id=jfk%2Fa.mp3")),
+            Ok(PathBuf::from("jfk/a.mp3"))
+        );
+        for hostile in [
+            None,
+            Some("x=1"),
+            Some("id="),
+            Some("id=../x"),
+            Some("id=%2e%2e/x"),
+            Some("id=%2E%2E%2Fx"),
+            Some("id=/etc/passwd"),
+            Some("id=%2Fetc%2Fpasswd"),
+            Some("id=a/../../x"),
+            Some("id=..%5Cx"),
+            Some("id=.env"),
+        ] {
+            assert!(from_query(hostile).is_err(), "{hostile:?}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! `?still=1[&w=<width>]` on the GIF routes: the first frame as a PNG, rendered once
+//! into the derived folder and then served through the same mapped path as any file,
+//! with an ETag derived from the source's and the source's caching headers.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+
+use super::file_response::{self, FileHeaders};
+use crate::app::AppState;
+use crate::body::Body;
+use crate::gif::GifError;
+use crate::http::query;
+use crate::store::{FileIdentity, MappedFile, Root, StoreError};
+
+/// What the query string asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StillQuery {
+    /// No `still=1` (or `still=true`): serve the file itself.
+    NotAsked,
+    /// A still, at the GIF's own size (`None`) or at an allowed width.
+    Asked(Option<u32>),
+    /// A still at a width that is not on the allow-list: 400.
+    BadWidth,
+}
+
+impl StillQuery {
+    /// Reads `still` and `w` from `query`; `w` only counts with `still`.
+    pub fn parse(query: Option<&str>, allowed: &[u32]) -> StillQuery {
+        if !matches!(query::param(query, "still").as_deref(), Some("1" | "true")) {
+            return StillQuery::NotAsked;
+        }
+        match query::param(query, "w") {
+            None => StillQuery::Asked(None),
+            Some(w) => match w.parse::<u32>() {
+                Ok(w) if allowed.contains(&w) => StillQuery::Asked(Some(w)),
+                _ => StillQuery::BadWidth,
+            },
+        }
+    }
+}
+
+/// 400 naming the widths that are allowed.
+pub fn bad_width(allowed: &[u32]) -> Response<Body> {
+    let list = allowed
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    super::json_error(
+        StatusCode::BAD_REQUEST,
+        &format!("w must be one of: {list}"),
+    )
+}
+
+/// 400 for `still=1` on something that is not a GIF.
+pub fn not_a_gif() -> Response<Body> {
+    super::json_error(
+        StatusCode::BAD_REQUEST,
+        "Still frames are only available for GIFs",
+    )
+}
+
+/// The answer for a GIF that could not be described or rendered.
+pub fn gif_error(error: &GifError) -> Response<Body> {
+    match error {
+        GifError::Invalid(_) => super::json_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid GIF"),
+        GifError::TooLarge(reason) => super::json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("GIF too large to process: {reason}"),
+        ),
+        GifError::SourceChanged => {
+            let mut response = super::json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The file changed while it was being read; try again",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        GifError::Io(reason) => {
+            tracing::error!(%reason, "GIF processing failed");
+            super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
+        }
+    }
+}
+
+/// The GIF a still is made from, as its route found and described it.
+pub struct Source<'a> {
+    /// The media root it lives under.
+    pub root: &'a Root,
+    /// Its checked path under that root.
+    pub relative: &'a Path,
+    /// The file as the store mapped it (its identity keys the still).
+    pub file: &'a MappedFile,
+    /// How the route describes the GIF: the still keeps its `Cache-Control` and extra
+    /// headers and derives its ETag from the GIF's.
+    pub describe: FileHeaders,
+}
+
+/// Answers a still request for `source` at `width`.
+pub async fn respond(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    source: Source<'_>,
+    width: Option<u32>,
+) -> Response<Body> {
+    let path = match source.root.resolve(source.relative) {
+        Ok(path) => path,
+        Err(StoreError::Io(error)) => {
+            tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
+            return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
+        }
+        Err(_) => return super::not_found(),
+    };
+    let suffix = match width {
+        Some(w) => format!("-still-w{w}"),
+        None => "-still".to_owned(),
+    };
+    let describe = FileHeaders {
+        content_type: HeaderValue::from_static("image/png"),
+        cache_control: source.describe.cache_control,
+        etag: source.describe.etag.derived(&suffix),
+        extra: source.describe.extra,
+    };
+    let chunk = file_response::chunk_size(&state.config);
+    // Twice at most: a still found on disk may be evicted before we map it; the second
+    // pass renders it again and keeps the bytes in hand.
+    for _ in 0..2 {
+        let still = match state
+            .gifs
+            .still(path.clone(), source.file.identity, width)
+            .await
+        {
+            Ok(still) => still,
+            Err(error) => return gif_error(&error),
+        };
+        match state
+            .store
+            .open(state.gifs.derived_root(), Path::new(&still.name))
+        {
+            Ok(file) => return file_response::respond(method, headers, &file, describe, chunk),
+            Err(StoreError::NotFound) => {
+                if let Some(png) = still.fresh {
+                    // Evicted the moment it was written (a derived bound smaller than
+                    // one still): answer from the bytes we rendered.
+                    let file = in_memory(png);
+                    return file_response::respond(method, headers, &file, describe, chunk);
+                }
+            }
+            Err(error) => {
+                tracing::error!(name = %still.name, %error, "cannot serve still");
+                return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read still");
+            }
+        }
+    }
+    super::json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Still not available; try again",
+    )
+}
+
+fn in_memory(png: Bytes) -> MappedFile {
+    MappedFile {
+        identity: FileIdentity {
+            dev: 0,
+            ino: 0,
+            len: png.len() as u64,
+            mtime_ns: 0,
+        },
+        bytes: png,
+        modified: SystemTime::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_still_and_width() {
+        let allowed = [90, 180, 360];
+        let p = |q: &str| StillQuery::parse(Some(q), &allowed);
+        assert_eq!(StillQuery::parse(None, &allowed), StillQuery::NotAsked);
+        assert_eq!(p("w=90"), StillQuery::NotAsked, "w alone changes nothing");
+        assert_eq!(p("still=0"), StillQuery::NotAsked);
+        assert_eq!(p("still=1"), StillQuery::Asked(None));
+        assert_eq!(p("still=true&w=180"), StillQuery::Asked(Some(180)));
+        assert_eq!(p("w=360&still=1"), StillQuery::Asked(Some(360)));
+        assert_eq!(p("still=1&w=91"), StillQuery::BadWidth);
+        assert_eq!(p("still=1&w="), StillQuery::BadWidth);
+        assert_eq!(p("still=1&w=-90"), StillQuery::BadWidth);
+        assert_eq!(p("still=1&w=090"), StillQuery::Asked(Some(90)));
+    }
+}
