@@ -593,6 +593,23 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_summary_task_stops_with_the_client() {
+        let mut settings = crate::Config::for_media_dir("/nonexistent").gun;
+        settings.gun_peers = Some("http://127.0.0.1:1".into());
+        settings.gun_summary_interval = Duration::from_millis(10);
+        let client = GunClient::new(&settings).expect("client");
+        let summary = client.summary.clone().expect("spawned inside a runtime");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!summary.is_finished());
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            summary.is_finished(),
+            "the summary task outlived its client"
+        );
+    }
+
     #[test]
     fn souls_keep_their_colons_and_encode_the_rest() {
         let encoded = utf8_percent_encode("abc123:x/y z&w=é", SOUL_IN_QUERY).to_string();
