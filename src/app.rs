@@ -48,6 +48,9 @@ pub struct AppState {
     pub jwt: Option<crate::auth::JwtVerifier>,
     /// GIF metadata and still posters.
     pub gifs: crate::gif::Gifs,
+    /// The one GUN relay client of the process (its negative cache, breaker and counters
+    /// are shared by every caller); `None` when `GUN_PEERS` is unset.
+    pub gun: Option<Arc<crate::gun::GunClient>>,
 }
 
 impl AppState {
@@ -61,7 +64,14 @@ impl AppState {
 
     /// The GUN relay's state for `/readyz`.
     pub fn gun_status(&self) -> serde_json::Value {
-        serde_json::Value::String("not configured".to_owned())
+        match &self.gun {
+            None => serde_json::json!({ "configured": false }),
+            Some(gun) => serde_json::json!({
+                "configured": true,
+                "relay": gun.base_url(),
+                "breaker": gun.breaker_state(),
+            }),
+        }
     }
 }
 
@@ -118,6 +128,8 @@ fn route_family(path: &str) -> RouteFamily {
         RouteFamily::ApiMedia
     } else if routes::generate::matches(path) {
         RouteFamily::Generate
+    } else if path.starts_with(routes::gun_relay::PREFIX) {
+        RouteFamily::GunRelay
     } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         RouteFamily::Ops
     } else {
@@ -184,6 +196,22 @@ impl App {
             path: config.derived_dir.clone(),
             source,
         })?;
+        let gun = match config.gun.gun_peers {
+            Some(_) => {
+                let client =
+                    crate::gun::GunClient::new(&config.gun).map_err(|error| match error {
+                        crate::gun::GunError::Config { option, message } => {
+                            StartError::InvalidSetting { option, message }
+                        }
+                        other => StartError::InvalidSetting {
+                            option: "--gun-peers/GUN_PEERS",
+                            message: other.to_string(),
+                        },
+                    })?;
+                Some(Arc::new(client))
+            }
+            None => None,
+        };
         let cors = CorsPolicy::parse(&config.cors_origins).map_err(|message| {
             StartError::InvalidSetting {
                 option: "--cors-origins/CORS_ORIGINS",
@@ -209,6 +237,7 @@ impl App {
             manifests,
             jwt,
             gifs,
+            gun,
         });
         let media = BodyLimitLayer::new(limiter).layer(MediaRoutes {
             state: Arc::clone(&state),
@@ -284,6 +313,7 @@ impl App {
                 "/readyz" => routes::ops::readyz(&self.state, method),
                 _ => routes::ops::metrics(&self.state, method),
             },
+            RouteFamily::GunRelay => routes::gun_relay::handle(&self.state, request).await,
             _ => routes::not_found(),
         }
     }

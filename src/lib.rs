@@ -13,6 +13,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod gif;
+pub mod gun;
 pub mod http;
 pub mod limit;
 pub mod manifest;

@@ -4,6 +4,7 @@
 pub mod api_media;
 pub mod file_response;
 pub mod generate;
+pub mod gun_relay;
 pub mod media;
 pub mod ops;
 pub mod still;

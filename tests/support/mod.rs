@@ -3,6 +3,8 @@
 //! hostile paths reach the server unchanged.
 #![allow(dead_code)]
 
+pub mod relay_stub;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
