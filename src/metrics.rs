@@ -322,6 +322,97 @@ pub fn render(state: &AppState) -> String {
         ],
     );
 
+    let gc = state.gifs.counters();
+    kinds(
+        &mut r,
+        "gif_work",
+        "GIF decoding work: metadata parses and stills rendered",
+        &[
+            ("info_parsed", load(&gc.infos_parsed)),
+            ("still_rendered", load(&gc.stills_rendered)),
+        ],
+    );
+
+    if let Some(gun) = &state.gun {
+        let g = gun.counters().snapshot();
+        counter(
+            &mut r,
+            "gun_gets",
+            "GUN record gets asked of the client",
+            g.requests,
+        );
+        counter(&mut r, "gun_puts", "GUN puts asked of the client", g.puts);
+        counter(
+            &mut r,
+            "gun_upstream_requests",
+            "HTTP requests sent to the relay (every attempt)",
+            g.upstream_requests,
+        );
+        kinds(
+            &mut r,
+            "gun_get_results",
+            "GUN gets by result",
+            &[
+                ("found", g.found),
+                ("missing", g.misses),
+                ("negative_cache_hit", g.negative_cache_hits),
+                ("coalesced", g.coalesced),
+            ],
+        );
+        counter(
+            &mut r,
+            "gun_upstream_404s",
+            "404 answers from the relay",
+            g.upstream_404s,
+        );
+        counter(
+            &mut r,
+            "gun_retries",
+            "Relay requests retried after an unavailable outcome",
+            g.retries,
+        );
+        let e = &g.errors;
+        kinds(
+            &mut r,
+            "gun_errors",
+            "GUN calls that ended in an error, by kind",
+            &[
+                ("config", e.config),
+                ("invalid_soul", e.invalid_soul),
+                ("misconfigured", e.misconfigured),
+                ("bad_request", e.bad_request),
+                ("rejected", e.rejected),
+                ("unavailable", e.unavailable),
+                ("circuit_open", e.circuit_open),
+                ("invalid_response", e.invalid_response),
+                ("internal", e.internal),
+            ],
+        );
+        let breaker = match g.breaker_state {
+            crate::gun::BreakerState::Closed => 0,
+            crate::gun::BreakerState::HalfOpen => 1,
+            crate::gun::BreakerState::Open => 2,
+        };
+        gauge(
+            &mut r,
+            "gun_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            breaker,
+        );
+        counter(
+            &mut r,
+            "gun_breaker_opens",
+            "Times the breaker opened",
+            g.breaker_opens,
+        );
+        gauge(
+            &mut r,
+            "gun_negative_cache_entries",
+            "Souls cached as missing",
+            gun.negative_cache_len(),
+        );
+    }
+
     let memory = ProcessMemory::read();
     gauge(
         &mut r,

@@ -412,3 +412,58 @@ async fn every_byte_serving_route_shares_the_limiter() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn gun_counters_and_breaker_show_in_metrics_and_readiness() {
+    let relay = support::relay_stub::RelayStub::start().await;
+    relay.store("abc123:rec", serde_json::json!({ "name": "x" }));
+    let base = relay.base_url();
+    let server = start_with(media_root(), |c| c.gun.gun_peers = Some(base.clone())).await;
+    assert_eq!(
+        get(server.addr, "/gun-relay/get?soul=abc123:rec")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(server.addr, "/gun-relay/get?soul=abc123:missing")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        get(server.addr, "/gun-relay/get?soul=abc123:missing")
+            .await
+            .status,
+        404
+    );
+    let text = String::from_utf8(get(server.addr, "/metrics").await.body).unwrap();
+    assert_eq!(
+        metric(&text, "oip_media_gun_gets_total"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "oip_media_gun_upstream_requests_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "oip_media_gun_get_results_total{kind=\"negative_cache_hit\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "oip_media_gun_breaker_state"), Some(0.0));
+    assert_eq!(
+        metric(
+            &text,
+            "oip_media_http_responses_total{route=\"gun_relay\",class=\"4xx\"}"
+        ),
+        Some(2.0)
+    );
+    let ready = get(server.addr, "/readyz").await.json();
+    assert_eq!(ready["gun"]["configured"], true);
+    assert_eq!(ready["gun"]["breaker"], "closed");
+    server.stop().await;
+}
