@@ -40,6 +40,8 @@ struct Options {
     skip_nginx: bool,
     /// BENCH_FORCE_RUST_CLIENT=1 uses the built-in client even when wrk is installed.
     force_rust_client: bool,
+    /// BENCH_SCENARIOS: comma list of `throughput`, `long`, `overload` (default: all).
+    scenarios: Vec<String>,
 }
 
 impl Options {
@@ -62,7 +64,16 @@ impl Options {
             client_threads: num("BENCH_CLIENT_THREADS", (cores - workers).max(1) as u64) as usize,
             skip_nginx: var("BENCH_SKIP_NGINX").is_some_and(|v| v == "1"),
             force_rust_client: var("BENCH_FORCE_RUST_CLIENT").is_some_and(|v| v == "1"),
+            scenarios: var("BENCH_SCENARIOS")
+                .unwrap_or_else(|| "throughput,long,overload".to_owned())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .collect(),
         }
+    }
+
+    fn runs(&self, scenario: &str) -> bool {
+        self.scenarios.iter().any(|s| s == scenario)
     }
 }
 
@@ -320,8 +331,18 @@ end
 "#;
 
 enum Generator {
-    Wrk { script: PathBuf, targets: PathBuf },
-    Rust { targets: Arc<Vec<Target>> },
+    Wrk {
+        script: PathBuf,
+        targets: PathBuf,
+    },
+    Rust {
+        targets: Arc<Vec<Target>>,
+    },
+    /// The built-in client with every connection reading at `rate` bytes/s.
+    Slow {
+        targets: Arc<Vec<Target>>,
+        rate: u64,
+    },
 }
 
 impl Generator {
@@ -329,6 +350,7 @@ impl Generator {
         match self {
             Generator::Wrk { .. } => "wrk",
             Generator::Rust { .. } => "built-in Rust keep-alive client",
+            Generator::Slow { .. } => "built-in Rust client, throttled readers",
         }
     }
 
@@ -380,19 +402,28 @@ impl Generator {
                     max_us: get("max"),
                 })
             }
-            Generator::Rust { targets } => rust_client(addr, connections, threads, secs, targets),
+            Generator::Rust { targets } => {
+                rust_client(addr, connections, threads, secs, targets, None)
+            }
+            Generator::Slow { targets, rate } => {
+                rust_client(addr, connections, threads, secs, targets, Some(*rate))
+            }
         }
     }
 }
 
-/// The fallback load generator: `connections` keep-alive clients on `threads` OS
-/// threads (blocking sockets, one per client thread slot, round-robin), the same mix.
+/// The built-in load generator: `connections` keep-alive clients as tasks on a
+/// `threads`-thread runtime, the same request mix as the wrk script. With `read_rate`
+/// each client reads at most that many bytes per second (phones on a slow link), and
+/// honours `Retry-After` on a 503 as a well-behaved client does. Latency percentiles are
+/// those of admitted requests; shed ones are counted in `status_errors`.
 fn rust_client(
     addr: SocketAddr,
     connections: usize,
     threads: usize,
     secs: u64,
     targets: &Arc<Vec<Target>>,
+    read_rate: Option<u64>,
 ) -> BenchResult<LoadResult> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -404,7 +435,9 @@ fn rust_client(
         let mut set = tokio::task::JoinSet::new();
         for c in 0..connections {
             let targets = Arc::clone(targets);
-            set.spawn(async move { one_client(addr, deadline, &targets, c as u64).await });
+            set.spawn(
+                async move { one_client(addr, deadline, &targets, c as u64, read_rate).await },
+            );
         }
         let mut all = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -421,7 +454,7 @@ fn rust_client(
         ..Default::default()
     };
     for (lat, bytes, socket_errors, status_errors) in results {
-        out.requests += lat.len() as u64;
+        out.requests += lat.len() as u64 + status_errors;
         latencies.extend(lat);
         out.bytes += bytes;
         out.socket_errors += socket_errors;
@@ -445,19 +478,37 @@ async fn one_client(
     deadline: Instant,
     targets: &[Target],
     seed: u64,
+    read_rate: Option<u64>,
 ) -> (Vec<u64>, u64, u64, u64) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut latencies, mut bytes, mut socket_errors, mut status_errors) =
         (Vec::new(), 0u64, 0u64, 0u64);
     'connect: while Instant::now() < deadline {
-        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+        let connected = async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            if read_rate.is_some() {
+                // A slow link's small receive window: the server's socket buffer fills
+                // and the body really stays in flight, as it does for a phone.
+                socket.set_recv_buffer_size(32 * 1024)?;
+            }
+            socket.connect(addr).await
+        };
+        let Ok(stream) = connected.await else {
             socket_errors += 1;
             continue;
         };
         let _ = stream.set_nodelay(true);
         let mut stream = tokio::io::BufReader::with_capacity(256 * 1024, stream);
-        let mut sink = vec![0u8; 256 * 1024];
+        // A throttled client reads in small pieces, as a slow link delivers them.
+        let mut sink = vec![
+            0u8;
+            if read_rate.is_some() {
+                16 * 1024
+            } else {
+                256 * 1024
+            }
+        ];
         while Instant::now() < deadline {
             let t = &targets[rng.usize(..targets.len())];
             let extra = match rng.u8(0..100) {
@@ -473,6 +524,7 @@ async fn one_client(
             }
             let mut status = 0u16;
             let mut len = 0u64;
+            let mut first_byte = None;
             let mut line = String::new();
             loop {
                 line.clear();
@@ -484,6 +536,7 @@ async fn one_client(
                     Ok(n) => bytes += n as u64,
                 }
                 if status == 0 {
+                    first_byte = Some(sent.elapsed());
                     status = line
                         .split(' ')
                         .nth(1)
@@ -505,13 +558,30 @@ async fn one_client(
                         socket_errors += 1;
                         continue 'connect;
                     }
-                    Ok(n) => left -= n as u64,
+                    Ok(n) => {
+                        left -= n as u64;
+                        if let Some(rate) = read_rate {
+                            tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64))
+                                .await;
+                        }
+                    }
                 }
             }
             bytes += len;
-            latencies.push(sent.elapsed().as_micros() as u64);
             if status >= 400 {
                 status_errors += 1;
+                if status == 503 && read_rate.is_some() {
+                    // Retry-After: 1
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            } else {
+                // Throttled clients: time to the first byte (queueing), since the whole
+                // transfer takes as long as the client's link makes it take.
+                let latency = match (read_rate, first_byte) {
+                    (Some(_), Some(ttfb)) => ttfb,
+                    _ => sent.elapsed(),
+                };
+                latencies.push(latency.as_micros() as u64);
             }
         }
     }
@@ -647,6 +717,7 @@ fn main() -> BenchResult<()> {
     }
 
     let (targets_path, targets) = write_targets(corpus.path(), &files)?;
+    let targets = Arc::new(targets);
     let generator = if installed("wrk") && !opts.force_rust_client {
         let script = corpus.path().join("mix.lua");
         std::fs::write(&script, WRK_SCRIPT)?;
@@ -656,7 +727,7 @@ fn main() -> BenchResult<()> {
         }
     } else {
         Generator::Rust {
-            targets: Arc::new(targets),
+            targets: Arc::clone(&targets),
         }
     };
     println!("load generator: {}", generator.name());
@@ -677,30 +748,36 @@ fn main() -> BenchResult<()> {
     }
 
     // ---- throughput, side by side
+    if opts.runs("throughput") {
+        throughput(&opts, corpus.path(), &generator, nginx_available)?;
+    }
+    if opts.runs("long") {
+        long_run(&opts, corpus.path(), &generator)?;
+    }
+    if opts.runs("overload") {
+        overload(&opts, corpus.path(), &targets, &files)?;
+    }
+    Ok(())
+}
+
+fn throughput(
+    opts: &Options,
+    corpus: &Path,
+    generator: &Generator,
+    nginx_available: bool,
+) -> BenchResult<()> {
     println!("\n## Throughput ({} s per run)", opts.secs);
     header();
     for &connections in &opts.connections {
-        let oip = start_oip_media(corpus.path(), opts.workers, &[])?;
+        let oip = start_oip_media(corpus, opts.workers, &[])?;
         let _ = generator.run(oip.addr, connections.min(64), opts.client_threads, 2)?; // warm-up
-        let (o, _) = measure(
-            &oip,
-            &generator,
-            connections,
-            opts.client_threads,
-            opts.secs,
-        )?;
+        let (o, _) = measure(&oip, generator, connections, opts.client_threads, opts.secs)?;
         print_row(oip.name, connections, &o);
         drop(oip);
         if nginx_available {
-            let ngx = start_nginx(corpus.path(), opts.workers)?;
+            let ngx = start_nginx(corpus, opts.workers)?;
             let _ = generator.run(ngx.addr, connections.min(64), opts.client_threads, 2)?;
-            let (n, _) = measure(
-                &ngx,
-                &generator,
-                connections,
-                opts.client_threads,
-                opts.secs,
-            )?;
+            let (n, _) = measure(&ngx, generator, connections, opts.client_threads, opts.secs)?;
             print_row(ngx.name, connections, &n);
             println!(
                 "ratio oip-media/nginx at {connections} conns: req/s {:.2}x, MB/s {:.2}x, p99 {:.2}x",
@@ -711,13 +788,16 @@ fn main() -> BenchResult<()> {
         }
     }
 
-    // ---- long run: memory drift
+    Ok(())
+}
+
+fn long_run(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResult<()> {
     println!(
         "\n## Long run ({} s, 64 connections): RSS drift",
         opts.long_secs
     );
-    let oip = start_oip_media(corpus.path(), opts.workers, &[])?;
-    let (m, samples) = measure(&oip, &generator, 64, opts.client_threads, opts.long_secs)?;
+    let oip = start_oip_media(corpus, opts.workers, &[])?;
+    let (m, samples) = measure(&oip, generator, 64, opts.client_threads, opts.long_secs)?;
     header();
     print_row(oip.name, 64, &m);
     let at = |frac: f64| {
@@ -748,22 +828,42 @@ fn main() -> BenchResult<()> {
     );
     drop(oip);
 
-    // ---- overload
-    // A limit far below the client count, so shedding (not queueing) is what is measured.
-    let limit = 16;
+    Ok(())
+}
+
+fn overload(
+    opts: &Options,
+    corpus: &Path,
+    targets: &Arc<Vec<Target>>,
+    files: &[oip_media::sample::CorpusFile],
+) -> BenchResult<()> {
+    // Slow clients (phones on a 2 Mbit/s link), far more of them than the limit: on
+    // loopback wrk drains every body at once, so only throttled readers keep bodies in
+    // flight the way real overload does.
+    let limit = 64;
+    let rate: u64 = 256 * 1024;
     println!(
-        "\n## Overload: {} connections against MAX_IN_FLIGHT={limit}, MAX_QUEUE={limit}, QUEUE_TIMEOUT=250ms ({} s)",
-        opts.overload_connections, opts.secs
+        "\n## Overload: {} slow clients (each reads {} KiB/s, honours Retry-After) against MAX_IN_FLIGHT={limit}, MAX_QUEUE={limit}, QUEUE_TIMEOUT=250ms, SEND_BUFFER=64KiB ({} s, built-in client)",
+        opts.overload_connections,
+        rate / 1024,
+        opts.secs
     );
     let env = [
         ("MAX_IN_FLIGHT", limit.to_string()),
         ("MAX_QUEUE", limit.to_string()),
         ("QUEUE_TIMEOUT", "250ms".to_owned()),
+        // Bounded kernel buffers (see --send-buffer): without them loopback's autotuned
+        // buffers swallow whole GIFs and no body stays in flight long enough to matter.
+        ("SEND_BUFFER", "64KiB".to_owned()),
     ];
-    let oip = start_oip_media(corpus.path(), opts.workers, &env)?;
+    let oip = start_oip_media(corpus, opts.workers, &env)?;
+    let slow = Generator::Slow {
+        targets: Arc::clone(targets),
+        rate,
+    };
     let (m, _) = measure(
         &oip,
-        &generator,
+        &slow,
         opts.overload_connections,
         opts.client_threads,
         opts.secs,
@@ -771,11 +871,13 @@ fn main() -> BenchResult<()> {
     header();
     print_row(oip.name, opts.overload_connections, &m);
     println!(
-        "shed (status ≥ 400, i.e. 503 + Retry-After): {} of {} responses ({:.1}%); peak RssAnon {} KiB",
+        "shed (503 + Retry-After): {} of {} responses ({:.1}%); latency columns: time to first byte of admitted requests; \
+         peak RssAnon {} KiB ({} KiB above idle with {limit} bodies in flight)",
         m.load.status_errors,
         m.load.requests,
         m.load.status_errors as f64 / m.load.requests.max(1) as f64 * 100.0,
-        m.peak.anon_kib
+        m.peak.anon_kib,
+        m.peak.anon_kib.saturating_sub(m.idle.anon_kib)
     );
     std::thread::sleep(Duration::from_millis(500));
     let probe = &files[0].url_path;

@@ -146,6 +146,12 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         counters.open.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
+        if config.send_buffer > 0 {
+            let size = usize::try_from(config.send_buffer).unwrap_or(usize::MAX);
+            if let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(size) {
+                tracing::debug!(%error, "cannot set SO_SNDBUF");
+            }
+        }
         let activity = Arc::new(ConnActivity::default());
         let io = TokioIo::new(TimedIo::new(
             stream,
