@@ -9,6 +9,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod resolve;
 pub mod routes;
 pub mod sample;
 pub mod server;
