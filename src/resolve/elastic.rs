@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::source::{Batch, Fetched, RecordSource};
@@ -58,9 +57,12 @@ pub enum ElasticError {
     /// The answer was larger than this source reads.
     #[error("Elasticsearch answer over {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
-    /// The answer was not a search response.
-    #[error("Elasticsearch answer is not a search response: {0}")]
+    /// The answer was not JSON.
+    #[error("Elasticsearch answer is not JSON: {0}")]
     Body(#[from] serde_json::Error),
+    /// The answer was JSON but not a search response.
+    #[error("Elasticsearch answer is not a search response: {0}")]
+    Shape(String),
 }
 
 /// Looks records up in the indexer's Elasticsearch.
@@ -129,8 +131,7 @@ impl ElasticSource {
                 body: text.chars().take(200).collect(),
             });
         }
-        let parsed: SearchResponse = serde_json::from_slice(&body)?;
-        Ok(parsed.hits.hits.into_iter().map(|hit| hit.source).collect())
+        hit_sources(&body)
     }
 
     /// Looks up one chunk: `records` first, `organizations` for the rest.
@@ -215,20 +216,25 @@ fn match_hits(wanted: &[String], hits: Vec<Value>, found: &mut HashMap<String, V
     }
 }
 
-#[derive(Deserialize)]
-struct SearchResponse {
-    hits: Hits,
-}
-
-#[derive(Deserialize)]
-struct Hits {
-    hits: Vec<Hit>,
-}
-
-#[derive(Deserialize)]
-struct Hit {
-    #[serde(rename = "_source")]
-    source: Value,
+/// The `_source` of every hit in a search response (`hits.hits[]._source`).
+///
+/// Parsed as a `Value` through `str::parse`, which is compiled inside serde_json,
+/// rather than into typed structs, whose deserialiser would be instantiated here
+/// (unoptimised in debug builds, where a level of 1,000 records is tens of MiB).
+fn hit_sources(body: &[u8]) -> Result<Vec<Value>, ElasticError> {
+    let text = std::str::from_utf8(body).map_err(|e| ElasticError::Shape(e.to_string()))?;
+    let mut response: Value = text.parse()?;
+    let hits = match response.pointer_mut("/hits/hits").map(Value::take) {
+        Some(Value::Array(hits)) => hits,
+        _ => return Err(ElasticError::Shape("no hits.hits array".into())),
+    };
+    Ok(hits
+        .into_iter()
+        .filter_map(|mut hit| match hit.get_mut("_source").map(Value::take) {
+            Some(source @ Value::Object(_)) => Some(source),
+            _ => None,
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -249,6 +255,25 @@ mod tests {
         );
         assert!(ElasticSource::new("https://es:9200", Duration::from_secs(1)).is_err());
         assert!(ElasticSource::new("es:9200 nope", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn hit_sources_are_taken_from_a_search_response() {
+        let body = br#"{"took":1,"hits":{"total":{"value":2},"hits":[
+            {"_id":"1","_source":{"oip":{"did":"did:a"}}},{"_id":"2"},{"_source":{"oip":{"did":"did:b"}}}]}}"#;
+        let sources = hit_sources(body).unwrap();
+        assert_eq!(
+            sources,
+            vec![
+                json!({"oip": {"did": "did:a"}}),
+                json!({"oip": {"did": "did:b"}})
+            ]
+        );
+        assert!(matches!(
+            hit_sources(b"{\"error\":{}}"),
+            Err(ElasticError::Shape(_))
+        ));
+        assert!(matches!(hit_sources(b"<html>"), Err(ElasticError::Body(_))));
     }
 
     #[test]
