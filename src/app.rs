@@ -20,6 +20,8 @@ pub struct AppState {
     pub store: crate::store::Store,
     /// The `/media/<project>/<file>` root (`MEDIA_DIR/web`), canonicalised at start-up.
     pub web_root: crate::store::Root,
+    /// The record resolver behind `POST /api/resolve`, with its process-wide cache.
+    pub resolver: Arc<crate::resolve::Resolver>,
 }
 
 /// The router. Cheap to clone (one `Arc`), one clone per connection.
@@ -41,11 +43,18 @@ impl App {
                 source,
             }
         })?;
+        let resolver = crate::resolve::Resolver::new(&config.resolver).map_err(|error| {
+            StartError::InvalidSetting {
+                option: "--elasticsearch-host/ELASTICSEARCHHOST",
+                message: error.to_string(),
+            }
+        })?;
         Ok(App {
             state: Arc::new(AppState {
                 config,
                 store,
                 web_root,
+                resolver: Arc::new(resolver),
             }),
         })
     }
@@ -64,6 +73,8 @@ impl App {
         let path = request.uri().path();
         let mut response = if path.starts_with("/media/") {
             routes::media::handle(&self.state, request).await
+        } else if path == routes::resolve::PATH {
+            routes::resolve::handle(&self.state, request).await
         } else {
             routes::not_found()
         };

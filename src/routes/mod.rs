@@ -3,6 +3,7 @@
 
 pub mod file_response;
 pub mod media;
+pub mod resolve;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
