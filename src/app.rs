@@ -20,6 +20,9 @@ pub struct AppState {
     pub store: crate::store::Store,
     /// The `/media/<project>/<file>` root (`MEDIA_DIR/web`), canonicalised at start-up.
     pub web_root: crate::store::Root,
+    /// The one GUN relay client of the process (its negative cache, breaker and counters
+    /// are shared by every caller); `None` when `GUN_PEERS` is unset.
+    pub gun: Option<Arc<crate::gun::GunClient>>,
     /// The record resolver behind `POST /api/resolve`, with its process-wide cache.
     pub resolver: Arc<crate::resolve::Resolver>,
 }
@@ -43,6 +46,22 @@ impl App {
                 source,
             }
         })?;
+        let gun = match config.gun.gun_peers {
+            Some(_) => {
+                let client =
+                    crate::gun::GunClient::new(&config.gun).map_err(|error| match error {
+                        crate::gun::GunError::Config { option, message } => {
+                            StartError::InvalidSetting { option, message }
+                        }
+                        other => StartError::InvalidSetting {
+                            option: "--gun-peers/GUN_PEERS",
+                            message: other.to_string(),
+                        },
+                    })?;
+                Some(Arc::new(client))
+            }
+            None => None,
+        };
         let resolver = crate::resolve::Resolver::new(&config.resolver).map_err(|error| {
             StartError::InvalidSetting {
                 option: "--elasticsearch-host/ELASTICSEARCHHOST",
@@ -54,6 +73,7 @@ impl App {
                 config,
                 store,
                 web_root,
+                gun,
                 resolver: Arc::new(resolver),
             }),
         })
@@ -71,8 +91,10 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = request.uri().path();
-        let mut response = if path.starts_with("/media/") {
+        let mut response = if path.starts_with(routes::media::PREFIX) {
             routes::media::handle(&self.state, request).await
+        } else if path.starts_with(routes::gun_relay::PREFIX) {
+            routes::gun_relay::handle(&self.state, request).await
         } else if path == routes::resolve::PATH {
             routes::resolve::handle(&self.state, request).await
         } else {

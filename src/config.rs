@@ -132,6 +132,11 @@ pub struct Config {
     #[arg(long, env = "BODY_CHUNK_SIZE", default_value = "256KiB", value_parser = parse_bytes)]
     pub body_chunk_size: u64,
 
+    // ---------------------------------------------------------------- GUN relay
+    /// The GUN relay client and the `/gun-relay/` endpoints.
+    #[command(flatten)]
+    pub gun: GunSettings,
+
     // ---------------------------------------------------------------- record resolver
     /// Settings of the record resolver behind `POST /api/resolve`.
     #[command(flatten)]
@@ -157,6 +162,88 @@ impl Config {
     pub fn web_root(&self) -> PathBuf {
         self.media_dir.join("web")
     }
+}
+
+/// Settings of the GUN relay client (`src/gun/`) and of the relay-compatible
+/// `/gun-relay/get` and `/gun-relay/put` endpoints (SPEC §3).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GunSettings {
+    /// Base URL of the GUN relay, as the indexer sets it: a comma list of which only the
+    /// first entry is used (e.g. `http://gun-relay:8765`); a trailing slash is tolerated.
+    /// Unset: the `/gun-relay/` endpoints answer 503 `{"error":"GUN relay not configured"}`.
+    #[arg(long = "gun-peers", env = "GUN_PEERS")]
+    pub gun_peers: Option<String>,
+
+    /// Requests per call, first one included, when the relay is unavailable (timeout,
+    /// connection error, 5xx). 3 rides out a relay restart without multiplying load; a 404 or
+    /// another 4xx is never retried, whatever this says.
+    #[arg(long, env = "GUN_ATTEMPTS", default_value_t = 3)]
+    pub gun_attempts: u32,
+
+    /// Time one request to the relay may take, body included. The relay answers a miss only
+    /// after waiting ~3 s for its peers, so this must stay well above 3 s.
+    #[arg(long, env = "GUN_ATTEMPT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub gun_attempt_timeout: Duration,
+
+    /// Time one call (every attempt and backoff together) may take before it fails as
+    /// unavailable. The indexer's client could spend ~40 s on one record; 10 s leaves room
+    /// for a slow miss and one retry and still bounds what a resolver waits.
+    #[arg(long, env = "GUN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub gun_deadline: Duration,
+
+    /// First backoff before a retry; it doubles on each further retry and is jittered
+    /// (half fixed, half random) so that callers who failed together do not retry together.
+    #[arg(long, env = "GUN_BACKOFF_BASE", default_value = "100ms", value_parser = parse_duration)]
+    pub gun_backoff_base: Duration,
+
+    /// How long a soul the relay reported missing is answered as missing without asking
+    /// again. 1 h, as the indexer's cache meant to; checked on every read, so an entry is
+    /// never served past it. A put through this service forgets the soul at once.
+    #[arg(long, env = "GUN_NEGATIVE_CACHE_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub gun_negative_cache_ttl: Duration,
+
+    /// Most souls kept in the negative cache (TinyLFU admission, LRU eviction). 10,000 souls
+    /// of ~80 bytes each is under a few MiB, and matches the indexer's bound.
+    #[arg(long, env = "GUN_NEGATIVE_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub gun_negative_cache_capacity: u64,
+
+    /// Consecutive "unavailable" outcomes that open the circuit breaker, after which calls
+    /// fail fast until the cool-down ends (0 disables the breaker). 5 is past what one
+    /// relay restart causes at a low request rate, yet stops a dead relay from costing every
+    /// caller a full deadline.
+    #[arg(long, env = "GUN_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub gun_breaker_threshold: u32,
+
+    /// How long an open breaker fails calls fast before it lets one probe request through.
+    #[arg(long, env = "GUN_BREAKER_COOLDOWN", default_value = "10s", value_parser = parse_duration)]
+    pub gun_breaker_cooldown: Duration,
+
+    /// Most connections to the relay, in use or idle. Requests past it wait for a free
+    /// connection (within their deadline), so a burst cannot open thousands of sockets; 32
+    /// is well above what one Node relay serves in parallel.
+    #[arg(long, env = "GUN_POOL_SIZE", default_value_t = 32)]
+    pub gun_pool_size: usize,
+
+    /// Largest request body `POST /gun-relay/put` accepts (413 past it). OIP records are a
+    /// few KiB; 1 MiB leaves room for large ones and bounds what one client can make us buffer.
+    #[arg(long, env = "GUN_PUT_BODY_LIMIT", default_value = "1MiB", value_parser = parse_bytes)]
+    pub gun_put_body_limit: u64,
+
+    /// Time a client has to send the whole body of `POST /gun-relay/put` (408 past it), so
+    /// a slow sender holds a connection and its buffer for a bounded time.
+    #[arg(long, env = "GUN_PUT_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub gun_put_body_timeout: Duration,
+
+    /// Largest response body read from the relay; a larger answer is an error, not a record.
+    /// Bounds what one answer can make us buffer; records are KiB, not MiB.
+    #[arg(long, env = "GUN_RESPONSE_LIMIT", default_value = "8MiB", value_parser = parse_bytes)]
+    pub gun_response_limit: u64,
+
+    /// Interval of the client's summary log line (requests, misses, cache hits, errors,
+    /// breaker state; 0 = never). A summary per interval instead of a line per request keeps
+    /// logs readable at hundreds of lookups per second; intervals without calls log nothing.
+    #[arg(long, env = "GUN_SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub gun_summary_interval: Duration,
 }
 
 /// Settings of the record resolver (SPEC §4): where referenced records come from, and

@@ -8,6 +8,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod gun;
 pub mod http;
 pub mod resolve;
 pub mod routes;

@@ -2,6 +2,7 @@
 //! `Response<Body>`; JSON helpers here keep every error body the same shape.
 
 pub mod file_response;
+pub mod gun_relay;
 pub mod media;
 pub mod resolve;
 

@@ -1,7 +1,9 @@
-//! Stand-ins and fixtures shared by the integration tests.
+//! Helpers shared by the integration tests: stand-ins of the services oip-media talks
+//! to, and record fixtures. Each test crate uses a different subset.
 #![allow(dead_code)]
 
 pub mod elastic;
+pub mod relay_stub;
 
 use serde_json::{Value, json};
 
