@@ -62,12 +62,13 @@ impl App {
             }
             None => None,
         };
-        let resolver = crate::resolve::Resolver::new(&config.resolver).map_err(|error| {
-            StartError::InvalidSetting {
-                option: "--elasticsearch-host/ELASTICSEARCHHOST",
-                message: error.to_string(),
-            }
-        })?;
+        let resolver =
+            crate::resolve::Resolver::new(&config.resolver, gun.clone()).map_err(|error| {
+                StartError::InvalidSetting {
+                    option: "--elasticsearch-host/ELASTICSEARCHHOST",
+                    message: error.to_string(),
+                }
+            })?;
         Ok(App {
             state: Arc::new(AppState {
                 config,

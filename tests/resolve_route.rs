@@ -8,6 +8,7 @@ use std::time::Duration;
 use oip_media::{Config, RunningServer};
 use serde_json::{Value, json};
 use support::elastic::ElasticStandIn;
+use support::relay_stub::RelayStub;
 use support::{rec, with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -329,4 +330,54 @@ async fn an_unusable_elasticsearch_url_stops_the_start() {
     config.resolver.elasticsearch_host = Some("https://es:9200".into());
     let error = oip_media::server::start(config).await.err().unwrap();
     assert!(error.to_string().contains("ELASTICSEARCHHOST"), "{error}");
+}
+
+#[tokio::test]
+async fn gun_references_resolve_through_the_relay_and_a_put_refreshes_them() {
+    let relay = RelayStub::start().await;
+    let soul = "647f79c2a338:exercise-1";
+    let v1 = json!({"data": {"basic": {"name": "Squat"}}, "oip": {"did": format!("did:gun:{soul}")}, "meta": {}});
+    relay.store(
+        soul,
+        json!({"data": v1["data"].to_string(), "oip": v1["oip"].to_string(), "meta": {}}),
+    );
+    let relay_url = relay.base_url();
+    let fx = Fixture::start(vec![], move |c| c.gun.gun_peers = Some(relay_url)).await;
+    let workout = rec(
+        "did:arweave:w",
+        "W",
+        json!({"ex": [format!("did:gun:{soul}"), "did:gun:647f79c2a338:gone"]}),
+    );
+    let request = json!({"record": workout.clone(), "resolveDepth": 1});
+    let (status, body) = fx.post_json("/api/resolve", request.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["record"],
+        with(
+            workout.clone(),
+            "ex",
+            json!([v1, "did:gun:647f79c2a338:gone"])
+        )
+    );
+    assert_eq!(relay.gets_of(soul), 1);
+
+    // Cached: no new relay request.
+    let (_, body) = fx.post_json("/api/resolve", request.clone()).await;
+    assert_eq!(body["stats"]["cacheHits"], 2);
+    assert_eq!(relay.gets_of(soul), 1);
+
+    // A write through /gun-relay/put makes the next resolution read the new version.
+    let v2 = json!({"data": {"basic": {"name": "Back Squat"}}, "oip": {"did": format!("did:gun:{soul}")}, "meta": {}});
+    let put = fx
+        .client
+        .post(fx.url("/gun-relay/put"))
+        .json(&json!({"soul": soul, "data": v2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let (_, body) = fx.post_json("/api/resolve", request).await;
+    assert_eq!(body["record"]["data"]["links"]["ex"][0], v2);
+    assert_eq!(relay.gets_of(soul), 2);
+    fx.server.shutdown().await;
 }

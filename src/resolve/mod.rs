@@ -7,8 +7,9 @@
 //!    level `n + 1` every reference in the records found at level `n`. Each DID is
 //!    looked up once per request (a memo shared by sibling branches, so diamonds cost
 //!    one lookup), first in the process-wide [`RecordCache`], then in its source: all
-//!    Elasticsearch references of a level in one search, GUN references concurrently
-//!    up to `--resolve-concurrency`. A per-request budget caps the lookups; what is
+//!    Elasticsearch references of a level in one search, `did:gun:` references through
+//!    the 404-caching GUN client, concurrently up to `--resolve-concurrency`; both
+//!    kinds of a level at the same time. A per-request budget caps the lookups; what is
 //!    left over stays a DID.
 //! 2. **Build** the output from the memo without I/O (see `walk`): copies of the
 //!    looked-up records, paid for out of an output budget, with the indexer's cycle
@@ -21,6 +22,7 @@
 
 pub mod cache;
 pub mod elastic;
+pub mod gun_source;
 pub mod options;
 pub mod source;
 pub mod stats;
@@ -33,11 +35,13 @@ use serde_json::Value;
 
 pub use cache::{CachedRecord, FoundRecord, RecordCache};
 pub use elastic::{ElasticError, ElasticSetupError, ElasticSource};
+pub use gun_source::GunSource;
 pub use options::{FieldFilter, OptionsError, ResolveOptions};
 pub use source::{Batch, Fetched, MemorySource, RecordSource, SourceKind, Sources};
 pub use stats::{CountersSnapshot, ResolveStats, ResolverCounters};
 
 use crate::config::ResolverSettings;
+use crate::gun::GunClient;
 use walk::{Builder, Lookup, Memo};
 
 /// Resolved records and what it took to resolve them.
@@ -69,9 +73,13 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver with the sources the settings configure: Elasticsearch when
-    /// `--elasticsearch-host` is set.
-    pub fn new(settings: &ResolverSettings) -> Result<Resolver, ResolverSetupError> {
+    /// A resolver with the sources the settings configure: `did:gun:` references
+    /// through `gun` (the process's one GUN client, with its negative cache) when
+    /// there is one, the others through Elasticsearch when `--elasticsearch-host` is set.
+    pub fn new(
+        settings: &ResolverSettings,
+        gun: Option<Arc<GunClient>>,
+    ) -> Result<Resolver, ResolverSetupError> {
         let indexed = match &settings.elasticsearch_host {
             Some(host) if !host.trim().is_empty() => Some(Arc::new(ElasticSource::new(
                 host,
@@ -79,10 +87,10 @@ impl Resolver {
             )?) as Arc<dyn RecordSource>),
             _ => None,
         };
-        Ok(Resolver::with_sources(
-            settings,
-            Sources { gun: None, indexed },
-        ))
+        let gun = gun.map(|client| {
+            Arc::new(GunSource::new(client, settings.resolve_concurrency)) as Arc<dyn RecordSource>
+        });
+        Ok(Resolver::with_sources(settings, Sources { gun, indexed }))
     }
 
     /// A resolver over the given sources (tests, or records from elsewhere), with the
