@@ -265,8 +265,8 @@ pub struct ResolverSettings {
     pub elasticsearch_timeout: Duration,
 
     /// Deepest resolution a request gets, whatever `resolveDepth` it asks for (default
-    /// 4). Each level can multiply the work by the fan-out of the records; the
-    /// indexer's clients ask for at most 4. Responses say `capped: true` when it applied.
+    /// 4). Each level can multiply the work by the fan-out of the records, so the depth
+    /// a caller may ask for must be bounded. Responses say `capped: true` when it applied.
     #[arg(long, env = "RESOLVE_MAX_DEPTH", default_value_t = 4)]
     pub resolve_max_depth: u32,
 
@@ -284,6 +284,14 @@ pub struct ResolverSettings {
     /// `outputLimitReached: true`.
     #[arg(long, env = "RESOLVE_MAX_OUTPUT_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
     pub resolve_max_output_bytes: u64,
+
+    /// Time one resolution may spend looking records up (default 20s). The relay
+    /// answers a miss only after ~3 s, and a GUN call may take up to `--gun-deadline`;
+    /// without this, a level of a thousand slow misses could keep a caller waiting for
+    /// minutes. What is not looked up in time stays a DID and the response says
+    /// `timedOut: true`.
+    #[arg(long, env = "RESOLVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub resolve_timeout: Duration,
 
     /// Lookups of one resolution level that run at the same time (default 16). Enough
     /// to hide the GUN relay's latency without queueing hundreds of requests on it.

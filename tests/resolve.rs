@@ -157,6 +157,32 @@ async fn a_ten_thousand_wide_fan_out_spends_the_budget_in_one_search() {
 }
 
 #[tokio::test]
+async fn a_slow_elasticsearch_is_cut_off_by_the_resolution_timeout() {
+    let target = rec("did:arweave:t", "T", json!({}));
+    let es = ElasticStandIn::start(vec![target.clone()], vec![]).await;
+    let mut settings = with_elastic(&es);
+    settings.resolve_timeout = Duration::from_millis(300);
+    let resolver = Resolver::new(&settings, None).unwrap();
+    let root = rec("did:arweave:r", "R", json!({"t": "did:arweave:t"}));
+    es.delay(Duration::from_secs(3));
+    let started = Instant::now();
+    let out = resolver.resolve(vec![root.clone()], &depth(2)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.records[0], root);
+    assert!(out.stats.timed_out);
+    assert_eq!(resolver.counters().snapshot().timeouts, 1);
+    // Not remembered: once Elasticsearch is quick again, the reference resolves.
+    es.delay(Duration::ZERO);
+    let out = resolver.resolve(vec![root.clone()], &depth(2)).await;
+    assert!(!out.stats.timed_out);
+    assert_eq!(out.records[0], with(root, "t", target));
+}
+
+#[tokio::test]
 async fn names_only_and_field_filters_through_elasticsearch() {
     let w = json!({"oip": {"did": "did:arweave:w"}, "data": {
         "basic": {"name": "W", "avatar": "did:arweave:img"},
@@ -587,6 +613,39 @@ async fn gun_lookups_of_a_level_run_concurrently_up_to_the_bound() {
     assert_eq!(relay.max_concurrent(), 4);
     // 24 gets of 40 ms, 4 at a time: about 240 ms, far from 960 ms one by one.
     assert!(elapsed < Duration::from_millis(700), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn slow_gun_lookups_are_cut_off_by_the_resolution_timeout() {
+    let fast = gun("fast", "Fast", json!({}));
+    let (relay, resolver, _) = over_relay_with(std::slice::from_ref(&fast), |c| {
+        c.resolver.resolve_timeout = Duration::from_millis(300);
+    })
+    .await;
+    relay.script(&gun_soul("hangs"), [Reply::Hang]);
+    relay.script(&gun_soul("slow"), [Reply::after_ms(5_000, Reply::NotFound)]);
+    let root = gun(
+        "root",
+        "Root",
+        json!({"all": [gun_did("hangs"), gun_did("fast"), gun_did("slow")]}),
+    );
+    let started = Instant::now();
+    let out = resolver.resolve(vec![root.clone()], &depth(3)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        out.records[0],
+        linked(
+            root,
+            "all",
+            json!([gun_did("hangs"), fast, gun_did("slow")])
+        )
+    );
+    assert!(out.stats.timed_out);
+    assert_eq!(out.stats.not_found, 0, "a timeout is not a miss");
 }
 
 #[tokio::test]

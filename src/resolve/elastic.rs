@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::source::{Batch, Fetched, RecordSource};
 
@@ -135,10 +136,10 @@ impl ElasticSource {
     }
 
     /// Looks up one chunk: `records` first, `organizations` for the rest.
-    async fn fetch_chunk(&self, dids: &[String]) -> Batch {
+    async fn fetch_chunk(&self, dids: &[String], deadline: Instant) -> Batch {
         let mut found: HashMap<String, Value> = HashMap::new();
         let mut requests = 0;
-        let mut failure = None;
+        let mut failure: Option<Fetched> = None;
         for index in INDICES {
             let wanted: Vec<String> = dids
                 .iter()
@@ -148,12 +149,20 @@ impl ElasticSource {
             if wanted.is_empty() {
                 break;
             }
+            if Instant::now() >= deadline {
+                failure = Some(Fetched::TimedOut);
+                break;
+            }
             requests += 1;
-            match self.search(index, &wanted).await {
-                Ok(hits) => match_hits(&wanted, hits, &mut found),
-                Err(error) => {
+            match tokio::time::timeout_at(deadline, self.search(index, &wanted)).await {
+                Ok(Ok(hits)) => match_hits(&wanted, hits, &mut found),
+                Ok(Err(error)) => {
                     tracing::warn!(index, %error, dids = wanted.len(), "Elasticsearch search failed");
-                    failure = Some(error.to_string());
+                    failure = Some(Fetched::Failed(error.to_string()));
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(Fetched::TimedOut);
                     break;
                 }
             }
@@ -162,7 +171,7 @@ impl ElasticSource {
             .iter()
             .map(|did| match (found.remove(did.as_str()), &failure) {
                 (Some(record), _) => Fetched::Found(record),
-                (None, Some(error)) => Fetched::Failed(error.clone()),
+                (None, Some(failure)) => failure.clone(),
                 (None, None) => Fetched::Missing,
             })
             .collect();
@@ -171,11 +180,11 @@ impl ElasticSource {
 }
 
 impl RecordSource for ElasticSource {
-    fn fetch<'a>(&'a self, dids: &'a [String]) -> BoxFuture<'a, Batch> {
+    fn fetch<'a>(&'a self, dids: &'a [String], deadline: Instant) -> BoxFuture<'a, Batch> {
         Box::pin(async move {
             let mut batch = Batch::default();
             for chunk in dids.chunks(MAX_DIDS_PER_SEARCH) {
-                let part = self.fetch_chunk(chunk).await;
+                let part = self.fetch_chunk(chunk, deadline).await;
                 batch.answers.extend(part.answers);
                 batch.requests += part.requests;
             }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::source::{Batch, Fetched, RecordSource, gun_soul};
 use crate::gun::{GunClient, GunRecord};
@@ -28,35 +29,42 @@ impl GunSource {
         }
     }
 
-    async fn fetch_one(&self, did: &str) -> Fetched {
+    /// One soul's answer, and whether a get was made for it.
+    async fn fetch_one(&self, did: &str, deadline: Instant) -> (Fetched, bool) {
         // Everything after `did:gun:`, colons kept (`<hash>:<localId>`, `oip:registry:…`).
         let soul = gun_soul(did).unwrap_or_default();
         if soul.is_empty() {
             // No relay request can name an empty soul.
-            return Fetched::Missing;
+            return (Fetched::Missing, false);
         }
-        match self.client.get(soul).await {
-            Ok(GunRecord::Found(stored)) => Fetched::Found(record_from_stored(stored)),
-            Ok(GunRecord::Missing) => Fetched::Missing,
-            Err(error) => Fetched::Failed(error.to_string()),
+        if Instant::now() >= deadline {
+            return (Fetched::TimedOut, false);
         }
+        let answer = match tokio::time::timeout_at(deadline, self.client.get(soul)).await {
+            Ok(Ok(GunRecord::Found(stored))) => Fetched::Found(record_from_stored(stored)),
+            Ok(Ok(GunRecord::Missing)) => Fetched::Missing,
+            Ok(Err(error)) => Fetched::Failed(error.to_string()),
+            Err(_) => Fetched::TimedOut,
+        };
+        (answer, true)
     }
 }
 
 impl RecordSource for GunSource {
-    fn fetch<'a>(&'a self, dids: &'a [String]) -> BoxFuture<'a, Batch> {
+    fn fetch<'a>(&'a self, dids: &'a [String], deadline: Instant) -> BoxFuture<'a, Batch> {
         Box::pin(async move {
-            let requests = dids
-                .iter()
-                .filter(|d| gun_soul(d).is_some_and(|s| !s.is_empty()))
-                .count() as u64;
             // The futures are only created here; `buffered` polls at most
             // `concurrency` of them at a time and keeps the answers in the order asked.
-            let gets: Vec<_> = dids.iter().map(|did| self.fetch_one(did)).collect();
-            let answers: Vec<Fetched> = stream::iter(gets)
+            let gets: Vec<_> = dids
+                .iter()
+                .map(|did| self.fetch_one(did, deadline))
+                .collect();
+            let outcomes: Vec<(Fetched, bool)> = stream::iter(gets)
                 .buffered(self.concurrency)
                 .collect()
                 .await;
+            let requests = outcomes.iter().filter(|(_, sent)| *sent).count() as u64;
+            let answers = outcomes.into_iter().map(|(answer, _)| answer).collect();
             Batch { answers, requests }
         })
     }

@@ -9,8 +9,8 @@
 //!    one lookup), first in the process-wide [`RecordCache`], then in its source: all
 //!    Elasticsearch references of a level in one search, `did:gun:` references through
 //!    the 404-caching GUN client, concurrently up to `--resolve-concurrency`; both
-//!    kinds of a level at the same time. A per-request budget caps the lookups; what is
-//!    left over stays a DID.
+//!    kinds of a level at the same time. A per-request budget caps the lookups and a
+//!    per-request deadline the time they take; what is left over stays a DID.
 //! 2. **Build** the output from the memo without I/O (see `walk`): copies of the
 //!    looked-up records, paid for out of an output budget, with the indexer's cycle
 //!    stubs and names-only rule. Looked-up records are shared, read-only, with the
@@ -29,9 +29,10 @@ pub mod stats;
 mod walk;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio::time::Instant;
 
 pub use cache::{CachedRecord, FoundRecord, RecordCache};
 pub use elastic::{ElasticError, ElasticSetupError, ElasticSource};
@@ -70,6 +71,7 @@ pub struct Resolver {
     max_depth: u32,
     budget: u64,
     max_output_bytes: u64,
+    timeout: Duration,
 }
 
 impl Resolver {
@@ -108,6 +110,7 @@ impl Resolver {
             max_depth: settings.resolve_max_depth,
             budget: u64::try_from(settings.resolve_budget).unwrap_or(u64::MAX),
             max_output_bytes: settings.resolve_max_output_bytes,
+            timeout: settings.resolve_timeout,
         }
     }
 
@@ -131,6 +134,7 @@ impl Resolver {
     /// the stats say why.
     pub async fn resolve(&self, records: Vec<Value>, options: &ResolveOptions) -> Resolution {
         let started = Instant::now();
+        let deadline = started + self.timeout;
         let depth = options.depth.min(self.max_depth);
         let mut stats = ResolveStats {
             requested_depth: options.depth,
@@ -144,7 +148,14 @@ impl Resolver {
             if frontier.is_empty() {
                 break;
             }
-            let found = self.look_up_level(frontier, &mut memo, &mut stats).await;
+            if Instant::now() >= deadline {
+                stats.timed_out = true;
+                memo.extend(frontier.into_iter().map(|did| (did, Lookup::Unresolved)));
+                break;
+            }
+            let found = self
+                .look_up_level(frontier, deadline, &mut memo, &mut stats)
+                .await;
             frontier = if level < depth {
                 let found_records = found.iter().filter_map(|did| match memo.get(did) {
                     Some(Lookup::Found(f)) => Some(&*f.record),
@@ -178,6 +189,7 @@ impl Resolver {
     async fn look_up_level(
         &self,
         mut dids: Vec<String>,
+        deadline: Instant,
         memo: &mut Memo,
         stats: &mut ResolveStats,
     ) -> Vec<String> {
@@ -214,8 +226,8 @@ impl Resolver {
         }
 
         let (gun_batch, indexed_batch) = futures_util::future::join(
-            self.fetch(SourceKind::Gun, &gun),
-            self.fetch(SourceKind::Indexed, &indexed),
+            self.fetch(SourceKind::Gun, &gun, deadline),
+            self.fetch(SourceKind::Indexed, &indexed, deadline),
         )
         .await;
         let mut inserted = false;
@@ -233,12 +245,12 @@ impl Resolver {
     }
 
     /// Asks the source of `kind` for `dids`; `None` when no such source is configured.
-    async fn fetch(&self, kind: SourceKind, dids: &[String]) -> Option<Batch> {
+    async fn fetch(&self, kind: SourceKind, dids: &[String], deadline: Instant) -> Option<Batch> {
         if dids.is_empty() {
             return Some(Batch::default());
         }
         let source = self.sources.get(kind)?;
-        Some(source.fetch(dids).await)
+        Some(source.fetch(dids, deadline).await)
     }
 
     /// Files a source's answers in the memo and the cache; true if anything was cached.
@@ -281,6 +293,10 @@ impl Resolver {
                 Fetched::Failed(reason) => {
                     stats.source_errors += 1;
                     tracing::debug!(%did, %reason, "lookup failed");
+                    memo.insert(did, Lookup::Unresolved);
+                }
+                Fetched::TimedOut => {
+                    stats.timed_out = true;
                     memo.insert(did, Lookup::Unresolved);
                 }
             }

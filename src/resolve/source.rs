@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
+use tokio::time::Instant;
 
 /// A source's answer for one DID.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,9 +17,11 @@ pub enum Fetched {
     Found(Value),
     /// The source answered and has no such record (remembered for the negative TTL).
     Missing,
-    /// The source could not answer (timeout, error status, bad body). Not remembered:
-    /// the next request asks again.
+    /// The source could not answer (error status, bad body, its own timeout). Not
+    /// remembered: the next request asks again.
     Failed(String),
+    /// The request's deadline came first. Not remembered either.
+    TimedOut,
 }
 
 /// A source's answers for one batch.
@@ -33,8 +36,9 @@ pub struct Batch {
 /// A place records can be looked up by DID.
 pub trait RecordSource: Send + Sync {
     /// Looks up `dids` (distinct, all of the kind this source serves). The answer has
-    /// exactly one entry per DID, in the same order.
-    fn fetch<'a>(&'a self, dids: &'a [String]) -> BoxFuture<'a, Batch>;
+    /// exactly one entry per DID, in the same order, and comes by `deadline`: what is
+    /// not known by then is answered [`Fetched::TimedOut`].
+    fn fetch<'a>(&'a self, dids: &'a [String], deadline: Instant) -> BoxFuture<'a, Batch>;
 }
 
 /// The prefix of DIDs served by GUN; the rest of the DID is the soul, colons kept.
@@ -132,7 +136,7 @@ impl MemorySource {
 }
 
 impl RecordSource for MemorySource {
-    fn fetch<'a>(&'a self, dids: &'a [String]) -> BoxFuture<'a, Batch> {
+    fn fetch<'a>(&'a self, dids: &'a [String], _deadline: Instant) -> BoxFuture<'a, Batch> {
         let answers = {
             let mut asked = self.asked_log();
             dids.iter()
@@ -180,7 +184,7 @@ mod tests {
             "did:none".to_owned(),
             "did:a".to_owned(),
         ];
-        let batch = source.fetch(&dids).await;
+        let batch = source.fetch(&dids, Instant::now()).await;
         assert!(matches!(batch.answers[0], Fetched::Found(_)));
         assert_eq!(batch.answers[1], Fetched::Missing);
         assert!(matches!(batch.answers[2], Fetched::Found(_)));

@@ -23,8 +23,8 @@ pub struct ResolveStats {
     pub misses: u64,
     /// Lookups no source had a record for (they stay DIDs).
     pub not_found: u64,
-    /// Lookups whose source failed (timeout, error status); they stay DIDs and are not
-    /// remembered, so a later request tries again.
+    /// Lookups whose source failed (error status, bad answer, the source's own
+    /// timeout); they stay DIDs and are not remembered, so a later request tries again.
     pub source_errors: u64,
     /// Lookups with no source configured for their kind of DID (`did:gun:` without a
     /// GUN relay, others without `ELASTICSEARCHHOST`); they stay DIDs.
@@ -46,6 +46,9 @@ pub struct ResolveStats {
     /// True when the output limit was reached: some references stayed DIDs so the
     /// response would not grow past `--resolve-max-output-bytes`.
     pub output_limit_reached: bool,
+    /// True when `--resolve-timeout` ran out: some references stayed DIDs because
+    /// their lookups did not finish in time.
+    pub timed_out: bool,
 }
 
 /// Process-wide totals over every resolution, updated once per request.
@@ -62,6 +65,7 @@ pub struct ResolverCounters {
     budget_exhaustions: AtomicU64,
     depth_caps: AtomicU64,
     output_limits: AtomicU64,
+    timeouts: AtomicU64,
 }
 
 /// A copy of the [`ResolverCounters`] at one moment, for a metrics endpoint or a test.
@@ -90,6 +94,8 @@ pub struct CountersSnapshot {
     pub depth_caps: u64,
     /// Resolutions that reached the output limit.
     pub output_limits: u64,
+    /// Resolutions that ran out of time.
+    pub timeouts: u64,
 }
 
 impl ResolverCounters {
@@ -109,6 +115,7 @@ impl ResolverCounters {
         add(&self.budget_exhaustions, u64::from(stats.budget_exhausted));
         add(&self.depth_caps, u64::from(stats.capped));
         add(&self.output_limits, u64::from(stats.output_limit_reached));
+        add(&self.timeouts, u64::from(stats.timed_out));
     }
 
     /// The totals so far.
@@ -126,6 +133,7 @@ impl ResolverCounters {
             budget_exhaustions: get(&self.budget_exhaustions),
             depth_caps: get(&self.depth_caps),
             output_limits: get(&self.output_limits),
+            timeouts: get(&self.timeouts),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -34,6 +34,8 @@ struct State {
     violations: Mutex<Vec<String>>,
     /// When non-zero, every search is answered with this status.
     fail_with: AtomicU16,
+    /// Milliseconds to wait before answering a search.
+    delay_ms: AtomicU64,
 }
 
 /// The running stand-in. Stops when dropped (its task is aborted).
@@ -98,6 +100,13 @@ impl ElasticStandIn {
         self.state.violations.lock().unwrap().clone()
     }
 
+    /// From now on, wait `delay` before answering each search.
+    pub fn delay(&self, delay: std::time::Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// From now on, answer every search with `status` (0: answer normally again).
     pub fn fail_with(&self, status: u16) {
         self.state.fail_with.store(status, Ordering::SeqCst);
@@ -132,6 +141,10 @@ async fn answer(state: &State, request: Request<hyper::body::Incoming>) -> Respo
         index: index.to_owned(),
         dids: dids.clone(),
     });
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let status = state.fail_with.load(Ordering::SeqCst);
     if status != 0 {
         return respond(
