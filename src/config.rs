@@ -353,6 +353,35 @@ mod tests {
     }
 
     #[test]
+    fn resolver_defaults_are_the_documented_ones() {
+        let r = Config::for_media_dir("/tmp/x").resolver;
+        assert_eq!(r.elasticsearch_timeout, Duration::from_secs(10));
+        assert_eq!(r.resolve_max_depth, 4);
+        assert_eq!(r.resolve_budget, 1000);
+        assert_eq!(r.resolve_max_output_bytes, 32 << 20);
+        assert_eq!(r.resolve_timeout, Duration::from_secs(20));
+        assert_eq!(r.resolve_concurrency, 16);
+        assert_eq!(r.resolve_body_limit, 8 << 20);
+        assert_eq!(r.resolve_body_timeout, Duration::from_secs(30));
+        assert_eq!(r.record_cache_entries, 7500);
+        assert_eq!(r.record_cache_bytes, 64 << 20);
+        assert_eq!(r.record_cache_ttl, Duration::from_secs(300));
+        assert_eq!(r.record_negative_ttl, Duration::from_secs(60));
+        let c = Config::parse_from([
+            "oip-media",
+            "--elasticsearch-host",
+            "http://es:9200",
+            "--resolve-max-depth",
+            "2",
+        ]);
+        assert_eq!(
+            c.resolver.elasticsearch_host.as_deref(),
+            Some("http://es:9200")
+        );
+        assert_eq!(c.resolver.resolve_max_depth, 2);
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let c = Config::for_media_dir("/tmp/x");
         assert_eq!(c.web_root(), PathBuf::from("/tmp/x/web"));

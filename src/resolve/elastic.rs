@@ -55,6 +55,9 @@ pub enum ElasticError {
         /// The start of the body, for the log.
         body: String,
     },
+    /// The index name does not make a URL below the host.
+    #[error("cannot build the search URL: {0}")]
+    Url(String),
     /// The answer was larger than this source reads.
     #[error("Elasticsearch answer over {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
