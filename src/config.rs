@@ -186,9 +186,11 @@ pub struct GunSettings {
     pub gun_attempt_timeout: Duration,
 
     /// Time one call (every attempt and backoff together) may take before it fails as
-    /// unavailable. The indexer's client could spend ~40 s on one record; 10 s leaves room
-    /// for a slow miss and one retry and still bounds what a resolver waits.
-    #[arg(long, env = "GUN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    /// unavailable. The indexer's client could spend ~40 s on one record. 8 s leaves room for
+    /// a slow miss (~3 s) and a retry, and stays under the indexer's own 10 s request
+    /// timeout, so through `/gun-relay/` it gets our answer (at worst a JSON 504) rather than
+    /// timing out and retrying on its side.
+    #[arg(long, env = "GUN_DEADLINE", default_value = "8s", value_parser = parse_duration)]
     pub gun_deadline: Duration,
 
     /// First backoff before a retry; it doubles on each further retry and is jittered
@@ -207,8 +209,9 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_NEGATIVE_CACHE_CAPACITY", default_value_t = 10_000)]
     pub gun_negative_cache_capacity: u64,
 
-    /// Consecutive "unavailable" outcomes that open the circuit breaker, after which calls
-    /// fail fast until the cool-down ends (0 disables the breaker). 5 is past what one
+    /// Consecutive "unavailable" outcomes (each attempt counts, retries included) that open
+    /// the circuit breaker, after which calls fail fast until the cool-down ends (0 disables
+    /// the breaker). 5 is past what one
     /// relay restart causes at a low request rate, yet stops a dead relay from costing every
     /// caller a full deadline.
     #[arg(long, env = "GUN_BREAKER_THRESHOLD", default_value_t = 5)]
@@ -218,9 +221,10 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_BREAKER_COOLDOWN", default_value = "10s", value_parser = parse_duration)]
     pub gun_breaker_cooldown: Duration,
 
-    /// Most connections to the relay, in use or idle. Requests past it wait for a free
-    /// connection (within their deadline), so a burst cannot open thousands of sockets; 32
-    /// is well above what one Node relay serves in parallel.
+    /// Most requests in flight to the relay at once, and most idle keep-alive connections
+    /// kept for reuse. Requests past it wait for a slot (within their deadline), so a burst
+    /// cannot open thousands of sockets; 32 is well above what one Node relay serves in
+    /// parallel.
     #[arg(long, env = "GUN_POOL_SIZE", default_value_t = 32)]
     pub gun_pool_size: usize,
 
