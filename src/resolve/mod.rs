@@ -16,8 +16,8 @@
 //!    stubs and names-only rule. Looked-up records are shared, read-only, with the
 //!    cache; nothing a request does is visible to another.
 //!
-//! Looking up the DIDs a level at a time gives exactly the DIDs the tree needs: a DID
-//! first met at level `n` gets its most generous remaining depth there, and a path
+//! Looking up the DIDs a level at a time finds every DID the tree needs, each once: a
+//! DID first met at level `n` gets its most generous remaining depth there, and a path
 //! that meets a record twice (a cycle) has met it before at a shallower level.
 
 pub mod cache;
