@@ -51,6 +51,8 @@ pub struct AppState {
     /// The one GUN relay client of the process (its negative cache, breaker and counters
     /// are shared by every caller); `None` when `GUN_PEERS` is unset.
     pub gun: Option<Arc<crate::gun::GunClient>>,
+    /// The record resolver behind `POST /api/resolve`, with its process-wide cache.
+    pub resolver: Arc<crate::resolve::Resolver>,
 }
 
 impl AppState {
@@ -130,6 +132,8 @@ fn route_family(path: &str) -> RouteFamily {
         RouteFamily::Generate
     } else if path.starts_with(routes::gun_relay::PREFIX) {
         RouteFamily::GunRelay
+    } else if path == routes::resolve::PATH {
+        RouteFamily::Resolve
     } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         RouteFamily::Ops
     } else {
@@ -212,6 +216,13 @@ impl App {
             }
             None => None,
         };
+        let resolver =
+            crate::resolve::Resolver::new(&config.resolver, gun.clone()).map_err(|error| {
+                StartError::InvalidSetting {
+                    option: "--elasticsearch-host/ELASTICSEARCHHOST",
+                    message: error.to_string(),
+                }
+            })?;
         let cors = CorsPolicy::parse(&config.cors_origins).map_err(|message| {
             StartError::InvalidSetting {
                 option: "--cors-origins/CORS_ORIGINS",
@@ -238,6 +249,7 @@ impl App {
             jwt,
             gifs,
             gun,
+            resolver: Arc::new(resolver),
         });
         let media = BodyLimitLayer::new(limiter).layer(MediaRoutes {
             state: Arc::clone(&state),
@@ -314,6 +326,7 @@ impl App {
                 _ => routes::ops::metrics(&self.state, method),
             },
             RouteFamily::GunRelay => routes::gun_relay::handle(&self.state, request).await,
+            RouteFamily::Resolve => routes::resolve::handle(&self.state, request).await,
             _ => routes::not_found(),
         }
     }

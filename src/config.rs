@@ -253,6 +253,11 @@ pub struct Config {
     /// The GUN relay client and the `/gun-relay/` endpoints.
     #[command(flatten)]
     pub gun: GunSettings,
+
+    // ---------------------------------------------------------------- record resolver
+    /// Settings of the record resolver behind `POST /api/resolve`.
+    #[command(flatten)]
+    pub resolver: ResolverSettings,
 }
 
 fn default_media_dir() -> &'static str {
@@ -473,6 +478,90 @@ pub struct GunSettings {
     pub gun_summary_interval: Duration,
 }
 
+/// Settings of the record resolver (SPEC §4): where referenced records come from, and
+/// the hard bounds on the work one request may cause and the memory the process-wide
+/// record cache may hold.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResolverSettings {
+    /// The indexer's Elasticsearch URL (`http://host:9200`). References other than
+    /// `did:gun:` are looked up there; without it they stay unresolved and responses
+    /// count them in `unresolvedNoSource`. Plain `http` only: Elasticsearch sits on the
+    /// indexer's private network.
+    #[arg(long, env = "ELASTICSEARCHHOST")]
+    pub elasticsearch_host: Option<String>,
+
+    /// Time one Elasticsearch search may take before its references are left
+    /// unresolved (default 10s). A level's whole batch is one query, so this bounds
+    /// how long one level can wait on Elasticsearch.
+    #[arg(long, env = "ELASTICSEARCH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub elasticsearch_timeout: Duration,
+
+    /// Deepest resolution a request gets, whatever `resolveDepth` it asks for (default
+    /// 4). Each level can multiply the work by the fan-out of the records, so the depth
+    /// a caller may ask for must be bounded. Responses say `capped: true` when it applied.
+    #[arg(long, env = "RESOLVE_MAX_DEPTH", default_value_t = 4)]
+    pub resolve_max_depth: u32,
+
+    /// Most distinct references one request may look up, cached or not (default 1000).
+    /// Past it, remaining references stay DIDs and the response says
+    /// `budgetExhausted: true`. Counting cache hits too keeps a response the same
+    /// whatever the cache holds.
+    #[arg(long, env = "RESOLVE_BUDGET", default_value_t = 1000)]
+    pub resolve_budget: usize,
+
+    /// Most bytes of records one response may embed (default 32MiB, measured as JSON).
+    /// Resolution replaces references by copies, so a record met on many paths is
+    /// copied many times; this bounds what one request can make the process build.
+    /// Past it, remaining references stay DIDs and the response says
+    /// `outputLimitReached: true`.
+    #[arg(long, env = "RESOLVE_MAX_OUTPUT_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
+    pub resolve_max_output_bytes: u64,
+
+    /// Time one resolution may spend looking records up (default 20s). The relay
+    /// answers a miss only after ~3 s, and a GUN call may take up to `--gun-deadline`;
+    /// without this, a level of a thousand slow misses could keep a caller waiting for
+    /// minutes. What is not looked up in time stays a DID and the response says
+    /// `timedOut: true`.
+    #[arg(long, env = "RESOLVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub resolve_timeout: Duration,
+
+    /// Lookups of one resolution level that run at the same time (default 16). Enough
+    /// to hide the GUN relay's latency without queueing hundreds of requests on it.
+    #[arg(long, env = "RESOLVE_CONCURRENCY", default_value_t = 16)]
+    pub resolve_concurrency: usize,
+
+    /// Largest `POST /api/resolve` body accepted (default 8MiB); larger bodies get 413.
+    /// A page of the indexer's records is well under a megabyte.
+    #[arg(long, env = "RESOLVE_BODY_LIMIT", default_value = "8MiB", value_parser = parse_bytes)]
+    pub resolve_body_limit: u64,
+
+    /// Time a client has to send the whole `POST /api/resolve` body (default 30s), so a
+    /// client trickling bytes cannot hold a buffer forever.
+    #[arg(long, env = "RESOLVE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub resolve_body_timeout: Duration,
+
+    /// Most records kept in the process-wide record cache (default 7500, the cap the
+    /// indexer settled on after its unbounded array reached 15,000 records).
+    #[arg(long, env = "RECORD_CACHE_ENTRIES", default_value_t = 7500)]
+    pub record_cache_entries: u64,
+
+    /// Most bytes of records (measured as JSON) kept in the record cache (default
+    /// 64MiB). Whichever of this and the entry bound is reached first applies; the heap
+    /// a cached record takes is a small multiple of its JSON size.
+    #[arg(long, env = "RECORD_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub record_cache_bytes: u64,
+
+    /// How long a found record is served from the cache (default 5m). Records are
+    /// mostly immutable; an edit shows after at most this long.
+    #[arg(long, env = "RECORD_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub record_cache_ttl: Duration,
+
+    /// How long "not found" is remembered (default 60s). Short, because a reference to
+    /// a record being published right now should start resolving soon.
+    #[arg(long, env = "RECORD_NEGATIVE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub record_negative_ttl: Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +582,35 @@ mod tests {
         assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn resolver_defaults_are_the_documented_ones() {
+        let r = Config::for_media_dir("/tmp/x").resolver;
+        assert_eq!(r.elasticsearch_timeout, Duration::from_secs(10));
+        assert_eq!(r.resolve_max_depth, 4);
+        assert_eq!(r.resolve_budget, 1000);
+        assert_eq!(r.resolve_max_output_bytes, 32 << 20);
+        assert_eq!(r.resolve_timeout, Duration::from_secs(20));
+        assert_eq!(r.resolve_concurrency, 16);
+        assert_eq!(r.resolve_body_limit, 8 << 20);
+        assert_eq!(r.resolve_body_timeout, Duration::from_secs(30));
+        assert_eq!(r.record_cache_entries, 7500);
+        assert_eq!(r.record_cache_bytes, 64 << 20);
+        assert_eq!(r.record_cache_ttl, Duration::from_secs(300));
+        assert_eq!(r.record_negative_ttl, Duration::from_secs(60));
+        let c = Config::parse_from([
+            "oip-media",
+            "--elasticsearch-host",
+            "http://es:9200",
+            "--resolve-max-depth",
+            "2",
+        ]);
+        assert_eq!(
+            c.resolver.elasticsearch_host.as_deref(),
+            Some("http://es:9200")
+        );
+        assert_eq!(c.resolver.resolve_max_depth, 2);
     }
 
     #[test]

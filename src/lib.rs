@@ -18,6 +18,7 @@ pub mod http;
 pub mod limit;
 pub mod manifest;
 pub mod metrics;
+pub mod resolve;
 pub mod routes;
 pub mod sample;
 pub mod server;

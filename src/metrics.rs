@@ -413,6 +413,56 @@ pub fn render(state: &AppState) -> String {
         );
     }
 
+    let rs = state.resolver.counters().snapshot();
+    counter(
+        &mut r,
+        "resolve_requests",
+        "Resolutions run (one per /api/resolve request)",
+        rs.resolutions,
+    );
+    kinds(
+        &mut r,
+        "resolve_lookups",
+        "Reference lookups by result",
+        &[
+            ("cache_hit", rs.cache_hits),
+            ("miss", rs.misses),
+            ("not_found", rs.not_found),
+            ("source_error", rs.source_errors),
+            ("no_source", rs.unresolved_no_source),
+        ],
+    );
+    counter(
+        &mut r,
+        "resolve_source_requests",
+        "Requests sent to GUN and Elasticsearch by the resolver",
+        rs.source_requests,
+    );
+    kinds(
+        &mut r,
+        "resolve_bounds_hit",
+        "Resolutions cut short by a bound, by bound",
+        &[
+            ("budget", rs.budget_exhaustions),
+            ("depth", rs.depth_caps),
+            ("output", rs.output_limits),
+            ("timeout", rs.timeouts),
+        ],
+    );
+    let cache = state.resolver.cache();
+    gauge(
+        &mut r,
+        "resolve_cache_entries",
+        "Records (and misses) in the resolver cache",
+        cache.entry_count(),
+    );
+    gauge(
+        &mut r,
+        "resolve_cache_weight_bytes",
+        "Weighted size of the resolver cache",
+        cache.weighted_size(),
+    );
+
     let memory = ProcessMemory::read();
     gauge(
         &mut r,

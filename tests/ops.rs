@@ -467,3 +467,39 @@ async fn gun_counters_and_breaker_show_in_metrics_and_readiness() {
     assert_eq!(ready["gun"]["breaker"], "closed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn resolver_counters_show_in_metrics() {
+    let server = start_with(media_root(), |_| {}).await;
+    let body = r#"{"records":[{"data":{"basic":{"name":"a"},"links":{"x":"did:arweave:nope"}},"oip":{"did":"did:arweave:a"}}],"resolveDepth":1}"#;
+    let len = body.len().to_string();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let text = format!(
+        "POST /api/resolve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
+    );
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut raw)
+        .await
+        .unwrap();
+    assert_eq!(parse(&raw, false).status, 200);
+    let text = String::from_utf8(get(server.addr, "/metrics").await.body).unwrap();
+    assert_eq!(
+        metric(&text, "oip_media_resolve_requests_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "oip_media_resolve_lookups_total{kind=\"no_source\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "oip_media_http_responses_total{route=\"resolve\",class=\"2xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(metric(&text, "oip_media_resolve_cache_entries").is_some());
+    server.stop().await;
+}

@@ -84,7 +84,16 @@ where
             )
             .await;
             match body {
-                Ok(body) => put(gun, &body, retry_after).await,
+                Ok(body) => {
+                    let answer = put(gun, &body, retry_after).await;
+                    if let RelayAnswer::Stored(soul) = &answer {
+                        // The resolver's record cache must not serve the old version
+                        // (or a remembered miss) for its TTL after a write through us.
+                        let did = format!("{}{soul}", crate::resolve::source::GUN_PREFIX);
+                        state.resolver.invalidate(&did).await;
+                    }
+                    answer
+                }
                 Err(answer) => answer,
             }
         }

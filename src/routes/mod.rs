@@ -7,6 +7,7 @@ pub mod generate;
 pub mod gun_relay;
 pub mod media;
 pub mod ops;
+pub mod resolve;
 pub mod still;
 
 use bytes::Bytes;

@@ -3,6 +3,7 @@
 //! hostile paths reach the server unchanged.
 #![allow(dead_code)]
 
+pub mod elastic;
 pub mod relay_stub;
 
 use std::net::SocketAddr;
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use serde_json::{Value, json};
 
 /// A running server over its own temp media root; shut down with [`TestServer::stop`].
 pub struct TestServer {
@@ -181,4 +184,22 @@ pub fn parse_multipart(body: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------- record fixtures
+
+/// A record known as `did`, named `name`, whose `data.links` is `links`.
+pub fn rec(did: &str, name: &str, links: Value) -> Value {
+    json!({"oip": {"did": did, "didTx": did}, "data": {"basic": {"name": name}, "links": links}})
+}
+
+/// The indexer's stub for a record met again on its own path.
+pub fn stub(did: &str, name: &str) -> Value {
+    json!({"oip": {"did": did, "didTx": did}, "data": {"basic": {"name": name}}, "_circular": true})
+}
+
+/// `record` with `data.links.<key>` replaced by `value`.
+pub fn with(mut record: Value, key: &str, value: Value) -> Value {
+    record["data"]["links"][key] = value;
+    record
 }

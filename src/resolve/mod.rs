@@ -1,0 +1,309 @@
+//! The record resolver (SPEC §4): replaces `did:` references in OIP records by the
+//! records they name, with the indexer's results and hard bounds on what one request
+//! and the process may cost.
+//!
+//! A resolution runs in two steps:
+//! 1. **Look up, level by level.** Level 1 is every reference in the input records;
+//!    level `n + 1` every reference in the records found at level `n`. Each DID is
+//!    looked up once per request (a memo shared by sibling branches, so diamonds cost
+//!    one lookup), first in the process-wide [`RecordCache`], then in its source: all
+//!    Elasticsearch references of a level in one search, `did:gun:` references through
+//!    the 404-caching GUN client, concurrently up to `--resolve-concurrency`; both
+//!    kinds of a level at the same time. A per-request budget caps the lookups and a
+//!    per-request deadline the time they take; what is left over stays a DID.
+//! 2. **Build** the output from the memo without I/O (see `walk`): copies of the
+//!    looked-up records, paid for out of an output budget, with the indexer's cycle
+//!    stubs and names-only rule. Looked-up records are shared, read-only, with the
+//!    cache; nothing a request does is visible to another.
+//!
+//! Looking up the DIDs a level at a time finds every DID the tree needs, each once: a
+//! DID first met at level `n` gets its most generous remaining depth there, and a path
+//! that meets a record twice (a cycle) has met it before at a shallower level.
+
+pub mod cache;
+pub mod elastic;
+pub mod gun_source;
+pub mod options;
+pub mod source;
+pub mod stats;
+mod walk;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+pub use cache::{CachedRecord, FoundRecord, RecordCache};
+pub use elastic::{ElasticError, ElasticSetupError, ElasticSource};
+pub use gun_source::GunSource;
+pub use options::{FieldFilter, OptionsError, ResolveOptions};
+pub use source::{Batch, Fetched, MemorySource, RecordSource, SourceKind, Sources};
+pub use stats::{CountersSnapshot, ResolveStats, ResolverCounters};
+
+use crate::config::ResolverSettings;
+use crate::gun::GunClient;
+use walk::{Builder, Lookup, Memo};
+
+/// Resolved records and what it took to resolve them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// The records, in input order, references replaced.
+    pub records: Vec<Value>,
+    /// The work done and the bounds met.
+    pub stats: ResolveStats,
+}
+
+/// Why a resolver could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverSetupError {
+    /// `--elasticsearch-host` is unusable.
+    #[error(transparent)]
+    Elastic(#[from] ElasticSetupError),
+}
+
+/// The resolver: sources, the bounded record cache, the bounds, and the counters.
+/// One per process, shared by every request (`Arc<Resolver>` in the app state).
+pub struct Resolver {
+    sources: Sources,
+    cache: RecordCache,
+    counters: ResolverCounters,
+    max_depth: u32,
+    budget: u64,
+    max_output_bytes: u64,
+    timeout: Duration,
+}
+
+impl Resolver {
+    /// A resolver with the sources the settings configure: `did:gun:` references
+    /// through `gun` (the process's one GUN client, with its negative cache) when
+    /// there is one, the others through Elasticsearch when `--elasticsearch-host` is set.
+    pub fn new(
+        settings: &ResolverSettings,
+        gun: Option<Arc<GunClient>>,
+    ) -> Result<Resolver, ResolverSetupError> {
+        let indexed = match &settings.elasticsearch_host {
+            Some(host) if !host.trim().is_empty() => Some(Arc::new(ElasticSource::new(
+                host,
+                settings.elasticsearch_timeout,
+            )?) as Arc<dyn RecordSource>),
+            _ => None,
+        };
+        let gun = gun.map(|client| {
+            Arc::new(GunSource::new(client, settings.resolve_concurrency)) as Arc<dyn RecordSource>
+        });
+        Ok(Resolver::with_sources(settings, Sources { gun, indexed }))
+    }
+
+    /// A resolver over the given sources (tests, or records from elsewhere), with the
+    /// settings' bounds and cache.
+    pub fn with_sources(settings: &ResolverSettings, sources: Sources) -> Resolver {
+        Resolver {
+            sources,
+            cache: RecordCache::new(
+                settings.record_cache_entries,
+                settings.record_cache_bytes,
+                settings.record_cache_ttl,
+                settings.record_negative_ttl,
+            ),
+            counters: ResolverCounters::default(),
+            max_depth: settings.resolve_max_depth,
+            budget: u64::try_from(settings.resolve_budget).unwrap_or(u64::MAX),
+            max_output_bytes: settings.resolve_max_output_bytes,
+            timeout: settings.resolve_timeout,
+        }
+    }
+
+    /// The process-wide record cache.
+    pub fn cache(&self) -> &RecordCache {
+        &self.cache
+    }
+
+    /// Totals over every resolution so far.
+    pub fn counters(&self) -> &ResolverCounters {
+        &self.counters
+    }
+
+    /// Forgets what the cache knows about `did` (call after writing that record).
+    pub async fn invalidate(&self, did: &str) {
+        self.cache.invalidate(did).await;
+    }
+
+    /// Resolves `records` as `options` ask, within the configured bounds. Never fails:
+    /// a reference that cannot be resolved, for whatever reason, stays its DID, and
+    /// the stats say why.
+    pub async fn resolve(&self, records: Vec<Value>, options: &ResolveOptions) -> Resolution {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let depth = options.depth.min(self.max_depth);
+        let mut stats = ResolveStats {
+            requested_depth: options.depth,
+            depth,
+            capped: options.depth > self.max_depth,
+            ..ResolveStats::default()
+        };
+        let mut memo = Memo::new();
+        let mut frontier = walk::new_references(&records, &options.fields, &memo);
+        for level in 1..=depth {
+            if frontier.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                stats.timed_out = true;
+                memo.extend(frontier.into_iter().map(|did| (did, Lookup::Unresolved)));
+                break;
+            }
+            let found = self
+                .look_up_level(frontier, deadline, &mut memo, &mut stats)
+                .await;
+            frontier = if level < depth {
+                let found_records = found.iter().filter_map(|did| match memo.get(did) {
+                    Some(Lookup::Found(f)) => Some(&*f.record),
+                    _ => None,
+                });
+                walk::new_references(found_records, &options.fields, &memo)
+            } else {
+                Vec::new()
+            };
+        }
+
+        let mut builder = Builder::new(
+            &memo,
+            &options.fields,
+            options.names_only,
+            self.max_output_bytes,
+        );
+        let records = records
+            .into_iter()
+            .map(|record| builder.root(record, depth))
+            .collect();
+        stats.output_limit_reached = builder.output_limit_reached();
+        stats.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.counters.record(&stats);
+        tracing::debug!(?stats, "resolved");
+        Resolution { records, stats }
+    }
+
+    /// Looks up one level's DIDs (none already in `memo`), within what is left of the
+    /// budget, filling `memo`. Returns the DIDs found, in the order given.
+    async fn look_up_level(
+        &self,
+        mut dids: Vec<String>,
+        deadline: Instant,
+        memo: &mut Memo,
+        stats: &mut ResolveStats,
+    ) -> Vec<String> {
+        let left = usize::try_from(self.budget.saturating_sub(stats.lookups)).unwrap_or(usize::MAX);
+        if dids.len() > left {
+            for did in dids.drain(left..) {
+                memo.insert(did, Lookup::Unresolved);
+            }
+            stats.budget_exhausted = true;
+        }
+        stats.lookups += dids.len() as u64;
+
+        let mut gun = Vec::new();
+        let mut indexed = Vec::new();
+        for did in &dids {
+            match self.cache.get(did).await {
+                Some(CachedRecord::Found(found)) => {
+                    stats.cache_hits += 1;
+                    memo.insert(did.clone(), Lookup::Found(found));
+                }
+                Some(CachedRecord::Missing) => {
+                    stats.cache_hits += 1;
+                    stats.not_found += 1;
+                    memo.insert(did.clone(), Lookup::Unresolved);
+                }
+                None => {
+                    stats.misses += 1;
+                    match SourceKind::of(did) {
+                        SourceKind::Gun => gun.push(did.clone()),
+                        SourceKind::Indexed => indexed.push(did.clone()),
+                    }
+                }
+            }
+        }
+
+        let (gun_batch, indexed_batch) = futures_util::future::join(
+            self.fetch(SourceKind::Gun, &gun, deadline),
+            self.fetch(SourceKind::Indexed, &indexed, deadline),
+        )
+        .await;
+        let mut inserted = false;
+        for (asked, batch) in [(gun, gun_batch), (indexed, indexed_batch)] {
+            inserted |= self.absorb(asked, batch, memo, stats).await;
+        }
+        if inserted {
+            // Keep the cache within its bounds now rather than at moka's next
+            // housekeeping (see `RecordCache`).
+            self.cache.run_pending_tasks().await;
+        }
+        dids.into_iter()
+            .filter(|did| matches!(memo.get(did), Some(Lookup::Found(_))))
+            .collect()
+    }
+
+    /// Asks the source of `kind` for `dids`; `None` when no such source is configured.
+    async fn fetch(&self, kind: SourceKind, dids: &[String], deadline: Instant) -> Option<Batch> {
+        if dids.is_empty() {
+            return Some(Batch::default());
+        }
+        let source = self.sources.get(kind)?;
+        Some(source.fetch(dids, deadline).await)
+    }
+
+    /// Files a source's answers in the memo and the cache; true if anything was cached.
+    async fn absorb(
+        &self,
+        asked: Vec<String>,
+        batch: Option<Batch>,
+        memo: &mut Memo,
+        stats: &mut ResolveStats,
+    ) -> bool {
+        let Some(batch) = batch else {
+            stats.unresolved_no_source += asked.len() as u64;
+            for did in asked {
+                memo.insert(did, Lookup::Unresolved);
+            }
+            return false;
+        };
+        stats.source_requests += batch.requests;
+        let mut answers = batch.answers.into_iter();
+        let mut inserted = false;
+        for did in asked {
+            // A source that answers short is a bug there; its unanswered DIDs count
+            // as failures rather than as "missing" (which would be cached).
+            let answer = answers
+                .next()
+                .unwrap_or_else(|| Fetched::Failed("source gave no answer".into()));
+            match answer {
+                Fetched::Found(record) => {
+                    let found = FoundRecord::new(record);
+                    self.cache.insert_found(did.clone(), found.clone()).await;
+                    memo.insert(did, Lookup::Found(found));
+                    inserted = true;
+                }
+                Fetched::Missing => {
+                    stats.not_found += 1;
+                    self.cache.insert_missing(did.clone()).await;
+                    memo.insert(did, Lookup::Unresolved);
+                    inserted = true;
+                }
+                Fetched::Failed(reason) => {
+                    stats.source_errors += 1;
+                    tracing::debug!(%did, %reason, "lookup failed");
+                    memo.insert(did, Lookup::Unresolved);
+                }
+                Fetched::TimedOut => {
+                    stats.timed_out = true;
+                    memo.insert(did, Lookup::Unresolved);
+                }
+            }
+        }
+        inserted
+    }
+}
+
+#[cfg(test)]
+mod tests;

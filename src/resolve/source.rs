@@ -1,0 +1,194 @@
+//! Where referenced records come from. The resolver's core only sees the
+//! [`RecordSource`] trait: one call per resolution level with every DID of that level
+//! that the cache could not answer, so a source can batch (Elasticsearch: one search)
+//! or fan out with a bound (GUN: one get per soul).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// A source's answer for one DID.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    /// The record (`{data, oip, …}`).
+    Found(Value),
+    /// The source answered and has no such record (remembered for the negative TTL).
+    Missing,
+    /// The source could not answer (error status, bad body, its own timeout). Not
+    /// remembered: the next request asks again.
+    Failed(String),
+    /// The request's deadline came first. Not remembered either.
+    TimedOut,
+}
+
+/// A source's answers for one batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// One answer per DID asked, in the order asked.
+    pub answers: Vec<Fetched>,
+    /// Requests the source sent upstream for this batch (reported in the stats).
+    pub requests: u64,
+}
+
+/// A place records can be looked up by DID.
+pub trait RecordSource: Send + Sync {
+    /// Looks up `dids` (distinct, all of the kind this source serves). The answer has
+    /// exactly one entry per DID, in the same order, and comes by `deadline`: what is
+    /// not known by then is answered [`Fetched::TimedOut`].
+    fn fetch<'a>(&'a self, dids: &'a [String], deadline: Instant) -> BoxFuture<'a, Batch>;
+}
+
+/// The prefix of DIDs served by GUN; the rest of the DID is the soul, colons kept.
+pub const GUN_PREFIX: &str = "did:gun:";
+
+/// The GUN soul a `did:gun:` reference names (everything after the prefix).
+pub fn gun_soul(did: &str) -> Option<&str> {
+    did.strip_prefix(GUN_PREFIX)
+}
+
+/// Which source serves a DID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    /// `did:gun:<soul>`: the GUN relay.
+    Gun,
+    /// Everything else (`did:arweave:…` and friends): Elasticsearch.
+    Indexed,
+}
+
+impl SourceKind {
+    /// The kind of `did`.
+    pub fn of(did: &str) -> SourceKind {
+        if did.starts_with(GUN_PREFIX) {
+            SourceKind::Gun
+        } else {
+            SourceKind::Indexed
+        }
+    }
+}
+
+/// The sources a resolver uses, by kind; a missing one leaves its references
+/// unresolved (and counted as such).
+#[derive(Clone, Default)]
+pub struct Sources {
+    /// Serves `did:gun:` references.
+    pub gun: Option<Arc<dyn RecordSource>>,
+    /// Serves every other reference.
+    pub indexed: Option<Arc<dyn RecordSource>>,
+}
+
+impl Sources {
+    /// The source for `kind`, if one is configured.
+    pub fn get(&self, kind: SourceKind) -> Option<&Arc<dyn RecordSource>> {
+        match kind {
+            SourceKind::Gun => self.gun.as_ref(),
+            SourceKind::Indexed => self.indexed.as_ref(),
+        }
+    }
+}
+
+/// Records held in memory, keyed by DID: for tests, and for embedding the resolver
+/// over records already in hand. Counts how often each DID was asked for.
+#[derive(Debug, Default)]
+pub struct MemorySource {
+    records: HashMap<String, Value>,
+    asked: Mutex<HashMap<String, u64>>,
+}
+
+impl MemorySource {
+    /// A source answering with `records`, each under its `oip.did` and `oip.didTx`
+    /// (how the indexer's lookups match).
+    pub fn new(records: impl IntoIterator<Item = Value>) -> MemorySource {
+        let mut by_did = HashMap::new();
+        for record in records {
+            for field in ["did", "didTx"] {
+                if let Some(did) = record
+                    .pointer(&format!("/oip/{field}"))
+                    .and_then(Value::as_str)
+                {
+                    by_did
+                        .entry(did.to_owned())
+                        .or_insert_with(|| record.clone());
+                }
+            }
+        }
+        MemorySource {
+            records: by_did,
+            asked: Mutex::default(),
+        }
+    }
+
+    /// How many times `did` was asked for.
+    pub fn asked(&self, did: &str) -> u64 {
+        self.asked_log().get(did).copied().unwrap_or(0)
+    }
+
+    /// How many DIDs were asked for in all.
+    pub fn asked_total(&self) -> u64 {
+        self.asked_log().values().sum()
+    }
+
+    fn asked_log(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.asked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl RecordSource for MemorySource {
+    fn fetch<'a>(&'a self, dids: &'a [String], _deadline: Instant) -> BoxFuture<'a, Batch> {
+        let answers = {
+            let mut asked = self.asked_log();
+            dids.iter()
+                .map(|did| {
+                    *asked.entry(did.clone()).or_default() += 1;
+                    self.records
+                        .get(did)
+                        .map_or(Fetched::Missing, |r| Fetched::Found(r.clone()))
+                })
+                .collect()
+        };
+        Box::pin(std::future::ready(Batch {
+            answers,
+            requests: 1,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kinds_and_souls() {
+        assert_eq!(SourceKind::of("did:gun:abc:rec-1"), SourceKind::Gun);
+        assert_eq!(SourceKind::of("did:arweave:xyz"), SourceKind::Indexed);
+        assert_eq!(
+            gun_soul("did:gun:647f79c2a338:workout_1"),
+            Some("647f79c2a338:workout_1")
+        );
+        assert_eq!(
+            gun_soul("did:gun:oip:registry:index"),
+            Some("oip:registry:index")
+        );
+        assert_eq!(gun_soul("did:arweave:x"), None);
+    }
+
+    #[tokio::test]
+    async fn memory_source_answers_in_order_and_counts() {
+        let source =
+            MemorySource::new([json!({"oip": {"did": "did:a", "didTx": "did:t"}, "data": {}})]);
+        let dids = vec![
+            "did:t".to_owned(),
+            "did:none".to_owned(),
+            "did:a".to_owned(),
+        ];
+        let batch = source.fetch(&dids, Instant::now()).await;
+        assert!(matches!(batch.answers[0], Fetched::Found(_)));
+        assert_eq!(batch.answers[1], Fetched::Missing);
+        assert!(matches!(batch.answers[2], Fetched::Found(_)));
+        assert_eq!(source.asked("did:a"), 1);
+        assert_eq!(source.asked_total(), 3);
+    }
+}

@@ -1,0 +1,388 @@
+//! The pure half of resolution: finding references in a record, and building the
+//! resolved output from records already looked up. No I/O here, so every rule of the
+//! indexer's `resolveRecords` can be tested without a source.
+//!
+//! The indexer's rules, kept:
+//! - Only `data.<category>.<key>` is scanned; a reference is a string starting with
+//!   `did:`, or such a string inside an array at that place.
+//! - A record resolved with `remaining` levels has each reference replaced by the
+//!   referenced record resolved with `remaining - 1`; a record given 0 levels is
+//!   inserted as stored. With `names_only`, a record with 1 level left gets
+//!   `data.basic.name` instead (the DID when the name is missing or empty).
+//! - Before expanding a referenced record (1 level or more left), if that record is
+//!   already on the current path from the root, the stub
+//!   `{oip, data: {basic}, _circular: true}` is inserted instead. As in the indexer
+//!   the check is made on expansion only: a record inserted as stored at the last
+//!   level is a leaf and cannot loop, so it is inserted whole.
+//! - A reference that was not found stays the DID string.
+//!
+//! What changed: nothing here mutates a looked-up record (they are shared with the
+//! process-wide cache); the output is built from copies, and the copies are paid for
+//! out of an output budget so that one request cannot build an unbounded tree.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value, json};
+
+use super::cache::{FoundRecord, json_len};
+use super::options::FieldFilter;
+
+/// What one request learnt about one DID.
+#[derive(Debug, Clone)]
+pub(crate) enum Lookup {
+    /// Found (in the cache or a source).
+    Found(FoundRecord),
+    /// Not found, unresolvable (no source, source failure), or not looked up (budget
+    /// spent): the reference stays the DID string.
+    Unresolved,
+}
+
+/// The per-request memo: each DID is looked up at most once per request.
+pub(crate) type Memo = HashMap<String, Lookup>;
+
+/// Whether `value` is a reference string.
+pub(crate) fn is_reference(value: &str) -> bool {
+    value.starts_with("did:")
+}
+
+/// Calls `each` with every reference in `record` that `filter` selects, in document
+/// order (the order in which the indexer walks, and so the order in which a lookup
+/// budget is spent).
+pub(crate) fn for_each_reference<'r>(
+    record: &'r Value,
+    filter: &FieldFilter,
+    mut each: impl FnMut(&'r str),
+) {
+    let Some(Value::Object(data)) = record.get("data") else {
+        return;
+    };
+    for (category, properties) in data {
+        let Value::Object(properties) = properties else {
+            continue;
+        };
+        for (key, value) in properties {
+            if !filter.allows(category, key) {
+                continue;
+            }
+            match value {
+                Value::String(s) if is_reference(s) => each(s),
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|s| is_reference(s))
+                    .for_each(&mut each),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The references of `records` not yet in `memo`, each once, in document order.
+pub(crate) fn new_references<'r>(
+    records: impl IntoIterator<Item = &'r Value>,
+    filter: &FieldFilter,
+    memo: &Memo,
+) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for record in records {
+        for_each_reference(record, filter, |did| {
+            if !memo.contains_key(did) && seen.insert(did) {
+                out.push(did.to_owned());
+            }
+        });
+    }
+    out
+}
+
+/// The DID a record is known by (`oip.did`, else `oip.didTx`), as the indexer
+/// identifies records on a path.
+fn identity(record: &Value) -> Option<&str> {
+    let oip = record.get("oip")?;
+    [oip.get("did"), oip.get("didTx")]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|s| !s.is_empty())
+}
+
+/// The indexer's stand-in for a record already on the path.
+fn circular_stub(record: &Value) -> Value {
+    let mut stub = Map::new();
+    if let Some(oip) = record.get("oip") {
+        stub.insert("oip".into(), oip.clone());
+    }
+    let basic = record
+        .pointer("/data/basic")
+        .filter(|b| is_truthy(b))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    stub.insert("data".into(), json!({ "basic": basic }));
+    stub.insert("_circular".into(), Value::Bool(true));
+    Value::Object(stub)
+}
+
+/// JavaScript truthiness, because the indexer writes `name || did` and `basic || {}`.
+fn is_truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// Builds resolved records from a filled memo.
+pub(crate) struct Builder<'m> {
+    memo: &'m Memo,
+    filter: &'m FieldFilter,
+    names_only: bool,
+    /// Bytes of copies still allowed into the output.
+    output_left: u64,
+    /// Set when a replacement was refused for lack of output budget; from then on
+    /// every remaining reference stays a DID, so the cut is easy to describe.
+    output_limit_reached: bool,
+    /// DIDs of the records on the current path (the root's, then each expanded
+    /// record's identity and the reference that reached it).
+    path: Vec<String>,
+}
+
+impl<'m> Builder<'m> {
+    /// A builder over `memo`, allowed to copy `max_output_bytes` of records into the output.
+    pub(crate) fn new(
+        memo: &'m Memo,
+        filter: &'m FieldFilter,
+        names_only: bool,
+        max_output_bytes: u64,
+    ) -> Self {
+        Builder {
+            memo,
+            filter,
+            names_only,
+            output_left: max_output_bytes,
+            output_limit_reached: false,
+            path: Vec::new(),
+        }
+    }
+
+    /// True once some reference stayed a DID for lack of output budget.
+    pub(crate) fn output_limit_reached(&self) -> bool {
+        self.output_limit_reached
+    }
+
+    /// Resolves one input record `depth` levels deep. The input is the caller's own
+    /// value, so it is changed in place; everything inserted into it is a copy.
+    pub(crate) fn root(&mut self, mut record: Value, depth: u32) -> Value {
+        if depth == 0 {
+            return record;
+        }
+        let pushed = self.push(identity(&record).map(str::to_owned), None);
+        self.replace_references(&mut record, depth);
+        self.path.truncate(self.path.len() - pushed);
+        record
+    }
+
+    fn replace_references(&mut self, record: &mut Value, remaining: u32) {
+        let Some(Value::Object(data)) = record.get_mut("data") else {
+            return;
+        };
+        for (category, properties) in data.iter_mut() {
+            let Value::Object(properties) = properties else {
+                continue;
+            };
+            for (key, value) in properties.iter_mut() {
+                if !self.filter.allows(category, key) {
+                    continue;
+                }
+                match value {
+                    Value::String(did) if is_reference(did) => {
+                        if let Some(resolved) = self.replacement(did, remaining) {
+                            *value = resolved;
+                        }
+                    }
+                    Value::Array(items) => {
+                        for item in items.iter_mut() {
+                            let resolved = match item {
+                                Value::String(did) if is_reference(did) => {
+                                    self.replacement(did, remaining)
+                                }
+                                _ => None,
+                            };
+                            if let Some(resolved) = resolved {
+                                *item = resolved;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// What replaces the reference `did` in a record with `remaining` levels left;
+    /// `None` keeps the DID.
+    fn replacement(&mut self, did: &str, remaining: u32) -> Option<Value> {
+        if self.output_limit_reached {
+            return None;
+        }
+        let Some(Lookup::Found(found)) = self.memo.get(did) else {
+            return None;
+        };
+        let target = &*found.record;
+        if self.names_only && remaining == 1 {
+            let name = target
+                .pointer("/data/basic/name")
+                .filter(|n| is_truthy(n))
+                .cloned()?;
+            return self.charge(json_len(&name)).then_some(name);
+        }
+        let next = remaining - 1;
+        let expandable = next > 0 && matches!(target.get("data"), Some(Value::Object(_)));
+        if expandable && self.on_path(did, target) {
+            let stub = circular_stub(target);
+            return self.charge(json_len(&stub)).then_some(stub);
+        }
+        if !self.charge(found.json_bytes) {
+            return None;
+        }
+        let mut copy = target.clone();
+        if expandable {
+            let pushed = self.push(identity(target).map(str::to_owned), Some(did));
+            self.replace_references(&mut copy, next);
+            self.path.truncate(self.path.len() - pushed);
+        }
+        Some(copy)
+    }
+
+    fn on_path(&self, did: &str, target: &Value) -> bool {
+        let id = identity(target);
+        self.path.iter().any(|p| p == did || Some(p.as_str()) == id)
+    }
+
+    /// Puts a record's identity (and the reference that reached it, which differs for
+    /// records without an `oip.did`) on the path; returns how many entries it pushed.
+    fn push(&mut self, identity: Option<String>, reference: Option<&str>) -> usize {
+        let before = self.path.len();
+        if let Some(reference) = reference
+            && identity.as_deref() != Some(reference)
+        {
+            self.path.push(reference.to_owned());
+        }
+        if let Some(identity) = identity {
+            self.path.push(identity);
+        }
+        self.path.len() - before
+    }
+
+    fn charge(&mut self, bytes: u64) -> bool {
+        if bytes > self.output_left {
+            self.output_limit_reached = true;
+            return false;
+        }
+        self.output_left -= bytes;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(did: &str, name: Option<&str>, refs: Value) -> Value {
+        let mut basic = json!({});
+        if let Some(name) = name {
+            basic["name"] = json!(name);
+        }
+        json!({"oip": {"did": did}, "data": {"basic": basic, "links": refs}})
+    }
+
+    fn memo_of(records: &[Value]) -> Memo {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    identity(r).unwrap().to_owned(),
+                    Lookup::Found(FoundRecord::new(r.clone())),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn references_are_found_in_document_order_and_filtered() {
+        let r = json!({"data": {
+            "basic": {"name": "did:not-a-ref?", "avatar": "did:x:avatar", "n": 3},
+            "workout": {"exercise": ["did:x:1", 7, "plain", "did:x:2"], "notes": {"k": "did:x:deep"}},
+            "weird": "did:x:category-not-object"
+        }});
+        let mut all = Vec::new();
+        for_each_reference(&r, &FieldFilter::default(), |d| all.push(d));
+        assert_eq!(
+            all,
+            ["did:not-a-ref?", "did:x:avatar", "did:x:1", "did:x:2"]
+        );
+        let mut some = Vec::new();
+        for_each_reference(&r, &FieldFilter::parse("workout.exercise"), |d| {
+            some.push(d)
+        });
+        assert_eq!(some, ["did:x:1", "did:x:2"]);
+        let memo: Memo = [("did:x:1".to_owned(), Lookup::Unresolved)].into();
+        assert_eq!(
+            new_references([&r, &r], &FieldFilter::default(), &memo),
+            ["did:not-a-ref?", "did:x:avatar", "did:x:2"]
+        );
+    }
+
+    #[test]
+    fn names_only_uses_the_name_at_the_last_level_and_keeps_the_did_otherwise() {
+        let a = rec("did:a", Some("A"), json!({"b": "did:b"}));
+        let b = rec(
+            "did:b",
+            Some("B"),
+            json!({"c": "did:c", "n": "did:noname", "e": "did:empty"}),
+        );
+        let c = rec("did:c", Some("C"), json!({}));
+        let noname = rec("did:noname", None, json!({}));
+        let empty = rec("did:empty", Some(""), json!({}));
+        let memo = memo_of(&[a.clone(), b, c, noname, empty]);
+        let filter = FieldFilter::default();
+        let mut builder = Builder::new(&memo, &filter, true, u64::MAX);
+        let out = builder.root(a.clone(), 1);
+        assert_eq!(out["data"]["links"]["b"], "B");
+        let out = builder.root(a, 2);
+        assert_eq!(out["data"]["links"]["b"]["data"]["basic"]["name"], "B");
+        assert_eq!(
+            out["data"]["links"]["b"]["data"]["links"],
+            json!({"c": "C", "n": "did:noname", "e": "did:empty"})
+        );
+    }
+
+    #[test]
+    fn the_output_budget_stops_copying_and_says_so() {
+        let a = rec("did:a", None, json!({"x": ["did:b", "did:c"]}));
+        let b = rec("did:b", None, json!({}));
+        let c = rec("did:c", None, json!({}));
+        let memo = memo_of(&[a.clone(), b.clone(), c]);
+        let filter = FieldFilter::default();
+        let one = json_len(&b);
+        let mut builder = Builder::new(&memo, &filter, false, one + one / 2);
+        let out = builder.root(a, 1);
+        assert_eq!(out["data"]["links"]["x"][0], b);
+        assert_eq!(out["data"]["links"]["x"][1], "did:c");
+        assert!(builder.output_limit_reached());
+    }
+
+    #[test]
+    fn stubs_keep_oip_and_basic_only() {
+        let r = json!({"oip": {"did": "did:a", "didTx": "did:t"}, "data": {"basic": {"name": "A"}, "x": {"y": 1}}});
+        assert_eq!(
+            circular_stub(&r),
+            json!({"oip": {"did": "did:a", "didTx": "did:t"}, "data": {"basic": {"name": "A"}}, "_circular": true})
+        );
+        assert_eq!(
+            circular_stub(&json!({"oip": {"didTx": "did:t"}, "data": {}})),
+            json!({"oip": {"didTx": "did:t"}, "data": {"basic": {}}, "_circular": true})
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! `POST /api/resolve` through a real server on a loopback port, with an Elasticsearch
+//! stand-in behind it.
+
+mod support;
+
+use std::time::Duration;
+
+use oip_media::{Config, RunningServer};
+use serde_json::{Value, json};
+use support::elastic::ElasticStandIn;
+use support::relay_stub::RelayStub;
+use support::{rec, with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Fixture {
+    server: RunningServer,
+    es: ElasticStandIn,
+    client: reqwest::Client,
+    _media: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start(records: Vec<Value>, adjust: impl FnOnce(&mut Config)) -> Fixture {
+        let es = ElasticStandIn::start(records, vec![]).await;
+        let media = tempfile::tempdir().unwrap();
+        std::fs::create_dir(media.path().join("web")).unwrap();
+        let mut config = Config::for_media_dir(media.path());
+        config.resolver.elasticsearch_host = Some(es.url());
+        adjust(&mut config);
+        let server = oip_media::server::start(config).await.unwrap();
+        Fixture {
+            server,
+            es,
+            client: reqwest::Client::new(),
+            _media: media,
+        }
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.server.local_addr())
+    }
+
+    async fn post(&self, path_and_query: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path_and_query))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json; charset=utf-8"
+        );
+        (status, response.json().await.unwrap())
+    }
+
+    async fn post_json(&self, path_and_query: &str, body: Value) -> (u16, Value) {
+        self.post(path_and_query, body.to_string()).await
+    }
+}
+
+fn graph() -> (Value, Value, Value) {
+    let a = rec(
+        "did:arweave:a",
+        "A",
+        json!({"b": "did:arweave:b", "gone": "did:arweave:gone"}),
+    );
+    let b = rec("did:arweave:b", "B", json!({"c": "did:arweave:c"}));
+    let c = rec("did:arweave:c", "C", json!({}));
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn resolves_records_and_reports_stats() {
+    let (a, b, c) = graph();
+    let fx = Fixture::start(vec![b.clone(), c.clone()], |_| {}).await;
+    let (status, body) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"records": [a.clone()], "resolveDepth": 2}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["records"],
+        json!([with(a.clone(), "b", with(b.clone(), "c", c.clone()))])
+    );
+    let stats = &body["stats"];
+    assert_eq!(stats["lookups"], 3);
+    assert_eq!(stats["cacheHits"], 0);
+    assert_eq!(stats["misses"], 3);
+    assert_eq!(stats["notFound"], 1);
+    assert_eq!(stats["capped"], false);
+    assert_eq!(stats["budgetExhausted"], false);
+    assert_eq!(stats["unresolvedNoSource"], 0);
+    assert!(stats["elapsedMs"].is_u64());
+
+    // The same again: answered from the cache, same result.
+    let (_, again) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"records": [a.clone()], "resolveDepth": 2}),
+        )
+        .await;
+    assert_eq!(again["records"], body["records"]);
+    assert_eq!(again["stats"]["cacheHits"], 3);
+    assert_eq!(
+        fx.es.searches().len(),
+        3,
+        "records ×2 levels + organizations for the miss"
+    );
+    assert!(fx.es.violations().is_empty());
+    assert_eq!(
+        fx.server
+            .app()
+            .state()
+            .resolver
+            .counters()
+            .snapshot()
+            .resolutions,
+        2
+    );
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_record_in_one_record_out() {
+    let (a, b, _) = graph();
+    let fx = Fixture::start(vec![b.clone()], |_| {}).await;
+    let (status, body) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"record": a.clone(), "resolveDepth": "1"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["record"], with(a, "b", b));
+    assert!(body.get("records").is_none());
+    assert!(body["stats"].is_object());
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn options_come_from_the_query_string_and_json_fields_win() {
+    let (a, b, c) = graph();
+    let fx = Fixture::start(vec![b.clone(), c.clone()], |_| {}).await;
+    let (_, body) = fx
+        .post_json(
+            "/api/resolve?resolveDepth=1&resolveNamesOnly=true",
+            json!({"records": [a.clone()]}),
+        )
+        .await;
+    assert_eq!(body["records"][0], with(a.clone(), "b", json!("B")));
+
+    let (_, body) = fx
+        .post_json(
+            "/api/resolve?resolveDepth=0&resolveNamesOnly=true&resolveFieldName=links.gone",
+            json!({"records": [a.clone()], "resolveDepth": 2, "resolveNamesOnly": "false",
+                   "resolveFieldName": "links.b,links.c"}),
+        )
+        .await;
+    assert_eq!(body["records"][0], with(a.clone(), "b", with(b, "c", c)));
+    assert_eq!(body["stats"]["lookups"], 2, "links.gone was not selected");
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn depths_over_the_cap_are_capped_and_said_to_be() {
+    let chain: Vec<Value> = (0..8)
+        .map(|i| {
+            rec(
+                &format!("did:arweave:{i}"),
+                &format!("N{i}"),
+                json!({"next": format!("did:arweave:{}", i + 1)}),
+            )
+        })
+        .collect();
+    let fx = Fixture::start(chain.clone(), |c| c.resolver.resolve_max_depth = 2).await;
+    let (_, body) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"records": [chain[0].clone()], "resolveDepth": 6}),
+        )
+        .await;
+    assert_eq!(
+        body["records"][0],
+        with(
+            chain[0].clone(),
+            "next",
+            with(chain[1].clone(), "next", chain[2].clone())
+        )
+    );
+    assert_eq!(body["stats"]["capped"], true);
+    assert_eq!(body["stats"]["depth"], 2);
+    assert_eq!(body["stats"]["requestedDepth"], 6);
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_budget_is_reported_when_spent() {
+    let dids: Vec<String> = (0..50).map(|i| format!("did:arweave:{i}")).collect();
+    let targets = dids.iter().map(|d| rec(d, "t", json!({}))).collect();
+    let fx = Fixture::start(targets, |c| c.resolver.resolve_budget = 10).await;
+    let root = rec("did:arweave:root", "R", json!({"all": dids}));
+    let (_, body) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"records": [root], "resolveDepth": 1}),
+        )
+        .await;
+    let all = body["records"][0]["data"]["links"]["all"]
+        .as_array()
+        .unwrap();
+    assert!(all[..10].iter().all(Value::is_object));
+    assert!(all[10..].iter().all(Value::is_string));
+    assert_eq!(body["stats"]["budgetExhausted"], true);
+    assert_eq!(body["stats"]["lookups"], 10);
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_with_the_reason() {
+    let fx = Fixture::start(vec![], |_| {}).await;
+    let cases: [(&str, &str, &str); 6] = [
+        ("/api/resolve", "{not json", "not valid JSON"),
+        ("/api/resolve", "[]", "must be a JSON object"),
+        (
+            "/api/resolve",
+            r#"{"records": "did:arweave:x"}"#,
+            "`records` must be an array",
+        ),
+        (
+            "/api/resolve",
+            r#"{"records": [{}, 5]}"#,
+            "`records[1]` is not a JSON object",
+        ),
+        (
+            "/api/resolve",
+            r#"{"records": [], "resolveNamesOnly": "maybe"}"#,
+            "resolveNamesOnly",
+        ),
+        (
+            "/api/resolve?resolveDepth=-2",
+            r#"{"records": []}"#,
+            "resolveDepth",
+        ),
+    ];
+    for (path, body, reason) in cases {
+        let (status, answer) = fx.post(path, body.to_owned()).await;
+        assert_eq!(status, 400, "{body}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{body}: {error}");
+    }
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_declared_or_not() {
+    let fx = Fixture::start(vec![], |c| c.resolver.resolve_body_limit = 1024).await;
+    let big = json!({"records": [{"data": {"basic": {"name": "x".repeat(2000)}}}]}).to_string();
+    let (status, answer) = fx.post("/api/resolve", big.clone()).await;
+    assert_eq!(status, 413);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("1024-byte limit")
+    );
+
+    // Chunked, so no Content-Length to refuse early: the read limit catches it.
+    let mut stream = tokio::net::TcpStream::connect(fx.server.local_addr())
+        .await
+        .unwrap();
+    let mut request = b"POST /api/resolve HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for piece in big.as_bytes().chunks(500) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // Just under the limit is fine.
+    let (status, _) = fx
+        .post("/api/resolve", r#"{"records": []}"#.to_owned())
+        .await;
+    assert_eq!(status, 200);
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_methods_get_405_with_allow() {
+    let fx = Fixture::start(vec![], |_| {}).await;
+    let response = fx.client.get(fx.url("/api/resolve")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_elasticsearch_the_response_says_references_had_no_source() {
+    let (a, _, _) = graph();
+    let fx = Fixture::start(vec![], |c| c.resolver.elasticsearch_host = None).await;
+    let (status, body) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"records": [a.clone()], "resolveDepth": 2}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["records"][0], a);
+    assert_eq!(body["stats"]["unresolvedNoSource"], 2);
+    assert!(fx.es.searches().is_empty());
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unusable_elasticsearch_url_stops_the_start() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::create_dir(media.path().join("web")).unwrap();
+    let mut config = Config::for_media_dir(media.path());
+    config.resolver.elasticsearch_host = Some("https://es:9200".into());
+    let error = oip_media::server::start(config).await.err().unwrap();
+    assert!(error.to_string().contains("ELASTICSEARCHHOST"), "{error}");
+}
+
+#[tokio::test]
+async fn gun_references_resolve_through_the_relay_and_a_put_refreshes_them() {
+    let relay = RelayStub::start().await;
+    let soul = "647f79c2a338:exercise-1";
+    let v1 = json!({"data": {"basic": {"name": "Squat"}}, "oip": {"did": format!("did:gun:{soul}")}, "meta": {}});
+    relay.store(
+        soul,
+        json!({"data": v1["data"].to_string(), "oip": v1["oip"].to_string(), "meta": {}}),
+    );
+    let relay_url = relay.base_url();
+    let fx = Fixture::start(vec![], move |c| c.gun.gun_peers = Some(relay_url)).await;
+    let workout = rec(
+        "did:arweave:w",
+        "W",
+        json!({"ex": [format!("did:gun:{soul}"), "did:gun:647f79c2a338:gone"]}),
+    );
+    let request = json!({"record": workout.clone(), "resolveDepth": 1});
+    let (status, body) = fx.post_json("/api/resolve", request.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["record"],
+        with(
+            workout.clone(),
+            "ex",
+            json!([v1, "did:gun:647f79c2a338:gone"])
+        )
+    );
+    assert_eq!(relay.gets_of(soul), 1);
+
+    // Cached: no new relay request.
+    let (_, body) = fx.post_json("/api/resolve", request.clone()).await;
+    assert_eq!(body["stats"]["cacheHits"], 2);
+    assert_eq!(relay.gets_of(soul), 1);
+
+    // A write through /gun-relay/put makes the next resolution read the new version.
+    let v2 = json!({"data": {"basic": {"name": "Back Squat"}}, "oip": {"did": format!("did:gun:{soul}")}, "meta": {}});
+    let put = fx
+        .client
+        .post(fx.url("/gun-relay/put"))
+        .json(&json!({"soul": soul, "data": v2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let (_, body) = fx.post_json("/api/resolve", request).await;
+    assert_eq!(body["record"]["data"]["links"]["ex"][0], v2);
+    assert_eq!(relay.gets_of(soul), 2);
+    fx.server.shutdown().await;
+}
