@@ -103,11 +103,12 @@ fn parse_bool(value: &Value) -> Result<bool, OptionsError> {
     }
 }
 
-/// The `resolveFieldName` targets. Matching is the indexer's: a target `T` selects
-/// the field `data.<category>.<key>` when `T` is `category.key` or
-/// `data.category.key`, or when it is a dotted parent of either (`category`,
-/// `data.category`, `data`). A single word therefore names a *category*, as it does in
-/// the indexer, not a key.
+/// The `resolveFieldName` targets. A target `T` selects the field
+/// `data.<category>.<key>` when `T` is `category.key` or `data.category.key`, or a
+/// dotted parent of either (`category`, `data.category`, `data`), or — for a single
+/// word — the `key` itself in any category. SPEC §4 documents a single word as a key;
+/// the indexer's prefix matcher also lets it select a whole category; both readings
+/// are honoured so that no caller of either kind loses a field.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldFilter {
     targets: Vec<String>,
@@ -166,10 +167,11 @@ impl FieldFilter {
     }
 }
 
-/// The indexer's test, without building strings: `target` equals `category.key` or
-/// `data.category.key`, or is a dotted prefix of one of them.
+/// The match, without building strings: `target` is a bare key, equals `category.key`
+/// or `data.category.key`, or is a dotted prefix of one of them.
 fn covers(target: &str, category: &str, key: &str) -> bool {
     target == "data"
+        || (!target.contains('.') && target == key)
         || covers_short(target, category, key)
         || target
             .strip_prefix("data.")
@@ -207,10 +209,13 @@ mod tests {
         assert!(!f.allows("workout", "exerciseComment"));
         assert!(!f.allows("basic", "name"));
         assert!(!f.allows("recipes", "x"));
-        // A single word names a category, not a key.
+        // A single word names a key in any category (SPEC §4) and a whole category
+        // (the indexer's prefix match).
         let key_only = FieldFilter::parse("exercise");
-        assert!(!key_only.allows("workout", "exercise"));
+        assert!(key_only.allows("workout", "exercise"));
+        assert!(key_only.allows("plan", "exercise"));
         assert!(key_only.allows("exercise", "equipment"));
+        assert!(!key_only.allows("workout", "exerciseComment"));
         assert!(FieldFilter::parse("data").allows("any", "thing"));
         assert!(FieldFilter::parse("data.workout").allows("workout", "x"));
         assert!(FieldFilter::parse(" , ").is_all());
