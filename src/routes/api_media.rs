@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::file_response::{self, FileHeaders};
@@ -55,11 +55,8 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
 /// Answers one `/api/media/…` request.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let method = request.method();
-    if method == Method::OPTIONS {
-        return super::options("GET, HEAD, OPTIONS");
-    }
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD, OPTIONS");
+    if let Some(refused) = super::read_only_method(method) {
+        return refused;
     }
     let tail = request
         .uri()

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use super::file_response::{self, FileHeaders};
 use crate::app::AppState;
@@ -60,11 +60,8 @@ fn serve<B>(
     relative: Result<PathBuf, PathRejection>,
 ) -> Response<Body> {
     let method = request.method();
-    if method == Method::OPTIONS {
-        return super::options("GET, HEAD, OPTIONS");
-    }
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD, OPTIONS");
+    if let Some(refused) = super::read_only_method(method) {
+        return refused;
     }
     let relative = match relative {
         Ok(relative) => relative,

@@ -2,7 +2,7 @@
 //! `MEDIA_DIR/web` with the indexer's headers and none of its defects. `?still=1`
 //! on a GIF hands over to [`super::still`] for a PNG poster.
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use super::still::StillQuery;
@@ -22,11 +22,8 @@ const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 /// Answers one `/media/…` request.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let method = request.method();
-    if method == Method::OPTIONS {
-        return super::options("GET, HEAD, OPTIONS");
-    }
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD, OPTIONS");
+    if let Some(refused) = super::read_only_method(method) {
+        return refused;
     }
     let tail = request
         .uri()

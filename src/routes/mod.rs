@@ -61,6 +61,17 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
     response
 }
 
+/// The method gate of every byte-serving route: `None` for GET and HEAD (serve them),
+/// else the answer — 204 + `Allow` for OPTIONS, 405 + `Allow` for anything else.
+pub fn read_only_method(method: &http::Method) -> Option<Response<Body>> {
+    const ALLOW: &str = "GET, HEAD, OPTIONS";
+    match *method {
+        http::Method::GET | http::Method::HEAD => None,
+        http::Method::OPTIONS => Some(options(ALLOW)),
+        _ => Some(method_not_allowed(ALLOW)),
+    }
+}
+
 /// 204 for `OPTIONS`, with `Allow` (CORS preflights get their headers from the CORS layer).
 pub fn options(allow: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::empty());
