@@ -321,6 +321,12 @@ pub fn render(state: &AppState) -> String {
             ("write_stall", load(&cc.stall_timeouts)),
         ],
     );
+    counter(
+        &mut r,
+        "connection_cap_reached",
+        "Times the connection cap paused accepting",
+        load(&cc.cap_reached),
+    );
 
     let gc = state.gifs.counters();
     kinds(

@@ -381,3 +381,33 @@ async fn open_descriptors_do_not_grow_with_files_served() {
     assert!(server.server.app().state().store.cached_entries() >= 300);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_connection_cap_pauses_accepting_until_a_connection_closes() {
+    let media = media_root();
+    write_file(&media.path().join("web/p/a.gif"), b"gif");
+    let server = start_with(media, |c| c.max_connections = 2).await;
+    let state = std::sync::Arc::clone(server.server.app().state());
+    let first = TcpStream::connect(server.addr).await.unwrap();
+    let second = TcpStream::connect(server.addr).await.unwrap();
+    wait_until("both accepted", Duration::from_secs(5), || {
+        state.connections.open.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    let addr = server.addr;
+    let waiting = tokio::spawn(async move { get(addr, "/media/p/a.gif").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third client waits in the backlog"
+    );
+    assert!(state.connections.cap_reached.load(Ordering::Relaxed) >= 1);
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200, "served once a slot frees");
+    drop(second);
+    server.stop().await;
+}

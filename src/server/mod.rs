@@ -124,12 +124,22 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
     loop {
         // Take a connection slot before accepting: at the cap, clients queue in the
         // kernel's backlog instead of costing us a descriptor and a task each.
-        let slot = tokio::select! {
-            slot = Arc::clone(&connection_slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
+        let slot = match Arc::clone(&connection_slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                counters.cap_reached.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    max_connections = config.max_connections,
+                    "connection cap reached; new clients wait in the backlog"
+                );
+                tokio::select! {
+                    slot = Arc::clone(&connection_slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -38,6 +38,8 @@ pub struct ConnCounters {
     pub accepted: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
+    /// Times the connection cap was reached and accepting paused until one closed.
+    pub cap_reached: AtomicU64,
     /// Connections closed because a request head took too long (or never came).
     pub header_timeouts: AtomicU64,
     /// Idle keep-alive connections closed.
