@@ -276,7 +276,8 @@ impl App {
             method = %request.method(),
             path = request.uri().path(),
         );
-        let request_headers = request.headers().clone();
+        // Only the Origin is needed after the request is consumed: keep just that.
+        let origin = request.headers().get(header::ORIGIN).cloned();
         let mut response = self
             .dispatch(family, request)
             .instrument(span.clone())
@@ -286,7 +287,7 @@ impl App {
         state.http.record(family, response.status());
         span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
         let headers = response.headers_mut();
-        state.cors.decorate(&request_headers, headers);
+        state.cors.decorate(origin.as_ref(), headers);
         headers.insert(X_REQUEST_ID.clone(), id);
         // The Node app set this on every response; browsers rely on it not to sniff
         // a GIF URL into something executable.
