@@ -13,6 +13,7 @@
 //
 // Environment:
 //   RELAY_PORT          port to listen on (0 = any free port; default 8765)
+//   RELAY_HOST          address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
 //   RELAY_MISS_WAIT_MS  how long a miss takes to answer (default 3000)
 //   RELAY_DATA_DIR      radisk folder (default: a fresh temporary folder, removed on exit)
 //
@@ -26,6 +27,7 @@ const path = require('path');
 const Gun = require('gun');
 
 const port = Number(process.env.RELAY_PORT || 8765);
+const host = process.env.RELAY_HOST || '127.0.0.1';
 const missWaitMs = Number(process.env.RELAY_MISS_WAIT_MS || 3000);
 const ownDataDir = !process.env.RELAY_DATA_DIR;
 const dataDir = process.env.RELAY_DATA_DIR || fs.mkdtempSync(path.join(os.tmpdir(), 'oip-relay-'));
@@ -128,6 +130,6 @@ const server = http.createServer((req, res) => {
   }
 });
 
-server.listen(port, '127.0.0.1', () => {
+server.listen(port, host, () => {
   process.stdout.write(`RELAY_PORT=${server.address().port}\n`);
 });
