@@ -503,3 +503,20 @@ async fn resolver_counters_show_in_metrics() {
     assert!(metric(&text, "oip_media_resolve_cache_entries").is_some());
     server.stop().await;
 }
+
+#[test]
+fn the_readme_run_command_starts_the_service() {
+    // `cargo run --release` must pick the service, not the sample generator.
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(manifest.contains("default-run = \"oip-media\""));
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let first_block: Vec<&str> = readme.split("```").nth(1).unwrap().lines().collect();
+    assert!(
+        first_block
+            .iter()
+            .any(|l| l.starts_with("cargo run --release"))
+    );
+    assert!(first_block.iter().any(|l| l.starts_with("cargo test")));
+}
