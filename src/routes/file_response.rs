@@ -7,7 +7,10 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
 use crate::http::{self as rfc, FileOutcome, Validators, multipart};
-use crate::store::MappedFile;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::store::{MappedFile, Root, Store, StoreError};
 
 /// How one route describes its files.
 #[derive(Debug, Clone)]
@@ -123,6 +126,31 @@ fn validator_headers(headers: &mut HeaderMap, file: &MappedFile, describe: &File
     headers.insert(header::CACHE_CONTROL, describe.cache_control.clone());
     for (name, value) in &describe.extra {
         headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// Opens `relative` under `root` for a route that answers a plain JSON 404 when a file
+/// cannot be served: missing, a directory, outside the root, or over the size limit
+/// (logged); an I/O failure is a 500, logged with the path and the cause.
+pub fn open_or_not_found(
+    store: &Store,
+    root: &Root,
+    relative: &Path,
+) -> Result<Arc<MappedFile>, Box<Response<Body>>> {
+    match store.open(root, relative) {
+        Ok(file) => Ok(file),
+        Err(StoreError::NotFound) => Err(Box::new(super::not_found())),
+        Err(error @ StoreError::TooLarge { .. }) => {
+            tracing::warn!(path = %relative.display(), %error, "not serving file");
+            Err(Box::new(super::not_found()))
+        }
+        Err(error) => {
+            tracing::error!(path = %relative.display(), %error, "cannot serve file");
+            Err(Box::new(super::json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Cannot read file",
+            )))
+        }
     }
 }
 

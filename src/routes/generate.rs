@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use crate::app::AppState;
@@ -16,7 +16,6 @@ use crate::body::Body;
 use crate::http::conditional::EntityTag;
 use crate::http::path::{PathRejection, safe_relative_decoded, safe_relative_path};
 use crate::http::query;
-use crate::store::StoreError;
 
 /// Path of the route; `<path>` forms continue after a `/`.
 pub const PREFIX: &str = "/api/generate/media";
@@ -73,17 +72,9 @@ fn serve<B>(
     let Some(root) = state.generated_root.get() else {
         return super::not_found();
     };
-    let file = match state.store.open(root, &relative) {
+    let file = match file_response::open_or_not_found(&state.store, root, &relative) {
         Ok(file) => file,
-        Err(StoreError::NotFound) => return super::not_found(),
-        Err(error @ StoreError::TooLarge { .. }) => {
-            tracing::warn!(path = %relative.display(), %error, "not serving file");
-            return super::not_found();
-        }
-        Err(error) => {
-            tracing::error!(path = %relative.display(), %error, "cannot serve file");
-            return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
-        }
+        Err(refused) => return *refused,
     };
     let describe = FileHeaders {
         content_type: file_response::content_type_for(&relative),

@@ -10,7 +10,6 @@ use crate::app::AppState;
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
 use crate::http::path::safe_relative_path;
-use crate::store::StoreError;
 
 /// Path prefix of this route.
 pub const PREFIX: &str = "/media/";
@@ -51,17 +50,9 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             Some(width)
         }
     };
-    let file = match state.store.open(&state.web_root, &relative) {
+    let file = match file_response::open_or_not_found(&state.store, &state.web_root, &relative) {
         Ok(file) => file,
-        Err(StoreError::NotFound) => return super::not_found(),
-        Err(error @ StoreError::TooLarge { .. }) => {
-            tracing::warn!(path = %relative.display(), %error, "not serving file");
-            return super::not_found();
-        }
-        Err(error) => {
-            tracing::error!(path = %relative.display(), %error, "cannot serve file");
-            return super::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
-        }
+        Err(refused) => return *refused,
     };
     let describe = FileHeaders {
         content_type: file_response::content_type_for(&relative),
