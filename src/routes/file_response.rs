@@ -25,6 +25,19 @@ pub struct FileHeaders {
     pub extra: HeaderMap,
 }
 
+impl FileHeaders {
+    /// How a plain file on disk is described: type by extension, the indexer's weak
+    /// ETag from size and mtime, and the route's `Cache-Control`.
+    pub fn for_plain_file(relative: &Path, file: &MappedFile, cache_control: &'static str) -> Self {
+        FileHeaders {
+            content_type: content_type_for(relative),
+            cache_control: HeaderValue::from_static(cache_control),
+            etag: EntityTag::for_file(file.len(), file.mtime_ms()),
+            extra: HeaderMap::new(),
+        }
+    }
+}
+
 /// Answers GET or HEAD for `file`. HEAD gets GET's headers and no body, and never
 /// touches the file's bytes.
 pub fn respond(

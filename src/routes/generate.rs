@@ -8,12 +8,11 @@
 
 use std::path::PathBuf;
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use crate::app::AppState;
 use crate::body::Body;
-use crate::http::conditional::EntityTag;
 use crate::http::path::{PathRejection, safe_relative_decoded, safe_relative_path};
 use crate::http::query;
 
@@ -76,12 +75,7 @@ fn serve<B>(
         Ok(file) => file,
         Err(refused) => return *refused,
     };
-    let describe = FileHeaders {
-        content_type: file_response::content_type_for(&relative),
-        cache_control: HeaderValue::from_static(CACHE_CONTROL),
-        etag: EntityTag::for_file(file.len(), file.mtime_ms()),
-        extra: HeaderMap::new(),
-    };
+    let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
     let chunk = file_response::chunk_size(&state.config);
     file_response::respond(method, request.headers(), &file, describe, chunk)
 }

@@ -2,13 +2,12 @@
 //! `MEDIA_DIR/web` with the indexer's headers and none of its defects. `?still=1`
 //! on a GIF hands over to [`super::still`] for a PNG poster.
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use super::still::StillQuery;
 use crate::app::AppState;
 use crate::body::Body;
-use crate::http::conditional::EntityTag;
 use crate::http::path::safe_relative_path;
 
 /// Path prefix of this route.
@@ -54,12 +53,7 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         Ok(file) => file,
         Err(refused) => return *refused,
     };
-    let describe = FileHeaders {
-        content_type: file_response::content_type_for(&relative),
-        cache_control: HeaderValue::from_static(CACHE_CONTROL),
-        etag: EntityTag::for_file(file.len(), file.mtime_ms()),
-        extra: HeaderMap::new(),
-    };
+    let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
     if let Some(width) = still {
         let source = super::still::Source {
             root: &state.web_root,
