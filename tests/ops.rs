@@ -101,21 +101,14 @@ async fn health_and_metrics_are_never_queued_behind_media() {
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
     // One slow reader holds the only slot; a second media request waits in the queue.
-    let mut holder = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    holder
-        .write_all(b"GET /media/fitnessally/big.gif HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut waiter = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    waiter
-        .write_all(b"GET /media/fitnessally/big.gif HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while state.limiter.waiting() < 1 {
-        assert!(Instant::now() < deadline, "second request queued");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let holder = send_get(server.addr, "/media/fitnessally/big.gif").await;
+    let waiter = send_get(server.addr, "/media/fitnessally/big.gif").await;
+    wait_until(
+        "the second request is queued",
+        Duration::from_secs(5),
+        || state.limiter.waiting() >= 1,
+    )
+    .await;
     let started = Instant::now();
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
     assert_eq!(get(server.addr, "/metrics").await.status, 200);
@@ -374,16 +367,11 @@ async fn every_byte_serving_route_shares_the_limiter() {
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
-    let mut holder = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    holder
-        .write_all(b"GET /media/fitnessally/big.gif HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while state.limiter.in_flight() < 1 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let holder = send_get(server.addr, "/media/fitnessally/big.gif").await;
+    wait_until("the slot is taken", Duration::from_secs(5), || {
+        state.limiter.in_flight() >= 1
+    })
+    .await;
     for path in [
         format!("/api/media/{id}"),
         "/api/generate/media?id=tts.mp3".to_owned(),
@@ -395,11 +383,10 @@ async fn every_byte_serving_route_shares_the_limiter() {
     }
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
     drop(holder);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while state.limiter.in_flight() > 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the slot is released", Duration::from_secs(5), || {
+        state.limiter.in_flight() == 0
+    })
+    .await;
     assert_eq!(
         get(server.addr, &format!("/api/media/{id}")).await.status,
         200

@@ -4,21 +4,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Opens a connection and sends a GET without reading the answer.
-async fn send_get(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let text = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    stream.write_all(text.as_bytes()).await.expect("send");
-    stream
-}
 
 /// Reads until EOF or error; returns the bytes read (head included).
 async fn read_all(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
@@ -32,14 +23,6 @@ async fn read_all(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
         }
     }
     out
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

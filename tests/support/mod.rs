@@ -8,7 +8,7 @@ pub mod relay_stub;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -68,6 +68,23 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
         std::fs::create_dir_all(parent).expect("mkdir");
     }
     std::fs::write(path, bytes).expect("write");
+}
+
+/// Opens a connection and sends a GET without reading the answer.
+pub async fn send_get(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let text = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(text.as_bytes()).await.expect("send");
+    stream
+}
+
+/// Polls `done` every 20 ms until it holds; fails the test after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A parsed HTTP response.
