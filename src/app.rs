@@ -48,6 +48,8 @@ pub struct AppState {
     pub jwt: Option<crate::auth::JwtVerifier>,
     /// GIF metadata and still posters.
     pub gifs: crate::gif::Gifs,
+    /// MP4/WebM/WebP variants of GIFs (ffmpeg), in the derived folder beside stills.
+    pub transcoder: crate::transcode::Transcoder,
     /// The one GUN relay client of the process (its negative cache, breaker and counters
     /// are shared by every caller); `None` when `GUN_PEERS` is unset.
     pub gun: Option<Arc<crate::gun::GunClient>>,
@@ -200,6 +202,7 @@ impl App {
             path: config.derived_dir.clone(),
             source,
         })?;
+        let transcoder = crate::transcode::Transcoder::new(&config, gifs.shared_derived());
         let gun = match config.gun.gun_peers {
             Some(_) => {
                 let client =
@@ -248,6 +251,7 @@ impl App {
             manifests,
             jwt,
             gifs,
+            transcoder,
             gun,
             resolver: Arc::new(resolver),
         });

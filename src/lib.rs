@@ -12,6 +12,7 @@ pub mod body;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub(crate) mod flight;
 pub mod gif;
 pub mod gun;
 pub mod http;
@@ -23,6 +24,7 @@ pub mod routes;
 pub mod sample;
 pub mod server;
 pub mod store;
+pub mod transcode;
 
 pub use app::App;
 pub use config::Config;

@@ -14,8 +14,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -162,6 +162,37 @@ impl Limiter {
     }
 }
 
+/// The permit of a request admitted by [`BodyLimit`], handed to the handler in the
+/// request's extensions. A handler that must wait for something other than sending
+/// bytes — a transcode — [`releases`](HeldPermit::release) it, so waiting never holds a
+/// GIF-serving slot, and takes a new one with [`Limiter::acquire`] when it has bytes
+/// to send. Whatever is still held when the handler returns is attached to the body.
+#[derive(Debug, Clone)]
+pub struct HeldPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl HeldPermit {
+    fn new(permit: OwnedSemaphorePermit) -> HeldPermit {
+        HeldPermit(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Gives the slot back now; true if it was still held.
+    pub fn release(&self) -> bool {
+        self.take().is_some()
+    }
+
+    /// True while the slot is held.
+    pub fn is_held(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+}
+
 /// Tower layer that puts a service behind a [`Limiter`].
 #[derive(Debug, Clone)]
 pub struct BodyLimitLayer {
@@ -212,7 +243,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let limiter = Arc::clone(&self.limiter);
         // Take the instance that was "ready" and leave a fresh clone behind (tower's rule
         // for services that are polled ready once and called later).
@@ -223,8 +254,12 @@ where
                 Ok(permit) => permit,
                 Err(why) => return Ok(limiter.shed_response(why)),
             };
+            let held = HeldPermit::new(permit);
+            request.extensions_mut().insert(held.clone());
             let mut response = inner.call(request).await?;
-            response.body_mut().attach(permit);
+            if let Some(permit) = held.take() {
+                response.body_mut().attach(permit);
+            }
             Ok(response)
         })
     }
@@ -329,6 +364,43 @@ mod tests {
                 .load(Ordering::Relaxed),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn a_handler_can_give_its_slot_back_while_it_waits() {
+        let limiter = Arc::new(Limiter::new(settings(1, 0, 10)));
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let slots = Arc::new(Mutex::new(Some((entered_tx, go_rx))));
+        let waiting = tower::service_fn(move |req: Request<()>| {
+            let slots = Arc::clone(&slots);
+            async move {
+                let held = req.extensions().get::<HeldPermit>().cloned();
+                let channels = slots.lock().unwrap().take();
+                if let (Some(held), Some((entered, go))) = (held, channels) {
+                    assert!(held.release());
+                    assert!(!held.release(), "only once");
+                    let _ = entered.send(());
+                    let _ = go.await;
+                }
+                Ok::<_, Infallible>(Response::new(Body::from_segments(
+                    vec![bytes::Bytes::from(vec![0u8; 10])],
+                    10,
+                )))
+            }
+        });
+        let svc = BodyLimitLayer::new(Arc::clone(&limiter)).layer(waiting);
+        let waiter = tokio::spawn(svc.clone().oneshot(Request::new(())));
+        entered_rx.await.unwrap();
+        assert_eq!(limiter.in_flight(), 0, "the waiting handler holds no slot");
+        let other = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(other.status(), StatusCode::OK, "so another request gets it");
+        assert_eq!(limiter.in_flight(), 1);
+        drop(other);
+        go_tx.send(()).unwrap();
+        let released = waiter.await.unwrap().unwrap();
+        assert_eq!(limiter.in_flight(), 0, "nothing attached after a release");
+        drop(released);
     }
 
     #[tokio::test]

@@ -339,6 +339,8 @@ pub fn render(state: &AppState) -> String {
         ],
     );
 
+    state.transcoder.metrics().register(&mut r);
+
     if let Some(gun) = &state.gun {
         let g = gun.counters().snapshot();
         counter(

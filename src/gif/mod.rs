@@ -7,8 +7,9 @@
 //! costs bounded CPU and memory and never stalls the async workers.
 //!
 //! - [`meta`]: width, height, frames, duration, loop count.
-//! - [`still`]: the first frame as a PNG, optionally resized.
-//! - [`derived`]: the bounded folder the PNGs are written to once.
+//! - [`still`]: the first frame as a PNG, WebP or JPEG, optionally resized.
+//! - [`derived`]: the bounded, private folder stills (and the transcoder's video
+//!   variants) are written to once.
 //!
 //! [`Gifs`] ties them together: the semaphore, a bounded cache of results (so a file
 //! is parsed once per version, and a hostile one is not re-parsed on every request),
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::store::{FileIdentity, Root};
 use derived::DerivedDir;
 use meta::GifInfo;
+use still::StillFormat;
 
 /// Bounds on what a GIF may cost to parse or render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +191,17 @@ impl Gifs {
         &self.derived
     }
 
+    /// The derived folder, shared: the transcoder writes its variants there, under the
+    /// same byte bound and eviction as stills.
+    pub fn shared_derived(&self) -> Arc<DerivedDir> {
+        Arc::clone(&self.derived)
+    }
+
+    /// The configured GIF limits (checked before any work, by the transcoder too).
+    pub fn limits(&self) -> GifLimits {
+        self.limits
+    }
+
     /// Runs `work` on the blocking pool once a worker slot is free.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -230,15 +243,16 @@ impl Gifs {
     }
 
     /// Makes sure the still of the GIF at `path` (identity `identity`) at `width`
-    /// (`None`: the GIF's own size) exists in the derived folder, rendering it if not.
-    /// Concurrent callers for the same still share one render.
+    /// (`None`: the GIF's own size) in `format` exists in the derived folder, rendering
+    /// it if not. Concurrent callers for the same still share one render.
     pub async fn still(
         &self,
         path: PathBuf,
         identity: FileIdentity,
         width: Option<u32>,
+        format: StillFormat,
     ) -> Result<Still, GifError> {
-        let name = derived::still_name(identity, width);
+        let name = derived::still_name(identity, width, format.extension());
         if self.derived.contains(&name) {
             return Ok(Still { name, fresh: None });
         }
@@ -261,11 +275,11 @@ impl Gifs {
                 let rendered = self
                     .blocking(move || {
                         counters.stills_rendered.fetch_add(1, Ordering::Relaxed);
-                        let png = still::render(&path, identity, width, &limits)?;
+                        let image = still::render(&path, identity, width, format, &limits)?;
                         derived
-                            .store(&key, &png)
+                            .store(&key, &image)
                             .map_err(|e| GifError::Io(format!("cannot write still: {e}")))?;
-                        Ok(Bytes::from(png))
+                        Ok(Bytes::from(image))
                     })
                     .await;
                 match rendered {

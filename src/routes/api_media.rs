@@ -15,6 +15,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::file_response::{self, FileHeaders};
 use super::still::{self, Source, StillQuery};
+use super::variant::{self, Negotiated, VariantQuery};
 use crate::app::AppState;
 use crate::auth::{self, Denied};
 use crate::body::Body;
@@ -119,28 +120,40 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     }
 
     let describe = describe(&id, manifest.as_deref(), private);
+    let mime = manifest.as_ref().and_then(|m| m.mime_type.as_deref());
+    let says_other_type = mime.is_some_and(|mime| !is_gif_mime(mime));
+    let source = Source {
+        root: &state.media_root,
+        relative: &original,
+        file: &file,
+        describe,
+    };
+    let headers = request.headers();
     match StillQuery::parse(request.uri().query(), state.gifs.widths()) {
         StillQuery::NotAsked => {}
         StillQuery::BadWidth => return still::bad_width(state.gifs.widths()),
-        StillQuery::Asked(width) => {
-            let says_other_type = manifest
-                .as_ref()
-                .and_then(|m| m.mime_type.as_deref())
-                .is_some_and(|mime| !is_gif_mime(mime));
-            if says_other_type {
-                return still::not_a_gif();
-            }
-            let source = Source {
-                root: &state.media_root,
-                relative: &original,
-                file: &file,
-                describe,
-            };
-            return still::respond(state, method, request.headers(), source, width).await;
+        StillQuery::BadFormat => return still::bad_format(),
+        StillQuery::Asked(_) if says_other_type => return still::not_a_gif(),
+        StillQuery::Asked(ask) => return still::respond(state, method, headers, source, ask).await,
+    }
+    match VariantQuery::parse(request.uri().query()) {
+        VariantQuery::NotAsked => {}
+        VariantQuery::BadFormat => return variant::bad_format(),
+        VariantQuery::Asked(_) if says_other_type => return variant::not_a_gif(),
+        VariantQuery::Asked(format) => {
+            let extensions = request.extensions();
+            return variant::respond(state, method, headers, extensions, source, format).await;
         }
     }
+    // Negotiation only for items the manifest says are GIFs: no sniffing per request.
+    let declared_gif = mime.is_some_and(is_gif_mime);
+    let describe = match declared_gif.then(|| variant::negotiate(state, method, headers, &source)) {
+        Some(Negotiated::Variant(webp)) => return webp,
+        Some(Negotiated::Gif(describe)) => describe,
+        None => source.describe,
+    };
     let chunk = file_response::chunk_size(&state.config);
-    file_response::respond(method, request.headers(), &file, describe, chunk)
+    file_response::respond(method, headers, &file, describe, chunk)
 }
 
 /// Answers `/api/media?id=<file>`: generated audio, not content-addressed media.
@@ -245,6 +258,10 @@ async fn info_response(
             },
             Err(error) => return still::gif_error(&error),
         }
+        body.insert(
+            "variants".to_owned(),
+            variant::existing(state, file.identity),
+        );
     }
     let mut response = super::json(StatusCode::OK, &body);
     let headers = response.headers_mut();

@@ -1,11 +1,13 @@
 //! `GET|HEAD /media/<project>/<file>`: the exercise-GIF route (SPEC §1A), served from
 //! `MEDIA_DIR/web` with the indexer's headers and none of its defects. `?still=1`
-//! on a GIF hands over to [`super::still`] for a PNG poster.
+//! on a GIF hands over to [`super::still`] for a poster, `?format=` to
+//! [`super::variant`] for an MP4, WebM or WebP variant.
 
 use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use super::still::StillQuery;
+use super::variant::{self, Negotiated, VariantQuery};
 use crate::app::AppState;
 use crate::body::Body;
 use crate::http::path::safe_relative_path;
@@ -35,34 +37,51 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             return super::not_found();
         }
     };
-    // The query string is ignored, except for a still poster of a GIF (`?still=1`).
+    // The query string is ignored, except for a still poster of a GIF (`?still=1`) or
+    // a variant of one (`?format=`).
+    let is_gif = relative
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gif"));
     let still = match StillQuery::parse(request.uri().query(), state.gifs.widths()) {
         StillQuery::NotAsked => None,
         StillQuery::BadWidth => return super::still::bad_width(state.gifs.widths()),
-        StillQuery::Asked(width) => {
-            let is_gif = relative
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("gif"));
-            if !is_gif {
-                return super::still::not_a_gif();
-            }
-            Some(width)
-        }
+        StillQuery::BadFormat => return super::still::bad_format(),
+        StillQuery::Asked(_) if !is_gif => return super::still::not_a_gif(),
+        StillQuery::Asked(ask) => Some(ask),
+    };
+    let variant = match still.map_or_else(
+        || VariantQuery::parse(request.uri().query()),
+        |_| VariantQuery::NotAsked,
+    ) {
+        VariantQuery::NotAsked => None,
+        VariantQuery::BadFormat => return variant::bad_format(),
+        VariantQuery::Asked(_) if !is_gif => return variant::not_a_gif(),
+        VariantQuery::Asked(format) => Some(format),
     };
     let file = match file_response::open_or_not_found(&state.store, &state.web_root, &relative) {
         Ok(file) => file,
         Err(refused) => return *refused,
     };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
-    if let Some(width) = still {
-        let source = super::still::Source {
-            root: &state.web_root,
-            relative: &relative,
-            file: &file,
-            describe,
-        };
-        return super::still::respond(state, method, request.headers(), source, width).await;
+    let source = super::still::Source {
+        root: &state.web_root,
+        relative: &relative,
+        file: &file,
+        describe,
+    };
+    let headers = request.headers();
+    if let Some(ask) = still {
+        return super::still::respond(state, method, headers, source, ask).await;
     }
+    if let Some(format) = variant {
+        let extensions = request.extensions();
+        return variant::respond(state, method, headers, extensions, source, format).await;
+    }
+    let describe = match is_gif.then(|| variant::negotiate(state, method, headers, &source)) {
+        Some(Negotiated::Variant(webp)) => return webp,
+        Some(Negotiated::Gif(describe)) => describe,
+        None => source.describe,
+    };
     let chunk = usize::try_from(state.config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
-    file_response::respond(method, request.headers(), &file, describe, chunk)
+    file_response::respond(method, headers, &file, describe, chunk)
 }

@@ -16,8 +16,8 @@ pub fn healthz(method: &Method) -> Response<Body> {
 }
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
-/// GUN relay's state is reported too but does not fail readiness, since GIF serving
-/// does not depend on it.
+/// GUN relay's and the transcoder's states are reported too but do not fail readiness,
+/// since GIF serving depends on neither.
 pub fn readyz(state: &AppState, method: &Method) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         return super::method_not_allowed("GET, HEAD");
@@ -33,6 +33,8 @@ pub fn readyz(state: &AppState, method: &Method) -> Response<Body> {
         "status": if ready { "ready" } else { "not ready" },
         "mediaRoots": roots,
         "gun": state.gun_status(),
+        // Reported, never failing readiness: GIFs are served without it.
+        "transcoder": state.transcoder.status(),
     });
     let status = if ready {
         StatusCode::OK
