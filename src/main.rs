@@ -1,10 +1,13 @@
-//! `oip-media`: configuration → tracing → run. Nothing else lives here.
+//! `oip-media`: configuration → tracing → run (or a one-off subcommand). Nothing else
+//! lives here.
 
 use clap::Parser;
 use oip_media::Config;
+use oip_media::config::Command;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
+    let command = config.command.take();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if config.log_format == "json" {
@@ -15,6 +18,9 @@ fn main() -> std::process::ExitCode {
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Some(Command::Transcode(transcode)) = command {
+        return oip_media::transcode::cli::run(config, transcode);
     }
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

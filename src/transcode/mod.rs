@@ -4,7 +4,7 @@
 //! - [`ffmpeg`]: finding ffmpeg, its encoders, and each variant's command line.
 //! - [`run`]: one ffmpeg child process with a timeout that kills it.
 //! - [`metrics`]: jobs by outcome, queue depth, encode seconds, bytes vs the GIFs.
-//! - `cli`: `oip-media transcode`, which pre-makes variants for a whole media tree.
+//! - [`cli`]: `oip-media transcode`, which pre-makes variants for a whole media tree.
 //!
 //! A variant is made by a *job*, and every bound is the transcoder's own, so that
 //! waiting for a transcode never holds anything the GIF path needs:
@@ -28,7 +28,7 @@
 //! Variant file names carry the source's identity (device, inode, size, mtime), the
 //! format and the encoder's tag, so a replaced GIF or a change of encoder never serves
 //! an old variant.
-
+pub mod cli;
 pub mod ffmpeg;
 mod format;
 pub mod metrics;
