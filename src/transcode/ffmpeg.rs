@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::VariantFormat;
+use crate::gif::meta::GifInfo;
 
 /// How long discovery and the encoder probe may take before ffmpeg is given up on
 /// (start-up must not hang on a broken binary).
@@ -290,16 +291,34 @@ const MP4_FILTER: &str = "[0:v]format=rgba,split[fg][bg];\
     pad=w=ceil(iw/2)*2:h=ceil(ih/2)*2:color=white,\
     scale=out_color_matrix=bt709:out_range=tv,format=yuv420p[v]";
 
-/// The ffmpeg arguments that make `recipe`'s variant of the GIF at `input` into
-/// `output` (an existing, empty `0600` file: ffmpeg overwrites it in place). `loop_count`
-/// is the GIF's, as [`crate::gif::meta::GifInfo`] counts it (plays; 0 = forever).
+/// The filter that gives a video's last frame its full delay.
+///
+/// MP4 and WebM store when each frame *starts*; the last frame's length is whatever
+/// the muxer guesses, and ffmpeg 5.1 guesses one frame period (its encoders drop the
+/// GIF's per-frame durations), so a clip would end a frame early or late. Instead, the
+/// last frame is cloned once (`tpad`) and the clone placed one time-base tick (10 ms,
+/// `-r 100` below) before the GIF's end (`setpts`): the real last frame then lasts its
+/// delay less 10 ms, the identical clone the last 10 ms, and the clip ends exactly when
+/// the GIF does.
+fn last_frame_held(info: &GifInfo) -> String {
+    let end = info.played_ms.saturating_sub(10) as f64 / 1000.0;
+    format!(
+        "tpad=stop_mode=clone:stop=1,setpts='if(eq(N,{}),{end:.3}/TB,PTS)'",
+        info.frame_count
+    )
+}
+
+/// The ffmpeg arguments that make `recipe`'s variant of the GIF at `input`, described
+/// by `info`, into `output` (an existing, empty `0600` file: ffmpeg overwrites it in
+/// place).
 pub fn args(
     recipe: Recipe,
     settings: &EncodeSettings,
     input: &Path,
     output: &Path,
-    loop_count: u32,
+    info: &GifInfo,
 ) -> Vec<OsString> {
+    let loop_count = info.loop_count;
     let mut a: Vec<OsString> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     push(&["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]);
@@ -318,7 +337,8 @@ pub fn args(
     let max_bytes = settings.max_output_bytes.max(1).to_string();
     match recipe.format {
         VariantFormat::Mp4 => {
-            push(&["-filter_complex", MP4_FILTER, "-map", "[v]"]);
+            let graph = format!("{MP4_FILTER};[v]{}[out]", last_frame_held(info));
+            push(&["-filter_complex", &graph, "-map", "[out]", "-r", "100"]);
             if recipe.encoder == H264_NVENC {
                 push(&[
                     "-c:v",
@@ -377,64 +397,112 @@ pub fn args(
         }
         VariantFormat::Webm => {
             // yuva420p: VP9 keeps the GIF's transparency as an alpha channel.
-            push(&[
-                "-map",
-                "0:v:0",
-                "-vf",
-                "format=yuva420p",
-                "-c:v",
-                LIBVPX_VP9,
-                "-crf",
-                VP9_CRF,
-                "-b:v",
-                "0",
-                "-deadline",
-                "good",
-                "-cpu-used",
-                "4",
-                "-row-mt",
-                "1",
-                "-threads",
-                &threads,
-                "-fs",
-                &max_bytes,
-                "-f",
-                "webm",
-            ]);
+            let filter = format!("format=yuva420p,{}", last_frame_held(info));
+            push(&["-map", "0:v:0", "-vf", &filter, "-r", "100"]);
+            push(&["-c:v", LIBVPX_VP9, "-crf", VP9_CRF, "-b:v", "0"]);
+            push(&["-deadline", "good", "-cpu-used", "4", "-row-mt", "1"]);
+            push(&["-threads", &threads, "-fs", &max_bytes, "-f", "webm"]);
         }
         VariantFormat::Webp => {
             // WebP's loop count is the number of plays (0 = forever), which is how
-            // GifInfo counts a GIF's too.
+            // GifInfo counts a GIF's too. ffmpeg 5.1's libwebp_anim drops the alpha
+            // channel of lossy frames (checked: no ALPH chunk, whatever the pixel
+            // format), so a GIF that may be transparent is encoded lossless (VP8L keeps
+            // alpha, and the exact pixels of a palette image compress well); opaque
+            // GIFs get lossy q75.
             let loops = loop_count.min(u32::from(u16::MAX)).to_string();
-            push(&[
-                "-map",
-                "0:v:0",
-                "-c:v",
-                LIBWEBP_ANIM,
-                "-lossless",
-                "0",
-                "-q:v",
-                WEBP_QUALITY,
-                "-compression_level",
-                "4",
-                "-loop",
-                &loops,
-                "-threads",
-                &threads,
-                "-fs",
-                &max_bytes,
-                "-f",
-                "webp",
-            ]);
+            push(&["-map", "0:v:0", "-c:v", LIBWEBP_ANIM]);
+            if info.transparent {
+                push(&["-pix_fmt", "bgra", "-lossless", "1"]);
+            } else {
+                push(&["-lossless", "0", "-q:v", WEBP_QUALITY]);
+            }
+            push(&["-compression_level", "4", "-loop", &loops]);
+            push(&["-threads", &threads, "-fs", &max_bytes, "-f", "webp"]);
         }
     }
     a.push(output.as_os_str().to_owned());
     a
 }
 
+/// Sets the duration of the last frame of the animated WebP at `path` to `ms`.
+///
+/// The WebP muxer stores a duration per frame; ffmpeg 5.1 guesses the last one (the
+/// mean of the others), so a clip whose last delay differs would be cut short or
+/// stretched. The field is three bytes at a fixed place in the last `ANMF` chunk
+/// (WebP container spec, "Animation"): walking the RIFF chunks and rewriting them in
+/// place is exact and cheaper than any re-encode. Blocking.
+pub fn set_last_webp_frame_duration(path: &Path, ms: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    let mut header = [0u8; 12];
+    file.read_exact_at(&mut header, 0)?;
+    if &header[..4] != b"RIFF" || &header[8..] != b"WEBP" {
+        return Err(invalid("not a WebP file"));
+    }
+    let mut at: u64 = 12;
+    let mut last_anmf = None;
+    while at + 8 <= len {
+        let mut chunk = [0u8; 8];
+        file.read_exact_at(&mut chunk, at)?;
+        let size = u64::from(u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]));
+        if &chunk[..4] == b"ANMF" {
+            if size < 16 {
+                return Err(invalid("ANMF chunk too short"));
+            }
+            last_anmf = Some(at + 8);
+        }
+        at += 8 + size + (size & 1);
+    }
+    let payload = last_anmf.ok_or_else(|| invalid("no ANMF chunk"))?;
+    let ms = u32::try_from(ms.min(0xFF_FFFF)).unwrap_or(0xFF_FFFF);
+    file.write_all_at(&ms.to_le_bytes()[..3], payload + 12)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_webp_frame_gets_its_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.webp");
+        // RIFF/WEBP with VP8X, two ANMF chunks (16-byte headers, durations 100 and 7).
+        let anmf = |duration: u32| {
+            let mut c = b"ANMF".to_vec();
+            c.extend_from_slice(&16u32.to_le_bytes());
+            c.extend_from_slice(&[0; 12]);
+            c.extend_from_slice(&duration.to_le_bytes()[..3]);
+            c.push(0);
+            c
+        };
+        let mut body = b"WEBP".to_vec();
+        body.extend_from_slice(b"VP8X");
+        body.extend_from_slice(&10u32.to_le_bytes());
+        body.extend_from_slice(&[0; 10]);
+        body.extend(anmf(100));
+        body.extend(anmf(7));
+        let mut file = b"RIFF".to_vec();
+        file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        file.extend(body);
+        std::fs::write(&path, &file).unwrap();
+        set_last_webp_frame_duration(&path, 400).unwrap();
+        let patched = std::fs::read(&path).unwrap();
+        let last = patched.len() - 16 + 12;
+        assert_eq!(&patched[last..last + 3], &400u32.to_le_bytes()[..3]);
+        let first = 12 + 18 + 8 + 12;
+        assert_eq!(&patched[first..first + 3], &100u32.to_le_bytes()[..3]);
+        assert_eq!(patched.len(), file.len());
+        std::fs::write(&path, b"RIFF\0\0\0\0WAVE").unwrap();
+        assert!(set_last_webp_frame_duration(&path, 400).is_err());
+    }
 
     const LISTING: &str = "Encoders:
  V..... = Video
@@ -466,12 +534,22 @@ mod tests {
             threads: 2,
             max_output_bytes: 1 << 20,
         };
+        let info = GifInfo {
+            width: 33,
+            height: 21,
+            frame_count: 5,
+            duration_ms: 1500,
+            loop_count: loops,
+            played_ms: 1500,
+            transparent: loops == 3,
+            last_delay_ms: 400,
+        };
         args(
             recipe,
             &settings,
             Path::new("/in put.gif"),
             Path::new("/out"),
-            loops,
+            &info,
         )
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -494,6 +572,7 @@ mod tests {
             "-f mp4 /out",
             "color=white",
             "pad=w=ceil(iw/2)*2:h=ceil(ih/2)*2",
+            "setpts='if(eq(N,5),1.490/TB,PTS)'",
         ] {
             assert!(line.contains(part), "{part} missing from {line}");
         }
@@ -510,6 +589,12 @@ mod tests {
         assert!(!webm.contains("color=white"), "WebM keeps transparency");
         let webp = joined(Recipe::new(VariantFormat::Webp, LIBX264), 3);
         assert!(webp.contains("-c:v libwebp_anim") && webp.contains("-loop 3"));
+        assert!(
+            webp.contains("-lossless 1"),
+            "transparent: lossless keeps alpha"
+        );
+        let opaque = joined(Recipe::new(VariantFormat::Webp, LIBX264), 0);
+        assert!(opaque.contains("-lossless 0 -q:v 75"));
         assert!(joined(Recipe::new(VariantFormat::Webp, LIBX264), 0).contains("-loop 0"));
         assert!(joined(Recipe::new(VariantFormat::Webp, LIBX264), 1 << 20).contains("-loop 65535"));
     }

@@ -501,13 +501,7 @@ async fn run_job(
         }
         Prepared::Go(info, pending) => (info, pending),
     };
-    let args = ffmpeg::args(
-        recipe,
-        &inner.settings,
-        &job.path,
-        pending.path(),
-        info.loop_count,
-    );
+    let args = ffmpeg::args(recipe, &inner.settings, &job.path, pending.path(), &info);
     inner.metrics.running().inc();
     let running = Running(&inner.metrics);
     let started = Instant::now();
@@ -516,6 +510,7 @@ async fn run_job(
     drop(running);
     let max = inner.settings.max_output_bytes;
     let (path, identity) = (job.path.clone(), job.identity);
+    let webp_last_delay = (job.format == VariantFormat::Webp).then_some(info.last_delay_ms);
     let committed = tokio::task::spawn_blocking(move || {
         // Dropping an uncommitted file removes it: on this thread, not the runtime's.
         ran.map_err(|error| match error {
@@ -533,6 +528,11 @@ async fn run_job(
                 )
                 .into(),
             ));
+        }
+        if let Some(ms) = webp_last_delay {
+            ffmpeg::set_last_webp_frame_duration(pending.path(), ms).map_err(|e| {
+                VariantError::Failed(format!("ffmpeg's WebP cannot be read: {e}").into())
+            })?;
         }
         // ffmpeg opened the GIF by path: had it been replaced since the route looked it
         // up, the variant would carry the old version's name with the new version's
