@@ -170,24 +170,14 @@ pub async fn respond(
         Err(error) => return variant_error(&error),
     };
     let describe = describe(&source.describe, format, recipe.tag);
-    // Twice at most: a variant found on disk may be evicted before it is mapped; the
-    // second pass makes it again.
-    for _ in 0..2 {
-        let name = match transcoder.known(identity, format) {
-            Ok(Known::Ready { name, .. }) => name,
-            Ok(Known::Failed(reason)) => return variant_error(&VariantError::Failed(reason)),
-            Ok(Known::Missing { .. }) => {
-                // Waiting for ffmpeg must not hold a GIF-serving slot.
-                if let Some(held) = extensions.get::<HeldPermit>() {
-                    held.release();
-                }
-                match make(state, &source, format).await {
-                    Ok(name) => name,
-                    Err(response) => return *response,
-                }
-            }
-            Err(error) => return variant_error(&error),
-        };
+    let name = match transcoder.variant_name(identity, format) {
+        Ok(name) => name,
+        Err(error) => return variant_error(&error),
+    };
+    // A variant that exists is served at once: one lookup in the mapping cache, as for
+    // a GIF. One that is missing (or evicted between being made and being mapped) is
+    // made, and tried again.
+    for attempt in 0..3 {
         match serve(state, method, headers, &source, &name, describe.clone()) {
             Ok(mut response) => {
                 let held = extensions
@@ -202,8 +192,19 @@ pub async fn respond(
                 }
                 return response;
             }
-            Err(ServeError::Evicted) => continue,
             Err(ServeError::Response(response)) => return *response,
+            Err(ServeError::Evicted) if attempt == 2 => break,
+            Err(ServeError::Evicted) => {}
+        }
+        if let Some(reason) = transcoder.failure(&name) {
+            return variant_error(&VariantError::Failed(reason));
+        }
+        // Waiting for ffmpeg must not hold a GIF-serving slot.
+        if let Some(held) = extensions.get::<HeldPermit>() {
+            held.release();
+        }
+        if let Err(response) = make(state, &source, format).await {
+            return *response;
         }
     }
     variant_error(&VariantError::StillWorking)

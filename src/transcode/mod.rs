@@ -275,6 +275,11 @@ impl Transcoder {
         Ok(Known::Missing { name })
     }
 
+    /// The reason the variant `name` failed, while that is remembered.
+    pub fn failure(&self, name: &str) -> Option<Arc<str>> {
+        self.inner.failures.get(name)
+    }
+
     /// Makes the variant `job` asks for unless it exists, and waits for it as `wait`
     /// says. Concurrent callers for one variant share one job.
     pub async fn make(&self, job: VariantJob, wait: Wait) -> Result<Made, VariantError> {
