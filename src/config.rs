@@ -276,8 +276,9 @@ pub struct Config {
 /// What `oip-media` does instead of serving, when asked.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Pre-make the video variants of every GIF under a media tree, with a progress bar.
-    /// Variants already made (same file version, same encoder) are skipped, so an
+    /// Pre-make the MP4/WebM/WebP variants of every GIF under a media tree.
+    ///
+    /// Shows a progress bar. Variants already made (same file version, same encoder) are skipped, so an
     /// interrupted run (Ctrl-C) can simply be run again. Uses the serve settings for the
     /// derived folder, ffmpeg and the limits (`--derived-dir`, `--ffmpeg`,
     /// `--mp4-encoder`, `--transcode-*`, `--gif-max-*`), given before or after

@@ -762,3 +762,33 @@ async fn metrics_show_jobs_queue_encode_seconds_and_bytes() {
     }
     fx.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_gives_up_frees_its_place_and_the_job_still_finishes() {
+    if !ffmpeg_or_skip("a_client_that_gives_up_frees_its_place") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let slow = slow_ffmpeg(dir.path(), 2.5);
+    let fx = Fixture::start(|c| c.transcode.ffmpeg = slow.to_string_lossy().into_owned()).await;
+    fx.put_web("a.gif", &pattern_gif(16, 16));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let gave_up = impatient
+            .get(fx.url("/media/fitnessally/a.gif?format=mp4"))
+            .send()
+            .await;
+        assert!(gave_up.is_err(), "the client timed out");
+    }
+    let state = fx.server.app().state().clone();
+    media_fixtures_wait(|| state.transcoder.metrics().waiting().get() == 0).await;
+    assert_eq!(state.limiter.in_flight(), 0);
+    media_fixtures_wait(|| jobs(&fx, VariantFormat::Mp4, Outcome::ok) == 1).await;
+    assert_eq!(fake_runs(dir.path()), 1, "one job for the three who left");
+    let r = fx.get("/media/fitnessally/a.gif?format=mp4").await;
+    assert_eq!(r.status(), 200, "made for the next one");
+    fx.shutdown().await;
+}

@@ -8,8 +8,8 @@ pub enum VariantFormat {
     Mp4,
     /// VP9 in WebM, with the GIF's transparency kept.
     Webm,
-    /// Animated WebP (lossy, q75): an `<img>` replacement, transparency and loop count
-    /// kept.
+    /// Animated WebP (lossy q75; lossless for transparent GIFs): an `<img>` replacement,
+    /// transparency and loop count kept.
     Webp,
 }
 
