@@ -52,6 +52,10 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{raw}` is too large"))
 }
 
+/// Longest `--revalidate-window` allowed: the README promises that a file renamed into
+/// place is served within a second.
+pub const MAX_REVALIDATE_WINDOW: Duration = Duration::from_secs(1);
+
 /// Every setting of the service. Built by clap from flags and environment variables in
 /// `main`, or by tests and benches with [`Config::for_media_dir`] and plain field updates.
 #[derive(Debug, Clone, Parser)]
@@ -127,6 +131,39 @@ pub struct Config {
     /// purpose: a browser retrying in a second does better than one waiting in a line.
     #[arg(long, env = "QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
+
+    // ---------------------------------------------------------------- filesystem calls
+    /// Threads that make every filesystem call of a request (open, stat, manifest and
+    /// directory reads), so none runs on an async worker. On a local disk each call takes
+    /// microseconds and a few threads keep up with any load; the bound matters when the
+    /// filesystem hangs (a network mount, a FIFO): then at most this many calls are
+    /// stuck, and the async workers, `/healthz` and cached files keep answering.
+    #[arg(long, env = "FS_THREADS", default_value_t = 8)]
+    pub fs_threads: usize,
+
+    /// Filesystem calls allowed to wait for a thread; past it a request that needs one
+    /// gets 503 + `Retry-After` at once. 1024 is `--max-in-flight` + `--max-queue` at
+    /// their defaults: on a healthy disk the media limiter sheds first, never this.
+    #[arg(long, env = "FS_QUEUE", default_value_t = 1024)]
+    pub fs_queue: usize,
+
+    /// Longest a request waits for its filesystem call (queued and running); past it
+    /// the request gets 503 + `Retry-After` (a cached file is served as it is, see
+    /// `--revalidate-window`). A loaded local disk answers well within it; a call that
+    /// takes longer means the filesystem is in trouble.
+    #[arg(long, env = "FS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub fs_timeout: Duration,
+
+    /// How long a cached mapping (and a parsed manifest) is trusted without a `stat`,
+    /// as nginx's `open_file_cache_valid`: within the window a cached file is served with
+    /// no syscall at all; the first request after it `stat`s the path once (on the
+    /// filesystem threads) and remaps it if it was replaced. A file renamed into place is
+    /// therefore served at most one window later; a response never mixes two versions
+    /// (it holds one mapping of one inode). When the filesystem does not answer within
+    /// `--fs-timeout`, the cached mapping is served as it is. At most 1s; 0 stats on
+    /// every request.
+    #[arg(long, env = "REVALIDATE_WINDOW", default_value = "1s", value_parser = parse_duration)]
+    pub revalidate_window: Duration,
 
     // ---------------------------------------------------------------- operation
     /// Origins allowed to read responses cross-origin (comma list). Entries are exact
@@ -336,6 +373,15 @@ impl Config {
                 "must be between 4KiB and 16MiB",
             );
         }
+        if self.fs_threads == 0 {
+            return invalid("--fs-threads/FS_THREADS", "must be at least 1");
+        }
+        if self.revalidate_window > MAX_REVALIDATE_WINDOW {
+            return invalid(
+                "--revalidate-window/REVALIDATE_WINDOW",
+                "must be at most 1s (a replaced file must be noticed within a second)",
+            );
+        }
         if self.map_cache_entries == 0 || self.map_cache_bytes == 0 {
             return invalid(
                 "--map-cache-entries/--map-cache-bytes",
@@ -356,6 +402,7 @@ impl Config {
                 self.write_stall_timeout,
             ),
             ("--queue-timeout/QUEUE_TIMEOUT", self.queue_timeout),
+            ("--fs-timeout/FS_TIMEOUT", self.fs_timeout),
             ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
         ] {
             if value.is_zero() {

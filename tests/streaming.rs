@@ -37,7 +37,9 @@ async fn truncating_a_mapped_file_mid_response_costs_only_that_connection() {
         .set_len(64 << 20)
         .unwrap();
     write_file(&media.path().join("web/p/small.gif"), b"still here");
-    let server = start_with(media, |_| {}).await;
+    // Window 0: the request after the truncation must see it at once (with the default
+    // window it is seen at most one window later; tests/nonblocking_fs.rs covers that).
+    let server = start_with(media, |c| c.revalidate_window = Duration::ZERO).await;
 
     let mut slow = send_get(server.addr, "/media/p/big.gif").await;
     let mut first = vec![0u8; 64 * 1024];
@@ -78,7 +80,8 @@ async fn a_replaced_file_is_remapped_while_the_old_response_finishes_intact() {
     let path = media.path().join("web/p/a.gif");
     let old = pattern(16 << 20, 1);
     write_file(&path, &old);
-    let server = start_with(media, |_| {}).await;
+    // Window 0: the next request must see the new file at once.
+    let server = start_with(media, |c| c.revalidate_window = Duration::ZERO).await;
 
     let mut slow = send_get(server.addr, "/media/p/a.gif").await;
     let mut first = vec![0u8; 4096];
