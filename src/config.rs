@@ -143,7 +143,7 @@ pub struct Config {
 
     /// Filesystem calls allowed to wait for a thread; past it a request that needs one
     /// gets 503 + `Retry-After` at once. 1024 is `--max-in-flight` + `--max-queue` at
-    /// their defaults: on a healthy disk the media limiter sheds first, never this.
+    /// their defaults, so on a healthy disk the media limiter sheds before this fills.
     #[arg(long, env = "FS_QUEUE", default_value_t = 1024)]
     pub fs_queue: usize,
 
@@ -699,6 +699,45 @@ mod tests {
         );
         assert!(Config::try_parse_from(["oip-media", "--port", "http"]).is_err());
         assert!(Config::try_parse_from(["oip-media", "--queue-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn filesystem_settings_have_their_documented_defaults_and_bounds() {
+        let c = Config::for_media_dir("/tmp/x");
+        assert_eq!(c.fs_threads, 8);
+        assert_eq!(c.fs_queue, 1024);
+        assert_eq!(c.fs_timeout, Duration::from_secs(2));
+        assert_eq!(c.revalidate_window, Duration::from_secs(1));
+        let c = Config::parse_from([
+            "oip-media",
+            "--fs-threads",
+            "2",
+            "--fs-queue",
+            "0",
+            "--fs-timeout",
+            "250ms",
+            "--revalidate-window",
+            "0",
+        ]);
+        assert_eq!((c.fs_threads, c.fs_queue), (2, 0));
+        assert_eq!(c.fs_timeout, Duration::from_millis(250));
+        assert!(c.revalidate_window.is_zero());
+        for (tweak, option) in [
+            (
+                (|c: &mut Config| c.fs_threads = 0) as fn(&mut Config),
+                "--fs-threads",
+            ),
+            (|c| c.fs_timeout = Duration::ZERO, "--fs-timeout"),
+            (
+                |c| c.revalidate_window = Duration::from_millis(1001),
+                "--revalidate-window",
+            ),
+        ] {
+            let mut c = Config::for_media_dir("/tmp/x");
+            tweak(&mut c);
+            let error = c.validate().unwrap_err().to_string();
+            assert!(error.contains(option), "{error}");
+        }
     }
 
     #[test]

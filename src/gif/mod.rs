@@ -290,18 +290,20 @@ impl Gifs {
                     })
                     .await;
                 // Writing (temp file, fsync, rename) and the eviction scan it may start
-                // are filesystem work: on the filesystem pool, not a render worker.
+                // are filesystem work: on the filesystem pool, not a render worker. When
+                // the pool cannot take it, the PNG in hand is still the answer; the next
+                // request finds no file and renders again.
                 let stored = match rendered {
                     Ok(png) => {
                         let written = png.clone();
-                        self.fs
-                            .run(move || derived.store(&key, &written))
-                            .await
-                            .map_err(GifError::Busy)
-                            .and_then(|stored| {
-                                stored.map_err(|e| GifError::Io(format!("cannot write still: {e}")))
-                            })
-                            .map(|()| png)
+                        match self.fs.run(move || derived.store(&key, &written)).await {
+                            Ok(Ok(())) => Ok(png),
+                            Ok(Err(e)) => Err(GifError::Io(format!("cannot write still: {e}"))),
+                            Err(busy) => {
+                                tracing::debug!(%busy, "still rendered but not written");
+                                Ok(png)
+                            }
+                        }
                     }
                     Err(error) => Err(error),
                 };
