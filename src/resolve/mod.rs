@@ -24,6 +24,7 @@ pub mod cache;
 pub mod elastic;
 pub mod gun_source;
 pub mod options;
+pub mod recipe;
 pub mod source;
 pub mod stats;
 mod walk;
