@@ -24,6 +24,13 @@
 //!   mapping is served as it is (counted as `stale`): its bytes are a complete earlier
 //!   version, and a hung mount must not take down files that are already in memory.
 //!   The next request tries the `stat` again.
+//!
+//! The revalidating `stat` goes to the pool rather than running inline: on a local disk
+//! it would take a microsecond, but a `stat` of a cached path on a hung network mount
+//! blocks like any other call, and inline it would block the worker that every other
+//! connection on it waits for. The window is what makes the hop cheap: at most one per
+//! cached file per window, whatever the request rate, while the hot path — a cached
+//! file inside its window — makes no syscall and no hop at all.
 
 mod mapping;
 mod regular;
