@@ -41,27 +41,25 @@ pub async fn readyz(state: &AppState, method: &Method) -> Response<Body> {
         })
         .await;
     let mut roots = serde_json::Map::new();
-    let mut body = serde_json::Map::new();
-    let ready = match checked {
+    let (ready, filesystem) = match checked {
         Ok(checked) => {
             let mut ready = true;
             for (name, readable) in checked {
                 ready &= readable;
                 roots.insert(name.to_owned(), serde_json::Value::Bool(readable));
             }
-            ready
+            (ready, None)
         }
-        Err(error) => {
-            body.insert("filesystem".to_owned(), error.to_string().into());
-            false
-        }
+        Err(error) => (false, Some(error.to_string())),
     };
-    body.insert(
-        "status".to_owned(),
-        (if ready { "ready" } else { "not ready" }).into(),
-    );
-    body.insert("mediaRoots".to_owned(), roots.into());
-    body.insert("gun".to_owned(), state.gun_status());
+    let mut body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "mediaRoots": roots,
+        "gun": state.gun_status(),
+    });
+    if let Some(filesystem) = filesystem {
+        body["filesystem"] = filesystem.into();
+    }
     let status = if ready {
         StatusCode::OK
     } else {
