@@ -345,9 +345,17 @@ async fn open_descriptors_do_not_grow_with_files_served() {
         );
     }
     let server = start_with(media, |_| {}).await;
+    // Descriptors of files under this media root only: the other tests of this binary
+    // run at the same time and open sockets of their own.
+    let root = std::fs::canonicalize(server.media.path()).unwrap();
     let fds = || {
         std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter(|target| target.starts_with(&root))
+                    .count()
+            })
             .unwrap_or(0)
     };
     let _ = get(server.addr, "/media/p/0.gif").await;
@@ -361,7 +369,7 @@ async fn open_descriptors_do_not_grow_with_files_served() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = fds();
     assert!(
-        after <= before + 10,
+        after <= before + 2,
         "mappings hold no descriptor: {before} → {after} after 300 files"
     );
     assert!(server.server.app().state().store.cached_entries() >= 300);
