@@ -207,6 +207,15 @@ fn mkdev(path: &Path) -> bool {
     }
 }
 
+/// Waits until the pool has no job running or queued (after a stall is lifted).
+fn drain(fs: &oip_media::fs_pool::FsPool) {
+    let deadline = Instant::now() + PROMPT;
+    while fs.busy() + fs.queued() > 0 {
+        assert!(Instant::now() < deadline, "the pool drains");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 const ID_FIFO_ORIGINAL: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const ID_FIFO_MANIFEST: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
@@ -400,11 +409,7 @@ fn a_hung_filesystem_turns_into_prompt_503s_while_health_and_cached_gifs_answer(
 
     // The filesystem comes back: the pool drains and cold files are served again.
     fs.inject_stall(None);
-    let deadline = Instant::now() + PROMPT;
-    while fs.busy() + fs.queued() > 0 {
-        assert!(Instant::now() < deadline, "the pool drains");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    drain(&fs);
     let cold = get(addr, "/media/fitnessally/cold-3.gif");
     assert_eq!((cold.status, cold.body), (200, pattern(1_000, 3)));
     assert_eq!(get(addr, "/readyz").status, 200);
@@ -439,6 +444,7 @@ fn a_busy_filesystem_never_serves_private_media_on_a_guess() {
         assert_ne!(answer.body, b"secret bytes");
     }
     served.state().fs.inject_stall(None);
+    drain(&served.state().fs);
     assert_eq!(get(addr, &format!("/api/media/{id}")).status, 401);
     served.stop();
 }
