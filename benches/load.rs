@@ -1006,11 +1006,55 @@ fn start_indexer_hook(oip_media: SocketAddr) -> BenchResult<ServerProc> {
 }
 
 /// One forwarding run: load against `front` (oip-media itself when `proxy` is `None`),
-/// RSS sampled on oip-media and on the proxy.
+/// RSS sampled on oip-media and on the proxy, and the CPU time each spent.
 struct ForwardingRun {
     load: LoadResult,
     oip_peak: Rss,
     proxy_peak: Option<Rss>,
+    oip_cpu: Duration,
+    proxy_cpu: Option<Duration>,
+}
+
+/// User + system CPU time of a process and its children (nginx's workers), from
+/// `/proc/<pid>/stat`. On a small shared machine req/s mostly says who got the cores;
+/// CPU time per request says what forwarding costs wherever it runs.
+fn cpu_of(pid: u32) -> Duration {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let mut pids = vec![pid];
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    let mut total = 0u64;
+    for p in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total += field(14) + field(15);
+    }
+    Duration::from_secs_f64(total as f64 / ticks)
 }
 
 fn measure_forwarding(
@@ -1025,7 +1069,12 @@ fn measure_forwarding(
     let _ = generator.run(front.addr, connections.min(64), threads, 2)?; // warm-up
     let oip_sampler = Sampler::start(oip.pid());
     let proxy_sampler = proxy.map(|p| Sampler::start(p.pid()));
+    let (oip_cpu0, proxy_cpu0) = (cpu_of(oip.pid()), proxy.map(|p| cpu_of(p.pid())));
     let load = generator.run(front.addr, connections, threads, secs)?;
+    let oip_cpu = cpu_of(oip.pid()).saturating_sub(oip_cpu0);
+    let proxy_cpu = proxy
+        .zip(proxy_cpu0)
+        .map(|(p, before)| cpu_of(p.pid()).saturating_sub(before));
     let peak = |samples: Vec<(Duration, Rss)>| {
         samples.iter().fold(Rss::default(), |m, (_, r)| Rss {
             anon_kib: m.anon_kib.max(r.anon_kib),
@@ -1036,23 +1085,25 @@ fn measure_forwarding(
         load,
         oip_peak: peak(oip_sampler.finish()),
         proxy_peak: proxy_sampler.map(|s| peak(s.finish())),
+        oip_cpu,
+        proxy_cpu,
     })
 }
 
 fn print_forwarding_row(path: &str, connections: usize, run: &ForwardingRun, direct_rps: f64) {
     let l = &run.load;
-    let proxy = run
-        .proxy_peak
-        .map(|r| {
-            format!(
-                "{:>9.1} {:>9.1}",
-                (r.anon_kib + r.file_kib) as f64 / 1024.0,
-                r.anon_kib as f64 / 1024.0
-            )
-        })
-        .unwrap_or_else(|| format!("{:>9} {:>9}", "-", "-"));
+    let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / l.requests.max(1) as f64;
+    let proxy = match (run.proxy_peak, run.proxy_cpu) {
+        (Some(r), Some(cpu)) => format!(
+            "{:>9.1} {:>9.1} {:>9.1}",
+            (r.anon_kib + r.file_kib) as f64 / 1024.0,
+            r.anon_kib as f64 / 1024.0,
+            per_request(cpu)
+        ),
+        _ => format!("{:>9} {:>9} {:>9}", "-", "-", "-"),
+    };
     println!(
-        "{path:<22} {connections:>5} {:>9.0} {:>7.2}x {:>8.2} {:>8.2} {:>7} {:>7} {proxy} {:>9.1}",
+        "{path:<22} {connections:>5} {:>9.0} {:>7.2}x {:>8.2} {:>8.2} {:>7} {:>7} {proxy} {:>9.1} {:>9.1}",
         l.rps(),
         l.rps() / direct_rps.max(1.0),
         l.p50_us as f64 / 1000.0,
@@ -1060,6 +1111,7 @@ fn print_forwarding_row(path: &str, connections: usize, run: &ForwardingRun, dir
         l.socket_errors,
         l.status_errors,
         run.oip_peak.anon_kib as f64 / 1024.0,
+        per_request(run.oip_cpu),
     );
 }
 
@@ -1069,7 +1121,7 @@ fn forwarding(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResu
         opts.secs
     );
     println!(
-        "{:<22} {:>5} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>9}",
+        "{:<22} {:>5} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "path",
         "conns",
         "req/s",
@@ -1080,7 +1132,9 @@ fn forwarding(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResu
         "status",
         "proxy RSS",
         "prx anon",
-        "oip anon"
+        "prx us/rq",
+        "oip anon",
+        "oip us/rq"
     );
     let nginx = installed("nginx");
     let node = installed("node");
@@ -1128,7 +1182,8 @@ fn forwarding(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResu
     }
     println!(
         "proxy RSS: peak RssAnon + RssFile of the proxy process (nginx: master + workers), MiB; \
-         prx anon: its RssAnon; oip anon: oip-media's peak RssAnon, MiB"
+         prx anon: its peak RssAnon, MiB; prx us/rq: its CPU time (user + system) per request, µs; \
+         oip anon, oip us/rq: the same for oip-media"
     );
     Ok(())
 }
