@@ -483,10 +483,12 @@ pub struct GunSettings {
 /// record cache may hold.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResolverSettings {
-    /// The indexer's Elasticsearch URL (`http://host:9200`). References other than
-    /// `did:gun:` are looked up there; without it they stay unresolved and responses
-    /// count them in `unresolvedNoSource`. Plain `http` only: Elasticsearch sits on the
-    /// indexer's private network.
+    /// The indexer's Elasticsearch URL (`http://host:9200`). Every reference is looked
+    /// up there first, `did:gun:` ones included (the indexer's GUN sync indexes GUN
+    /// records); only `did:gun:` ones it lacks then go to the GUN relay. Without it,
+    /// references other than `did:gun:` stay unresolved and responses count them in
+    /// `unresolvedNoSource`. Plain `http` only: Elasticsearch sits on the indexer's
+    /// private network.
     #[arg(long, env = "ELASTICSEARCHHOST")]
     pub elasticsearch_host: Option<String>,
 
