@@ -440,7 +440,7 @@ async fn check_large_body_streams(site: &Site, proxy: &FrontProxy, large: &[u8])
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains(&format!("content-length: {LARGE}")), "{head}");
     assert!(received[head_end..] == *large, "the large body's bytes");
-    forwarding_settles(site).await;
+    no_body_in_flight(site).await;
     if proxy.kind == Kind::Nginx {
         let log = proxy.log();
         assert!(
@@ -451,7 +451,7 @@ async fn check_large_body_streams(site: &Site, proxy: &FrontProxy, large: &[u8])
 }
 
 /// Waits until oip-media has no media body in flight.
-async fn forwarding_settles(site: &Site) {
+async fn no_body_in_flight(site: &Site) {
     for _ in 0..100 {
         if site.metric("oip_media_media_in_flight").await == 0.0 {
             return;
