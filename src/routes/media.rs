@@ -58,10 +58,11 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         VariantQuery::Asked(_) if !is_gif => return variant::not_a_gif(),
         VariantQuery::Asked(format) => Some(format),
     };
-    let file = match file_response::open_or_not_found(&state.store, &state.web_root, &relative) {
-        Ok(file) => file,
-        Err(refused) => return *refused,
-    };
+    let file =
+        match file_response::open_or_not_found(&state.store, &state.web_root, &relative).await {
+            Ok(file) => file,
+            Err(refused) => return *refused,
+        };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
     let source = super::still::Source {
         root: &state.web_root,
@@ -77,10 +78,13 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         let extensions = request.extensions();
         return variant::respond(state, method, headers, extensions, source, format).await;
     }
-    let describe = match is_gif.then(|| variant::negotiate(state, method, headers, &source)) {
-        Some(Negotiated::Variant(webp)) => return webp,
-        Some(Negotiated::Gif(describe)) => describe,
-        None => source.describe,
+    let describe = if is_gif {
+        match variant::negotiate(state, method, headers, &source).await {
+            Negotiated::Variant(webp) => return webp,
+            Negotiated::Gif(describe) => describe,
+        }
+    } else {
+        source.describe
     };
     let chunk = usize::try_from(state.config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
     file_response::respond(method, headers, &file, describe, chunk)

@@ -34,7 +34,7 @@ use crate::body::Body;
 use crate::http::query;
 use crate::limit::HeldPermit;
 use crate::store::{MappedFile, StoreError};
-use crate::transcode::{Known, VariantError, VariantFormat, VariantJob, Wait};
+use crate::transcode::{GifSource, VariantError, VariantFormat, VariantJob, Wait};
 
 /// `Retry-After` of a 503: a transcode takes about a second.
 const RETRY_AFTER_SECS: u64 = 2;
@@ -178,7 +178,7 @@ pub async fn respond(
     // a GIF. One that is missing (or evicted between being made and being mapped) is
     // made, and tried again.
     for attempt in 0..3 {
-        match serve(state, method, headers, &source, &name, describe.clone()) {
+        match serve(state, method, headers, &source, &name, describe.clone()).await {
             Ok(mut response) => {
                 let held = extensions
                     .get::<HeldPermit>()
@@ -217,16 +217,18 @@ async fn make(
     source: &Source<'_>,
     format: VariantFormat,
 ) -> Result<String, Box<Response<Body>>> {
-    let path = match source.root.resolve(source.relative) {
-        Ok(path) => path,
-        Err(StoreError::Io(error)) => {
+    let (root, relative) = (source.root.clone(), source.relative.to_path_buf());
+    let path = match state.fs.run(move || root.resolve(&relative)).await {
+        Ok(Ok(path)) => path,
+        Err(busy) => return Err(Box::new(file_response::filesystem_unavailable(busy))),
+        Ok(Err(StoreError::Io(error))) => {
             tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
             return Err(Box::new(super::json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Cannot read file",
             )));
         }
-        Err(_) => return Err(Box::new(super::not_found())),
+        Ok(Err(_)) => return Err(Box::new(super::not_found())),
     };
     let identity = source.file.identity;
     let info = state
@@ -235,7 +237,7 @@ async fn make(
         .await
         .map_err(|error| Box::new(gif_error(&error)))?;
     let job = VariantJob {
-        path,
+        source: GifSource::Path(path),
         identity,
         format,
         info: Some(info),
@@ -256,7 +258,7 @@ enum ServeError {
 }
 
 /// Serves the derived file `name` as the variant of `source`.
-fn serve(
+async fn serve(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
@@ -264,9 +266,18 @@ fn serve(
     name: &str,
     describe: FileHeaders,
 ) -> Result<Response<Body>, ServeError> {
-    let file = match state.store.open(state.gifs.derived_root(), Path::new(name)) {
+    let file = match state
+        .store
+        .open(state.gifs.derived_root(), Path::new(name))
+        .await
+    {
         Ok(file) => file,
         Err(StoreError::NotFound) => return Err(ServeError::Evicted),
+        Err(StoreError::Busy(busy)) => {
+            return Err(ServeError::Response(Box::new(
+                file_response::filesystem_unavailable(busy),
+            )));
+        }
         Err(error) => {
             tracing::error!(%name, %error, "cannot serve variant");
             return Err(ServeError::Response(Box::new(super::json_error(
@@ -289,18 +300,34 @@ fn serve(
 }
 
 /// The variants of the file with `identity` that exist, for `/info`:
-/// `{"mp4": {"bytes": …, "contentType": "video/mp4"}, …}` (empty without ffmpeg).
-pub fn existing(state: &AppState, identity: crate::store::FileIdentity) -> serde_json::Value {
+/// `{"mp4": {"bytes": …, "contentType": "video/mp4"}, …}` (empty without ffmpeg). The
+/// `stat`s run on the filesystem pool.
+pub async fn existing(
+    state: &AppState,
+    identity: crate::store::FileIdentity,
+) -> Result<serde_json::Value, crate::fs_pool::FsPoolError> {
+    let names: Vec<(VariantFormat, String)> = VariantFormat::ALL
+        .into_iter()
+        .filter_map(|f| Some((f, state.transcoder.variant_name(identity, f).ok()?)))
+        .collect();
+    let derived = state.gifs.shared_derived();
+    let sizes = state
+        .fs
+        .run(move || {
+            names
+                .into_iter()
+                .filter_map(|(f, name)| Some((f, derived.len_of(&name)?)))
+                .collect::<Vec<_>>()
+        })
+        .await?;
     let mut found = serde_json::Map::new();
-    for format in VariantFormat::ALL {
-        if let Ok(Known::Ready { len, .. }) = state.transcoder.known(identity, format) {
-            found.insert(
-                format.name().to_owned(),
-                serde_json::json!({ "bytes": len, "contentType": format.content_type() }),
-            );
-        }
+    for (format, len) in sizes {
+        found.insert(
+            format.name().to_owned(),
+            serde_json::json!({ "bytes": len, "contentType": format.content_type() }),
+        );
     }
-    serde_json::Value::Object(found)
+    Ok(serde_json::Value::Object(found))
 }
 
 /// What a plain GIF request gets under `--auto-format`.
@@ -313,8 +340,9 @@ pub enum Negotiated {
 
 /// `--auto-format` for a plain request of the GIF `source`: the WebP variant when the
 /// client accepts WebP and the variant exists; otherwise the GIF at once, the variant
-/// queued for next time. Never waits for a transcode.
-pub fn negotiate(
+/// queued for next time. Never waits for a transcode; a variant that exists costs one
+/// mapping-cache lookup, as the GIF does.
+pub async fn negotiate(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
@@ -330,30 +358,32 @@ pub fn negotiate(
         return Negotiated::Gif(gif);
     }
     let format = VariantFormat::Webp;
-    let Ok(recipe) = state.transcoder.recipe(format) else {
+    let identity = source.file.identity;
+    let (Ok(recipe), Ok(name)) = (
+        state.transcoder.recipe(format),
+        state.transcoder.variant_name(identity, format),
+    ) else {
         return Negotiated::Gif(gif);
     };
-    match state.transcoder.known(source.file.identity, format) {
-        Ok(Known::Ready { name, .. }) => {
-            let mut describe = describe(&source.describe, format, recipe.tag);
-            describe.extra = gif.extra.clone();
-            match serve(state, method, headers, source, &name, describe) {
-                Ok(response) => Negotiated::Variant(response),
-                Err(_) => Negotiated::Gif(gif),
-            }
-        }
-        Ok(Known::Missing { .. }) => {
-            if let Ok(path) = source.root.resolve(source.relative) {
-                state.transcoder.make_in_background(VariantJob {
-                    path,
-                    identity: source.file.identity,
-                    format,
-                    info: None,
-                });
-            }
+    let mut webp = describe(&source.describe, format, recipe.tag);
+    webp.extra = gif.extra.clone();
+    match serve(state, method, headers, source, &name, webp).await {
+        Ok(response) => Negotiated::Variant(response),
+        Err(ServeError::Evicted) => {
+            // Missing: queued (unless it failed, is under way, or the queue is full);
+            // the job resolves and checks the GIF itself, off this request.
+            state.transcoder.make_in_background(VariantJob {
+                source: GifSource::Under {
+                    root: source.root.clone(),
+                    relative: source.relative.to_path_buf(),
+                },
+                identity,
+                format,
+                info: None,
+            });
             Negotiated::Gif(gif)
         }
-        Ok(Known::Failed(_)) | Err(_) => Negotiated::Gif(gif),
+        Err(ServeError::Response(_)) => Negotiated::Gif(gif),
     }
 }
 

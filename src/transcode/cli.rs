@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{Known, Transcoder, VariantError, VariantFormat, VariantJob, Wait};
+use super::{GifSource, Known, Transcoder, VariantError, VariantFormat, VariantJob, Wait};
 use crate::config::{Config, TranscodeCommand};
 use crate::gif::derived::DerivedDir;
 use crate::store::FileIdentity;
@@ -235,7 +235,7 @@ async fn one(transcoder: &Transcoder, gif: &Found, format: VariantFormat) -> Out
         Err(error) => return Outcome::Failed(error.to_string()),
     }
     let job = VariantJob {
-        path: gif.path.clone(),
+        source: GifSource::Path(gif.path.clone()),
         identity: gif.identity,
         format,
         info: None,

@@ -101,12 +101,26 @@ pub struct Made {
     pub len: u64,
 }
 
-/// What to make: the `format` variant of the GIF at `path` (a real, confined path)
-/// whose identity is `identity`.
+/// Where the GIF of a job is.
+#[derive(Debug, Clone)]
+pub enum GifSource {
+    /// Its real, confined path (the route resolved it).
+    Path(PathBuf),
+    /// `relative` under `root`, resolved and confined by the job itself (off the
+    /// request: `--auto-format` queues a job without waiting for any filesystem call).
+    Under {
+        /// The media root.
+        root: crate::store::Root,
+        /// The checked path under it.
+        relative: PathBuf,
+    },
+}
+
+/// What to make: the `format` variant of the GIF `source` whose identity is `identity`.
 #[derive(Debug, Clone)]
 pub struct VariantJob {
-    /// The GIF's real path.
-    pub path: PathBuf,
+    /// The GIF.
+    pub source: GifSource,
     /// Its identity when the route looked it up (its variant's name derives from it).
     pub identity: FileIdentity,
     /// The variant asked for.
@@ -460,8 +474,9 @@ fn start_job(
 enum Prepared {
     /// The variant exists already (made by another process, or a job that just ended).
     Exists(u64),
-    /// The GIF is within the limits, and a private temp file waits for ffmpeg's output.
-    Go(GifInfo, derived::PendingFile),
+    /// The GIF (at this real path) is within the limits, and a private temp file waits
+    /// for ffmpeg's output.
+    Go(PathBuf, GifInfo, derived::PendingFile),
 }
 
 /// One job, holding a worker: limits, ffmpeg into a private temp file, rename into
@@ -475,14 +490,23 @@ async fn run_job(
     let io =
         |what: &str, e: &dyn std::fmt::Display| VariantError::Io(format!("{what}: {e}").into());
     // Limits before any work, and a temp file created 0600 before ffmpeg writes a byte.
+    // The job's filesystem work runs on tokio's blocking pool, not the request path's
+    // filesystem pool: it includes parsing a whole GIF, which is not the short call that
+    // pool's threads are sized for, and at most `--transcode-workers` jobs do it at once.
     let prepared = {
         let inner = Arc::clone(inner);
-        let (path, identity, info) = (job.path.clone(), job.identity, job.info);
+        let (source, identity, info) = (job.source.clone(), job.identity, job.info);
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || {
             if let Some(len) = inner.derived.len_of(&name) {
                 return Ok(Prepared::Exists(len));
             }
+            let path = match source {
+                GifSource::Path(path) => path,
+                GifSource::Under { root, relative } => root
+                    .resolve(&relative)
+                    .map_err(|e| VariantError::Io(format!("cannot resolve the GIF: {e}").into()))?,
+            };
             let info = match info {
                 Some(info) => info,
                 None => crate::gif::meta::read_info(&path, identity, &inner.limits)
@@ -491,12 +515,12 @@ async fn run_job(
             let pending = inner.derived.begin(&name).map_err(|e| {
                 VariantError::Io(format!("cannot create a derived file: {e}").into())
             })?;
-            Ok(Prepared::Go(info, pending))
+            Ok(Prepared::Go(path, info, pending))
         })
         .await
         .map_err(|e| io("transcode task failed", &e))??
     };
-    let (info, pending) = match prepared {
+    let (path, info, pending) = match prepared {
         Prepared::Exists(len) => {
             let made = Made {
                 name: name.to_owned(),
@@ -504,9 +528,9 @@ async fn run_job(
             };
             return Ok((made, false));
         }
-        Prepared::Go(info, pending) => (info, pending),
+        Prepared::Go(path, info, pending) => (path, info, pending),
     };
-    let args = ffmpeg::args(recipe, &inner.settings, &job.path, pending.path(), &info);
+    let args = ffmpeg::args(recipe, &inner.settings, &path, pending.path(), &info);
     inner.metrics.running().inc();
     let running = Running(&inner.metrics);
     let started = Instant::now();
@@ -514,7 +538,7 @@ async fn run_job(
     let seconds = started.elapsed().as_secs_f64();
     drop(running);
     let max = inner.settings.max_output_bytes;
-    let (path, identity) = (job.path.clone(), job.identity);
+    let identity = job.identity;
     let webp_last_delay = (job.format == VariantFormat::Webp).then_some(info.last_delay_ms);
     let committed = tokio::task::spawn_blocking(move || {
         // Dropping an uncommitted file removes it: on this thread, not the runtime's.
@@ -569,6 +593,7 @@ fn from_gif_error(error: GifError) -> VariantError {
         }
         GifError::SourceChanged => VariantError::SourceChanged,
         GifError::Io(reason) => VariantError::Io(reason.into()),
+        GifError::Busy(_) => VariantError::Busy("storage busy"),
     }
 }
 
