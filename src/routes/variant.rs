@@ -91,7 +91,7 @@ pub fn variant_error(error: &VariantError) -> Response<Body> {
             "Variants are not available on this server",
             Some(reason.to_string()),
         ),
-        VariantError::Failed(reason) => (
+        VariantError::Failed(reason) | VariantError::TimedOut(reason) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             "This GIF cannot be transcoded",
             Some(reason.to_string()),

@@ -55,10 +55,13 @@ pub enum VariantError {
     /// No ffmpeg, or it lacks the format's encoder: 501.
     #[error("{0}")]
     Unavailable(Arc<str>),
-    /// ffmpeg failed or timed out, or the GIF is invalid or over a limit; remembered
-    /// for a while: 422.
+    /// ffmpeg failed, or the GIF is invalid or over a limit; remembered for a while:
+    /// 422.
     #[error("{0}")]
     Failed(Arc<str>),
+    /// ffmpeg ran past the job timeout and was killed; remembered like a failure: 422.
+    #[error("{0}")]
+    TimedOut(Arc<str>),
     /// Too many transcodes queued or requests waiting: 503 + `Retry-After`.
     #[error("transcoder busy: {0}")]
     Busy(&'static str),
@@ -450,17 +453,13 @@ fn start_job(
         match &result {
             Ok((_, false)) => inner.metrics.job(format, Outcome::already_there),
             Ok((_, true)) => inner.metrics.job(format, Outcome::ok),
-            Err(VariantError::Failed(reason)) => {
+            Err(error @ (VariantError::Failed(reason) | VariantError::TimedOut(reason))) => {
                 inner.failures.insert(name.clone(), Arc::clone(reason));
-                let timed_out = reason.contains("was stopped");
-                inner.metrics.job(
-                    format,
-                    if timed_out {
-                        Outcome::timeout
-                    } else {
-                        Outcome::failed
-                    },
-                );
+                let outcome = match error {
+                    VariantError::TimedOut(_) => Outcome::timeout,
+                    _ => Outcome::failed,
+                };
+                inner.metrics.job(format, outcome);
                 tracing::warn!(variant = %name, %reason, "transcode failed");
             }
             Err(error) => tracing::error!(variant = %name, %error, "transcode failed"),
@@ -544,6 +543,9 @@ async fn run_job(
         // Dropping an uncommitted file removes it: on this thread, not the runtime's.
         ran.map_err(|error| match error {
             run::RunError::Spawn(e) => VariantError::Io(format!("cannot start ffmpeg: {e}").into()),
+            timed_out @ run::RunError::TimedOut(_) => {
+                VariantError::TimedOut(timed_out.to_string().into())
+            }
             other => VariantError::Failed(other.to_string().into()),
         })?;
         let len = std::fs::metadata(pending.path())
