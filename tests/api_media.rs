@@ -453,13 +453,7 @@ async fn info_returns_the_manifest_without_paths_and_gif_metadata() {
 }
 
 fn parsed(fx: &Fixture) -> u64 {
-    fx.server
-        .app()
-        .state()
-        .gifs
-        .counters()
-        .infos_parsed
-        .load(std::sync::atomic::Ordering::Relaxed)
+    fx.server.app().state().gifs.counters().infos_parsed.get()
 }
 
 #[tokio::test]

@@ -56,14 +56,14 @@ async fn fifty_six_missing_souls_cost_56_requests_then_none() {
         "second pass answered from the negative cache"
     );
 
-    let counters = gun.counters().snapshot();
-    assert_eq!(counters.requests, 112);
-    assert_eq!(counters.upstream_requests, 56);
-    assert_eq!(counters.upstream_404s, 56);
-    assert_eq!(counters.misses, 112);
-    assert_eq!(counters.negative_cache_hits, 56);
-    assert_eq!(counters.retries, 0);
-    assert!((counters.negative_cache_hit_rate - 0.5).abs() < 1e-9);
+    let counters = gun.counters();
+    assert_eq!(counters.requests.get(), 112);
+    assert_eq!(counters.upstream_requests.get(), 56);
+    assert_eq!(counters.upstream_404s.get(), 56);
+    assert_eq!(counters.misses.get(), 112);
+    assert_eq!(counters.negative_cache_hits.get(), 56);
+    assert_eq!(counters.retries.get(), 0);
+    assert!((counters.negative_cache_hit_rate() - 0.5).abs() < 1e-9);
 }
 
 #[tokio::test]
@@ -101,7 +101,7 @@ async fn a_hundred_concurrent_gets_of_one_soul_send_one_request() {
         }
         assert_eq!(relay.gets_of(soul), 1, "{soul}: 100 callers, one request");
     }
-    assert_eq!(gun.counters().snapshot().coalesced, 297);
+    assert_eq!(gun.counters().coalesced.get(), 297);
     assert_eq!(
         gun.in_flight(),
         0,
@@ -137,7 +137,7 @@ async fn a_404_or_a_400_is_exactly_one_request() {
         })
     );
     assert_eq!(relay.requests(), 2, "a 400 is never retried");
-    assert_eq!(gun.counters().snapshot().retries, 0);
+    assert_eq!(gun.counters().retries.get(), 0);
 }
 
 #[tokio::test]
@@ -162,9 +162,9 @@ async fn a_503_is_sent_the_configured_number_of_times() {
         "{result:?}"
     );
     assert_eq!(relay.requests(), 4);
-    let counters = gun.counters().snapshot();
-    assert_eq!(counters.retries, 3);
-    assert_eq!(counters.errors.unavailable, 1);
+    let counters = gun.counters();
+    assert_eq!(counters.retries.get(), 3);
+    assert_eq!(counters.errors.unavailable.get(), 1);
     assert_eq!(gun.negative_cache_len(), 0, "an error is not a miss");
 }
 
@@ -269,7 +269,7 @@ async fn nothing_listening_is_unavailable_not_a_miss() {
         matches!(result, Err(GunError::Unavailable { attempts: 3, .. })),
         "{result:?}"
     );
-    assert_eq!(gun.counters().snapshot().upstream_requests, 3);
+    assert_eq!(gun.counters().upstream_requests.get(), 3);
 }
 
 #[tokio::test]
@@ -287,9 +287,9 @@ async fn a_wrong_base_url_is_an_error_and_never_a_cached_miss() {
         assert_eq!(relay.requests(), round, "not retried, not cached");
     }
     assert_eq!(gun.negative_cache_len(), 0);
-    let counters = gun.counters().snapshot();
-    assert_eq!(counters.errors.misconfigured, 2);
-    assert_eq!(counters.misses, 0);
+    let counters = gun.counters();
+    assert_eq!(counters.errors.misconfigured.get(), 2);
+    assert_eq!(counters.misses.get(), 0);
     assert_eq!(
         gun.breaker_state(),
         BreakerState::Closed,
@@ -402,10 +402,10 @@ async fn the_breaker_opens_fails_fast_and_recovers() {
     assert_eq!(gun.get("a:z").await, Ok(GunRecord::Missing));
     assert_eq!(relay.requests(), 6);
 
-    let counters = gun.counters().snapshot();
-    assert_eq!(counters.breaker_opens, 2);
-    assert_eq!(counters.errors.circuit_open, 2);
-    assert_eq!(counters.breaker_state, BreakerState::Closed);
+    let counters = gun.counters();
+    assert_eq!(counters.breaker_opens(), 2);
+    assert_eq!(counters.errors.circuit_open.get(), 2);
+    assert_eq!(counters.breaker_state(), BreakerState::Closed);
 }
 
 #[tokio::test]

@@ -106,7 +106,7 @@ async fn health_and_metrics_are_never_queued_behind_media() {
     wait_until(
         "the second request is queued",
         Duration::from_secs(5),
-        || state.limiter.waiting() >= 1,
+        || state.admissions.media.waiting() >= 1,
     )
     .await;
     let started = Instant::now();
@@ -369,7 +369,7 @@ async fn every_byte_serving_route_shares_the_limiter() {
     let state = std::sync::Arc::clone(server.server.app().state());
     let holder = send_get(server.addr, "/media/fitnessally/big.gif").await;
     wait_until("the slot is taken", Duration::from_secs(5), || {
-        state.limiter.in_flight() >= 1
+        state.admissions.media.in_flight() >= 1
     })
     .await;
     for path in [
@@ -384,7 +384,7 @@ async fn every_byte_serving_route_shares_the_limiter() {
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
     drop(holder);
     wait_until("the slot is released", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 0
+        state.admissions.media.in_flight() == 0
     })
     .await;
     assert_eq!(

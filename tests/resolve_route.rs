@@ -119,8 +119,8 @@ async fn resolves_records_and_reports_stats() {
             .state()
             .resolver
             .counters()
-            .snapshot()
-            .resolutions,
+            .resolutions
+            .get(),
         2
     );
     fx.server.shutdown().await;

@@ -5,7 +5,6 @@
 mod media_fixtures;
 
 use std::io::Cursor;
-use std::sync::atomic::Ordering;
 
 use image::AnimationDecoder;
 use media_fixtures::{Fixture, PALETTE, TestFrame, header, make_gif, media_id, pattern_gif};
@@ -31,7 +30,7 @@ fn rendered(fx: &Fixture) -> u64 {
         .gifs
         .counters()
         .stills_rendered
-        .load(Ordering::Relaxed)
+        .get()
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -128,17 +127,14 @@ async fn thousands_of_aborted_downloads_leak_no_permit() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    let limiter = std::sync::Arc::clone(&server.server.app().state().limiter);
+    let limiter = std::sync::Arc::clone(&server.server.app().state().admissions.media);
     wait_until("all permits are back", Duration::from_secs(15), || {
         limiter.in_flight() == 0
     })
     .await;
     assert_eq!(limiter.waiting(), 0);
-    let admitted = limiter.counters().admitted_at_once.load(Ordering::Relaxed)
-        + limiter
-            .counters()
-            .admitted_after_wait
-            .load(Ordering::Relaxed);
+    let admitted =
+        limiter.counters().admitted_at_once.get() + limiter.counters().admitted_after_wait.get();
     assert!(
         admitted >= 2000,
         "the downloads were really admitted ({admitted})"
@@ -165,16 +161,16 @@ async fn a_client_that_stops_reading_is_dropped_and_its_permit_released() {
 
     let stalled = send_get(server.addr, "/media/p/big.gif").await;
     wait_until("the download is admitted", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 1
+        state.admissions.media.in_flight() == 1
     })
     .await;
     wait_until(
         "the stalled client is dropped",
         Duration::from_secs(10),
-        || state.limiter.in_flight() == 0,
+        || state.admissions.media.in_flight() == 0,
     )
     .await;
-    assert_eq!(state.connections.stall_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(state.connections.stall_timeouts.get(), 1);
     drop(stalled);
     server.stop().await;
 }
@@ -265,8 +261,8 @@ async fn idle_and_silent_connections_are_closed_by_their_timeouts() {
         idle >= Duration::from_millis(500),
         "keep-alive lasted {idle:?}, not the 300 ms head timeout"
     );
-    assert_eq!(state.connections.header_timeouts.load(Ordering::Relaxed), 1);
-    assert_eq!(state.connections.idle_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(state.connections.header_timeouts.get(), 1);
+    assert_eq!(state.connections.idle_timeouts.get(), 1);
     server.stop().await;
 }
 
@@ -293,7 +289,7 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         holders.push(send_get(server.addr, "/media/p/big.gif").await);
     }
     wait_until("slots taken", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 4
+        state.admissions.media.in_flight() == 4
     })
     .await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -310,18 +306,12 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         shed += 1;
     }
     assert_eq!(shed, 20);
-    let c = state.limiter.counters();
-    assert!(
-        c.shed_queue_full.load(Ordering::Relaxed) >= 12,
-        "queue bounded in length"
-    );
-    assert!(
-        c.shed_queue_timeout.load(Ordering::Relaxed) >= 1,
-        "queue bounded in time"
-    );
+    let c = state.admissions.media.counters();
+    assert!(c.shed_queue_full.get() >= 12, "queue bounded in length");
+    assert!(c.shed_queue_timeout.get() >= 1, "queue bounded in time");
     drop(holders);
     wait_until("slots released", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 0
+        state.admissions.media.in_flight() == 0
     })
     .await;
     assert_eq!(
@@ -374,7 +364,7 @@ async fn the_connection_cap_pauses_accepting_until_a_connection_closes() {
     let first = TcpStream::connect(server.addr).await.unwrap();
     let second = TcpStream::connect(server.addr).await.unwrap();
     wait_until("both accepted", Duration::from_secs(5), || {
-        state.connections.open.load(Ordering::Relaxed) == 2
+        state.connections.open.get() == 2
     })
     .await;
     let addr = server.addr;
@@ -384,7 +374,7 @@ async fn the_connection_cap_pauses_accepting_until_a_connection_closes() {
         !waiting.is_finished(),
         "a third client waits in the backlog"
     );
-    assert!(state.connections.cap_reached.load(Ordering::Relaxed) >= 1);
+    assert!(state.connections.cap_reached.get() >= 1);
     drop(first);
     let r = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await

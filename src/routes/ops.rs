@@ -1,27 +1,23 @@
 //! Operations endpoints: `/healthz` (alive), `/readyz` (can serve), `/metrics`
-//! (Prometheus). They are routed before the media limiter, so a saturated media path
-//! never delays a health check or a scrape.
+//! (Prometheus). Their routes are declared without an admission bound, so a saturated
+//! media path never delays a health check or a scrape. Methods (`GET`, `HEAD`) are gated
+//! by the route table.
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
-use crate::app::AppState;
 use crate::body::Body;
+use crate::response;
+use crate::state::AppState;
 
 /// `GET /healthz`: the process is up and its event loop answers.
-pub fn healthz(method: &Method) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD");
-    }
-    super::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+pub fn healthz() -> Response<Body> {
+    response::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
 /// GUN relay's state is reported too but does not fail readiness, since GIF serving
 /// does not depend on it.
-pub fn readyz(state: &AppState, method: &Method) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD");
-    }
+pub fn readyz(state: &AppState) -> Response<Body> {
     let mut roots = serde_json::Map::new();
     let mut ready = true;
     for (name, path) in state.media_roots() {
@@ -39,15 +35,12 @@ pub fn readyz(state: &AppState, method: &Method) -> Response<Body> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    super::json(status, &body)
+    response::json(status, &body)
 }
 
-/// `GET /metrics`: Prometheus text exposition of every counter.
+/// `GET /metrics`: the OpenMetrics text of the registry every component registered in.
 pub fn metrics(state: &AppState, method: &Method) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD");
-    }
-    let text = crate::metrics::render(state);
+    let text = crate::metrics::encode(&state.metrics);
     let len = text.len();
     let mut response = Response::new(if method == Method::HEAD {
         Body::empty()

@@ -12,12 +12,14 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 use crate::config::Config;
+use crate::metrics::{ReadAtScrape, by_kind};
 
 /// What makes a file "the same file": if any of these change, the path now names a
 /// different file (renamed into place, or rewritten) and must be mapped again.
@@ -189,15 +191,15 @@ impl quick_cache::Weighter<PathBuf, Arc<MappedFile>> for MapWeighter {
     }
 }
 
-/// Counters of the mapping cache, for metrics.
+/// Counters of the mapping cache (`oip_media_map_cache_lookups_total{kind}`).
 #[derive(Debug, Default)]
 pub struct StoreCounters {
     /// Lookups answered by a cached, still-valid mapping.
-    pub hits: AtomicU64,
+    pub hits: Counter,
     /// Files opened and mapped (first use, eviction, or replaced file).
-    pub maps: AtomicU64,
+    pub maps: Counter,
     /// Cached mappings found stale (file replaced) and remapped.
-    pub replaced: AtomicU64,
+    pub replaced: Counter,
 }
 
 /// The bounded mapping cache shared by every route.
@@ -225,6 +227,33 @@ impl Store {
         &self.counters
     }
 
+    /// Registers the cache's metrics: lookups by result, and its size read at scrape
+    /// time (through a weak reference, so the registry keeps no store alive).
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        let store = Arc::downgrade(self);
+        registry.register(
+            "map_cache_entries",
+            "Files mapped in the cache",
+            ReadAtScrape::gauge(move || store.upgrade().map_or(0, |s| s.cached_entries() as u64)),
+        );
+        let store = Arc::downgrade(self);
+        registry.register(
+            "map_cache_weight_bytes",
+            "Mapped bytes held by the cache (upper bound, see docs)",
+            ReadAtScrape::gauge(move || store.upgrade().map_or(0, |s| s.cached_weight())),
+        );
+        let c = &self.counters;
+        registry.register(
+            "map_cache_lookups",
+            "Mapping cache lookups by result",
+            by_kind([
+                ("hit", &c.hits),
+                ("mapped", &c.maps),
+                ("replaced", &c.replaced),
+            ]),
+        );
+    }
+
     /// Mappings currently cached.
     pub fn cached_entries(&self) -> usize {
         self.cache.len()
@@ -246,11 +275,11 @@ impl Store {
         if let Some(cached) = self.cache.get(&full) {
             match std::fs::metadata(&full) {
                 Ok(meta) if FileIdentity::of(&meta) == cached.identity => {
-                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    self.counters.hits.inc();
                     return Ok(cached);
                 }
                 Ok(_) => {
-                    self.counters.replaced.fetch_add(1, Ordering::Relaxed);
+                    self.counters.replaced.inc();
                 }
                 Err(_) => {
                     self.cache.remove(&full);
@@ -277,7 +306,7 @@ impl Store {
             });
         }
         let bytes = mapping::map_file(&file, meta.len()).map_err(StoreError::Io)?;
-        self.counters.maps.fetch_add(1, Ordering::Relaxed);
+        self.counters.maps.inc();
         Ok(Arc::new(MappedFile {
             bytes,
             identity: FileIdentity::of(&meta),
