@@ -333,6 +333,44 @@ mod tests {
     }
 
     #[test]
+    fn components_never_reach_up_into_the_app() {
+        // Everything but the app's own layers (main, lib, server, app, routes) and the
+        // state leaf sits below `state`: it must not name it or anything above it.
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.clone()];
+        let mut checked = 0;
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                for entry in std::fs::read_dir(&path).expect("src is readable") {
+                    files.push(entry.expect("entry").path());
+                }
+                continue;
+            }
+            let relative = path.strip_prefix(&src).expect("under src");
+            let top = relative
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .unwrap_or_default()
+                .trim_end_matches(".rs");
+            if ["main", "lib", "server", "app", "routes", "state", "bin"].contains(&top) {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).expect("source is readable");
+            let named = crate_modules(&source);
+            for module in ["app", "routes", "server", "state"] {
+                assert!(
+                    !named.iter().any(|m| m == module),
+                    "src/{} names crate::{module}: components sit below the app and its state",
+                    relative.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 20, "the walk found the components ({checked})");
+    }
+
+    #[test]
     fn the_leaf_check_sees_every_form_of_import() {
         let named = crate_modules(
             "use crate::app::App;\nuse crate::{body::Body, routes};\nfn f() { crate::server::start(); }\n// crate::main in a comment",

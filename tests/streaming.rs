@@ -41,7 +41,11 @@ async fn truncating_a_mapped_file_mid_response_costs_only_that_connection() {
     let mut slow = send_get(server.addr, "/media/p/big.gif").await;
     let mut first = vec![0u8; 64 * 1024];
     slow.read_exact(&mut first).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let state = std::sync::Arc::clone(server.server.app().state());
+    wait_until("the body is under way", Duration::from_secs(5), || {
+        state.admissions.media.in_flight() == 1
+    })
+    .await;
     // Break the write-once rule the way a careless writer would: truncate in place.
     std::fs::OpenOptions::new()
         .write(true)
@@ -331,28 +335,32 @@ async fn open_descriptors_do_not_grow_with_files_served() {
             &pattern(1000 + i, 4),
         );
     }
-    let server = start_with(media, |_| {}).await;
-    let fds = || {
-        std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
+    // Counted in a process of its own: the sockets of tests running beside this one
+    // would count too in this process.
+    let server = ChildServer::start(media.path());
     let _ = get(server.addr, "/media/p/0.gif").await;
-    let before = fds();
+    let before = server.open_fds();
     for i in 0..300 {
         assert_eq!(
             get(server.addr, &format!("/media/p/{i}.gif")).await.status,
             200
         );
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let after = fds();
+    // The server closes each connection after its answer; wait for that, not a while.
+    let settled = || server.open_fds() <= before + 10;
+    wait_until(
+        "the closed connections' descriptors are gone",
+        Duration::from_secs(10),
+        settled,
+    )
+    .await;
+    let after = server.open_fds();
     assert!(
         after <= before + 10,
         "mappings hold no descriptor: {before} → {after} after 300 files"
     );
-    assert!(server.server.app().state().store.cached_entries() >= 300);
-    server.stop().await;
+    let metrics = String::from_utf8(get(server.addr, "/metrics").await.body).unwrap();
+    assert!(metric(&metrics, "oip_media_map_cache_entries").unwrap() >= 300.0);
 }
 
 #[tokio::test]
@@ -369,7 +377,12 @@ async fn the_connection_cap_pauses_accepting_until_a_connection_closes() {
     .await;
     let addr = server.addr;
     let waiting = tokio::spawn(async move { get(addr, "/media/p/a.gif").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The accept loop counts each time it stops at the cap: wait for that count rather
+    // than for a while.
+    wait_until("the cap is reached", Duration::from_secs(5), || {
+        state.connections.cap_reached.get() >= 1
+    })
+    .await;
     assert!(
         !waiting.is_finished(),
         "a third client waits in the backlog"
