@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Instructions per GIF request, counted by callgrind on the release binary.
 #
-#   benches/callgrind_per_request.sh [BINARY] [N]
+#   [RUST_LOG=warn] benches/callgrind_per_request.sh [BINARY] [N]
 #
 # Runs the server twice under `valgrind --tool=callgrind` on the bundled media with one
-# worker thread and the default log level: once idle (start-up, one request, shutdown)
+# worker thread and the log level of RUST_LOG (the service's default, `info`, if unset;
+# the load bench runs with `warn`): once idle (start-up, one request, shutdown)
 # and once serving N+1 keep-alive GETs of one GIF on a single connection. The difference
 # of the two totals divided by N is the user-space cost of one request (hyper's parsing,
 # routing, the file lookup, headers, the body and the writes), without start-up.
@@ -24,7 +25,7 @@ run() {
     local count="$1" out="$work/cg.$1"
     local port
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    MEDIA_DIR="$here/media" PORT="$port" WORKERS=1 \
+    MEDIA_DIR="$here/media" PORT="$port" WORKERS=1 RUST_LOG="${RUST_LOG:-info}" \
         valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" >"$work/log.$count" 2>&1 &
     local pid=$!
     python3 - "$port" "$count" "$path" <<'EOF'
@@ -56,6 +57,6 @@ EOF
 idle="$(run 0)"
 busy="$(run "$n")"
 per=$(( (busy - idle) / n ))
-echo "binary: $bin"
+echo "binary: $bin (RUST_LOG=${RUST_LOG:-info})"
 echo "idle run: $idle instructions; $n-request run: $busy instructions"
 echo "instructions per GIF request: $per"

@@ -122,10 +122,9 @@ impl App {
         if let Some(refused) = route.methods.gate(request.method()) {
             return refused;
         }
-        let answer = route.handler.call(state, request);
         match state.admissions.limiter(route.admission) {
-            Some(limiter) => limiter.admit(answer).await,
-            None => answer.await,
+            Some(limiter) => limiter.admit(|| route.handler.call(state, request)).await,
+            None => route.handler.call(state, request).await,
         }
     }
 }

@@ -1,5 +1,8 @@
-//! The media concurrency limiter: a tower layer whose permit lives as long as the
-//! response **body**, with a wait queue bounded in length and in time.
+//! A bounded admission point: a concurrency limiter whose permit lives as long as the
+//! response **body**, with a wait queue bounded in length and in time. The router runs a
+//! route's handler through [`Limiter::admit`] when the route table declares the route
+//! behind this limiter (see `state::Admission`); one limiter per admission point, each
+//! registering its own metrics under its prefix.
 //!
 //! Why not `tower::limit::ConcurrencyLimit`: it releases its permit when the handler's
 //! future completes, i.e. when the headers are ready — before a single body byte was
@@ -181,13 +184,18 @@ impl Limiter {
 
     /// Runs `handler` once a slot is taken and attaches the permit to the response body,
     /// so the slot stays taken until the body is finished or dropped; a shed request gets
-    /// [`Limiter::shed_response`] and `handler` never runs.
-    pub async fn admit(&self, handler: impl Future<Output = Response<Body>>) -> Response<Body> {
+    /// [`Limiter::shed_response`] and `handler` never runs. `handler` makes its future only
+    /// once admitted, so a request waiting in the queue holds no handler state.
+    pub async fn admit<F, Fut>(&self, handler: F) -> Response<Body>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Response<Body>>,
+    {
         let permit = match self.acquire().await {
             Ok(permit) => permit,
             Err(why) => return self.shed_response(why),
         };
-        let mut response = handler.await;
+        let mut response = handler().await;
         response.body_mut().attach(permit);
         response
     }
@@ -225,7 +233,7 @@ mod tests {
     /// A handler whose body is much larger than one chunk, admitted through `limiter`.
     async fn serve(limiter: Arc<Limiter>) -> Response<Body> {
         limiter
-            .admit(async {
+            .admit(|| async {
                 Response::new(Body::from_segments(
                     vec![bytes::Bytes::from(vec![0u8; 100_000])],
                     1000,

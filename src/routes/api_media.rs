@@ -101,7 +101,13 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
 
     if info {
         return match manifest {
-            Some(manifest) => info_response(state, &id, &manifest, private, &original, &file).await,
+            // Boxed, like stills: rare, and large enough to size every request's future.
+            Some(manifest) => {
+                Box::pin(info_response(
+                    state, &id, &manifest, private, &original, &file,
+                ))
+                .await
+            }
             None => media_not_found(),
         };
     }
@@ -124,7 +130,14 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
                 file: &file,
                 describe,
             };
-            return still::respond(state, method, request.headers(), source, width).await;
+            return Box::pin(still::respond(
+                state,
+                method,
+                request.headers(),
+                source,
+                width,
+            ))
+            .await;
         }
     }
     file_response::respond(method, request.headers(), &file, describe, state.chunk)

@@ -64,7 +64,15 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             file: &file,
             describe,
         };
-        return super::still::respond(state, method, request.headers(), source, width).await;
+        // Boxed: a still's render state would otherwise size every GIF request's future.
+        return Box::pin(super::still::respond(
+            state,
+            method,
+            request.headers(),
+            source,
+            width,
+        ))
+        .await;
     }
     file_response::respond(method, request.headers(), &file, describe, state.chunk)
 }

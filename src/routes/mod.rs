@@ -167,7 +167,9 @@ pub enum Handler {
 }
 
 impl Handler {
-    /// Runs the handler.
+    /// Runs the handler. The GUN and resolver handlers, which wait on the network and
+    /// hold large states, are boxed: inline, their state would size every connection's
+    /// request future, GIF requests included (one allocation on those routes instead).
     pub async fn call<B>(self, state: &AppState, request: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -178,10 +180,10 @@ impl Handler {
             Handler::ApiMedia => api_media::handle(state, request).await,
             Handler::GeneratedById => generate::handle_query(state, request).await,
             Handler::Generate => generate::handle(state, request).await,
-            Handler::GunGet => gun_relay::handle_get(state, request).await,
-            Handler::GunPut => gun_relay::handle_put(state, request).await,
+            Handler::GunGet => Box::pin(gun_relay::handle_get(state, request)).await,
+            Handler::GunPut => Box::pin(gun_relay::handle_put(state, request)).await,
             Handler::GunUnknown => gun_relay::handle_unknown(state),
-            Handler::Resolve => resolve::handle(state, request).await,
+            Handler::Resolve => Box::pin(resolve::handle(state, request)).await,
             Handler::Healthz => ops::healthz(),
             Handler::Readyz => ops::readyz(state),
             Handler::Metrics => ops::metrics(state, request.method()),
