@@ -16,6 +16,7 @@ use crate::auth::JwtVerifier;
 use crate::config::Config;
 use crate::cors::CorsPolicy;
 use crate::error::StartError;
+use crate::fs_pool::{FsPool, FsPoolSettings};
 use crate::gif::Gifs;
 use crate::gun::{GunClient, GunError};
 use crate::limit::{LimitSettings, Limiter};
@@ -30,6 +31,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Mapped files of every media root, bounded by entries and bytes.
     pub store: Arc<Store>,
+    /// The threads every filesystem call of a request runs on (bounded; see `fs_pool`).
+    pub fs: FsPool,
     /// The `/media/<project>/<file>` root (`MEDIA_DIR/web`), canonicalised at start-up.
     pub web_root: Root,
     /// `MEDIA_DIR` itself: content-addressed media (`<mediaId>/original`).
@@ -67,8 +70,15 @@ impl AppState {
         let checked = config.validate()?;
         let config = Arc::new(config);
         let mut metrics = crate::metrics::registry();
-        let store = Arc::new(Store::new(&config));
+        let fs = FsPool::new(FsPoolSettings::from_config(&config)).map_err(|error| {
+            StartError::InvalidSetting {
+                option: "--fs-threads/FS_THREADS",
+                message: format!("cannot start the filesystem threads: {error}"),
+            }
+        })?;
+        let store = Arc::new(Store::new(&config, fs.clone()));
         store.register(&mut metrics);
+        fs.register(&mut metrics);
         let web_root = Root::open(&config.web_root()).map_err(|source| StartError::MediaRoot {
             option: "--media-dir/MEDIA_DIR",
             path: config.web_root(),
@@ -96,8 +106,10 @@ impl AppState {
         let manifests = ManifestCache::new(
             config.manifest_cache_entries,
             vec![config.media_dir.clone(), media_root.path().to_path_buf()],
+            fs.clone(),
+            config.revalidate_window,
         );
-        let gifs = Gifs::new(&config).map_err(|source| StartError::DerivedDir {
+        let gifs = Gifs::new(&config, fs.clone()).map_err(|source| StartError::DerivedDir {
             path: config.derived_dir.clone(),
             source,
         })?;
@@ -134,6 +146,7 @@ impl AppState {
         Ok(AppState {
             config,
             store,
+            fs,
             web_root,
             media_root,
             generated_root,

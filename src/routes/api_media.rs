@@ -18,7 +18,7 @@ use super::still::{self, Source, StillQuery};
 use crate::auth::{self, Denied};
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
-use crate::manifest::{AccessLevel, Manifest, MediaId, ServedType};
+use crate::manifest::{AccessLevel, Manifest, ManifestError, MediaId, ServedType};
 use crate::response;
 use crate::state::AppState;
 use crate::store::{MappedFile, StoreError};
@@ -67,8 +67,11 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         return response::not_found();
     };
 
-    let manifest = match state.manifests.get(&state.media_root, &id) {
+    let manifest = match state.manifests.get(&state.media_root, &id).await {
         Ok(manifest) => manifest,
+        // Nothing is known about the item, its access level included: never serve it
+        // on a guess.
+        Err(ManifestError::Busy(busy)) => return file_response::filesystem_unavailable(busy),
         Err(error) => {
             // The indexer serves an item whose manifest cannot be read as public
             // octet-stream, and the issue keeps that behaviour. It is logged at error
@@ -94,7 +97,9 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
 
     let original = id.original();
     let file =
-        match file_response::open_or(&state.store, &state.media_root, &original, media_not_found) {
+        match file_response::open_or(&state.store, &state.media_root, &original, media_not_found)
+            .await
+        {
             Ok(file) => file,
             Err(refused) => return *refused,
         };
@@ -214,19 +219,32 @@ async fn info_response(
     file: &MappedFile,
 ) -> Response<Body> {
     let mut body = manifest.fields.clone();
-    let real = match state.media_root.resolve(original) {
-        Ok(real) => real,
-        Err(StoreError::Io(error)) => {
+    let declared_gif = manifest.mime_type.as_deref().is_some_and(is_gif_mime);
+    // The confinement check and the sniff are filesystem calls: one pool job for both.
+    let (root, job_original) = (state.media_root.clone(), original.to_path_buf());
+    let resolved = state
+        .fs
+        .run(move || {
+            let real = root.resolve(&job_original)?;
+            let sniffed = (!declared_gif).then(|| crate::gif::meta::looks_like_gif(&real));
+            Ok::<_, StoreError>((real, sniffed))
+        })
+        .await;
+    let (real, sniffed) = match resolved {
+        Ok(Ok(found)) => found,
+        Err(busy) => return file_response::filesystem_unavailable(busy),
+        Ok(Err(StoreError::Io(error))) => {
             tracing::error!(media_id = id.as_str(), %error, "cannot resolve media");
             return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
         }
-        Err(_) => return media_not_found(),
+        Ok(Err(_)) => return media_not_found(),
     };
-    let declared_gif = manifest.mime_type.as_deref().is_some_and(is_gif_mime);
     let is_gif = declared_gif
-        || crate::gif::meta::looks_like_gif(&real).unwrap_or_else(|error| {
-            tracing::warn!(media_id = id.as_str(), %error, "cannot sniff media type");
-            false
+        || sniffed.is_some_and(|sniffed| {
+            sniffed.unwrap_or_else(|error| {
+                tracing::warn!(media_id = id.as_str(), %error, "cannot sniff media type");
+                false
+            })
         });
     if is_gif {
         match state.gifs.info(real, file.identity).await {

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use http::request::Parts;
 use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
@@ -31,13 +32,13 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         Some(tail) => safe_relative_path(tail),
         None => from_query(request.uri().query()),
     };
-    serve(state, &request, relative)
+    serve(state, request.into_parts().0, relative).await
 }
 
 /// Answers `/api/media?id=<file>` (the same folder and rules).
 pub async fn handle_query<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let relative = from_query(request.uri().query());
-    serve(state, &request, relative)
+    serve(state, request.into_parts().0, relative).await
 }
 
 fn from_query(query: Option<&str>) -> Result<PathBuf, PathRejection> {
@@ -45,28 +46,31 @@ fn from_query(query: Option<&str>) -> Result<PathBuf, PathRejection> {
     safe_relative_decoded(&id)
 }
 
-fn serve<B>(
+async fn serve(
     state: &AppState,
-    request: &Request<B>,
+    request: Parts,
     relative: Result<PathBuf, PathRejection>,
 ) -> Response<Body> {
-    let method = request.method();
+    let method = &request.method;
     let relative = match relative {
         Ok(relative) => relative,
         Err(reason) => {
-            tracing::debug!(uri = %request.uri(), %reason, "refused generated-media path");
+            tracing::debug!(uri = %request.uri, %reason, "refused generated-media path");
             return response::not_found();
         }
     };
-    let Some(root) = state.generated_root.get() else {
-        return response::not_found();
+    let root = match state.generated_root.open(&state.fs).await {
+        Ok(Some(root)) => root,
+        Ok(None) => return response::not_found(),
+        Err(busy) => return file_response::filesystem_unavailable(busy),
     };
-    let file = match file_response::open_or(&state.store, root, &relative, response::not_found) {
-        Ok(file) => file,
-        Err(refused) => return *refused,
-    };
+    let file =
+        match file_response::open_or(&state.store, root, &relative, response::not_found).await {
+            Ok(file) => file,
+            Err(refused) => return *refused,
+        };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
-    file_response::respond(method, request.headers(), &file, describe, state.chunk)
+    file_response::respond(method, &request.headers, &file, describe, state.chunk)
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         &state.web_root,
         &relative,
         response::not_found,
-    ) {
+    )
+    .await
+    {
         Ok(file) => file,
         Err(refused) => return *refused,
     };

@@ -185,7 +185,7 @@ impl Handler {
             Handler::GunUnknown => gun_relay::handle_unknown(state),
             Handler::Resolve => Box::pin(resolve::handle(state, request)).await,
             Handler::Healthz => ops::healthz(),
-            Handler::Readyz => ops::readyz(state),
+            Handler::Readyz => ops::readyz(state).await,
             Handler::Metrics => ops::metrics(state, request.method()),
         }
     }

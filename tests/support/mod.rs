@@ -218,10 +218,15 @@ impl ChildServer {
         ChildServer { child, addr }
     }
 
-    /// Open descriptors of the child process.
-    pub fn open_fds(&self) -> usize {
+    /// Open descriptors of the child process that refer to files under `root`.
+    pub fn open_fds_under(&self, root: &Path) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter(|target| target.starts_with(root))
+                    .count()
+            })
             .unwrap_or(0)
     }
 }
