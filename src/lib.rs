@@ -22,9 +22,11 @@ pub mod limit;
 pub mod manifest;
 pub mod metrics;
 pub mod resolve;
+pub mod response;
 pub mod routes;
 pub mod sample;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod transcode;
 

@@ -13,7 +13,7 @@
 //! set). Locally it skips with a printed reason when chromium, chromedriver or ffmpeg
 //! is missing; CI sets `OIP_REQUIRE_BROWSER=1`, which makes that a failure.
 
-mod media_fixtures;
+mod support;
 mod transcode_support;
 
 use std::net::TcpListener as StdListener;
@@ -21,9 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::ClientBuilder;
-use media_fixtures::Fixture;
-use oip_media::metrics::RouteFamily;
+use oip_media::routes::RouteFamily;
 use serde_json::{Value, json};
+use support::TestServer as Fixture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REQUIRE: &str = "OIP_REQUIRE_BROWSER";
@@ -204,10 +204,10 @@ async fn wait_for_media(client: &fantoccini::Client, limit: Duration) -> Value {
 }
 
 fn media_counts(fx: &Fixture) -> (u64, u64, u64) {
-    let http = &fx.server.app().state().http;
+    let http = fx.server.app().http_metrics();
     (
-        http.responses(RouteFamily::Media, 2),
-        http.responses(RouteFamily::Media, 3),
+        http.responses(RouteFamily::Media as usize, 2),
+        http.responses(RouteFamily::Media as usize, 3),
         http.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
     )
 }

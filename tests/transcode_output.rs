@@ -5,12 +5,12 @@
 //!
 //! Skips with a printed reason without ffmpeg/ffprobe (`OIP_REQUIRE_FFMPEG=1` fails).
 
-mod media_fixtures;
+mod support;
 mod transcode_support;
 
 use std::path::{Path, PathBuf};
 
-use media_fixtures::Fixture;
+use support::TestServer as Fixture;
 use transcode_support::{clip, ffmpeg_or_skip, ffprobe, first_frame_rgba};
 
 /// Delays in hundredths: every frame a different length.

@@ -7,17 +7,17 @@
 //! Tests that run ffmpeg skip with a printed reason when it is not installed
 //! (`OIP_REQUIRE_FFMPEG=1`, set by CI, makes that a failure).
 
-mod media_fixtures;
+mod support;
 mod transcode_support;
 
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use media_fixtures::{Fixture, header, in_an_hour, media_id, pattern_gif, token};
 use oip_media::transcode::VariantFormat;
 use oip_media::transcode::metrics::Outcome;
 use serde_json::json;
+use support::TestServer as Fixture;
+use support::media::{header, in_an_hour, media_id, pattern_gif, token};
 use transcode_support::{fake_ffmpeg, fake_pids, fake_runs, ffmpeg_or_skip, slow_ffmpeg};
 
 const SECRET: &str = "variant-test-secret";
@@ -366,7 +366,7 @@ async fn waiting_for_a_transcode_holds_no_gif_slot() {
     let state = fx.server.app().state().clone();
     media_fixtures_wait(|| state.transcoder.metrics().running().get() == 1).await;
     assert_eq!(
-        state.limiter.in_flight(),
+        state.admissions.media.in_flight(),
         0,
         "the waiting request holds no slot"
     );
@@ -384,7 +384,7 @@ async fn waiting_for_a_transcode_holds_no_gif_slot() {
     assert_eq!(header(&variant, "content-type"), Some("video/mp4"));
     assert!(!variant.bytes().await.unwrap().is_empty());
     assert_eq!(
-        state.limiter.in_flight(),
+        state.admissions.media.in_flight(),
         0,
         "and the slot it took to send is back"
     );
@@ -730,7 +730,7 @@ async fn stills_come_in_webp_and_jpeg_too() {
         .gifs
         .counters()
         .stills_rendered
-        .load(Ordering::Relaxed);
+        .get();
     assert_eq!(rendered, 3, "one render per format");
     fx.shutdown().await;
 }
@@ -785,7 +785,7 @@ async fn a_client_that_gives_up_frees_its_place_and_the_job_still_finishes() {
     }
     let state = fx.server.app().state().clone();
     media_fixtures_wait(|| state.transcoder.metrics().waiting().get() == 0).await;
-    assert_eq!(state.limiter.in_flight(), 0);
+    assert_eq!(state.admissions.media.in_flight(), 0);
     media_fixtures_wait(|| jobs(&fx, VariantFormat::Mp4, Outcome::ok) == 1).await;
     assert_eq!(fake_runs(dir.path()), 1, "one job for the three who left");
     let r = fx.get("/media/fitnessally/a.gif?format=mp4").await;

@@ -8,9 +8,10 @@ use http::{Request, Response};
 use super::file_response::{self, FileHeaders};
 use super::still::StillQuery;
 use super::variant::{self, Negotiated, VariantQuery};
-use crate::app::AppState;
 use crate::body::Body;
 use crate::http::path::safe_relative_path;
+use crate::response;
+use crate::state::AppState;
 
 /// Path prefix of this route.
 pub const PREFIX: &str = "/media/";
@@ -19,12 +20,9 @@ pub const PREFIX: &str = "/media/";
 /// `immutable`, exactly as the indexer sent.
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
-/// Answers one `/media/…` request.
+/// Answers one `/media/…` request (GET or HEAD: the route table gates methods).
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let method = request.method();
-    if let Some(refused) = super::read_only_method(method) {
-        return refused;
-    }
     let tail = request
         .uri()
         .path()
@@ -34,7 +32,7 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         Ok(relative) => relative,
         Err(reason) => {
             tracing::debug!(path = request.uri().path(), %reason, "refused media path");
-            return super::not_found();
+            return response::not_found();
         }
     };
     // The query string is ignored, except for a still poster of a GIF (`?still=1`) or
@@ -58,11 +56,17 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         VariantQuery::Asked(_) if !is_gif => return variant::not_a_gif(),
         VariantQuery::Asked(format) => Some(format),
     };
-    let file =
-        match file_response::open_or_not_found(&state.store, &state.web_root, &relative).await {
-            Ok(file) => file,
-            Err(refused) => return *refused,
-        };
+    let file = match file_response::open_or(
+        &state.store,
+        &state.web_root,
+        &relative,
+        response::not_found,
+    )
+    .await
+    {
+        Ok(file) => file,
+        Err(refused) => return *refused,
+    };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
     let source = super::still::Source {
         root: &state.web_root,
@@ -72,11 +76,16 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     };
     let headers = request.headers();
     if let Some(ask) = still {
-        return super::still::respond(state, method, headers, source, ask).await;
+        // Boxed: a still's render state would otherwise size every GIF request's future.
+        return Box::pin(super::still::respond(state, method, headers, source, ask)).await;
     }
     if let Some(format) = variant {
+        // Boxed for the same reason: a transcode wait is rare and large.
         let extensions = request.extensions();
-        return variant::respond(state, method, headers, extensions, source, format).await;
+        return Box::pin(variant::respond(
+            state, method, headers, extensions, source, format,
+        ))
+        .await;
     }
     let describe = if is_gif {
         match variant::negotiate(state, method, headers, &source).await {
@@ -86,6 +95,5 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     } else {
         source.describe
     };
-    let chunk = usize::try_from(state.config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
-    file_response::respond(method, headers, &file, describe, chunk)
+    file_response::respond(method, headers, &file, describe, state.chunk)
 }

@@ -29,10 +29,11 @@ use http::{Extensions, HeaderMap, HeaderValue, Method, Response, StatusCode, hea
 
 use super::file_response::{self, FileHeaders};
 use super::still::{Source, gif_error};
-use crate::app::AppState;
 use crate::body::Body;
 use crate::http::query;
 use crate::limit::HeldPermit;
+use crate::response;
+use crate::state::AppState;
 use crate::store::{MappedFile, StoreError};
 use crate::transcode::{GifSource, VariantError, VariantFormat, VariantJob, Wait};
 
@@ -64,7 +65,7 @@ impl VariantQuery {
 
 /// 400 naming the allowed formats.
 pub fn bad_format() -> Response<Body> {
-    let mut response = super::json(
+    let mut response = response::json(
         StatusCode::BAD_REQUEST,
         &serde_json::json!({
             "error": format!("format must be one of: {}", VariantFormat::allowed_list()),
@@ -77,7 +78,7 @@ pub fn bad_format() -> Response<Body> {
 
 /// 400 for `format=` on something that is not a GIF.
 pub fn not_a_gif() -> Response<Body> {
-    super::json_error(
+    response::json_error(
         StatusCode::BAD_REQUEST,
         "Variants are only available for GIFs",
     )
@@ -124,7 +125,7 @@ pub fn variant_error(error: &VariantError) -> Response<Body> {
     if let Some(reason) = reason {
         body["reason"] = serde_json::Value::String(reason);
     }
-    let mut response = super::json(status, &body);
+    let mut response = response::json(status, &body);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
@@ -185,9 +186,10 @@ pub async fn respond(
                     .is_some_and(|held| held.is_held());
                 if !held {
                     // The slot was given back to wait: take one again to send bytes.
-                    match state.limiter.acquire().await {
+                    let limiter = &state.admissions.media;
+                    match limiter.acquire().await {
                         Ok(permit) => response.body_mut().attach(permit),
-                        Err(why) => return state.limiter.shed_response(why),
+                        Err(why) => return limiter.shed_response(why),
                     }
                 }
                 return response;
@@ -223,12 +225,12 @@ async fn make(
         Err(busy) => return Err(Box::new(file_response::filesystem_unavailable(busy))),
         Ok(Err(StoreError::Io(error))) => {
             tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
-            return Err(Box::new(super::json_error(
+            return Err(Box::new(response::json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Cannot read file",
             )));
         }
-        Ok(Err(_)) => return Err(Box::new(super::not_found())),
+        Ok(Err(_)) => return Err(Box::new(response::not_found())),
     };
     let identity = source.file.identity;
     let info = state
@@ -280,7 +282,7 @@ async fn serve(
         }
         Err(error) => {
             tracing::error!(%name, %error, "cannot serve variant");
-            return Err(ServeError::Response(Box::new(super::json_error(
+            return Err(ServeError::Response(Box::new(response::json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Cannot read variant",
             ))));
@@ -293,9 +295,12 @@ async fn serve(
         identity: file.identity,
         modified: source.file.modified,
     };
-    let chunk = file_response::chunk_size(&state.config);
     Ok(file_response::respond(
-        method, headers, &file, describe, chunk,
+        method,
+        headers,
+        &file,
+        describe,
+        state.chunk,
     ))
 }
 
