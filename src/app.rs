@@ -53,6 +53,8 @@ pub struct AppState {
     pub gun: Option<Arc<crate::gun::GunClient>>,
     /// The record resolver behind `POST /api/resolve`, with its process-wide cache.
     pub resolver: Arc<crate::resolve::Resolver>,
+    /// Admission of `/api/resolve`: resolutions at once, and a bounded wait queue.
+    pub resolve_limiter: Arc<Limiter>,
 }
 
 impl AppState {
@@ -235,6 +237,12 @@ impl App {
             queue_timeout: config.queue_timeout,
             retry_after_secs: 1,
         }));
+        let resolve_limiter = Arc::new(Limiter::new(LimitSettings {
+            max_in_flight: config.resolver.resolve_max_in_flight,
+            max_queue: config.resolver.resolve_max_queue,
+            queue_timeout: config.resolver.resolve_queue_timeout,
+            retry_after_secs: 1,
+        }));
         let state = Arc::new(AppState {
             config,
             store,
@@ -250,6 +258,7 @@ impl App {
             gifs,
             gun,
             resolver: Arc::new(resolver),
+            resolve_limiter,
         });
         let media = BodyLimitLayer::new(limiter).layer(MediaRoutes {
             state: Arc::clone(&state),

@@ -455,6 +455,44 @@ pub fn render(state: &AppState) -> String {
             ("timeout", rs.timeouts),
         ],
     );
+    let admission = &state.resolve_limiter;
+    let ac = admission.counters();
+    gauge(
+        &mut r,
+        "resolve_in_flight",
+        "Resolutions running or sending their answer (resolve slots held)",
+        admission.in_flight() as u64,
+    );
+    gauge(
+        &mut r,
+        "resolve_in_flight_limit",
+        "Configured limit of resolutions at once",
+        admission.settings().max_in_flight as u64,
+    );
+    gauge(
+        &mut r,
+        "resolve_queue_waiting",
+        "Resolve requests waiting for a slot",
+        admission.waiting() as u64,
+    );
+    kinds(
+        &mut r,
+        "resolve_admitted",
+        "Resolve requests admitted, at once or after waiting",
+        &[
+            ("at_once", load(&ac.admitted_at_once)),
+            ("after_wait", load(&ac.admitted_after_wait)),
+        ],
+    );
+    kinds(
+        &mut r,
+        "resolve_shed",
+        "Resolve requests shed with 503, by reason",
+        &[
+            ("queue_full", load(&ac.shed_queue_full)),
+            ("queue_timeout", load(&ac.shed_queue_timeout)),
+        ],
+    );
     let cache = state.resolver.cache();
     gauge(
         &mut r,
@@ -465,7 +503,7 @@ pub fn render(state: &AppState) -> String {
     gauge(
         &mut r,
         "resolve_cache_weight_bytes",
-        "Weighted size of the resolver cache",
+        "Memory the resolver cache's entries take (records, keys, bookkeeping)",
         cache.weighted_size(),
     );
 

@@ -18,13 +18,20 @@
 //!    stubs and names-only rule. Looked-up records are shared, read-only, with the
 //!    cache; nothing a request does is visible to another.
 //!
+//! The output budget (`--resolve-max-output-bytes`) counts memory, not JSON: the
+//! input records' heap first (the route parses them within the same budget, see
+//! [`bounded_parse`]), then every copy, name and stub as it is made, each at what it
+//! takes on the heap (see [`memory`]).
+//!
 //! Looking up the DIDs a level at a time finds every DID the tree needs, each once: a
 //! DID first met at level `n` gets its most generous remaining depth there, and a path
 //! that meets a record twice (a cycle) has met it before at a shallower level.
 
+pub mod bounded_parse;
 pub mod cache;
 pub mod elastic;
 pub mod gun_source;
+pub mod memory;
 pub mod options;
 pub mod recipe;
 pub mod source;
@@ -171,11 +178,16 @@ impl Resolver {
             };
         }
 
+        // The input records are part of the answer: they are paid for first.
+        let input_bytes: u64 = records
+            .iter()
+            .map(|record| memory::value_bytes(record, memory::Sizing::AsHeld))
+            .sum();
         let mut builder = Builder::new(
             &memo,
             &options.fields,
             options.names_only,
-            self.max_output_bytes,
+            self.max_output_bytes.saturating_sub(input_bytes),
         );
         let records = records
             .into_iter()
