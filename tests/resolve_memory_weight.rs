@@ -117,7 +117,7 @@ fn heap_estimates_track_what_parsed_and_cloned_records_allocate() {
     assert_close("parsed", estimate, real, 0.02);
 
     // Cloned (as resolution copies records into an answer).
-    let (copies, real) = allocated_by(|| parsed.iter().cloned().collect::<Vec<Value>>());
+    let (copies, real) = allocated_by(|| parsed.to_vec());
     let estimate: u64 = parsed
         .iter()
         .map(|v| heap_bytes(v, Sizing::AsCloned))
