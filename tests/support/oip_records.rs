@@ -171,7 +171,7 @@ pub fn tiny_records_body(n: usize) -> String {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&format!("{{\"data\":{{\"l\":{{\"r\":\"did:t:{i}\"}}}}}}"));
+        body.push_str(&format!("{{\"data\":{{\"l\":{{\"r\":\"did:{i}\"}}}}}}"));
     }
     body.push_str("],\"resolveDepth\":4}");
     body
