@@ -527,10 +527,11 @@ pub struct ResolverSettings {
     /// its JSON length, which is 3–5 times smaller). A body whose records alone would
     /// take more is refused with 413 while it is parsed; past it during resolution,
     /// remaining references stay DIDs and the response says `outputLimitReached: true`.
-    /// Sized from the real workload: a page of 20 workouts resolved to depth 4 (each
-    /// workout → 12 exercises → their demo GIF collections and equipment → images)
-    /// takes about 6 MiB; 32MiB leaves five times that, and keeps
-    /// `--resolve-max-in-flight` answers well inside the memory target.
+    /// Sized from the real workload, workout pages resolved to depth 4 (workout → 12
+    /// exercises → their demo-GIF collections and equipment → images): one workout
+    /// takes under 1 MiB, a listing of 16 about 13 MiB (3.8 MB of JSON); 32MiB holds
+    /// that listing twice, and `--resolve-max-in-flight` answers of this size stay
+    /// well inside the service's memory target.
     #[arg(long, env = "RESOLVE_MAX_OUTPUT_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
     pub resolve_max_output_bytes: u64,
 

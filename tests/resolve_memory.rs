@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use child_server::{ChildServer, MemoryRun, post_resolve, rss_anon};
 use elastic::ElasticStandIn;
+use oip_media::resolve::bounded_parse::parse_within;
+use oip_media::resolve::memory::{Sizing, value_bytes};
 
 const MIB: u64 = 1 << 20;
 
@@ -159,4 +161,58 @@ async fn hostile_resolves_stay_within_the_memory_targets() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(counted, shed as u64, "{metrics}");
+}
+
+/// The realistic workload the default output budget is sized from: workouts resolved
+/// to depth 4 (workout → exercises → demo-GIF collections and equipment → images).
+/// One workout page takes under 1 MiB; a listing of 16 of them resolves whole, and
+/// the default budget holds it twice over.
+#[tokio::test]
+async fn sixteen_workouts_at_depth_four_fit_the_default_budget_twice() {
+    let (records, body) = oip_records::workout_page(16, 4);
+    let es = ElasticStandIn::start(records, vec![]).await;
+    let media = tempfile::tempdir().unwrap();
+    std::fs::create_dir(media.path().join("web")).unwrap();
+    let mut config = oip_media::Config::for_media_dir(media.path());
+    config.resolver.elasticsearch_host = Some(es.url());
+    let budget = config.resolver.resolve_max_output_bytes;
+    let server = oip_media::server::start(config).await.unwrap();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://{}/api/resolve", server.local_addr()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.unwrap();
+    let (answer, _) = parse_within(&bytes, u64::MAX).unwrap();
+    let stats = &answer["stats"];
+    assert_eq!(stats["outputLimitReached"], false, "{stats}");
+    assert_eq!(stats["budgetExhausted"], false, "{stats}");
+    let first = &answer["records"][0]["data"]["workout"]["exercise"][0];
+    assert_eq!(
+        first["data"]["basic"]["avatar"]["data"]["multiResolutionGif"]["gif_media_refs"][0]["data"]
+            ["image"]["contentType"],
+        "image/gif",
+        "resolved four levels deep"
+    );
+    // What the answer's records take on the heap, as the output budget counts them.
+    let heap: u64 = answer["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| value_bytes(r, Sizing::AsCloned))
+        .sum();
+    println!(
+        "16 workouts at depth 4: {} KiB of JSON, {:.1} MiB of heap, budget {} MiB",
+        bytes.len() / 1024,
+        heap as f64 / MIB as f64,
+        budget / MIB
+    );
+    assert!(
+        heap * 2 <= budget,
+        "{heap} B of records vs a {budget} B budget"
+    );
+    server.shutdown().await;
 }
