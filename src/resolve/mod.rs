@@ -178,22 +178,23 @@ impl Resolver {
             };
         }
 
-        // The input records are part of the answer: they are paid for first.
-        let input_bytes: u64 = records
-            .iter()
-            .map(|record| memory::value_bytes(record, memory::Sizing::AsHeld))
-            .sum();
-        let mut builder = Builder::new(
-            &memo,
-            &options.fields,
-            options.names_only,
-            self.max_output_bytes.saturating_sub(input_bytes),
-        );
-        let records = records
-            .into_iter()
-            .map(|record| builder.root(record, depth))
-            .collect();
-        stats.output_limit_reached = builder.output_limit_reached();
+        // Building copies up to the output budget is CPU work of tens of
+        // milliseconds: done on the blocking pool, not on an async worker (the
+        // resolve admission bounds how many run at once).
+        let output_budget = self.max_output_bytes;
+        let (fields, names_only) = (options.fields.clone(), options.names_only);
+        let build = move || build(records, &memo, &fields, names_only, depth, output_budget);
+        let (records, output_limit_reached) = match tokio::task::spawn_blocking(build).await {
+            Ok(built) => built,
+            Err(error) => match error.try_into_panic() {
+                // A panic while building is a bug: let it unwind here, as it would
+                // have had the build run inline.
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: only when the runtime shuts down.
+                Err(_) => (Vec::new(), false),
+            },
+        };
+        stats.output_limit_reached = output_limit_reached;
         stats.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.counters.record(&stats);
         tracing::debug!(?stats, "resolved");
@@ -342,6 +343,33 @@ impl Resolver {
         }
         inserted
     }
+}
+
+/// Builds the output records from `memo`, the input records paid for first out of
+/// `output_budget` (they are part of the answer); also whether the budget ran out.
+fn build(
+    records: Vec<Value>,
+    memo: &Memo,
+    fields: &FieldFilter,
+    names_only: bool,
+    depth: u32,
+    output_budget: u64,
+) -> (Vec<Value>, bool) {
+    let input_bytes: u64 = records
+        .iter()
+        .map(|record| memory::value_bytes(record, memory::Sizing::AsHeld))
+        .sum();
+    let mut builder = Builder::new(
+        memo,
+        fields,
+        names_only,
+        output_budget.saturating_sub(input_bytes),
+    );
+    let records = records
+        .into_iter()
+        .map(|record| builder.root(record, depth))
+        .collect();
+    (records, builder.output_limit_reached())
 }
 
 /// A source's answers to `asked` DIDs, exactly one per DID. A source that answers

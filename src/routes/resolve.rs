@@ -130,7 +130,16 @@ where
     };
     drop(body);
     let resolution = state.resolver.resolve(input.records, &input.options).await;
-    let mut response = answer(resolution, input.single);
+    // Serializing (and freeing) up to the output budget's worth of records is CPU
+    // work: on the blocking pool, not on an async worker.
+    let single = input.single;
+    let mut response = match tokio::task::spawn_blocking(move || answer(resolution, single)).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "serializing a resolve answer failed");
+            return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
+        }
+    };
     response.body_mut().attach(permit);
     response
 }
