@@ -187,3 +187,22 @@ fn the_record_cache_weight_tracks_what_its_entries_allocate() {
     );
     assert_close("cache weight", weight, real, 0.05);
 }
+
+/// Why bodies are parsed within a memory budget: issue 10's 6.5 MB body of 200,000
+/// tiny records is over 250 MiB once parsed into `Value`s, 40 times its size.
+#[test]
+fn a_body_of_tiny_records_is_many_times_its_size_once_parsed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let body = oip_records::tiny_records_body(200_000);
+    let ((value, charged), real) =
+        allocated_by(|| parse_within(body.as_bytes(), u64::MAX).unwrap());
+    println!(
+        "{} bytes of JSON → {:.0} MiB parsed ({:.0}×)",
+        body.len(),
+        charged as f64 / (1 << 20) as f64,
+        charged as f64 / body.len() as f64
+    );
+    assert_close("tiny records", charged, real, 0.02);
+    assert!(charged > 250 << 20, "{charged}");
+    drop(value);
+}
