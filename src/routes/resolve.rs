@@ -124,24 +124,39 @@ where
         Ok(permit) => permit,
         Err(why) => return state.resolve_limiter.shed_response(why),
     };
-    let input = match parse_input(&body, query.as_deref(), settings.resolve_max_output_bytes) {
-        Ok(input) => input,
-        Err(error) => return refused(&error),
+    // Parsing, building and serializing up to the output budget's worth of records
+    // (and freeing them) is CPU work of tens of milliseconds: on the blocking pool,
+    // not on an async worker. The admission above bounds how many run at once.
+    let budget = settings.resolve_max_output_bytes;
+    let parsed = blocking(move || parse_input(&body, query.as_deref(), budget)).await;
+    let input = match parsed {
+        Some(Ok(input)) => input,
+        Some(Err(error)) => return refused(&error),
+        None => return internal_error(),
     };
-    drop(body);
     let resolution = state.resolver.resolve(input.records, &input.options).await;
-    // Serializing (and freeing) up to the output budget's worth of records is CPU
-    // work: on the blocking pool, not on an async worker.
     let single = input.single;
-    let mut response = match tokio::task::spawn_blocking(move || answer(resolution, single)).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::error!(%error, "serializing a resolve answer failed");
-            return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
-        }
+    let Some(mut response) = blocking(move || answer(resolution, single)).await else {
+        return internal_error();
     };
     response.body_mut().attach(permit);
     response
+}
+
+/// Runs `work` on the blocking pool; `None` if it could not finish (it panicked, a
+/// bug that is logged, or the runtime is shutting down).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Some(done),
+        Err(error) => {
+            tracing::error!(%error, "resolve work on the blocking pool failed");
+            None
+        }
+    }
+}
+
+fn internal_error() -> Response<Body> {
+    super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
 }
 
 fn refused(error: &InputError) -> Response<Body> {
