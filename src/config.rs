@@ -524,7 +524,8 @@ pub struct ResolverSettings {
     /// Most bytes of memory the records of one answer may take (default 32MiB):
     /// the input records as they are parsed, then every copy, name and stub that
     /// resolution puts into them, each counted at its heap size as it is built (not
-    /// its JSON length, which is 3–5 times smaller). A body whose records alone would
+    /// its JSON length: real records take ~3.5 times their JSON on the heap, tiny ones
+    /// up to 40 times). A body whose records alone would
     /// take more is refused with 413 while it is parsed; past it during resolution,
     /// remaining references stay DIDs and the response says `outputLimitReached: true`.
     /// Sized from the real workload, workout pages resolved to depth 4 (workout → 12
@@ -585,8 +586,9 @@ pub struct ResolverSettings {
 
     /// Most bytes of memory the record cache holds (default 64MiB): each entry weighs
     /// its record's heap size, its key and the cache's bookkeeping, not its JSON
-    /// length. Whichever of this and the entry bound is reached first applies. The
-    /// cache stays full after a burst, so this is memory the process keeps.
+    /// length. A real record takes ~8 KiB this way, so the default holds about as many
+    /// as the entry bound. Whichever bound is reached first applies. The cache stays
+    /// full after a burst, so this is memory the process keeps.
     #[arg(long, env = "RECORD_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub record_cache_bytes: u64,
 
