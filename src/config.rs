@@ -6,27 +6,33 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// Parses a duration given in whole seconds or with a unit (`500ms`, `10s`, `2m`, `1h`).
 ///
-/// Hand-written because it is six lines and every duration flag shares it; a crate for
-/// this would add a dependency for less code than its glue.
+/// Hand-written because it is a few lines and every duration flag shares it, and because
+/// `humantime` would refuse the bare seconds (`30`) the documented settings accept.
+/// Arithmetic is checked: a value too large for its unit is an error, not a wrap.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{raw}` is not a duration (try 30s, 500ms, 5m)"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "`{raw}`: unknown unit `{unit}` (use ms, s, m or h)"
-        )),
-    }
+    let secs_per = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "`{raw}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    n.checked_mul(secs_per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{raw}` is too large"))
 }
 
 /// Parses a byte size: a plain number of bytes or one with a binary suffix (`64KiB`, `512MiB`, `2GiB`).
@@ -51,6 +57,10 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{raw}` is too large"))
 }
+
+/// Longest `--revalidate-window` allowed: the README promises that a file renamed into
+/// place is served within a second.
+pub const MAX_REVALIDATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Every setting of the service. Built by clap from flags and environment variables in
 /// `main`, or by tests and benches with [`Config::for_media_dir`] and plain field updates.
@@ -127,6 +137,39 @@ pub struct Config {
     /// purpose: a browser retrying in a second does better than one waiting in a line.
     #[arg(long, env = "QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
+
+    // ---------------------------------------------------------------- filesystem calls
+    /// Threads that make every filesystem call of a request (open, stat, manifest and
+    /// directory reads), so none runs on an async worker. On a local disk each call takes
+    /// microseconds and a few threads keep up with any load; the bound matters when the
+    /// filesystem hangs (a network mount, a FIFO): then at most this many calls are
+    /// stuck, and the async workers, `/healthz` and cached files keep answering.
+    #[arg(long, env = "FS_THREADS", default_value_t = 8)]
+    pub fs_threads: usize,
+
+    /// Filesystem calls allowed to wait for a thread; past it a request that needs one
+    /// gets 503 + `Retry-After` at once. 1024 is `--max-in-flight` + `--max-queue` at
+    /// their defaults, so on a healthy disk the media limiter sheds before this fills.
+    #[arg(long, env = "FS_QUEUE", default_value_t = 1024)]
+    pub fs_queue: usize,
+
+    /// Longest a request waits for its filesystem call (queued and running); past it
+    /// the request gets 503 + `Retry-After` (a cached file is served as it is, see
+    /// `--revalidate-window`). A loaded local disk answers well within it; a call that
+    /// takes longer means the filesystem is in trouble.
+    #[arg(long, env = "FS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub fs_timeout: Duration,
+
+    /// How long a cached mapping (and a parsed manifest) is trusted without a `stat`,
+    /// as nginx's `open_file_cache_valid`: within the window a cached file is served with
+    /// no syscall at all; the first request after it `stat`s the path once (on the
+    /// filesystem threads) and remaps it if it was replaced. A file renamed into place is
+    /// therefore served at most one window later; a response never mixes two versions
+    /// (it holds one mapping of one inode). When the filesystem does not answer within
+    /// `--fs-timeout`, the cached mapping is served as it is. At most 1s; 0 stats on
+    /// every request.
+    #[arg(long, env = "REVALIDATE_WINDOW", default_value = "1s", value_parser = parse_duration)]
+    pub revalidate_window: Duration,
 
     // ---------------------------------------------------------------- operation
     /// Origins allowed to read responses cross-origin (comma list). Entries are exact
@@ -304,9 +347,14 @@ impl Config {
     /// ephemeral loopback port: what tests and benches start from. Its derived-file
     /// folder is `<media_dir>/.oip-media-derived` (hidden, so no route serves it as
     /// media) rather than the shared one in the temp folder, so two test servers never
-    /// evict each other's stills. No JWT secret and no environment is read.
+    /// evict each other's stills. No JWT secret and no environment is read: every
+    /// setting's env twin is switched off first, so a `PORT` or `MAX_IN_FLIGHT` in the
+    /// environment of `cargo test` changes nothing.
     pub fn for_media_dir(media_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Config::parse_from(["oip-media"]);
+        let matches = Self::without_env().get_matches_from(["oip-media"]);
+        // The defaults are the ones `--help` documents, all valid for clap; a failure here
+        // is a broken default, caught by the unit tests, never by a request.
+        let mut config = Config::from_arg_matches(&matches).expect("the defaults parse");
         config.media_dir = media_dir.into();
         config.port = 0;
         config.bind = IpAddr::from([127, 0, 0, 1]);
@@ -316,8 +364,14 @@ impl Config {
         config
     }
 
-    /// Checks values clap cannot: each error names the option to fix.
-    pub fn validate(&self) -> Result<(), crate::StartError> {
+    /// The command line definition with every environment twin removed.
+    fn without_env() -> clap::Command {
+        Config::command().mut_args(|arg| arg.env(None::<&str>))
+    }
+
+    /// Checks values clap cannot: each error names the option to fix. Returns what it
+    /// had to parse to check (the CORS allow-list), so nothing is parsed twice.
+    pub fn validate(&self) -> Result<Checked, crate::StartError> {
         let invalid = |option: &'static str, message: &str| {
             Err(crate::StartError::InvalidSetting {
                 option,
@@ -340,6 +394,15 @@ impl Config {
             return invalid(
                 "--body-chunk-size/BODY_CHUNK_SIZE",
                 "must be between 4KiB and 16MiB",
+            );
+        }
+        if self.fs_threads == 0 {
+            return invalid("--fs-threads/FS_THREADS", "must be at least 1");
+        }
+        if self.revalidate_window > MAX_REVALIDATE_WINDOW {
+            return invalid(
+                "--revalidate-window/REVALIDATE_WINDOW",
+                "must be at most 1s (a replaced file must be noticed within a second)",
             );
         }
         if self.map_cache_entries == 0 || self.map_cache_bytes == 0 {
@@ -366,15 +429,17 @@ impl Config {
                 "--resolve-queue-timeout/RESOLVE_QUEUE_TIMEOUT",
                 self.resolver.resolve_queue_timeout,
             ),
+            ("--fs-timeout/FS_TIMEOUT", self.fs_timeout),
             ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
         ] {
             if value.is_zero() {
                 return invalid(option, "must be greater than zero");
             }
         }
-        if let Err(message) = crate::cors::CorsPolicy::parse(&self.cors_origins) {
-            return invalid("--cors-origins/CORS_ORIGINS", &message);
-        }
+        let cors = match crate::cors::CorsPolicy::parse(&self.cors_origins) {
+            Ok(cors) => cors,
+            Err(message) => return invalid("--cors-origins/CORS_ORIGINS", &message),
+        };
         if let Some(bad) = self
             .still_widths
             .iter()
@@ -386,7 +451,7 @@ impl Config {
             );
             return invalid("--still-widths/STILL_WIDTHS", &message);
         }
-        Ok(())
+        Ok(Checked { cors })
     }
 
     /// The folder `/media/<project>/<file>` is served from.
@@ -400,6 +465,13 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.media_dir.join("generated"))
     }
+}
+
+/// What [`Config::validate`] parsed while checking, handed on so it is parsed once.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The CORS allow-list of `--cors-origins`.
+    pub cors: crate::cors::CorsPolicy,
 }
 
 /// Settings of the GUN relay client (`src/gun/`) and of the relay-compatible
@@ -614,6 +686,27 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(
+            parse_duration("18446744073709551615h").is_err(),
+            "too large for its unit: an error, not a wrapped value"
+        );
+    }
+
+    #[test]
+    fn the_test_config_reads_no_environment() {
+        assert!(
+            Config::without_env()
+                .get_arguments()
+                .all(|arg| arg.get_env().is_none()),
+            "every env twin is off"
+        );
+        assert!(
+            Config::command()
+                .get_arguments()
+                .any(|arg| arg.get_env().is_some()),
+            "while the service itself reads them"
+        );
     }
 
     #[test]
@@ -696,6 +789,45 @@ mod tests {
         );
         assert!(Config::try_parse_from(["oip-media", "--port", "http"]).is_err());
         assert!(Config::try_parse_from(["oip-media", "--queue-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn filesystem_settings_have_their_documented_defaults_and_bounds() {
+        let c = Config::for_media_dir("/tmp/x");
+        assert_eq!(c.fs_threads, 8);
+        assert_eq!(c.fs_queue, 1024);
+        assert_eq!(c.fs_timeout, Duration::from_secs(2));
+        assert_eq!(c.revalidate_window, Duration::from_secs(1));
+        let c = Config::parse_from([
+            "oip-media",
+            "--fs-threads",
+            "2",
+            "--fs-queue",
+            "0",
+            "--fs-timeout",
+            "250ms",
+            "--revalidate-window",
+            "0",
+        ]);
+        assert_eq!((c.fs_threads, c.fs_queue), (2, 0));
+        assert_eq!(c.fs_timeout, Duration::from_millis(250));
+        assert!(c.revalidate_window.is_zero());
+        for (tweak, option) in [
+            (
+                (|c: &mut Config| c.fs_threads = 0) as fn(&mut Config),
+                "--fs-threads",
+            ),
+            (|c| c.fs_timeout = Duration::ZERO, "--fs-timeout"),
+            (
+                |c| c.revalidate_window = Duration::from_millis(1001),
+                "--revalidate-window",
+            ),
+        ] {
+            let mut c = Config::for_media_dir("/tmp/x");
+            tweak(&mut c);
+            let error = c.validate().unwrap_err().to_string();
+            assert!(error.contains(option), "{error}");
+        }
     }
 
     #[test]

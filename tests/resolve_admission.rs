@@ -82,7 +82,7 @@ async fn a_full_queue_sheds_with_503_retry_after_and_no_store() {
     support::wait_until(
         "the first resolve holds the slot",
         Duration::from_secs(5),
-        || fx.server.app().state().resolve_limiter.in_flight() == 1,
+        || fx.server.app().state().admissions.resolve.in_flight() == 1,
     )
     .await;
     let shed = fx.resolve(2).await;
@@ -130,7 +130,7 @@ async fn a_waiting_request_is_shed_after_the_queue_timeout_or_admitted_in_time()
     support::wait_until(
         "the first resolve holds the slot",
         Duration::from_secs(5),
-        || fx.server.app().state().resolve_limiter.in_flight() == 1,
+        || fx.server.app().state().admissions.resolve.in_flight() == 1,
     )
     .await;
     let started = std::time::Instant::now();
@@ -147,7 +147,7 @@ async fn a_waiting_request_is_shed_after_the_queue_timeout_or_admitted_in_time()
     support::wait_until(
         "the next resolve holds the slot",
         Duration::from_secs(5),
-        || fx.server.app().state().resolve_limiter.in_flight() == 1,
+        || fx.server.app().state().admissions.resolve.in_flight() == 1,
     )
     .await;
     assert_eq!(fx.resolve(4).await.status(), 200);
@@ -186,7 +186,7 @@ async fn a_client_trickling_its_body_holds_no_resolve_slot() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(fx.server.app().state().resolve_limiter.in_flight(), 0);
+    assert_eq!(fx.server.app().state().admissions.resolve.in_flight(), 0);
     let response = fx.resolve(1).await;
     assert_eq!(response.status(), 200);
     drop(slow);

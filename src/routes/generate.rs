@@ -8,13 +8,15 @@
 
 use std::path::PathBuf;
 
+use http::request::Parts;
 use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
-use crate::app::AppState;
 use crate::body::Body;
 use crate::http::path::{PathRejection, safe_relative_decoded, safe_relative_path};
 use crate::http::query;
+use crate::response;
+use crate::state::AppState;
 
 /// Path of the route; `<path>` forms continue after a `/`.
 pub const PREFIX: &str = "/api/generate/media";
@@ -23,14 +25,6 @@ pub const PREFIX: &str = "/api/generate/media";
 /// time; the ETag and `Last-Modified` make that a 304. The indexer sent the same.
 const CACHE_CONTROL: &str = "public, max-age=0";
 
-/// True for the paths this route answers.
-pub fn matches(path: &str) -> bool {
-    path == PREFIX
-        || path
-            .strip_prefix(PREFIX)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
 /// Answers `/api/generate/media…`.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let path = request.uri().path();
@@ -38,13 +32,13 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         Some(tail) => safe_relative_path(tail),
         None => from_query(request.uri().query()),
     };
-    serve(state, &request, relative)
+    serve(state, request.into_parts().0, relative).await
 }
 
 /// Answers `/api/media?id=<file>` (the same folder and rules).
 pub async fn handle_query<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let relative = from_query(request.uri().query());
-    serve(state, &request, relative)
+    serve(state, request.into_parts().0, relative).await
 }
 
 fn from_query(query: Option<&str>) -> Result<PathBuf, PathRejection> {
@@ -52,45 +46,36 @@ fn from_query(query: Option<&str>) -> Result<PathBuf, PathRejection> {
     safe_relative_decoded(&id)
 }
 
-fn serve<B>(
+async fn serve(
     state: &AppState,
-    request: &Request<B>,
+    request: Parts,
     relative: Result<PathBuf, PathRejection>,
 ) -> Response<Body> {
-    let method = request.method();
-    if let Some(refused) = super::read_only_method(method) {
-        return refused;
-    }
+    let method = &request.method;
     let relative = match relative {
         Ok(relative) => relative,
         Err(reason) => {
-            tracing::debug!(uri = %request.uri(), %reason, "refused generated-media path");
-            return super::not_found();
+            tracing::debug!(uri = %request.uri, %reason, "refused generated-media path");
+            return response::not_found();
         }
     };
-    let Some(root) = state.generated_root.get() else {
-        return super::not_found();
+    let root = match state.generated_root.open(&state.fs).await {
+        Ok(Some(root)) => root,
+        Ok(None) => return response::not_found(),
+        Err(busy) => return file_response::filesystem_unavailable(busy),
     };
-    let file = match file_response::open_or_not_found(&state.store, root, &relative) {
-        Ok(file) => file,
-        Err(refused) => return *refused,
-    };
+    let file =
+        match file_response::open_or(&state.store, root, &relative, response::not_found).await {
+            Ok(file) => file,
+            Err(refused) => return *refused,
+        };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
-    let chunk = file_response::chunk_size(&state.config);
-    file_response::respond(method, request.headers(), &file, describe, chunk)
+    file_response::respond(method, &request.headers, &file, describe, state.chunk)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn route_matching() {
-        assert!(matches("/api/generate/media"));
-        assert!(matches("/api/generate/media/a.mp3"));
-        assert!(!matches("/api/generate/mediafoo"));
-        assert!(!matches("/api/generate/med"));
-    }
 
     #[test]
     fn query_ids_are_confined() {

@@ -29,17 +29,15 @@ use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::body::Body;
+use crate::http::request_body::{BodyError, read_bounded};
 use crate::resolve::bounded_parse::{BoundedParseError, parse_within};
 use crate::resolve::{OptionsError, Resolution, ResolveOptions};
-
-/// Path of this route.
-pub const PATH: &str = "/api/resolve";
+use crate::response;
+use crate::state::AppState;
 
 /// A request's records and options, ready to resolve.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,9 +104,6 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if request.method() != Method::POST {
-        return super::method_not_allowed("POST");
-    }
     let settings = &state.config.resolver;
     let (query, body) = match read_body(
         request,
@@ -120,9 +115,10 @@ where
         Ok(read) => read,
         Err(error) => return refused(&error),
     };
-    let permit = match state.resolve_limiter.acquire().await {
+    let admission = &state.admissions.resolve;
+    let permit = match admission.acquire().await {
         Ok(permit) => permit,
-        Err(why) => return state.resolve_limiter.shed_response(why),
+        Err(why) => return admission.shed_response(why),
     };
     // Parsing, building and serializing up to the output budget's worth of records
     // (and freeing them) is CPU work of tens of milliseconds: on the blocking pool,
@@ -156,12 +152,12 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 fn internal_error() -> Response<Body> {
-    super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+    response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
 }
 
 fn refused(error: &InputError) -> Response<Body> {
     tracing::debug!(%error, "refused resolve request");
-    super::json_error(error.status(), &error.to_string())
+    response::json_error(error.status(), &error.to_string())
 }
 
 /// Reads the body (at most `limit` bytes, within `timeout`); returns it with the
@@ -176,26 +172,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = request.into_parts();
-    // Refuse a declared oversize body before reading a byte of it.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(InputError::TooLarge { limit });
-    }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(timeout, Limited::new(body, cap).collect())
+    let bytes = read_bounded(&parts.headers, body, limit, timeout)
         .await
-        .map_err(|_| InputError::Timeout(timeout))?;
-    let bytes = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(InputError::TooLarge { limit });
-        }
-        Err(error) => return Err(InputError::Read(error.to_string())),
-    };
+        .map_err(|error| match error {
+            BodyError::TooLarge { limit } => InputError::TooLarge { limit },
+            BodyError::Timeout(timeout) => InputError::Timeout(timeout),
+            BodyError::Read(reason) => InputError::Read(reason),
+        })?;
     Ok((parts.uri.query().map(str::to_owned), bytes))
 }
 
