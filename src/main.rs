@@ -1,6 +1,8 @@
 //! `oip-media`: configuration → tracing → run (or a one-off subcommand). Nothing else
 //! lives here.
 
+mod allocator;
+
 use clap::Parser;
 use oip_media::Config;
 use oip_media::config::Command;
@@ -22,6 +24,8 @@ fn main() -> std::process::ExitCode {
     if let Some(Command::Transcode(transcode)) = command {
         return oip_media::transcode::cli::run(config, transcode);
     }
+
+    allocator::start();
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.workers > 0 {
@@ -45,7 +49,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> Result<(), oip_media::StartError> {
     let sample = oip_media::app::sample_url_path(&config);
-    tracing::info!(config = ?config, "effective configuration");
+    tracing::info!(config = ?config, allocator = allocator::NAME, "effective configuration");
     let server = oip_media::server::start_with_shutdown(config, shutdown_signal()).await?;
     let addr = server.local_addr();
     match sample {
