@@ -327,6 +327,28 @@ pub fn render(state: &AppState) -> String {
         "Times the connection cap paused accepting",
         load(&cc.cap_reached),
     );
+    let sends = &cc.sends;
+    kinds(
+        &mut r,
+        "file_body_bytes",
+        "Body bytes of mapped files sent, by how: sendfile (from the page cache) or copy (writev, short runs)",
+        &[
+            ("sendfile", load(&sends.sendfile_bytes)),
+            ("copy", load(&sends.copied_file_bytes)),
+        ],
+    );
+    counter(
+        &mut r,
+        "sendfile_calls",
+        "sendfile(2) calls that sent bytes",
+        load(&sends.sendfile_calls),
+    );
+    counter(
+        &mut r,
+        "short_file_sends",
+        "Responses cut short (connection closed) because their file ended early: truncated while sent",
+        load(&sends.short_file_sends),
+    );
 
     let gc = state.gifs.counters();
     kinds(
@@ -485,9 +507,17 @@ pub fn render(state: &AppState) -> String {
     gauge(
         &mut r,
         "process_open_fds",
-        "Open file descriptors",
+        "Open file descriptors (sockets, and one per mapped file: cached or being sent)",
         open_fds(),
     );
+    if let Some(limit) = crate::server::fd_budget::limit() {
+        gauge(
+            &mut r,
+            "process_fd_limit",
+            "Soft RLIMIT_NOFILE in force (raised to the hard limit at start-up)",
+            limit,
+        );
+    }
 
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {

@@ -39,11 +39,12 @@ impl FileHeaders {
 }
 
 /// Answers GET or HEAD for `file`. HEAD gets GET's headers and no body, and never
-/// touches the file's bytes.
+/// touches the file's bytes. The body knows `file`, so the socket can send its bytes
+/// with `sendfile` (see `body` and `server::zero_copy`).
 pub fn respond(
     method: &Method,
     request_headers: &HeaderMap,
-    file: &MappedFile,
+    file: &Arc<MappedFile>,
     describe: FileHeaders,
     chunk: usize,
 ) -> Response<Body> {
@@ -115,7 +116,7 @@ pub fn respond(
     let body = if head {
         Body::empty()
     } else {
-        Body::from_segments(body_segments, chunk)
+        Body::from_file(Arc::clone(file), body_segments, chunk)
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

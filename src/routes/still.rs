@@ -3,6 +3,7 @@
 //! with an ETag derived from the source's and the source's caching headers.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use crate::app::AppState;
 use crate::body::Body;
 use crate::gif::GifError;
 use crate::http::query;
-use crate::store::{FileIdentity, MappedFile, Root, StoreError};
+use crate::store::{MappedFile, Root, StoreError};
 
 /// What the query string asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,17 +165,8 @@ pub async fn respond(
     )
 }
 
-fn in_memory(png: Bytes) -> MappedFile {
-    MappedFile {
-        identity: FileIdentity {
-            dev: 0,
-            ino: 0,
-            len: png.len() as u64,
-            mtime_ns: 0,
-        },
-        bytes: png,
-        modified: SystemTime::now(),
-    }
+fn in_memory(png: Bytes) -> Arc<MappedFile> {
+    Arc::new(MappedFile::in_memory(png, SystemTime::now()))
 }
 
 #[cfg(test)]

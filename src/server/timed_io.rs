@@ -46,6 +46,8 @@ pub struct ConnCounters {
     pub idle_timeouts: AtomicU64,
     /// Connections dropped because the client stopped reading the response.
     pub stall_timeouts: AtomicU64,
+    /// How body bytes left: by `sendfile` or copied (see `zero_copy`).
+    pub sends: super::zero_copy::SendCounters,
 }
 
 /// What the connection's service tells its socket: how many requests are in flight, and
