@@ -40,7 +40,8 @@ struct Options {
     skip_nginx: bool,
     /// BENCH_FORCE_RUST_CLIENT=1 uses the built-in client even when wrk is installed.
     force_rust_client: bool,
-    /// BENCH_SCENARIOS: comma list of `throughput`, `long`, `overload` (default: all).
+    /// BENCH_SCENARIOS: comma list of `throughput`, `long`, `overload`, `forwarding`
+    /// (default: the first three; `forwarding` runs only when named).
     scenarios: Vec<String>,
 }
 
@@ -172,7 +173,20 @@ impl ServerProc {
 }
 
 impl Drop for ServerProc {
+    /// SIGTERM first, SIGKILL only if the process is still there after 5 s: nginx's workers
+    /// outlive a SIGKILLed master (re-parented, still running), and would load every later
+    /// run of the machine.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..250 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -757,6 +771,9 @@ fn main() -> BenchResult<()> {
     if opts.runs("overload") {
         overload(&opts, corpus.path(), &targets, &files)?;
     }
+    if opts.runs("forwarding") {
+        forwarding(&opts, corpus.path(), &generator)?;
+    }
     Ok(())
 }
 
@@ -893,6 +910,280 @@ fn overload(
         "recovery: first request after the load stopped answered `{}` in {:.2} ms",
         status_line.trim(),
         t.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------ forwarding
+
+// `BENCH_SCENARIOS=forwarding`: the same GIF traffic to oip-media three ways — directly,
+// behind nginx configured with README's snippet (`deploy/nginx.conf`, the file
+// tests/forwarding_front_proxy.rs checks), and behind the indexer's own forwarding hook
+// (`tests/indexer-proxy/indexer_proxy.js`: express 4 + http-proxy-middleware 3 at the
+// indexer's versions, its per-request log line included, stdout to /dev/null). Reports
+// req/s and p99 as the client sees them, and the RSS of the proxy in the path.
+// Self-contained: only the shared load generator, sampler and oip-media launcher are used.
+
+/// nginx in front of `oip_media` with `deploy/nginx.conf`, its upstream and listen
+/// addresses swapped for loopback ones (the indexer upstream points at a closed port: the
+/// benchmark only requests media routes).
+fn start_forwarding_nginx(oip_media: SocketAddr, workers: usize) -> BenchResult<ServerProc> {
+    let scratch = tempfile::tempdir()?;
+    let port = free_port()?;
+    let snippet =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf"))?;
+    let mut site = snippet;
+    for (from, to) in [
+        ("server oip-media:8080;", format!("server {oip_media};")),
+        ("server indexer:3005;", "server 127.0.0.1:9;".to_owned()),
+        ("listen 80;", format!("listen 127.0.0.1:{port} reuseport;")),
+    ] {
+        if !site.contains(from) {
+            return Err(format!("deploy/nginx.conf no longer contains `{from}`").into());
+        }
+        site = site.replace(from, &to);
+    }
+    let dir = scratch.path().display();
+    std::fs::write(scratch.path().join("site.conf"), site)?;
+    // Around the snippet, the same process settings as the static-file nginx above.
+    let conf = format!(
+        "user root;\nworker_processes {workers};\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 30s;\n\
+           client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+           include {dir}/site.conf;\n}}\n"
+    );
+    let conf_path = scratch.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(scratch.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(scratch.path().join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr)?;
+    Ok(ServerProc {
+        name: "nginx",
+        child,
+        addr,
+        _scratch: Some(scratch),
+    })
+}
+
+/// The indexer's hook in front of `oip_media`, configured as README's fallback says.
+fn start_indexer_hook(oip_media: SocketAddr) -> BenchResult<ServerProc> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/indexer-proxy");
+    if !dir.join("node_modules/http-proxy-middleware").is_dir() {
+        return Err(
+            "tests/indexer-proxy/node_modules is missing: run `(cd tests/indexer-proxy && npm ci)`"
+                .into(),
+        );
+    }
+    let port = free_port()?;
+    let child = Command::new("node")
+        .arg("indexer_proxy.js")
+        .current_dir(&dir)
+        .env("CUSTOM_PROXY_TARGET", format!("http://{oip_media}/media"))
+        .env("CUSTOM_PROXY_ROUTE", "/media")
+        .env_remove("CUSTOM_PROXY_STRIP_PREFIX")
+        .env("PROXY_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr)?;
+    Ok(ServerProc {
+        name: "node hook",
+        child,
+        addr,
+        _scratch: None,
+    })
+}
+
+/// One forwarding run: load against `front` (oip-media itself when `proxy` is `None`),
+/// RSS sampled on oip-media and on the proxy, and the CPU time each spent.
+struct ForwardingRun {
+    load: LoadResult,
+    oip_peak: Rss,
+    proxy_peak: Option<Rss>,
+    oip_cpu: Duration,
+    proxy_cpu: Option<Duration>,
+}
+
+/// User + system CPU time of a process and its children (nginx's workers), from
+/// `/proc/<pid>/stat`. On a small shared machine req/s mostly says who got the cores;
+/// CPU time per request says what forwarding costs wherever it runs.
+fn cpu_of(pid: u32) -> Duration {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let mut pids = vec![pid];
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    let mut total = 0u64;
+    for p in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total += field(14) + field(15);
+    }
+    Duration::from_secs_f64(total as f64 / ticks)
+}
+
+fn measure_forwarding(
+    oip: &ServerProc,
+    proxy: Option<&ServerProc>,
+    generator: &Generator,
+    connections: usize,
+    threads: usize,
+    secs: u64,
+) -> BenchResult<ForwardingRun> {
+    let front = proxy.unwrap_or(oip);
+    let _ = generator.run(front.addr, connections.min(64), threads, 2)?; // warm-up
+    let oip_sampler = Sampler::start(oip.pid());
+    let proxy_sampler = proxy.map(|p| Sampler::start(p.pid()));
+    let (oip_cpu0, proxy_cpu0) = (cpu_of(oip.pid()), proxy.map(|p| cpu_of(p.pid())));
+    let load = generator.run(front.addr, connections, threads, secs)?;
+    let oip_cpu = cpu_of(oip.pid()).saturating_sub(oip_cpu0);
+    let proxy_cpu = proxy
+        .zip(proxy_cpu0)
+        .map(|(p, before)| cpu_of(p.pid()).saturating_sub(before));
+    let peak = |samples: Vec<(Duration, Rss)>| {
+        samples.iter().fold(Rss::default(), |m, (_, r)| Rss {
+            anon_kib: m.anon_kib.max(r.anon_kib),
+            file_kib: m.file_kib.max(r.file_kib),
+        })
+    };
+    Ok(ForwardingRun {
+        load,
+        oip_peak: peak(oip_sampler.finish()),
+        proxy_peak: proxy_sampler.map(|s| peak(s.finish())),
+        oip_cpu,
+        proxy_cpu,
+    })
+}
+
+fn print_forwarding_row(path: &str, connections: usize, run: &ForwardingRun, direct_rps: f64) {
+    let l = &run.load;
+    let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / l.requests.max(1) as f64;
+    let proxy = match (run.proxy_peak, run.proxy_cpu) {
+        (Some(r), Some(cpu)) => format!(
+            "{:>9.1} {:>9.1} {:>9.1}",
+            (r.anon_kib + r.file_kib) as f64 / 1024.0,
+            r.anon_kib as f64 / 1024.0,
+            per_request(cpu)
+        ),
+        _ => format!("{:>9} {:>9} {:>9}", "-", "-", "-"),
+    };
+    println!(
+        "{path:<22} {connections:>5} {:>9.0} {:>7.2}x {:>8.2} {:>8.2} {:>7} {:>7} {proxy} {:>9.1} {:>9.1}",
+        l.rps(),
+        l.rps() / direct_rps.max(1.0),
+        l.p50_us as f64 / 1000.0,
+        l.p99_us as f64 / 1000.0,
+        l.socket_errors,
+        l.status_errors,
+        run.oip_peak.anon_kib as f64 / 1024.0,
+        per_request(run.oip_cpu),
+    );
+}
+
+fn forwarding(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResult<()> {
+    println!(
+        "\n## Forwarding: oip-media direct, behind nginx (deploy/nginx.conf), behind the indexer's node hook ({} s per run)",
+        opts.secs
+    );
+    println!(
+        "{:<22} {:>5} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "path",
+        "conns",
+        "req/s",
+        "vs dir",
+        "p50 ms",
+        "p99 ms",
+        "sockerr",
+        "status",
+        "proxy RSS",
+        "prx anon",
+        "prx us/rq",
+        "oip anon",
+        "oip us/rq"
+    );
+    let nginx = installed("nginx");
+    let node = installed("node");
+    for &connections in &opts.connections {
+        let oip = start_oip_media(corpus, opts.workers, &[])?;
+        let direct = measure_forwarding(
+            &oip,
+            None,
+            generator,
+            connections,
+            opts.client_threads,
+            opts.secs,
+        )?;
+        let direct_rps = direct.load.rps();
+        print_forwarding_row("direct", connections, &direct, direct_rps);
+        if nginx {
+            let front = start_forwarding_nginx(oip.addr, opts.workers)?;
+            let run = measure_forwarding(
+                &oip,
+                Some(&front),
+                generator,
+                connections,
+                opts.client_threads,
+                opts.secs,
+            )?;
+            print_forwarding_row("nginx -> oip-media", connections, &run, direct_rps);
+        } else {
+            println!("nginx -> oip-media: SKIPPED (nginx is not installed)");
+        }
+        match node.then(|| start_indexer_hook(oip.addr)) {
+            Some(Ok(hook)) => {
+                let run = measure_forwarding(
+                    &oip,
+                    Some(&hook),
+                    generator,
+                    connections,
+                    opts.client_threads,
+                    opts.secs,
+                )?;
+                print_forwarding_row("node hook -> oip-media", connections, &run, direct_rps);
+            }
+            Some(Err(e)) => println!("node hook -> oip-media: SKIPPED ({e})"),
+            None => println!("node hook -> oip-media: SKIPPED (node is not installed)"),
+        }
+    }
+    println!(
+        "proxy RSS: peak RssAnon + RssFile of the proxy process (nginx: master + workers), MiB; \
+         prx anon: its peak RssAnon, MiB; prx us/rq: its CPU time (user + system) per request, µs; \
+         oip anon, oip us/rq: the same for oip-media"
     );
     Ok(())
 }

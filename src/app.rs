@@ -28,6 +28,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Mapped files of every media root, bounded by entries and bytes.
     pub store: crate::store::Store,
+    /// The threads every filesystem call of a request runs on (bounded; see `fs_pool`).
+    pub fs: crate::fs_pool::FsPool,
     /// The `/media/<project>/<file>` root (`MEDIA_DIR/web`), canonicalised at start-up.
     pub web_root: crate::store::Root,
     /// The media concurrency limiter (its counters feed metrics).
@@ -160,7 +162,12 @@ impl App {
     pub fn new(config: Config) -> Result<App, StartError> {
         config.validate()?;
         let config = Arc::new(config);
-        let store = crate::store::Store::new(&config);
+        let fs = crate::fs_pool::FsPool::new(crate::fs_pool::FsPoolSettings::from_config(&config))
+            .map_err(|error| StartError::InvalidSetting {
+                option: "--fs-threads/FS_THREADS",
+                message: format!("cannot start the filesystem threads: {error}"),
+            })?;
+        let store = crate::store::Store::new(&config, fs.clone());
         let web_root = crate::store::Root::open(&config.web_root()).map_err(|source| {
             StartError::MediaRoot {
                 option: "--media-dir/MEDIA_DIR",
@@ -195,10 +202,14 @@ impl App {
         let manifests = crate::manifest::ManifestCache::new(
             config.manifest_cache_entries,
             vec![config.media_dir.clone(), media_root.path().to_path_buf()],
+            fs.clone(),
+            config.revalidate_window,
         );
-        let gifs = crate::gif::Gifs::new(&config).map_err(|source| StartError::DerivedDir {
-            path: config.derived_dir.clone(),
-            source,
+        let gifs = crate::gif::Gifs::new(&config, fs.clone()).map_err(|source| {
+            StartError::DerivedDir {
+                path: config.derived_dir.clone(),
+                source,
+            }
         })?;
         let gun = match config.gun.gun_peers {
             Some(_) => {
@@ -237,6 +248,7 @@ impl App {
         }));
         let state = Arc::new(AppState {
             config,
+            fs,
             store,
             web_root,
             limiter: Arc::clone(&limiter),
@@ -323,7 +335,7 @@ impl App {
             }
             RouteFamily::Ops => match request.uri().path() {
                 "/healthz" => routes::ops::healthz(method),
-                "/readyz" => routes::ops::readyz(&self.state, method),
+                "/readyz" => routes::ops::readyz(&self.state, method).await,
                 _ => routes::ops::metrics(&self.state, method),
             },
             RouteFamily::GunRelay => routes::gun_relay::handle(&self.state, request).await,

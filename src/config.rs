@@ -52,6 +52,10 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{raw}` is too large"))
 }
 
+/// Longest `--revalidate-window` allowed: the README promises that a file renamed into
+/// place is served within a second.
+pub const MAX_REVALIDATE_WINDOW: Duration = Duration::from_secs(1);
+
 /// Every setting of the service. Built by clap from flags and environment variables in
 /// `main`, or by tests and benches with [`Config::for_media_dir`] and plain field updates.
 #[derive(Debug, Clone, Parser)]
@@ -127,6 +131,39 @@ pub struct Config {
     /// purpose: a browser retrying in a second does better than one waiting in a line.
     #[arg(long, env = "QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
+
+    // ---------------------------------------------------------------- filesystem calls
+    /// Threads that make every filesystem call of a request (open, stat, manifest and
+    /// directory reads), so none runs on an async worker. On a local disk each call takes
+    /// microseconds and a few threads keep up with any load; the bound matters when the
+    /// filesystem hangs (a network mount, a FIFO): then at most this many calls are
+    /// stuck, and the async workers, `/healthz` and cached files keep answering.
+    #[arg(long, env = "FS_THREADS", default_value_t = 8)]
+    pub fs_threads: usize,
+
+    /// Filesystem calls allowed to wait for a thread; past it a request that needs one
+    /// gets 503 + `Retry-After` at once. 1024 is `--max-in-flight` + `--max-queue` at
+    /// their defaults, so on a healthy disk the media limiter sheds before this fills.
+    #[arg(long, env = "FS_QUEUE", default_value_t = 1024)]
+    pub fs_queue: usize,
+
+    /// Longest a request waits for its filesystem call (queued and running); past it
+    /// the request gets 503 + `Retry-After` (a cached file is served as it is, see
+    /// `--revalidate-window`). A loaded local disk answers well within it; a call that
+    /// takes longer means the filesystem is in trouble.
+    #[arg(long, env = "FS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub fs_timeout: Duration,
+
+    /// How long a cached mapping (and a parsed manifest) is trusted without a `stat`,
+    /// as nginx's `open_file_cache_valid`: within the window a cached file is served with
+    /// no syscall at all; the first request after it `stat`s the path once (on the
+    /// filesystem threads) and remaps it if it was replaced. A file renamed into place is
+    /// therefore served at most one window later; a response never mixes two versions
+    /// (it holds one mapping of one inode). When the filesystem does not answer within
+    /// `--fs-timeout`, the cached mapping is served as it is. At most 1s; 0 stats on
+    /// every request.
+    #[arg(long, env = "REVALIDATE_WINDOW", default_value = "1s", value_parser = parse_duration)]
+    pub revalidate_window: Duration,
 
     // ---------------------------------------------------------------- operation
     /// Origins allowed to read responses cross-origin (comma list). Entries are exact
@@ -346,6 +383,15 @@ impl Config {
                 "must be between 4KiB and 16MiB",
             );
         }
+        if self.fs_threads == 0 {
+            return invalid("--fs-threads/FS_THREADS", "must be at least 1");
+        }
+        if self.revalidate_window > MAX_REVALIDATE_WINDOW {
+            return invalid(
+                "--revalidate-window/REVALIDATE_WINDOW",
+                "must be at most 1s (a replaced file must be noticed within a second)",
+            );
+        }
         if self.map_cache_entries == 0 || self.map_cache_bytes == 0 {
             return invalid(
                 "--map-cache-entries/--map-cache-bytes",
@@ -366,6 +412,7 @@ impl Config {
                 self.write_stall_timeout,
             ),
             ("--queue-timeout/QUEUE_TIMEOUT", self.queue_timeout),
+            ("--fs-timeout/FS_TIMEOUT", self.fs_timeout),
             ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
         ] {
             if value.is_zero() {
@@ -493,10 +540,12 @@ pub struct GunSettings {
 /// record cache may hold.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResolverSettings {
-    /// The indexer's Elasticsearch URL (`http://host:9200`). References other than
-    /// `did:gun:` are looked up there; without it they stay unresolved and responses
-    /// count them in `unresolvedNoSource`. Plain `http` only: Elasticsearch sits on the
-    /// indexer's private network.
+    /// The indexer's Elasticsearch URL (`http://host:9200`). Every reference is looked
+    /// up there first, `did:gun:` ones included (the indexer's GUN sync indexes GUN
+    /// records); only `did:gun:` ones it lacks then go to the GUN relay. Without it,
+    /// references other than `did:gun:` stay unresolved and responses count them in
+    /// `unresolvedNoSource`. Plain `http` only: Elasticsearch sits on the indexer's
+    /// private network.
     #[arg(long, env = "ELASTICSEARCHHOST")]
     pub elasticsearch_host: Option<String>,
 
@@ -662,6 +711,45 @@ mod tests {
         );
         assert!(Config::try_parse_from(["oip-media", "--port", "http"]).is_err());
         assert!(Config::try_parse_from(["oip-media", "--queue-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn filesystem_settings_have_their_documented_defaults_and_bounds() {
+        let c = Config::for_media_dir("/tmp/x");
+        assert_eq!(c.fs_threads, 8);
+        assert_eq!(c.fs_queue, 1024);
+        assert_eq!(c.fs_timeout, Duration::from_secs(2));
+        assert_eq!(c.revalidate_window, Duration::from_secs(1));
+        let c = Config::parse_from([
+            "oip-media",
+            "--fs-threads",
+            "2",
+            "--fs-queue",
+            "0",
+            "--fs-timeout",
+            "250ms",
+            "--revalidate-window",
+            "0",
+        ]);
+        assert_eq!((c.fs_threads, c.fs_queue), (2, 0));
+        assert_eq!(c.fs_timeout, Duration::from_millis(250));
+        assert!(c.revalidate_window.is_zero());
+        for (tweak, option) in [
+            (
+                (|c: &mut Config| c.fs_threads = 0) as fn(&mut Config),
+                "--fs-threads",
+            ),
+            (|c| c.fs_timeout = Duration::ZERO, "--fs-timeout"),
+            (
+                |c| c.revalidate_window = Duration::from_millis(1001),
+                "--revalidate-window",
+            ),
+        ] {
+            let mut c = Config::for_media_dir("/tmp/x");
+            tweak(&mut c);
+            let error = c.validate().unwrap_err().to_string();
+            assert!(error.contains(option), "{error}");
+        }
     }
 
     #[test]

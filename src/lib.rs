@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: `routes` → `http` (pure RFC decisions) → `store` (mapped files) →
 //! `body` (bounded zero-copy chunks). `server` owns sockets, connection limits and
-//! shutdown; `app` builds the shared state from the one [`Config`]. Beside the byte
+//! shutdown; `app` builds the shared state from the one [`Config`]. Every filesystem
+//! call a request needs runs on `fs_pool`, never on an async worker. Beside the byte
 //! path: `auth` (owner tokens), `manifest` (content-addressed media's manifests) and
 //! `gif` (metadata and stills, read with `read()`, never through a mapping).
 
@@ -12,6 +13,7 @@ pub mod body;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod fs_pool;
 pub mod gif;
 pub mod gun;
 pub mod http;

@@ -1,6 +1,13 @@
 //! `manifest.json` of content-addressed media (SPEC §1B): read once, kept parsed in a
-//! bounded cache, and revalidated against the file's identity on every lookup so an
-//! edited manifest (an access level changed, say) is noticed on the next request.
+//! bounded cache, and revalidated against the file's identity so an edited manifest (an
+//! access level changed, say) is noticed within `--revalidate-window` (≤ 1 s), as the
+//! mapping cache notices a replaced file (see `store`).
+//!
+//! Every filesystem call (the `stat`, the confinement check, the open and the read) runs
+//! on the filesystem pool; the manifest must be a regular file, opened without blocking
+//! ([`crate::store::open_regular`]). Parsing happens on the caller's side: it is a
+//! bounded amount of CPU, not a wait. When the pool cannot answer, the lookup fails with
+//! [`ManifestError::Busy`] rather than trusting a possibly outdated access level.
 //!
 //! The manifest's `mimeType` came from the uploader. [`ServedType`] is the one place
 //! that decides what of it may reach a `Content-Type` header.
@@ -8,10 +15,13 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::store::{FileIdentity, Root, StoreError};
+use crate::fs_pool::{FsPool, FsPoolError};
+use crate::store::{FileIdentity, OpenError, Root, StoreError, open_regular};
 
 /// Largest manifest read. Real ones are about 1 KiB; anything near this is not one of
 /// ours, and reading it whole would let a stray file cost memory on every request.
@@ -194,36 +204,58 @@ pub enum ManifestError {
     /// Larger than [`MAX_MANIFEST_BYTES`].
     #[error("manifest of {0} bytes is over the {MAX_MANIFEST_BYTES}-byte limit")]
     TooLarge(u64),
+    /// The path is a FIFO, socket, device or directory.
+    #[error("manifest is not a regular file")]
+    NotRegular,
     /// The file exists but cannot be read.
     #[error("cannot read manifest: {0}")]
     Io(#[source] std::io::Error),
+    /// The filesystem pool refused the read or it timed out: nothing is known, try again.
+    #[error("filesystem busy: {0}")]
+    Busy(#[source] FsPoolError),
 }
 
 #[derive(Clone)]
 struct Weigh;
 
-impl quick_cache::Weighter<PathBuf, Cached> for Weigh {
-    fn weight(&self, _key: &PathBuf, cached: &Cached) -> u64 {
+impl quick_cache::Weighter<PathBuf, Arc<Cached>> for Weigh {
+    fn weight(&self, _key: &PathBuf, cached: &Arc<Cached>) -> u64 {
         cached.manifest.raw_len.max(ENTRY_FLOOR)
     }
 }
 
-#[derive(Clone)]
 struct Cached {
     identity: FileIdentity,
     manifest: Arc<Manifest>,
+    /// Clock reading (see [`ManifestCache::clock`]) taken before the `stat` or read that
+    /// last found this manifest.
+    checked_ns: AtomicU64,
+}
+
+/// What the filesystem said about a manifest, from the pool thread.
+enum Found {
+    /// No manifest (or a link out of the root).
+    Absent,
+    /// The same file as the cached one.
+    Unchanged,
+    /// New or replaced: its identity and text.
+    Read(FileIdentity, Vec<u8>),
 }
 
 /// Parsed manifests, bounded (see `--manifest-cache-entries`), keyed by path and
-/// revalidated by file identity.
+/// revalidated by file identity once per `--revalidate-window`.
 pub struct ManifestCache {
-    cache: quick_cache::sync::Cache<PathBuf, Cached, Weigh>,
+    cache: quick_cache::sync::Cache<PathBuf, Arc<Cached>, Weigh>,
     hide: Vec<PathBuf>,
+    fs: FsPool,
+    window_ns: u64,
+    epoch: Instant,
 }
 
 impl ManifestCache {
-    /// An empty cache for at most `entries` manifests. `hide` as in [`Manifest::parse`].
-    pub fn new(entries: usize, hide: Vec<PathBuf>) -> ManifestCache {
+    /// An empty cache for at most `entries` manifests, reading them on `fs` and trusting
+    /// a cached one for `window` without a `stat`. `hide` as in [`Manifest::parse`].
+    pub fn new(entries: usize, hide: Vec<PathBuf>, fs: FsPool, window: Duration) -> ManifestCache {
         let entries = entries.max(1);
         ManifestCache {
             cache: quick_cache::sync::Cache::with_weighter(
@@ -232,6 +264,9 @@ impl ManifestCache {
                 Weigh,
             ),
             hide,
+            fs,
+            window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            epoch: Instant::now(),
         }
     }
 
@@ -245,53 +280,110 @@ impl ManifestCache {
         self.cache.is_empty()
     }
 
-    /// The manifest of `id` under `root`: `Ok(None)` when there is none. A `stat` per
-    /// lookup; the file is read and parsed only when it is new or has changed.
-    pub fn get(&self, root: &Root, id: &MediaId) -> Result<Option<Arc<Manifest>>, ManifestError> {
+    fn clock(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The manifest of `id` under `root`: `Ok(None)` when there is none. A cached
+    /// manifest checked within the window costs no syscall; otherwise one job on the
+    /// filesystem pool `stat`s it, and reads it only when it is new or has changed.
+    pub async fn get(
+        &self,
+        root: &Root,
+        id: &MediaId,
+    ) -> Result<Option<Arc<Manifest>>, ManifestError> {
         let relative = id.manifest();
         let full = root.path().join(&relative);
-        let meta = match std::fs::metadata(&full) {
-            Ok(meta) => meta,
-            Err(error) if is_absent(&error) => {
+        let cached = self.cache.get(&full);
+        let checking = self.clock();
+        if let Some(cached) = &cached
+            && checking.saturating_sub(cached.checked_ns.load(Ordering::Relaxed)) < self.window_ns
+        {
+            return Ok(Some(Arc::clone(&cached.manifest)));
+        }
+        let known = cached.as_ref().map(|c| c.identity);
+        let (job_root, job_full) = (root.clone(), full.clone());
+        let found = self
+            .fs
+            .run(move || read_manifest(&job_root, &relative, &job_full, known))
+            .await
+            .map_err(ManifestError::Busy)?;
+        let (identity, raw) = match found {
+            Ok(Found::Read(identity, raw)) => (identity, raw),
+            Ok(Found::Unchanged) => {
+                if let Some(cached) = cached {
+                    cached.checked_ns.fetch_max(checking, Ordering::Relaxed);
+                    return Ok(Some(Arc::clone(&cached.manifest)));
+                }
+                return Ok(None);
+            }
+            Ok(Found::Absent) => {
                 self.cache.remove(&full);
                 return Ok(None);
             }
-            Err(error) => return Err(ManifestError::Io(error)),
+            Err(error) => {
+                self.cache.remove(&full);
+                return Err(error);
+            }
         };
-        if let Some(cached) = self.cache.get(&full)
-            && cached.identity == FileIdentity::of(&meta)
-        {
-            return Ok(Some(cached.manifest));
-        }
-        let real = match root.resolve(&relative) {
-            Ok(real) => real,
-            Err(StoreError::Io(error)) => return Err(ManifestError::Io(error)),
-            // Gone since the stat, or a link out of the root: no manifest.
-            Err(_) => return Ok(None),
+        let manifest = match Manifest::parse(&raw, &self.hide) {
+            Ok(manifest) => Arc::new(manifest),
+            Err(error) => {
+                self.cache.remove(&full);
+                return Err(error);
+            }
         };
-        let mut file = std::fs::File::open(&real).map_err(ManifestError::Io)?;
-        let meta = file.metadata().map_err(ManifestError::Io)?;
-        if meta.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::TooLarge(meta.len()));
-        }
-        let mut raw = Vec::with_capacity(meta.len() as usize);
-        (&mut file)
-            .take(MAX_MANIFEST_BYTES + 1)
-            .read_to_end(&mut raw)
-            .map_err(ManifestError::Io)?;
-        if raw.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::TooLarge(raw.len() as u64));
-        }
-        let manifest = Arc::new(Manifest::parse(&raw, &self.hide)?);
-        self.cache.insert(
-            full,
-            Cached {
-                identity: FileIdentity::of(&meta),
-                manifest: Arc::clone(&manifest),
-            },
-        );
+        let entry = Cached {
+            identity,
+            manifest: Arc::clone(&manifest),
+            checked_ns: AtomicU64::new(checking),
+        };
+        self.cache.insert(full, Arc::new(entry));
         Ok(Some(manifest))
     }
+}
+
+/// The filesystem half of [`ManifestCache::get`]: `stat`, and if the file is not the
+/// one `known` describes, confine, open (regular files only) and read it. Blocking:
+/// runs on the filesystem pool.
+fn read_manifest(
+    root: &Root,
+    relative: &Path,
+    full: &Path,
+    known: Option<FileIdentity>,
+) -> Result<Found, ManifestError> {
+    let meta = match std::fs::metadata(full) {
+        Ok(meta) => meta,
+        Err(error) if is_absent(&error) => return Ok(Found::Absent),
+        Err(error) => return Err(ManifestError::Io(error)),
+    };
+    if known == Some(FileIdentity::of(&meta)) {
+        return Ok(Found::Unchanged);
+    }
+    let real = match root.resolve(relative) {
+        Ok(real) => real,
+        Err(StoreError::Io(error)) => return Err(ManifestError::Io(error)),
+        // Gone since the stat, or a link out of the root: no manifest.
+        Err(_) => return Ok(Found::Absent),
+    };
+    let (mut file, meta) = match open_regular(&real) {
+        Ok(opened) => opened,
+        Err(OpenError::NotRegular) => return Err(ManifestError::NotRegular),
+        Err(OpenError::Io(error)) if is_absent(&error) => return Ok(Found::Absent),
+        Err(OpenError::Io(error)) => return Err(ManifestError::Io(error)),
+    };
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::TooLarge(meta.len()));
+    }
+    let mut raw = Vec::with_capacity(meta.len() as usize);
+    (&mut file)
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(ManifestError::Io)?;
+    if raw.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::TooLarge(raw.len() as u64));
+    }
+    Ok(Found::Read(FileIdentity::of(&meta), raw))
 }
 
 fn is_absent(error: &std::io::Error) -> bool {
@@ -395,41 +487,108 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn cache_revalidates_and_stays_bounded() {
+    fn pool() -> FsPool {
+        FsPool::new(crate::fs_pool::FsPoolSettings {
+            threads: 2,
+            queue: 16,
+            timeout: Duration::from_millis(300),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn cache_revalidates_and_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::open(dir.path()).unwrap();
         let id = MediaId::parse(ID).unwrap();
-        let cache = ManifestCache::new(4, vec![]);
-        assert!(cache.get(&root, &id).unwrap().is_none(), "no dir yet");
+        let cache = ManifestCache::new(4, vec![], pool(), Duration::ZERO);
+        assert!(cache.get(&root, &id).await.unwrap().is_none(), "no dir yet");
         std::fs::create_dir(dir.path().join(ID)).unwrap();
         let path = dir.path().join(ID).join("manifest.json");
         std::fs::write(&path, br#"{"accessLevel":"public"}"#).unwrap();
-        let first = cache.get(&root, &id).unwrap().unwrap();
+        let first = cache.get(&root, &id).await.unwrap().unwrap();
         assert_eq!(first.access, AccessLevel::Public);
-        let again = cache.get(&root, &id).unwrap().unwrap();
+        let again = cache.get(&root, &id).await.unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &again), "served from the cache");
 
         let tmp = dir.path().join(ID).join("manifest.tmp");
         std::fs::write(&tmp, br#"{"accessLevel":"private","userPublicKey":"k"}"#).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        let replaced = cache.get(&root, &id).unwrap().unwrap();
+        let replaced = cache.get(&root, &id).await.unwrap().unwrap();
         assert_eq!(replaced.access, AccessLevel::Private);
 
         std::fs::write(&path, vec![b' '; MAX_MANIFEST_BYTES as usize + 1]).unwrap();
         assert!(matches!(
-            cache.get(&root, &id),
+            cache.get(&root, &id).await,
             Err(ManifestError::TooLarge(_))
         ));
         std::fs::remove_file(&path).unwrap();
-        assert!(cache.get(&root, &id).unwrap().is_none());
+        assert!(cache.get(&root, &id).await.unwrap().is_none());
 
         for i in 0..20 {
             let other = format!("{:064x}", i);
             std::fs::create_dir(dir.path().join(&other)).unwrap();
             std::fs::write(dir.path().join(&other).join("manifest.json"), b"{}").unwrap();
-            cache.get(&root, &MediaId::parse(&other).unwrap()).unwrap();
+            cache
+                .get(&root, &MediaId::parse(&other).unwrap())
+                .await
+                .unwrap();
             assert!(cache.len() <= 4, "{}", cache.len());
         }
+    }
+
+    #[tokio::test]
+    async fn within_the_window_no_stat_after_it_a_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let id = MediaId::parse(ID).unwrap();
+        std::fs::create_dir(dir.path().join(ID)).unwrap();
+        let path = dir.path().join(ID).join("manifest.json");
+        std::fs::write(&path, br#"{"accessLevel":"public"}"#).unwrap();
+        let fs = pool();
+        let window = Duration::from_millis(200);
+        let cache = ManifestCache::new(4, vec![], fs.clone(), window);
+        let first = cache.get(&root, &id).await.unwrap().unwrap();
+        let jobs = fs.counters().completed.load(Ordering::Relaxed);
+        let tmp = dir.path().join(ID).join("manifest.tmp");
+        std::fs::write(&tmp, br#"{"accessLevel":"private"}"#).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let changed = Instant::now();
+        let during = cache.get(&root, &id).await.unwrap().unwrap();
+        if changed.elapsed() < window {
+            assert!(Arc::ptr_eq(&first, &during));
+            assert_eq!(
+                fs.counters().completed.load(Ordering::Relaxed),
+                jobs,
+                "no stat"
+            );
+        }
+        tokio::time::sleep(window).await;
+        let after = cache.get(&root, &id).await.unwrap().unwrap();
+        assert_eq!(after.access, AccessLevel::Private);
+    }
+
+    #[tokio::test]
+    async fn a_fifo_manifest_is_an_error_not_a_hang_and_a_busy_pool_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let id = MediaId::parse(ID).unwrap();
+        std::fs::create_dir(dir.path().join(ID)).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join(ID).join("manifest.json"))
+            .status();
+        assert!(made.unwrap().success(), "mkfifo (coreutils)");
+        let fs = pool();
+        let cache = ManifestCache::new(4, vec![], fs.clone(), Duration::from_secs(1));
+        assert!(matches!(
+            cache.get(&root, &id).await,
+            Err(ManifestError::NotRegular)
+        ));
+        fs.inject_stall(Some(Duration::from_secs(30)));
+        assert!(matches!(
+            cache.get(&root, &id).await,
+            Err(ManifestError::Busy(FsPoolError::TimedOut))
+        ));
+        fs.inject_stall(None);
     }
 }

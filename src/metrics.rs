@@ -293,10 +293,13 @@ pub fn render(state: &AppState) -> String {
         "Mapping cache lookups by result",
         &[
             ("hit", load(&sc.hits)),
+            ("revalidated", load(&sc.revalidated)),
             ("mapped", load(&sc.maps)),
             ("replaced", load(&sc.replaced)),
+            ("stale", load(&sc.stale)),
         ],
     );
+    crate::fs_pool::register_metrics(&mut r, &state.fs);
 
     let cc = &state.connections;
     counter(

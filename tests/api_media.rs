@@ -346,7 +346,13 @@ async fn without_a_secret_private_media_is_never_served() {
 
 #[tokio::test]
 async fn manifest_changes_are_noticed_and_unreadable_manifests_serve_as_public_octet_stream() {
-    let fx = Fixture::start(with_secret).await;
+    // Window 0: every request checks the manifest (the default window is covered in
+    // tests/nonblocking_fs.rs).
+    let fx = Fixture::start(|c| {
+        with_secret(c);
+        c.revalidate_window = std::time::Duration::ZERO;
+    })
+    .await;
     let id = media_id(0x30);
     fx.put_media(&id, b"bytes", Some(public_manifest(&id, "image/gif")));
     let path = format!("/api/media/{id}");

@@ -453,7 +453,9 @@ async fn vanished_and_replaced_files() {
     let media = media_root();
     let path = media.path().join("web/p/a.gif");
     write_file(&path, b"version one");
-    let server = start_with(media, |_| {}).await;
+    // Window 0: every request checks the file (the default window is covered in
+    // tests/nonblocking_fs.rs).
+    let server = start_with(media, |c| c.revalidate_window = std::time::Duration::ZERO).await;
     assert_eq!(
         get(server.addr, "/media/p/a.gif").await.body,
         b"version one"

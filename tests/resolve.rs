@@ -670,7 +670,15 @@ async fn gun_and_elasticsearch_references_resolve_side_by_side() {
         with(e, "back", g),
     );
     assert_eq!(out.records[0], expected);
-    assert_eq!(es.searches(), vec![search("records", &["did:arweave:e"])]);
+    // The `did:gun:` reference is in Elasticsearch's batch too (issue 13: the indexer
+    // finds GUN records there); Elasticsearch does not have it, so GUN is asked.
+    assert_eq!(
+        es.searches(),
+        vec![
+            search("records", &[&gun_did("g"), "did:arweave:e"]),
+            search("organizations", &[&gun_did("g")]),
+        ]
+    );
     assert_eq!(relay.requests(), 1);
 }
 
@@ -691,4 +699,269 @@ async fn a_misconfigured_relay_is_an_error_not_a_miss() {
     );
     let out = resolver.resolve(vec![root.clone()], &depth(1)).await;
     assert_eq!(out.records[0], linked(root, "x", x));
+}
+
+// ------------------------------------ did:gun: from Elasticsearch first, then GUN (issue 13)
+
+/// A GUN record as the indexer's GUN sync writes it into the `records` index: `data`
+/// and `oip` only (no `meta`), `oip.did` and `oip.didTx` both the `did:gun:` DID, and
+/// `oip.storage` "gun".
+fn synced(record: &Value) -> Value {
+    let mut oip = record["oip"].clone();
+    oip["didTx"] = oip["did"].clone();
+    oip["storage"] = json!("gun");
+    json!({"data": record["data"], "oip": oip})
+}
+
+/// A relay holding `on_relay`, an Elasticsearch holding `in_elastic`, and a resolver
+/// over both (the indexer's deployment: `GUN_PEERS` and `ELASTICSEARCHHOST` set).
+async fn over_both(
+    on_relay: &[Value],
+    in_elastic: Vec<Value>,
+) -> (RelayStub, ElasticStandIn, Resolver, Arc<GunClient>) {
+    let es = ElasticStandIn::start(in_elastic, vec![]).await;
+    let es_url = es.url();
+    let (relay, resolver, client) = over_relay_with(on_relay, |c| {
+        c.resolver.elasticsearch_host = Some(es_url);
+    })
+    .await;
+    (relay, es, resolver, client)
+}
+
+fn workout_using(local: &str) -> Value {
+    rec("did:arweave:w", "W", json!({"ex": gun_did(local)}))
+}
+
+#[tokio::test]
+async fn a_did_gun_record_in_elasticsearch_only_resolves_without_asking_gun() {
+    let squat = gun("squat", "Squat", json!({}));
+    let (relay, es, resolver, _) = over_both(&[], vec![synced(&squat)]).await;
+    let root = workout_using("squat");
+    let out = resolver.resolve(vec![root.clone()], &depth(2)).await;
+    assert_eq!(
+        out.records[0],
+        with(
+            root,
+            "ex",
+            json!({
+                "data": {"basic": {"name": "Squat"}, "links": {}},
+                "oip": {"did": gun_did("squat"), "storage": "gun", "didTx": gun_did("squat")}
+            })
+        )
+    );
+    assert_eq!(es.searches(), vec![search("records", &[&gun_did("squat")])]);
+    assert_eq!(
+        relay.requests(),
+        0,
+        "Elasticsearch had it: GUN is not asked"
+    );
+    assert_eq!(out.stats.source_requests, 1);
+    assert!(es.violations().is_empty(), "{:?}", es.violations());
+}
+
+#[tokio::test]
+async fn a_did_gun_record_on_the_relay_only_is_asked_of_gun_after_elasticsearch() {
+    let fresh = gun("fresh", "Fresh", json!({}));
+    let (relay, es, resolver, _) = over_both(std::slice::from_ref(&fresh), vec![]).await;
+    let root = workout_using("fresh");
+    let out = resolver.resolve(vec![root.clone()], &depth(2)).await;
+    assert_eq!(out.records[0], with(root.clone(), "ex", fresh));
+    assert_eq!(
+        es.searches(),
+        vec![
+            search("records", &[&gun_did("fresh")]),
+            search("organizations", &[&gun_did("fresh")]),
+        ]
+    );
+    assert_eq!(relay.gets_of(&gun_soul("fresh")), 1);
+    assert_eq!(relay.requests(), 1);
+    assert_eq!(out.stats.source_requests, 3);
+    // Cached: the next request asks neither.
+    let again = resolver.resolve(vec![root], &depth(2)).await;
+    assert_eq!(again.records, out.records);
+    assert_eq!(es.searches().len(), 2);
+    assert_eq!(relay.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_did_gun_record_in_both_comes_from_elasticsearch() {
+    // The relay holds a newer edit the sync has not indexed yet: the indexer answers
+    // with Elasticsearch's copy, and so does this resolver.
+    let indexed = gun("both", "Deadlift", json!({}));
+    let newer = gun("both", "Romanian deadlift", json!({}));
+    let (relay, es, resolver, _) =
+        over_both(std::slice::from_ref(&newer), vec![synced(&indexed)]).await;
+    let root = workout_using("both");
+    let out = resolver.resolve(vec![root.clone()], &depth(1)).await;
+    assert_eq!(
+        out.records[0],
+        with(
+            root,
+            "ex",
+            json!({
+                "data": {"basic": {"name": "Deadlift"}, "links": {}},
+                "oip": {"did": gun_did("both"), "storage": "gun", "didTx": gun_did("both")}
+            })
+        )
+    );
+    assert_eq!(es.searches(), vec![search("records", &[&gun_did("both")])]);
+    assert_eq!(relay.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_did_gun_record_in_neither_stays_a_did_and_both_misses_are_remembered() {
+    let (relay, es, resolver, client) = over_both(&[], vec![]).await;
+    let root = workout_using("nowhere");
+    let out = resolver.resolve(vec![root.clone()], &depth(2)).await;
+    assert_eq!(out.records[0], root);
+    assert_eq!(out.stats.not_found, 1);
+    assert_eq!(out.stats.source_errors, 0);
+    assert_eq!(
+        es.searches(),
+        vec![
+            search("records", &[&gun_did("nowhere")]),
+            search("organizations", &[&gun_did("nowhere")]),
+        ]
+    );
+    assert_eq!(relay.gets_of(&gun_soul("nowhere")), 1);
+    assert_eq!(out.stats.source_requests, 3);
+
+    // The resolver's record cache remembers the miss: nothing is asked again.
+    let again = resolver.resolve(vec![root.clone()], &depth(2)).await;
+    assert_eq!(again.records[0], root);
+    assert_eq!(
+        (again.stats.cache_hits, again.stats.source_requests),
+        (1, 0)
+    );
+    assert_eq!(es.searches().len(), 2);
+    assert_eq!(relay.requests(), 1);
+
+    // A resolver with a cold record cache asks Elasticsearch again (a sync may have
+    // indexed the record since), but the GUN client's 404 cache answers for the relay.
+    let settings = with_elastic(&es);
+    let other = Resolver::new(&settings, Some(client)).unwrap();
+    let out = other.resolve(vec![root.clone()], &depth(2)).await;
+    assert_eq!(out.records[0], root);
+    assert_eq!(es.searches().len(), 4);
+    assert_eq!(relay.requests(), 1, "the GUN 404 cache was bypassed");
+}
+
+#[tokio::test]
+async fn one_level_sends_every_did_in_one_search_and_only_the_gun_leftovers_to_gun() {
+    let arweave = rec("did:arweave:a", "A", json!({}));
+    let es_only = gun("es-only", "ES only", json!({}));
+    let both = gun("both", "Both", json!({}));
+    let relay_only = gun("relay-only", "Relay only", json!({}));
+    let (relay, es, resolver, _) = over_both(
+        &[both.clone(), relay_only.clone()],
+        vec![arweave.clone(), synced(&es_only), synced(&both)],
+    )
+    .await;
+    let root = rec(
+        "did:arweave:root",
+        "Root",
+        json!({"all": [
+            "did:arweave:a", gun_did("es-only"), gun_did("both"), gun_did("relay-only"),
+            gun_did("neither"), "did:arweave:gone"
+        ]}),
+    );
+    let out = resolver.resolve(vec![root.clone()], &depth(1)).await;
+    assert_eq!(
+        out.records[0],
+        with(
+            root,
+            "all",
+            json!([
+                arweave,
+                synced(&es_only),
+                synced(&both),
+                relay_only,
+                gun_did("neither"),
+                "did:arweave:gone"
+            ])
+        )
+    );
+    assert_eq!(
+        es.searches(),
+        vec![
+            search(
+                "records",
+                &[
+                    "did:arweave:a",
+                    &gun_did("es-only"),
+                    &gun_did("both"),
+                    &gun_did("relay-only"),
+                    &gun_did("neither"),
+                    "did:arweave:gone"
+                ]
+            ),
+            search(
+                "organizations",
+                &[
+                    &gun_did("relay-only"),
+                    &gun_did("neither"),
+                    "did:arweave:gone"
+                ]
+            ),
+        ]
+    );
+    for (local, gets) in [
+        ("es-only", 0),
+        ("both", 0),
+        ("relay-only", 1),
+        ("neither", 1),
+    ] {
+        assert_eq!(relay.gets_of(&gun_soul(local)), gets, "{local}");
+    }
+    assert_eq!(relay.requests(), 2);
+    assert_eq!(out.stats.lookups, 6);
+    assert_eq!(out.stats.not_found, 2);
+    assert_eq!(out.stats.source_requests, 4);
+}
+
+#[tokio::test]
+async fn a_failing_elasticsearch_falls_back_to_gun_and_caches_no_miss() {
+    let there = gun("there", "There", json!({}));
+    let (relay, es, resolver, _) = over_both(std::slice::from_ref(&there), vec![]).await;
+    es.fail_with(503);
+    let root = rec(
+        "did:arweave:r",
+        "R",
+        json!({"a": gun_did("there"), "b": gun_did("gone"), "c": "did:arweave:x"}),
+    );
+    let out = resolver.resolve(vec![root.clone()], &depth(1)).await;
+    // GUN answers for its own DIDs; the miss is not a miss (Elasticsearch could not
+    // say), and the arweave DID has no other source.
+    assert_eq!(out.records[0], with(root.clone(), "a", there));
+    assert_eq!(out.stats.source_errors, 2);
+    assert_eq!(out.stats.not_found, 0);
+    assert_eq!(relay.requests(), 2);
+    assert_eq!(es.searches().len(), 1);
+    // Nothing was remembered as missing: all three are asked again.
+    es.fail_with(0);
+    let again = resolver.resolve(vec![root], &depth(1)).await;
+    assert_eq!(again.stats.cache_hits, 1);
+    assert_eq!(
+        es.searches()[1],
+        search("records", &[&gun_did("gone"), "did:arweave:x"])
+    );
+}
+
+#[tokio::test]
+async fn without_a_relay_did_gun_records_come_from_elasticsearch_alone() {
+    let synced_one = synced(&gun("synced", "Synced", json!({})));
+    let es = ElasticStandIn::start(vec![synced_one.clone()], vec![]).await;
+    let resolver = Resolver::new(&with_elastic(&es), None).unwrap();
+    let root = rec(
+        "did:arweave:r",
+        "R",
+        json!({"s": gun_did("synced"), "f": gun_did("fresh")}),
+    );
+    let out = resolver.resolve(vec![root.clone()], &depth(1)).await;
+    assert_eq!(out.records[0], with(root, "s", synced_one));
+    // The fresh one is missing (Elasticsearch answered), not unresolved for want of a
+    // source.
+    assert_eq!(out.stats.not_found, 1);
+    assert_eq!(out.stats.unresolved_no_source, 0);
+    assert_eq!(es.searches().len(), 2);
 }

@@ -381,3 +381,73 @@ async fn gun_references_resolve_through_the_relay_and_a_put_refreshes_them() {
     assert_eq!(relay.gets_of(soul), 2);
     fx.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn recipe_pages_get_merged_ingredient_names() {
+    // What the recipe pages ask for: one level, names only, as query parameters.
+    let ingredient = |did: &str, name: &str| rec(did, name, json!({}));
+    let fx = Fixture::start(
+        vec![
+            ingredient("did:arweave:garlic", "garlic"),
+            ingredient("did:arweave:oil", "olive oil"),
+            ingredient("did:arweave:pepper", "black pepper"),
+            ingredient("did:arweave:thighs", "chicken thighs"),
+            ingredient("did:arweave:salt", "salt"),
+        ],
+        |_| {},
+    )
+    .await;
+    let dish = json!({"oip": {"did": "did:arweave:dish"}, "data": {
+        "basic": {"name": "Chicken"},
+        "recipe": {
+            "ingredient": ["did:arweave:garlic", "did:arweave:oil", "did:arweave:pepper",
+                           "did:arweave:thighs", "did:arweave:salt"],
+            "ingredient_comment": ["minced", "extra virgin divided", "ground", "boneless", " "]
+        }
+    }});
+    let (status, body) = fx
+        .post_json(
+            "/api/resolve?resolveDepth=1&resolveNamesOnly=true",
+            json!({"records": [dish]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["records"],
+        json!([{"oip": {"did": "did:arweave:dish"}, "data": {
+            "basic": {"name": "Chicken"},
+            "recipe": {
+                "ingredient": ["garlic, minced", "extra virgin olive oil, divided",
+                               "ground black pepper", "boneless chicken thighs", "salt"],
+                "ingredient_comment": ["minced", "extra virgin divided", "ground", "boneless", " "]
+            }
+        }}])
+    );
+    assert_eq!(fx.es.searches().len(), 1);
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_did_gun_record_the_sync_indexed_comes_from_elasticsearch_not_the_relay() {
+    let relay = RelayStub::start().await;
+    let soul = "647f79c2a338:meal-1";
+    let did = format!("did:gun:{soul}");
+    // As the indexer's GUN sync writes it into `records`.
+    let indexed = json!({"data": {"basic": {"name": "Meal"}},
+                         "oip": {"did": did, "didTx": did, "storage": "gun"}});
+    let relay_url = relay.base_url();
+    let fx = Fixture::start(vec![indexed.clone()], move |c| {
+        c.gun.gun_peers = Some(relay_url)
+    })
+    .await;
+    let plan = rec("did:arweave:plan", "Plan", json!({"meal": did}));
+    let (status, body) = fx
+        .post_json("/api/resolve", json!({"record": plan, "resolveDepth": 1}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["record"], with(plan, "meal", indexed));
+    assert_eq!(fx.es.searches().len(), 1);
+    assert_eq!(relay.requests(), 0);
+    assert_eq!(body["stats"]["sourceRequests"], 1);
+    fx.server.shutdown().await;
+}

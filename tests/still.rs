@@ -168,7 +168,8 @@ async fn bad_requests_for_stills() {
 
 #[tokio::test]
 async fn a_still_is_rendered_once_then_served_from_the_derived_folder() {
-    let fx = Fixture::start(|_| {}).await;
+    // Window 0: the replaced GIF at the end must be seen at once.
+    let fx = Fixture::start(|c| c.revalidate_window = std::time::Duration::ZERO).await;
     fx.put_web("once.gif", &pattern_gif(32, 32));
     let path = "/media/fitnessally/once.gif?still=1&w=90";
 

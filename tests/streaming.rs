@@ -37,7 +37,9 @@ async fn truncating_a_mapped_file_mid_response_costs_only_that_connection() {
         .set_len(64 << 20)
         .unwrap();
     write_file(&media.path().join("web/p/small.gif"), b"still here");
-    let server = start_with(media, |_| {}).await;
+    // Window 0: the request after the truncation must see it at once (with the default
+    // window it is seen at most one window later; tests/nonblocking_fs.rs covers that).
+    let server = start_with(media, |c| c.revalidate_window = Duration::ZERO).await;
 
     let mut slow = send_get(server.addr, "/media/p/big.gif").await;
     let mut first = vec![0u8; 64 * 1024];
@@ -78,7 +80,8 @@ async fn a_replaced_file_is_remapped_while_the_old_response_finishes_intact() {
     let path = media.path().join("web/p/a.gif");
     let old = pattern(16 << 20, 1);
     write_file(&path, &old);
-    let server = start_with(media, |_| {}).await;
+    // Window 0: the next request must see the new file at once.
+    let server = start_with(media, |c| c.revalidate_window = Duration::ZERO).await;
 
     let mut slow = send_get(server.addr, "/media/p/a.gif").await;
     let mut first = vec![0u8; 4096];
@@ -344,9 +347,17 @@ async fn open_descriptors_do_not_grow_with_files_served() {
         );
     }
     let server = start_with(media, |c| c.map_cache_entries = 32).await;
+    // Descriptors of files under this media root only: the other tests of this binary
+    // run at the same time and open sockets of their own.
+    let root = std::fs::canonicalize(server.media.path()).unwrap();
     let fds = || {
         std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter(|target| target.starts_with(&root))
+                    .count()
+            })
             .unwrap_or(0)
     };
     let _ = get(server.addr, "/media/p/0.gif").await;
@@ -362,8 +373,8 @@ async fn open_descriptors_do_not_grow_with_files_served() {
     let cached = server.server.app().state().store.cached_entries();
     assert!(cached <= 32, "the cache keeps its bound ({cached})");
     assert!(
-        after <= before + 32 + 10,
-        "descriptors bounded by the cache: {before} → {after} after 300 files"
+        before >= 1 && after <= 32,
+        "one descriptor per cached file, bounded by the cache: {before} → {after} after 300 files"
     );
     server.stop().await;
 }

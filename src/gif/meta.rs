@@ -29,10 +29,16 @@ pub struct GifInfo {
     pub loop_count: u32,
 }
 
-/// True when the file at `path` starts with a GIF signature. Reads six bytes.
+/// True when the file at `path` starts with a GIF signature. Reads six bytes; anything
+/// but a regular file is not a GIF (and is never waited on). Blocking: call it on the
+/// filesystem pool.
 pub fn looks_like_gif(path: &Path) -> std::io::Result<bool> {
     let mut magic = [0u8; 6];
-    let mut file = std::fs::File::open(path)?;
+    let mut file = match crate::store::open_regular(path) {
+        Ok((file, _)) => file,
+        Err(crate::store::OpenError::NotRegular) => return Ok(false),
+        Err(crate::store::OpenError::Io(error)) => return Err(error),
+    };
     match file.read_exact(&mut magic) {
         Ok(()) => Ok(&magic == b"GIF87a" || &magic == b"GIF89a"),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),

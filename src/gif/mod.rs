@@ -1,10 +1,13 @@
 //! GIF metadata (`/info`) and still posters (`?still=1`).
 //!
 //! Everything here reads files with `read()`, never through a mapping: a GIF truncated
-//! while we parse it must cost an error, not a SIGBUS (SPEC §2). Decoding and encoding
-//! run on Tokio's blocking pool behind a semaphore (`--still-workers`), with the frame,
-//! dimension and pixel limits checked before anything is allocated, so a hostile GIF
-//! costs bounded CPU and memory and never stalls the async workers.
+//! while we parse it must cost an error, not a SIGBUS (SPEC §2). Files are opened with
+//! [`crate::store::open_regular`], so a FIFO swapped in for a GIF is refused rather than
+//! waited on. Decoding and encoding run on Tokio's blocking pool behind a semaphore
+//! (`--still-workers`), with the frame, dimension and pixel limits checked before
+//! anything is allocated, so a hostile GIF costs bounded CPU and memory and never stalls
+//! the async workers. The derived folder's checks, writes and eviction scans run on the
+//! filesystem pool ([`crate::fs_pool`]), within its bounds.
 //!
 //! - [`meta`]: width, height, frames, duration, loop count.
 //! - [`still`]: the first frame as a PNG, optionally resized.
@@ -28,7 +31,8 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::store::{FileIdentity, Root};
+use crate::fs_pool::{FsPool, FsPoolError};
+use crate::store::{FileIdentity, OpenError, Root, open_regular};
 use derived::DerivedDir;
 use meta::GifInfo;
 
@@ -86,6 +90,9 @@ pub enum GifError {
     /// The file or the derived folder could not be read or written: 500.
     #[error("{0}")]
     Io(String),
+    /// The filesystem pool refused the call or it timed out: 503, try again.
+    #[error("filesystem busy: {0}")]
+    Busy(FsPoolError),
 }
 
 impl GifError {
@@ -110,10 +117,15 @@ impl GifError {
 /// Opens `path` for reading and checks that it is still the file `expected` describes
 /// (the one the route looked up and whose ETag it will send).
 fn open_checked(path: &Path, expected: FileIdentity) -> Result<File, GifError> {
-    let file = File::open(path).map_err(|_| GifError::SourceChanged)?;
-    let meta = file
-        .metadata()
-        .map_err(|e| GifError::Io(format!("cannot stat GIF: {e}")))?;
+    let (file, meta) = match open_regular(path) {
+        Ok(opened) => opened,
+        // Gone, or no longer a regular file: not the file the route looked up.
+        Err(OpenError::NotRegular) => return Err(GifError::SourceChanged),
+        Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(GifError::SourceChanged);
+        }
+        Err(OpenError::Io(e)) => return Err(GifError::Io(format!("cannot open GIF: {e}"))),
+    };
     if FileIdentity::of(&meta) != expected {
         return Err(GifError::SourceChanged);
     }
@@ -148,12 +160,14 @@ pub struct Gifs {
     info: quick_cache::sync::Cache<FileIdentity, Result<GifInfo, GifError>>,
     renders: quick_cache::sync::Cache<String, Result<(), GifError>>,
     derived: Arc<DerivedDir>,
+    fs: FsPool,
 }
 
 impl Gifs {
     /// Builds the workers and caches and opens (creating it if needed) the derived
-    /// folder; fails only when that folder cannot be created or listed.
-    pub fn new(config: &Config) -> std::io::Result<Gifs> {
+    /// folder; fails only when that folder cannot be created or listed. The derived
+    /// folder's filesystem calls run on `fs`.
+    pub fn new(config: &Config, fs: FsPool) -> std::io::Result<Gifs> {
         let entries = config.gif_info_cache_entries.max(1);
         Ok(Gifs {
             counters: Arc::default(),
@@ -166,6 +180,7 @@ impl Gifs {
                 &config.derived_dir,
                 config.derived_max_bytes,
             )?),
+            fs,
         })
     }
 
@@ -187,6 +202,16 @@ impl Gifs {
     /// The derived folder (for its byte count).
     pub fn derived(&self) -> &DerivedDir {
         &self.derived
+    }
+
+    /// True when `name` is in the derived folder (a `stat`, on the filesystem pool).
+    async fn derived_contains(&self, name: &str) -> Result<bool, GifError> {
+        let derived = Arc::clone(&self.derived);
+        let name = name.to_owned();
+        self.fs
+            .run(move || derived.contains(&name))
+            .await
+            .map_err(GifError::Busy)
     }
 
     /// Runs `work` on the blocking pool once a worker slot is free.
@@ -239,13 +264,13 @@ impl Gifs {
         width: Option<u32>,
     ) -> Result<Still, GifError> {
         let name = derived::still_name(identity, width);
-        if self.derived.contains(&name) {
+        if self.derived_contains(&name).await? {
             return Ok(Still { name, fresh: None });
         }
         if matches!(self.renders.peek(&name), Some(Ok(()))) {
             // Either a render finished since the check above, or the file it wrote has
             // been evicted since: look again before forgetting the success.
-            if self.derived.contains(&name) {
+            if self.derived_contains(&name).await? {
                 return Ok(Still { name, fresh: None });
             }
             self.renders.remove(&name);
@@ -261,14 +286,28 @@ impl Gifs {
                 let rendered = self
                     .blocking(move || {
                         counters.stills_rendered.fetch_add(1, Ordering::Relaxed);
-                        let png = still::render(&path, identity, width, &limits)?;
-                        derived
-                            .store(&key, &png)
-                            .map_err(|e| GifError::Io(format!("cannot write still: {e}")))?;
-                        Ok(Bytes::from(png))
+                        still::render(&path, identity, width, &limits).map(Bytes::from)
                     })
                     .await;
-                match rendered {
+                // Writing (temp file, fsync, rename) and the eviction scan it may start
+                // are filesystem work: on the filesystem pool, not a render worker. When
+                // the pool cannot take it, the PNG in hand is still the answer; the next
+                // request finds no file and renders again.
+                let stored = match rendered {
+                    Ok(png) => {
+                        let written = png.clone();
+                        match self.fs.run(move || derived.store(&key, &written)).await {
+                            Ok(Ok(())) => Ok(png),
+                            Ok(Err(e)) => Err(GifError::Io(format!("cannot write still: {e}"))),
+                            Err(busy) => {
+                                tracing::debug!(%busy, "still rendered but not written");
+                                Ok(png)
+                            }
+                        }
+                    }
+                    Err(error) => Err(error),
+                };
+                match stored {
                     Ok(png) => {
                         fresh = Some(png);
                         Ok(Ok(()))

@@ -6,11 +6,13 @@
 //! 1. **Look up, level by level.** Level 1 is every reference in the input records;
 //!    level `n + 1` every reference in the records found at level `n`. Each DID is
 //!    looked up once per request (a memo shared by sibling branches, so diamonds cost
-//!    one lookup), first in the process-wide [`RecordCache`], then in its source: all
-//!    Elasticsearch references of a level in one search, `did:gun:` references through
-//!    the 404-caching GUN client, concurrently up to `--resolve-concurrency`; both
-//!    kinds of a level at the same time. A per-request budget caps the lookups and a
-//!    per-request deadline the time they take; what is left over stays a DID.
+//!    one lookup), first in the process-wide [`RecordCache`], then in the sources, in
+//!    the indexer's order: every reference of the level, `did:gun:` ones included, in
+//!    one Elasticsearch search (the indexer's GUN sync writes GUN records into its
+//!    `records` index); then the `did:gun:` references Elasticsearch did not have
+//!    through the 404-caching GUN client, concurrently up to `--resolve-concurrency`.
+//!    A per-request budget caps the lookups and a per-request deadline the time they
+//!    take; what is left over stays a DID.
 //! 2. **Build** the output from the memo without I/O (see `walk`): copies of the
 //!    looked-up records, paid for out of an output budget, with the indexer's cycle
 //!    stubs and names-only rule. Looked-up records are shared, read-only, with the
@@ -24,6 +26,7 @@ pub mod cache;
 pub mod elastic;
 pub mod gun_source;
 pub mod options;
+pub mod recipe;
 pub mod source;
 pub mod stats;
 mod walk;
@@ -75,9 +78,10 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver with the sources the settings configure: `did:gun:` references
-    /// through `gun` (the process's one GUN client, with its negative cache) when
-    /// there is one, the others through Elasticsearch when `--elasticsearch-host` is set.
+    /// A resolver with the sources the settings configure: every reference through
+    /// Elasticsearch when `--elasticsearch-host` is set, and the `did:gun:` ones it
+    /// does not have through `gun` (the process's one GUN client, with its negative
+    /// cache) when there is one.
     pub fn new(
         settings: &ResolverSettings,
         gun: Option<Arc<GunClient>>,
@@ -202,8 +206,7 @@ impl Resolver {
         }
         stats.lookups += dids.len() as u64;
 
-        let mut gun = Vec::new();
-        let mut indexed = Vec::new();
+        let mut asked = Vec::new();
         for did in &dids {
             match self.cache.get(did).await {
                 Some(CachedRecord::Found(found)) => {
@@ -217,24 +220,13 @@ impl Resolver {
                 }
                 None => {
                     stats.misses += 1;
-                    match SourceKind::of(did) {
-                        SourceKind::Gun => gun.push(did.clone()),
-                        SourceKind::Indexed => indexed.push(did.clone()),
-                    }
+                    asked.push(did.clone());
                 }
             }
         }
 
-        let (gun_batch, indexed_batch) = futures_util::future::join(
-            self.fetch(SourceKind::Gun, &gun, deadline),
-            self.fetch(SourceKind::Indexed, &indexed, deadline),
-        )
-        .await;
-        let mut inserted = false;
-        for (asked, batch) in [(gun, gun_batch), (indexed, indexed_batch)] {
-            inserted |= self.absorb(asked, batch, memo, stats).await;
-        }
-        if inserted {
+        let answers = self.fetch_level(&asked, deadline, stats).await;
+        if self.absorb(asked, answers, memo, stats).await {
             // Keep the cache within its bounds now rather than at moka's next
             // housekeeping (see `RecordCache`).
             self.cache.run_pending_tasks().await;
@@ -244,39 +236,74 @@ impl Resolver {
             .collect()
     }
 
-    /// Asks the source of `kind` for `dids`; `None` when no such source is configured.
-    async fn fetch(&self, kind: SourceKind, dids: &[String], deadline: Instant) -> Option<Batch> {
+    /// Asks the sources for `dids` (those of a level the cache could not answer), in
+    /// the indexer's order: every DID, `did:gun:` ones included, in Elasticsearch's
+    /// one batched search (the indexer's GUN sync writes GUN records into its `records`
+    /// index, and it finds them there like any other DID); then the `did:gun:` DIDs
+    /// Elasticsearch did not have (fresh records not yet synced, or no Elasticsearch
+    /// configured) through the 404-caching GUN client. One answer per DID, in order;
+    /// `None` where no configured source serves the DID.
+    async fn fetch_level(
+        &self,
+        dids: &[String],
+        deadline: Instant,
+        stats: &mut ResolveStats,
+    ) -> Vec<Option<Fetched>> {
+        let mut answers: Vec<Option<Fetched>> = vec![None; dids.len()];
         if dids.is_empty() {
-            return Some(Batch::default());
+            return answers;
         }
-        let source = self.sources.get(kind)?;
-        Some(source.fetch(dids, deadline).await)
+        if let Some(indexed) = &self.sources.indexed {
+            let batch = indexed.fetch(dids, deadline).await;
+            stats.source_requests += batch.requests;
+            for (slot, answer) in answers
+                .iter_mut()
+                .zip(one_per_did(dids.len(), batch.answers))
+            {
+                *slot = Some(answer);
+            }
+        }
+        let Some(gun) = &self.sources.gun else {
+            return answers;
+        };
+        let (positions, souls): (Vec<usize>, Vec<String>) = dids
+            .iter()
+            .enumerate()
+            .filter(|(i, did)| {
+                SourceKind::of(did) == SourceKind::Gun && asks_gun_after(answers[*i].as_ref())
+            })
+            .map(|(i, did)| (i, did.clone()))
+            .unzip();
+        if souls.is_empty() {
+            return answers;
+        }
+        let batch = gun.fetch(&souls, deadline).await;
+        stats.source_requests += batch.requests;
+        for (i, answer) in positions
+            .into_iter()
+            .zip(one_per_did(souls.len(), batch.answers))
+        {
+            answers[i] = Some(after_gun(answers[i].take(), answer));
+        }
+        answers
     }
 
-    /// Files a source's answers in the memo and the cache; true if anything was cached.
+    /// Files the sources' answers in the memo and the cache; true if anything was
+    /// cached.
     async fn absorb(
         &self,
         asked: Vec<String>,
-        batch: Option<Batch>,
+        answers: Vec<Option<Fetched>>,
         memo: &mut Memo,
         stats: &mut ResolveStats,
     ) -> bool {
-        let Some(batch) = batch else {
-            stats.unresolved_no_source += asked.len() as u64;
-            for did in asked {
-                memo.insert(did, Lookup::Unresolved);
-            }
-            return false;
-        };
-        stats.source_requests += batch.requests;
-        let mut answers = batch.answers.into_iter();
         let mut inserted = false;
-        for did in asked {
-            // A source that answers short is a bug there; its unanswered DIDs count
-            // as failures rather than as "missing" (which would be cached).
-            let answer = answers
-                .next()
-                .unwrap_or_else(|| Fetched::Failed("source gave no answer".into()));
+        for (did, answer) in asked.into_iter().zip(answers) {
+            let Some(answer) = answer else {
+                stats.unresolved_no_source += 1;
+                memo.insert(did, Lookup::Unresolved);
+                continue;
+            };
             match answer {
                 Fetched::Found(record) => {
                     let found = FoundRecord::new(record);
@@ -302,6 +329,38 @@ impl Resolver {
             }
         }
         inserted
+    }
+}
+
+/// A source's answers to `asked` DIDs, exactly one per DID. A source that answers
+/// short is a bug there; its unanswered DIDs count as failures rather than as
+/// "missing" (which would be cached).
+fn one_per_did(asked: usize, answers: Vec<Fetched>) -> impl Iterator<Item = Fetched> {
+    answers
+        .into_iter()
+        .chain(std::iter::repeat_with(|| {
+            Fetched::Failed("source gave no answer".into())
+        }))
+        .take(asked)
+}
+
+/// Whether a `did:gun:` DID is asked of GUN after Elasticsearch's `answer` (`None`:
+/// no Elasticsearch). Found: Elasticsearch wins. Timed out: the request's deadline has
+/// passed, GUN could not answer either. Missing or failed: GUN may have it.
+fn asks_gun_after(answer: Option<&Fetched>) -> bool {
+    match answer {
+        None | Some(Fetched::Missing) | Some(Fetched::Failed(_)) => true,
+        Some(Fetched::Found(_)) | Some(Fetched::TimedOut) => false,
+    }
+}
+
+/// One answer for a `did:gun:` DID from Elasticsearch's answer (if any) and GUN's.
+/// GUN's answer stands, except that a miss at GUN after Elasticsearch failed is a
+/// failure: Elasticsearch may have the record, so the miss must not be cached.
+fn after_gun(indexed: Option<Fetched>, gun: Fetched) -> Fetched {
+    match (indexed, gun) {
+        (Some(failed @ Fetched::Failed(_)), Fetched::Missing) => failed,
+        (_, gun) => gun,
     }
 }
 

@@ -109,6 +109,12 @@ fn parse_bool(value: &Value) -> Result<bool, OptionsError> {
 /// word — the `key` itself in any category. SPEC §4 documents a single word as a key;
 /// the indexer's prefix matcher also lets it select a whole category; both readings
 /// are honoured so that no caller of either kind loses a field.
+///
+/// A target also selects its dotted children, as in the indexer (which compares
+/// `category.key` with `target + '.'` as a string prefix) and SPEC §4: OIP keys may
+/// contain dots, so `links.x` selects the key `x.y` in category `links`, and a single
+/// word `x` the key `x.y` in any category. A target never selects a mere string
+/// prefix: `links.x` does not select `xy`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldFilter {
     targets: Vec<String>,
@@ -167,24 +173,27 @@ impl FieldFilter {
     }
 }
 
-/// The match, without building strings: `target` is a bare key, equals `category.key`
-/// or `data.category.key`, or is a dotted prefix of one of them.
+/// The match, without building strings: `target` is a bare key (or a dotted parent
+/// of one), or a dotted prefix of `category.key` or `data.category.key`, the whole of
+/// either included.
 fn covers(target: &str, category: &str, key: &str) -> bool {
     target == "data"
-        || (!target.contains('.') && target == key)
-        || covers_short(target, category, key)
+        || (!target.contains('.') && is_dotted_prefix(target, [key]))
+        || is_dotted_prefix(target, [category, key])
         || target
             .strip_prefix("data.")
-            .is_some_and(|short| covers_short(short, category, key))
+            .is_some_and(|short| is_dotted_prefix(short, [category, key]))
 }
 
-/// `target` equals `category.key` or is a dotted prefix of it (`category`).
-fn covers_short(target: &str, category: &str, key: &str) -> bool {
-    match target.strip_prefix(category) {
-        Some("") => true,
-        Some(rest) => rest.strip_prefix('.') == Some(key),
-        None => false,
-    }
+/// Whether `target` is the dotted path `segments` joined with `.`, or a prefix of it
+/// ending just before a `.` (`links.x` of `links.x.y`, not of `links.xy`). Compared
+/// byte by byte over the segments, so no path is built per field.
+fn is_dotted_prefix<const N: usize>(target: &str, segments: [&str; N]) -> bool {
+    let mut path = segments
+        .iter()
+        .enumerate()
+        .flat_map(|(i, segment)| (i > 0).then_some(b'.').into_iter().chain(segment.bytes()));
+    target.bytes().all(|byte| path.next() == Some(byte)) && matches!(path.next(), None | Some(b'.'))
 }
 
 #[cfg(test)]
@@ -224,6 +233,40 @@ mod tests {
         // A category that is itself called `data`.
         assert!(FieldFilter::parse("data.x").allows("data", "x"));
         assert!(FieldFilter::parse("data.data.x").allows("data", "x"));
+    }
+
+    #[test]
+    fn a_target_selects_its_dotted_children() {
+        // Keys that contain dots: `links.x` selects `x.y` and `x.y.z` in `links`.
+        let f = FieldFilter::parse("links.x");
+        assert!(f.allows("links", "x"));
+        assert!(f.allows("links", "x.y"));
+        assert!(f.allows("links", "x.y.z"));
+        assert!(!f.allows("links", "xy"));
+        assert!(!f.allows("links", "x-y"));
+        assert!(!f.allows("links", ".x"));
+        assert!(!f.allows("other", "x.y"));
+        // With the `data.` prefix, and deeper targets.
+        assert!(FieldFilter::parse("data.links.x").allows("links", "x.y"));
+        assert!(FieldFilter::parse("links.x.y").allows("links", "x.y.z"));
+        assert!(FieldFilter::parse("links.x.y").allows("links", "x.y"));
+        assert!(!FieldFilter::parse("links.x.y").allows("links", "x"));
+        assert!(!FieldFilter::parse("links.x.y").allows("links", "x.yz"));
+        // A category name with a dot in it matches like any path.
+        assert!(FieldFilter::parse("a.b").allows("a.b", "c"));
+        assert!(FieldFilter::parse("a.b.c").allows("a.b", "c"));
+        assert!(!FieldFilter::parse("a.bc").allows("a.b", "c"));
+        // A single word: the key and its dotted children in any category, and the
+        // category of that name.
+        let word = FieldFilter::parse("x");
+        assert!(word.allows("links", "x.y"));
+        assert!(word.allows("other", "x"));
+        assert!(word.allows("x", "anything"));
+        assert!(!word.allows("links", "xy"));
+        // Array categories' items are fields named by their index.
+        assert!(FieldFilter::parse("tags.0").allows("tags", "0"));
+        assert!(!FieldFilter::parse("tags.0").allows("tags", "01"));
+        assert!(FieldFilter::parse("tags").allows("tags", "7"));
     }
 
     #[test]

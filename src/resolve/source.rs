@@ -1,7 +1,8 @@
 //! Where referenced records come from. The resolver's core only sees the
-//! [`RecordSource`] trait: one call per resolution level with every DID of that level
-//! that the cache could not answer, so a source can batch (Elasticsearch: one search)
-//! or fan out with a bound (GUN: one get per soul).
+//! [`RecordSource`] trait: one call per resolution level and source with the DIDs of
+//! that level it asks there, so a source can batch (Elasticsearch: one search) or fan
+//! out with a bound (GUN: one get per soul). Elasticsearch is asked for every DID the
+//! cache could not answer, GUN for the `did:gun:` ones Elasticsearch did not have.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,12 +50,13 @@ pub fn gun_soul(did: &str) -> Option<&str> {
     did.strip_prefix(GUN_PREFIX)
 }
 
-/// Which source serves a DID.
+/// Which sources may serve a DID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceKind {
-    /// `did:gun:<soul>`: the GUN relay.
+    /// `did:gun:<soul>`: Elasticsearch (where the indexer's GUN sync puts GUN
+    /// records), then the GUN relay for what Elasticsearch does not have.
     Gun,
-    /// Everything else (`did:arweave:…` and friends): Elasticsearch.
+    /// Everything else (`did:arweave:…` and friends): Elasticsearch only.
     Indexed,
 }
 
@@ -69,24 +71,15 @@ impl SourceKind {
     }
 }
 
-/// The sources a resolver uses, by kind; a missing one leaves its references
-/// unresolved (and counted as such).
+/// The sources a resolver uses; a reference no configured source serves stays
+/// unresolved (and is counted as such).
 #[derive(Clone, Default)]
 pub struct Sources {
-    /// Serves `did:gun:` references.
+    /// Serves the `did:gun:` references `indexed` does not have (all of them when
+    /// there is no `indexed`). Only ever asked for `did:gun:` DIDs.
     pub gun: Option<Arc<dyn RecordSource>>,
-    /// Serves every other reference.
+    /// Serves every reference, `did:gun:` ones included, asked first.
     pub indexed: Option<Arc<dyn RecordSource>>,
-}
-
-impl Sources {
-    /// The source for `kind`, if one is configured.
-    pub fn get(&self, kind: SourceKind) -> Option<&Arc<dyn RecordSource>> {
-        match kind {
-            SourceKind::Gun => self.gun.as_ref(),
-            SourceKind::Indexed => self.indexed.as_ref(),
-        }
-    }
 }
 
 /// Records held in memory, keyed by DID: for tests, and for embedding the resolver

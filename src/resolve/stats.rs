@@ -26,12 +26,13 @@ pub struct ResolveStats {
     /// Lookups whose source failed (error status, bad answer, the source's own
     /// timeout); they stay DIDs and are not remembered, so a later request tries again.
     pub source_errors: u64,
-    /// Lookups with no source configured for their kind of DID (`did:gun:` without a
-    /// GUN relay, others without `ELASTICSEARCHHOST`); they stay DIDs.
+    /// Lookups with no source configured for their kind of DID (`did:gun:` without
+    /// `ELASTICSEARCHHOST` or a GUN relay, others without `ELASTICSEARCHHOST`); they
+    /// stay DIDs.
     pub unresolved_no_source: u64,
     /// Requests sent to sources: Elasticsearch searches (one per level and index, unless
     /// a level has more references than one search carries) and GUN gets (one per
-    /// `did:gun:` reference the cache could not answer).
+    /// `did:gun:` reference neither the cache nor Elasticsearch had).
     pub source_requests: u64,
     /// Wall time of the resolution, in milliseconds.
     pub elapsed_ms: u64,

@@ -417,3 +417,247 @@ async fn records_without_data_pass_through() {
         .await;
     assert_eq!(out.records, vec![odd, json!(5)]);
 }
+
+// ------------------------------------------------------- parity with the indexer (issue 13)
+
+#[tokio::test]
+async fn a_category_that_is_an_array_has_its_references_resolved() {
+    // The indexer walks a category with `Object.keys`, which lists an array's indices:
+    // each item is a field named by its index.
+    let root = json!({"oip": {"did": "did:root"}, "data": {
+        "basic": {"name": "Root"},
+        "tags": ["did:b", "x", ["did:c", 5], {"k": "did:d"}, "did:gone"]
+    }});
+    let b = rec("did:b", "B", json!({}));
+    let c = rec("did:c", "C", json!({}));
+    let d = rec("did:d", "D", json!({}));
+    let (resolver, source) = resolver(vec![b.clone(), c.clone(), d]);
+    let out = resolver.resolve(vec![root.clone()], &depth(1)).await;
+    assert_eq!(
+        out.records[0],
+        json!({"oip": {"did": "did:root"}, "data": {
+            "basic": {"name": "Root"},
+            "tags": [b.clone(), "x", [c, 5], {"k": "did:d"}, "did:gone"]
+        }})
+    );
+    assert_eq!(out.stats.lookups, 3, "b, c and gone; not d (nested deeper)");
+    assert_eq!(source.asked("did:d"), 0);
+
+    // Names only, and `tags.0` selecting the first item alone.
+    let options = ResolveOptions {
+        depth: 1,
+        names_only: true,
+        fields: FieldFilter::parse("tags.0"),
+    };
+    let out = resolver.resolve(vec![root], &options).await;
+    assert_eq!(
+        out.records[0],
+        json!({"oip": {"did": "did:root"}, "data": {
+            "basic": {"name": "Root"},
+            "tags": ["B", "x", ["did:c", 5], {"k": "did:d"}, "did:gone"]
+        }})
+    );
+}
+
+#[tokio::test]
+async fn array_categories_resolve_at_deeper_levels_and_cycles_still_stub() {
+    let a = json!({"oip": {"did": "did:a"}, "data": {"basic": {"name": "A"}, "list": ["did:b"]}});
+    let b = json!({"oip": {"did": "did:b"}, "data": {"basic": {"name": "B"}, "list": ["did:a"]}});
+    let (resolver, _) = resolver(vec![a.clone(), b.clone()]);
+    let out = resolver.resolve(vec![a.clone()], &depth(3)).await;
+    assert_eq!(
+        out.records[0],
+        json!({"oip": {"did": "did:a"}, "data": {"basic": {"name": "A"}, "list": [
+            {"oip": {"did": "did:b"}, "data": {"basic": {"name": "B"}, "list": [stub("did:a", "A")]}}
+        ]}})
+    );
+}
+
+#[tokio::test]
+async fn a_field_target_selects_keys_that_contain_dots_below_it() {
+    let root = json!({"oip": {"did": "did:root"}, "data": {
+        "basic": {"name": "Root"},
+        "links": {"x": "did:x", "x.y": "did:xy", "x.y.z": "did:xyz", "xy": "did:no1"},
+        "other": {"x.y": "did:no2"}
+    }});
+    let targets = ["did:x", "did:xy", "did:xyz", "did:no1", "did:no2"]
+        .map(|d| rec(d, &d.to_uppercase(), json!({})));
+    let (resolver, source) = resolver(targets.to_vec());
+    let names = |fields: &str| ResolveOptions {
+        depth: 1,
+        names_only: true,
+        fields: FieldFilter::parse(fields),
+    };
+    let out = resolver
+        .resolve(vec![root.clone()], &names("links.x"))
+        .await;
+    assert_eq!(
+        out.records[0],
+        json!({"oip": {"did": "did:root"}, "data": {
+            "basic": {"name": "Root"},
+            "links": {"x": "DID:X", "x.y": "DID:XY", "x.y.z": "DID:XYZ", "xy": "did:no1"},
+            "other": {"x.y": "did:no2"}
+        }})
+    );
+    assert_eq!(source.asked("did:no1") + source.asked("did:no2"), 0);
+
+    let out = resolver
+        .resolve(vec![root.clone()], &names("data.links.x.y"))
+        .await;
+    assert_eq!(
+        out.records[0]["data"]["links"],
+        json!({"x": "did:x", "x.y": "DID:XY", "x.y.z": "DID:XYZ", "xy": "did:no1"})
+    );
+}
+
+/// A recipe whose ingredients are references, with the indexer's comments.
+fn recipe(did: &str, name: &str, ingredients: Value, comments: Value) -> Value {
+    json!({"oip": {"did": did}, "data": {
+        "basic": {"name": name},
+        "recipe": {"ingredient": ingredients, "ingredient_comment": comments, "servings": 4}
+    }})
+}
+
+fn ingredient_records() -> Vec<Value> {
+    [
+        ("did:garlic", "garlic"),
+        ("did:oil", "olive oil"),
+        ("did:salt", "salt"),
+        ("did:pepper", "black pepper"),
+        ("did:chicken", "chicken thighs"),
+    ]
+    .map(|(did, name)| rec(did, name, json!({})))
+    .to_vec()
+}
+
+#[tokio::test]
+async fn names_only_merges_a_recipes_ingredient_names_with_their_comments() {
+    let dish = recipe(
+        "did:dish",
+        "Roast chicken",
+        json!([
+            "did:garlic",
+            "did:oil",
+            "did:salt",
+            "did:pepper",
+            "did:chicken",
+            "did:gone",
+            "water"
+        ]),
+        json!([
+            "minced",
+            "extra virgin, divided",
+            "",
+            "freshly ground",
+            "boneless skinless",
+            "chopped",
+            "boiling"
+        ]),
+    );
+    let (resolver, _) = resolver(ingredient_records());
+    let names = ResolveOptions {
+        depth: 1,
+        names_only: true,
+        ..ResolveOptions::default()
+    };
+    let out = resolver.resolve(vec![dish.clone()], &names).await;
+    assert_eq!(
+        out.records[0],
+        recipe(
+            "did:dish",
+            "Roast chicken",
+            json!([
+                "garlic, minced",
+                "extra virgin, olive oil, divided",
+                "salt",
+                "freshly ground black pepper",
+                "boneless skinless chicken thighs",
+                "did:gone, chopped",
+                "water, boiling"
+            ]),
+            json!([
+                "minced",
+                "extra virgin, divided",
+                "",
+                "freshly ground",
+                "boneless skinless",
+                "chopped",
+                "boiling"
+            ]),
+        )
+    );
+
+    // Without names-only, nothing is merged: the ingredients are records.
+    let out = resolver.resolve(vec![dish.clone()], &depth(1)).await;
+    let ingredients = out.records[0]["data"]["recipe"]["ingredient"]
+        .as_array()
+        .unwrap();
+    assert_eq!(ingredients[0], ingredient_records()[0]);
+    assert_eq!(ingredients[6], "water");
+
+    // The indexer merges whatever the ingredient list holds at that level, whether
+    // `resolveFieldName` selected it or not: unselected references stay DIDs, merged.
+    let unselected = ResolveOptions {
+        depth: 1,
+        names_only: true,
+        fields: FieldFilter::parse("basic.avatar"),
+    };
+    let out = resolver.resolve(vec![dish], &unselected).await;
+    assert_eq!(
+        out.records[0]["data"]["recipe"]["ingredient"],
+        json!([
+            "did:garlic, minced",
+            "extra virgin, did:oil, divided",
+            "did:salt",
+            "freshly ground did:pepper",
+            "boneless skinless did:chicken",
+            "did:gone, chopped",
+            "water, boiling"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn recipes_are_merged_only_at_the_last_level_and_never_in_the_cache() {
+    // A meal plan (itself carrying a recipe section) → recipe → ingredients.
+    let soup = recipe(
+        "did:soup",
+        "Soup",
+        json!(["did:garlic", "did:salt"]),
+        json!(["crushed", ""]),
+    );
+    let plan = json!({"oip": {"did": "did:plan"}, "data": {
+        "basic": {"name": "Plan"},
+        "plan": {"meals": ["did:soup"]},
+        "recipe": {"ingredient": ["did:garlic"], "ingredient_comment": ["sliced"]}
+    }});
+    let mut records = ingredient_records();
+    records.push(soup.clone());
+    let (resolver, _) = resolver(records);
+    let names = ResolveOptions {
+        depth: 2,
+        names_only: true,
+        ..ResolveOptions::default()
+    };
+    let out = resolver.resolve(vec![plan], &names).await;
+    // The plan has two levels left: its garlic becomes a record, unmerged; the soup
+    // has one left: its ingredients become names, merged.
+    assert_eq!(
+        out.records[0],
+        json!({"oip": {"did": "did:plan"}, "data": {
+            "basic": {"name": "Plan"},
+            "plan": {"meals": [recipe(
+                "did:soup",
+                "Soup",
+                json!(["garlic, crushed", "salt"]),
+                json!(["crushed", ""]),
+            )]},
+            "recipe": {"ingredient": [ingredient_records()[0]], "ingredient_comment": ["sliced"]}
+        }})
+    );
+    // The copy was merged; the cached record is as the source gave it.
+    match resolver.cache().get("did:soup").await {
+        Some(CachedRecord::Found(found)) => assert_eq!(*found.record, soup),
+        other => panic!("did:soup not cached: {other:?}"),
+    }
+}

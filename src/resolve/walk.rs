@@ -4,11 +4,17 @@
 //!
 //! The indexer's rules, kept:
 //! - Only `data.<category>.<key>` is scanned; a reference is a string starting with
-//!   `did:`, or such a string inside an array at that place.
+//!   `did:`, or such a string inside an array at that place. A category whose value is
+//!   an array has its items scanned as fields `"0"`, `"1"`, … — the indexer walks
+//!   categories with `Object.keys`, which lists an array's indices — so
+//!   `data.tags = ["did:…", "x"]` has its DIDs resolved there too (and `tags.0` in
+//!   `resolveFieldName` selects the first item).
 //! - A record resolved with `remaining` levels has each reference replaced by the
 //!   referenced record resolved with `remaining - 1`; a record given 0 levels is
 //!   inserted as stored. With `names_only`, a record with 1 level left gets
-//!   `data.basic.name` instead (the DID when the name is missing or empty).
+//!   `data.basic.name` instead (the DID when the name is missing or empty), and a
+//!   recipe walked with 1 level left has its ingredient names merged with their
+//!   comments afterwards (`recipe`).
 //! - Before expanding a referenced record (1 level or more left), if that record is
 //!   already on the current path from the root, the stub
 //!   `{oip, data: {basic}, _circular: true}` is inserted instead. As in the indexer
@@ -26,6 +32,7 @@ use serde_json::{Map, Value, json};
 
 use super::cache::{FoundRecord, json_len};
 use super::options::FieldFilter;
+use super::recipe::merge_ingredient_comments;
 
 /// What one request learnt about one DID.
 #[derive(Debug, Clone)]
@@ -57,24 +64,44 @@ pub(crate) fn for_each_reference<'r>(
         return;
     };
     for (category, properties) in data {
-        let Value::Object(properties) = properties else {
-            continue;
-        };
-        for (key, value) in properties {
-            if !filter.allows(category, key) {
-                continue;
+        match properties {
+            Value::Object(properties) => {
+                for (key, value) in properties {
+                    if filter.allows(category, key) {
+                        references_in(value, &mut each);
+                    }
+                }
             }
-            match value {
-                Value::String(s) if is_reference(s) => each(s),
-                Value::Array(items) => items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .filter(|s| is_reference(s))
-                    .for_each(&mut each),
-                _ => {}
+            Value::Array(items) => {
+                for (index, value) in items.iter().enumerate() {
+                    if allows_index(filter, category, index) {
+                        references_in(value, &mut each);
+                    }
+                }
             }
+            _ => {}
         }
     }
+}
+
+/// The references a field's value holds: itself, or the reference strings of an array.
+fn references_in<'r>(value: &'r Value, each: &mut impl FnMut(&'r str)) {
+    match value {
+        Value::String(s) if is_reference(s) => each(s),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| is_reference(s))
+            .for_each(each),
+        _ => {}
+    }
+}
+
+/// Whether `filter` selects item `index` of a category whose value is an array. The
+/// indexer walks such a category with `Object.keys`, which lists an array's indices,
+/// so its items are fields named `"0"`, `"1"`, … (`tags.0` selects the first).
+fn allows_index(filter: &FieldFilter, category: &str, index: usize) -> bool {
+    filter.is_all() || filter.allows(category, &index.to_string())
 }
 
 /// The references of `records` not yet in `memo`, each once, in document order.
@@ -183,40 +210,59 @@ impl<'m> Builder<'m> {
         record
     }
 
+    /// Replaces the references of `record`, which has `remaining` levels left (1 or
+    /// more). With `names_only` and one level left, the references become names, and
+    /// then a recipe's ingredient names are merged with their comments (see `recipe`),
+    /// as the indexer does at that level.
     fn replace_references(&mut self, record: &mut Value, remaining: u32) {
         let Some(Value::Object(data)) = record.get_mut("data") else {
             return;
         };
         for (category, properties) in data.iter_mut() {
-            let Value::Object(properties) = properties else {
-                continue;
-            };
-            for (key, value) in properties.iter_mut() {
-                if !self.filter.allows(category, key) {
-                    continue;
+            match properties {
+                Value::Object(properties) => {
+                    for (key, value) in properties.iter_mut() {
+                        if self.filter.allows(category, key) {
+                            self.replace_in(value, remaining);
+                        }
+                    }
                 }
-                match value {
-                    Value::String(did) if is_reference(did) => {
-                        if let Some(resolved) = self.replacement(did, remaining) {
-                            *value = resolved;
+                Value::Array(items) => {
+                    for (index, value) in items.iter_mut().enumerate() {
+                        if allows_index(self.filter, category, index) {
+                            self.replace_in(value, remaining);
                         }
                     }
-                    Value::Array(items) => {
-                        for item in items.iter_mut() {
-                            let resolved = match item {
-                                Value::String(did) if is_reference(did) => {
-                                    self.replacement(did, remaining)
-                                }
-                                _ => None,
-                            };
-                            if let Some(resolved) = resolved {
-                                *item = resolved;
-                            }
-                        }
-                    }
-                    _ => {}
+                }
+                _ => {}
+            }
+        }
+        if self.names_only && remaining == 1 {
+            merge_ingredient_comments(record);
+        }
+    }
+
+    /// Replaces the reference a field's `value` is, or the references in it when it is
+    /// an array; anything else is left as it is.
+    fn replace_in(&mut self, value: &mut Value, remaining: u32) {
+        match value {
+            Value::String(did) if is_reference(did) => {
+                if let Some(resolved) = self.replacement(did, remaining) {
+                    *value = resolved;
                 }
             }
+            Value::Array(items) => {
+                for item in items.iter_mut() {
+                    let resolved = match item {
+                        Value::String(did) if is_reference(did) => self.replacement(did, remaining),
+                        _ => None,
+                    };
+                    if let Some(resolved) = resolved {
+                        *item = resolved;
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -314,14 +360,25 @@ mod tests {
         let r = json!({"data": {
             "basic": {"name": "did:not-a-ref?", "avatar": "did:x:avatar", "n": 3},
             "workout": {"exercise": ["did:x:1", 7, "plain", "did:x:2"], "notes": {"k": "did:x:deep"}},
-            "weird": "did:x:category-not-object"
+            "weird": "did:x:category-not-object",
+            "tags": ["did:x:t0", "no", ["did:x:t2"], {"k": "did:x:nested"}]
         }});
         let mut all = Vec::new();
         for_each_reference(&r, &FieldFilter::default(), |d| all.push(d));
         assert_eq!(
             all,
-            ["did:not-a-ref?", "did:x:avatar", "did:x:1", "did:x:2"]
+            [
+                "did:not-a-ref?",
+                "did:x:avatar",
+                "did:x:1",
+                "did:x:2",
+                "did:x:t0",
+                "did:x:t2"
+            ]
         );
+        let mut tagged = Vec::new();
+        for_each_reference(&r, &FieldFilter::parse("tags.2"), |d| tagged.push(d));
+        assert_eq!(tagged, ["did:x:t2"]);
         let mut some = Vec::new();
         for_each_reference(&r, &FieldFilter::parse("workout.exercise"), |d| {
             some.push(d)
@@ -330,7 +387,13 @@ mod tests {
         let memo: Memo = [("did:x:1".to_owned(), Lookup::Unresolved)].into();
         assert_eq!(
             new_references([&r, &r], &FieldFilter::default(), &memo),
-            ["did:not-a-ref?", "did:x:avatar", "did:x:2"]
+            [
+                "did:not-a-ref?",
+                "did:x:avatar",
+                "did:x:2",
+                "did:x:t0",
+                "did:x:t2"
+            ]
         );
     }
 

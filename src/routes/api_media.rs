@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::auth::{self, Denied};
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
-use crate::manifest::{AccessLevel, Manifest, MediaId, ServedType};
+use crate::manifest::{AccessLevel, Manifest, ManifestError, MediaId, ServedType};
 use crate::store::{MappedFile, StoreError};
 
 /// Path prefix of this route.
@@ -72,8 +72,11 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         return super::not_found();
     };
 
-    let manifest = match state.manifests.get(&state.media_root, &id) {
+    let manifest = match state.manifests.get(&state.media_root, &id).await {
         Ok(manifest) => manifest,
+        // Nothing is known about the item, its access level included: never serve it
+        // on a guess.
+        Err(ManifestError::Busy(busy)) => return file_response::filesystem_unavailable(busy),
         Err(error) => {
             // The indexer serves an item whose manifest cannot be read as public
             // octet-stream, and the issue keeps that behaviour. It is logged at error
@@ -98,9 +101,10 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     }
 
     let original = id.original();
-    let file = match state.store.open(&state.media_root, &original) {
+    let file = match state.store.open(&state.media_root, &original).await {
         Ok(file) => file,
         Err(StoreError::NotFound) => return media_not_found(),
+        Err(StoreError::Busy(busy)) => return file_response::filesystem_unavailable(busy),
         Err(error @ StoreError::TooLarge { .. }) => {
             tracing::warn!(media_id = id.as_str(), %error, "not serving media");
             return media_not_found();
@@ -219,19 +223,32 @@ async fn info_response(
     file: &MappedFile,
 ) -> Response<Body> {
     let mut body = manifest.fields.clone();
-    let real = match state.media_root.resolve(original) {
-        Ok(real) => real,
-        Err(StoreError::Io(error)) => {
+    let declared_gif = manifest.mime_type.as_deref().is_some_and(is_gif_mime);
+    // The confinement check and the sniff are filesystem calls: one pool job for both.
+    let (root, job_original) = (state.media_root.clone(), original.to_path_buf());
+    let resolved = state
+        .fs
+        .run(move || {
+            let real = root.resolve(&job_original)?;
+            let sniffed = (!declared_gif).then(|| crate::gif::meta::looks_like_gif(&real));
+            Ok::<_, StoreError>((real, sniffed))
+        })
+        .await;
+    let (real, sniffed) = match resolved {
+        Ok(Ok(found)) => found,
+        Err(busy) => return file_response::filesystem_unavailable(busy),
+        Ok(Err(StoreError::Io(error))) => {
             tracing::error!(media_id = id.as_str(), %error, "cannot resolve media");
             return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
         }
-        Err(_) => return media_not_found(),
+        Ok(Err(_)) => return media_not_found(),
     };
-    let declared_gif = manifest.mime_type.as_deref().is_some_and(is_gif_mime);
     let is_gif = declared_gif
-        || crate::gif::meta::looks_like_gif(&real).unwrap_or_else(|error| {
-            tracing::warn!(media_id = id.as_str(), %error, "cannot sniff media type");
-            false
+        || sniffed.is_some_and(|sniffed| {
+            sniffed.unwrap_or_else(|error| {
+                tracing::warn!(media_id = id.as_str(), %error, "cannot sniff media type");
+                false
+            })
         });
     if is_gif {
         match state.gifs.info(real, file.identity).await {

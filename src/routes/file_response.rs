@@ -10,6 +10,7 @@ use crate::http::{self as rfc, FileOutcome, Validators, multipart};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::fs_pool::FsPoolError;
 use crate::store::{MappedFile, Root, Store, StoreError};
 
 /// How one route describes its files.
@@ -144,16 +145,18 @@ fn validator_headers(headers: &mut HeaderMap, file: &MappedFile, describe: &File
 }
 
 /// Opens `relative` under `root` for a route that answers a plain JSON 404 when a file
-/// cannot be served: missing, a directory, outside the root, or over the size limit
-/// (logged); an I/O failure is a 500, logged with the path and the cause.
-pub fn open_or_not_found(
+/// cannot be served: missing, not a regular file, outside the root, or over the size
+/// limit (logged); a busy filesystem is a 503 (see [`filesystem_unavailable`]); an I/O
+/// failure is a 500, logged with the path and the cause.
+pub async fn open_or_not_found(
     store: &Store,
     root: &Root,
     relative: &Path,
 ) -> Result<Arc<MappedFile>, Box<Response<Body>>> {
-    match store.open(root, relative) {
+    match store.open(root, relative).await {
         Ok(file) => Ok(file),
         Err(StoreError::NotFound) => Err(Box::new(super::not_found())),
+        Err(StoreError::Busy(busy)) => Err(Box::new(filesystem_unavailable(busy))),
         Err(error @ StoreError::TooLarge { .. }) => {
             tracing::warn!(path = %relative.display(), %error, "not serving file");
             Err(Box::new(super::not_found()))
@@ -166,6 +169,30 @@ pub fn open_or_not_found(
             )))
         }
     }
+}
+
+/// The answer when the filesystem pool could not do a request's filesystem call: 503
+/// with `Retry-After` and `Cache-Control: no-store` for a refusal or a timeout (the
+/// filesystem is slow or the pool saturated; nothing about the file is known), 500 for
+/// a job that failed (a bug, logged).
+pub fn filesystem_unavailable(error: FsPoolError) -> Response<Body> {
+    let mut response = match error {
+        FsPoolError::QueueFull | FsPoolError::TimedOut => super::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": "Storage busy, retry shortly", "reason": error.to_string() }),
+        ),
+        FsPoolError::Failed => {
+            tracing::error!(%error, "filesystem job failed");
+            super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+        }
+    };
+    let unavailable = response.status() == StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    if unavailable {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `Content-Type` by file extension, case-insensitively; unknown → octet-stream.

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use http::request::Parts;
 use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
@@ -38,13 +39,13 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         Some(tail) => safe_relative_path(tail),
         None => from_query(request.uri().query()),
     };
-    serve(state, &request, relative)
+    serve(state, request.into_parts().0, relative).await
 }
 
 /// Answers `/api/media?id=<file>` (the same folder and rules).
 pub async fn handle_query<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let relative = from_query(request.uri().query());
-    serve(state, &request, relative)
+    serve(state, request.into_parts().0, relative).await
 }
 
 fn from_query(query: Option<&str>) -> Result<PathBuf, PathRejection> {
@@ -52,32 +53,34 @@ fn from_query(query: Option<&str>) -> Result<PathBuf, PathRejection> {
     safe_relative_decoded(&id)
 }
 
-fn serve<B>(
+async fn serve(
     state: &AppState,
-    request: &Request<B>,
+    request: Parts,
     relative: Result<PathBuf, PathRejection>,
 ) -> Response<Body> {
-    let method = request.method();
+    let method = &request.method;
     if let Some(refused) = super::read_only_method(method) {
         return refused;
     }
     let relative = match relative {
         Ok(relative) => relative,
         Err(reason) => {
-            tracing::debug!(uri = %request.uri(), %reason, "refused generated-media path");
+            tracing::debug!(uri = %request.uri, %reason, "refused generated-media path");
             return super::not_found();
         }
     };
-    let Some(root) = state.generated_root.get() else {
-        return super::not_found();
+    let root = match state.generated_root.open(&state.fs).await {
+        Ok(Some(root)) => root,
+        Ok(None) => return super::not_found(),
+        Err(busy) => return file_response::filesystem_unavailable(busy),
     };
-    let file = match file_response::open_or_not_found(&state.store, root, &relative) {
+    let file = match file_response::open_or_not_found(&state.store, root, &relative).await {
         Ok(file) => file,
         Err(refused) => return *refused,
     };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
     let chunk = file_response::chunk_size(&state.config);
-    file_response::respond(method, request.headers(), &file, describe, chunk)
+    file_response::respond(method, &request.headers, &file, describe, chunk)
 }
 
 #[cfg(test)]

@@ -49,10 +49,11 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             Some(width)
         }
     };
-    let file = match file_response::open_or_not_found(&state.store, &state.web_root, &relative) {
-        Ok(file) => file,
-        Err(refused) => return *refused,
-    };
+    let file =
+        match file_response::open_or_not_found(&state.store, &state.web_root, &relative).await {
+            Ok(file) => file,
+            Err(refused) => return *refused,
+        };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
     if let Some(width) = still {
         let source = super::still::Source {

@@ -2,6 +2,8 @@
 //! (Prometheus). They are routed before the media limiter, so a saturated media path
 //! never delays a health check or a scrape.
 
+use std::path::PathBuf;
+
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use crate::app::AppState;
@@ -17,29 +19,57 @@ pub fn healthz(method: &Method) -> Response<Body> {
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
 /// GUN relay's state is reported too but does not fail readiness, since GIF serving
-/// does not depend on it.
-pub fn readyz(state: &AppState, method: &Method) -> Response<Body> {
+/// does not depend on it. The directory checks run on the filesystem pool: when it
+/// cannot answer in time (a hung mount, a saturated pool) the service is not ready,
+/// and says so promptly instead of hanging the probe.
+pub async fn readyz(state: &AppState, method: &Method) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         return super::method_not_allowed("GET, HEAD");
     }
+    let roots: Vec<(&'static str, PathBuf)> = state
+        .media_roots()
+        .into_iter()
+        .map(|(name, path)| (name, path.to_path_buf()))
+        .collect();
+    let checked = state
+        .fs
+        .run(move || {
+            roots
+                .into_iter()
+                .map(|(name, path)| (name, std::fs::read_dir(path).is_ok()))
+                .collect::<Vec<_>>()
+        })
+        .await;
     let mut roots = serde_json::Map::new();
-    let mut ready = true;
-    for (name, path) in state.media_roots() {
-        let readable = std::fs::read_dir(path).is_ok();
-        ready &= readable;
-        roots.insert(name.to_owned(), serde_json::Value::Bool(readable));
-    }
-    let body = serde_json::json!({
+    let (ready, filesystem) = match checked {
+        Ok(checked) => {
+            let mut ready = true;
+            for (name, readable) in checked {
+                ready &= readable;
+                roots.insert(name.to_owned(), serde_json::Value::Bool(readable));
+            }
+            (ready, None)
+        }
+        Err(error) => (false, Some(error.to_string())),
+    };
+    let mut body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
         "mediaRoots": roots,
         "gun": state.gun_status(),
     });
+    if let Some(filesystem) = filesystem {
+        body["filesystem"] = filesystem.into();
+    }
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    super::json(status, &body)
+    let mut response = super::json(status, &body);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `GET /metrics`: Prometheus text exposition of every counter.

@@ -86,6 +86,7 @@ pub fn gif_error(error: &GifError) -> Response<Body> {
             tracing::error!(%reason, "GIF processing failed");
             super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
         }
+        GifError::Busy(busy) => file_response::filesystem_unavailable(*busy),
     }
 }
 
@@ -110,13 +111,16 @@ pub async fn respond(
     source: Source<'_>,
     width: Option<u32>,
 ) -> Response<Body> {
-    let path = match source.root.resolve(source.relative) {
-        Ok(path) => path,
-        Err(StoreError::Io(error)) => {
+    let (root, relative) = (source.root.clone(), source.relative.to_path_buf());
+    let resolved = state.fs.run(move || root.resolve(&relative)).await;
+    let path = match resolved {
+        Ok(Ok(path)) => path,
+        Err(busy) => return file_response::filesystem_unavailable(busy),
+        Ok(Err(StoreError::Io(error))) => {
             tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
             return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
         }
-        Err(_) => return super::not_found(),
+        Ok(Err(_)) => return super::not_found(),
     };
     let suffix = match width {
         Some(w) => format!("-still-w{w}"),
@@ -143,8 +147,17 @@ pub async fn respond(
         match state
             .store
             .open(state.gifs.derived_root(), Path::new(&still.name))
+            .await
         {
             Ok(file) => return file_response::respond(method, headers, &file, describe, chunk),
+            Err(StoreError::Busy(busy)) => {
+                return match still.fresh {
+                    Some(png) => {
+                        file_response::respond(method, headers, &in_memory(png), describe, chunk)
+                    }
+                    None => file_response::filesystem_unavailable(busy),
+                };
+            }
             Err(StoreError::NotFound) => {
                 if let Some(png) = still.fresh {
                     // Evicted the moment it was written (a derived bound smaller than

@@ -1,13 +1,41 @@
 //! Memory-mapped files behind every media route: opened once, mapped once, kept in a
 //! cache bounded by entry count and mapped bytes, and revalidated against the file's
-//! identity on every lookup so a replaced file is noticed.
+//! identity so a replaced file is noticed.
 //!
 //! A mapped file keeps its descriptor open, so that response bodies can be sent from it
 //! with `sendfile(2)` (see `server::zero_copy`). Open descriptors are therefore bounded
 //! by the cache's entries plus the responses under way that still hold an evicted file;
 //! start-up checks that this fits `RLIMIT_NOFILE` (see `server::fd_budget`).
+//!
+//! # Nothing here blocks an async worker
+//! Every filesystem call — the confinement check (`canonicalize`), the open, the `fstat`,
+//! the `mmap`, the revalidating `stat` — runs on the [`FsPool`], within its bounds.
+//! Files are opened with `O_NONBLOCK` and refused unless they are regular files
+//! ([`open_regular`]), so a FIFO or a device named like a GIF answers 404 at once.
+//!
+//! # The revalidation window (`--revalidate-window`, ≤ 1 s)
+//! As nginx's `open_file_cache_valid`: a cached mapping checked less than one window
+//! ago is served with no syscall at all (a clock read and a cache lookup). The first
+//! request after the window `stat`s the path once; same identity (device, inode, size,
+//! mtime) → served and trusted for another window; different → mapped again. So:
+//! - a file renamed into place is served at most one window after the rename (the
+//!   window is counted from *before* the `stat` that last vouched for the old file);
+//! - a response never mixes two versions: it holds one `Arc<MappedFile>`, one mapping
+//!   of one inode, and its headers are built from that same file;
+//! - when the pool refuses or times out the `stat` (the filesystem hangs), the cached
+//!   mapping is served as it is (counted as `stale`): its bytes are a complete earlier
+//!   version, and a hung mount must not take down files that are already in memory.
+//!   The next request tries the `stat` again.
+//!
+//! The revalidating `stat` goes to the pool rather than running inline: on a local disk
+//! it would take a microsecond, but a `stat` of a cached path on a hung network mount
+//! blocks like any other call, and inline it would block the worker that every other
+//! connection on it waits for. The window is what makes the hop cheap: at most one per
+//! cached file per window, whatever the request rate, while the hot path — a cached
+//! file inside its window — makes no syscall and no hop at all.
 
 mod mapping;
+mod regular;
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -15,11 +43,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::fs_pool::{FsPool, FsPoolError};
+pub use regular::{OpenError, open_regular};
 
 /// What makes a file "the same file": if any of these change, the path now names a
 /// different file (renamed into place, or rewritten) and must be mapped again.
@@ -67,12 +97,15 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
-    /// Maps `file`, which `meta` (its `fstat`) describes, and keeps it open. The one
-    /// place a `MappedFile` of a real file is built, whatever path opened it.
+    /// Maps `file`, which [`open_regular`] opened and described as `meta`. The one place
+    /// a `MappedFile` of a file on disk is built: `file` is the descriptor that was
+    /// checked to be a regular file, so a send path that needs to keep it keeps that
+    /// one. Blocking (`mmap`): call it on the filesystem pool.
     pub fn map(file: File, meta: &Metadata) -> io::Result<MappedFile> {
         let bytes = mapping::map_file(&file, meta.len())?;
         Ok(MappedFile {
-            // An empty file has no mapping, hence nothing to send from: close it now.
+            // Kept for sendfile; an empty file has no mapping, hence nothing to send
+            // from: close it now.
             file: (!bytes.is_empty()).then_some(file),
             bytes,
             identity: FileIdentity::of(meta),
@@ -134,10 +167,11 @@ impl MappedFile {
     }
 }
 
-/// Why a file could not be served. Everything but `Io` is the client's "not found".
+/// Why a file could not be served. `NotFound` and `TooLarge` are the client's "not
+/// found"; `Busy` is "try again shortly" (503); `Io` is a server error.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// No such file, a directory, or a path that resolves outside its root.
+    /// No such file, not a regular file, or a path that resolves outside its root.
     #[error("not found")]
     NotFound,
     /// Larger than `--max-file-size`.
@@ -148,9 +182,25 @@ pub enum StoreError {
         /// The configured limit.
         max: u64,
     },
+    /// The filesystem pool refused the call or it timed out (see `--fs-*`).
+    #[error("filesystem busy: {0}")]
+    Busy(#[source] FsPoolError),
     /// The file exists but could not be opened or mapped.
     #[error("cannot map file: {0}")]
     Io(#[source] io::Error),
+}
+
+impl StoreError {
+    /// The store's view of a failed [`open_regular`] of `path`.
+    pub fn from_open(path: &Path, error: OpenError) -> StoreError {
+        match error {
+            OpenError::NotRegular => {
+                tracing::warn!(path = %path.display(), "refused: not a regular file");
+                StoreError::NotFound
+            }
+            OpenError::Io(error) => not_found_or_io(error),
+        }
+    }
 }
 
 /// A media root, canonicalised once so that confinement checks compare real paths.
@@ -160,7 +210,7 @@ pub struct Root {
 }
 
 impl Root {
-    /// Resolves `path` (it must exist and be a directory).
+    /// Resolves `path` (it must exist and be a directory). Blocking.
     pub fn open(path: &Path) -> io::Result<Root> {
         let canonical = std::fs::canonicalize(path)?;
         if !std::fs::metadata(&canonical)?.is_dir() {
@@ -180,7 +230,8 @@ impl Root {
     /// The real path of `relative` (already checked by `http::path`) under this root,
     /// symlinks resolved; `NotFound` when it does not exist or resolves outside the root.
     /// For code that must `read()` a file rather than map it (GIF parsing) yet keep the
-    /// same confinement as [`Store::open`].
+    /// same confinement as [`Store::open`]. Blocking (it walks the path): call it on the
+    /// filesystem pool.
     pub fn resolve(&self, relative: &Path) -> Result<PathBuf, StoreError> {
         let full = self.canonical.join(relative);
         let canonical = std::fs::canonicalize(&full).map_err(not_found_or_io)?;
@@ -194,7 +245,8 @@ impl Root {
 
 /// A media root that may not exist yet (the generated-audio folder): opened on first
 /// use and then kept, so a folder created after start-up is picked up without a
-/// restart, and a missing one costs a `stat` per request instead of a failed start.
+/// restart, and a missing one costs a check on the filesystem pool per request
+/// instead of a failed start.
 #[derive(Debug)]
 pub struct LazyRoot {
     path: PathBuf,
@@ -202,13 +254,15 @@ pub struct LazyRoot {
 }
 
 impl LazyRoot {
-    /// A root at `path`, opened now if it exists.
+    /// A root at `path`, opened now if it exists (blocking: for start-up).
     pub fn new(path: PathBuf) -> LazyRoot {
         let lazy = LazyRoot {
-            path,
             root: std::sync::OnceLock::new(),
+            path,
         };
-        lazy.get();
+        if let Ok(root) = Root::open(&lazy.path) {
+            let _ = lazy.root.set(root);
+        }
         lazy
     }
 
@@ -217,14 +271,32 @@ impl LazyRoot {
         &self.path
     }
 
-    /// The root, if the folder exists (now or at any earlier call).
+    /// The root, if it was found at start-up or at an earlier [`LazyRoot::open`]. Makes
+    /// no filesystem call.
     pub fn get(&self) -> Option<&Root> {
-        if let Some(root) = self.root.get() {
-            return Some(root);
-        }
-        let root = Root::open(&self.path).ok()?;
-        Some(self.root.get_or_init(|| root))
+        self.root.get()
     }
+
+    /// The root, looking for the folder again (on `fs`) if it was missing so far.
+    pub async fn open(&self, fs: &FsPool) -> Result<Option<&Root>, FsPoolError> {
+        if let Some(root) = self.root.get() {
+            return Ok(Some(root));
+        }
+        let path = self.path.clone();
+        let Ok(root) = fs.run(move || Root::open(&path)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.root.get_or_init(|| root)))
+    }
+}
+
+/// A cached mapping and when the filesystem last vouched for it.
+#[derive(Debug)]
+struct Entry {
+    file: Arc<MappedFile>,
+    /// [`Store::clock`] reading taken before the `open` or `stat` that last found this
+    /// file at its path.
+    checked_ns: AtomicU64,
 }
 
 /// Weighs a cache entry so that one capacity enforces both bounds: an entry costs its
@@ -235,33 +307,41 @@ struct MapWeighter {
     floor: u64,
 }
 
-impl quick_cache::Weighter<PathBuf, Arc<MappedFile>> for MapWeighter {
-    fn weight(&self, _key: &PathBuf, file: &Arc<MappedFile>) -> u64 {
-        file.len().max(self.floor)
+impl quick_cache::Weighter<PathBuf, Arc<Entry>> for MapWeighter {
+    fn weight(&self, _key: &PathBuf, entry: &Arc<Entry>) -> u64 {
+        entry.file.len().max(self.floor)
     }
 }
 
 /// Counters of the mapping cache, for metrics.
 #[derive(Debug, Default)]
 pub struct StoreCounters {
-    /// Lookups answered by a cached, still-valid mapping.
+    /// Lookups answered by a cached mapping within its window: no syscall.
     pub hits: AtomicU64,
+    /// Lookups past the window whose `stat` found the same file.
+    pub revalidated: AtomicU64,
     /// Files opened and mapped (first use, eviction, or replaced file).
     pub maps: AtomicU64,
     /// Cached mappings found stale (file replaced) and remapped.
     pub replaced: AtomicU64,
+    /// Cached mappings served unchecked because the filesystem did not answer the
+    /// revalidating `stat` in time.
+    pub stale: AtomicU64,
 }
 
 /// The bounded mapping cache shared by every route.
 pub struct Store {
-    cache: quick_cache::sync::Cache<PathBuf, Arc<MappedFile>, MapWeighter>,
+    cache: quick_cache::sync::Cache<PathBuf, Arc<Entry>, MapWeighter>,
     max_file_size: u64,
     counters: StoreCounters,
+    fs: FsPool,
+    window_ns: u64,
+    epoch: Instant,
 }
 
 impl Store {
-    /// An empty cache with the configured bounds.
-    pub fn new(config: &Config) -> Store {
+    /// An empty cache with the configured bounds, making its filesystem calls on `fs`.
+    pub fn new(config: &Config, fs: FsPool) -> Store {
         let entries = config.map_cache_entries.max(1);
         let bytes = config.map_cache_bytes.max(1);
         let floor = (bytes / entries as u64).max(1);
@@ -269,6 +349,9 @@ impl Store {
             cache: quick_cache::sync::Cache::with_weighter(entries, bytes, MapWeighter { floor }),
             max_file_size: config.max_file_size,
             counters: StoreCounters::default(),
+            fs,
+            window_ns: u64::try_from(config.revalidate_window.as_nanos()).unwrap_or(u64::MAX),
+            epoch: Instant::now(),
         }
     }
 
@@ -287,51 +370,90 @@ impl Store {
         self.cache.weight()
     }
 
+    /// Monotonic nanoseconds since the store was made (a vDSO clock read, no syscall).
+    fn clock(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// The mapped file at `relative` under `root`. `relative` must already be a decoded,
     /// checked relative path (see `http::path`); symlinks are followed but the result
-    /// must stay inside the root.
+    /// must stay inside the root, and it must be a regular file.
     ///
-    /// Stats and opens run inline on the async worker: on local disk they take
-    /// microseconds, less than a hop to the blocking pool would.
-    pub fn open(&self, root: &Root, relative: &Path) -> Result<Arc<MappedFile>, StoreError> {
+    /// A cached mapping within its revalidation window is answered without any
+    /// syscall; everything else runs on the filesystem pool (see the module docs).
+    pub async fn open(&self, root: &Root, relative: &Path) -> Result<Arc<MappedFile>, StoreError> {
         let full = root.canonical.join(relative);
-        if let Some(cached) = self.cache.get(&full) {
-            match std::fs::metadata(&full) {
-                Ok(meta) if FileIdentity::of(&meta) == cached.identity => {
-                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(cached);
+        if let Some(entry) = self.cache.get(&full) {
+            let checking = self.clock();
+            let checked = entry.checked_ns.load(Ordering::Relaxed);
+            if checking.saturating_sub(checked) < self.window_ns {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Arc::clone(&entry.file));
+            }
+            let path = full.clone();
+            match self.fs.run(move || std::fs::metadata(&path)).await {
+                Ok(Ok(meta)) if FileIdentity::of(&meta) == entry.file.identity => {
+                    entry.checked_ns.fetch_max(checking, Ordering::Relaxed);
+                    self.counters.revalidated.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Arc::clone(&entry.file));
                 }
-                Ok(_) => {
+                Ok(Ok(_)) => {
                     self.counters.replaced.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => {
+                Ok(Err(error)) => {
                     self.cache.remove(&full);
-                    return Err(StoreError::NotFound);
+                    return Err(not_found_or_io(error));
+                }
+                Err(busy) => {
+                    self.counters.stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(path = %full.display(), %busy, "serving a cached mapping unchecked");
+                    return Ok(Arc::clone(&entry.file));
                 }
             }
         }
-        let file = self.map_confined(root, relative)?;
-        self.cache.insert(full, Arc::clone(&file));
+        let mapping = self.clock();
+        let (job_root, job_relative) = (root.clone(), relative.to_path_buf());
+        let max_file_size = self.max_file_size;
+        let mapped = self
+            .fs
+            .run(move || map_confined(&job_root, &job_relative, max_file_size))
+            .await
+            .map_err(StoreError::Busy)?;
+        let file = match mapped {
+            Ok(file) => Arc::new(file),
+            Err(error) => {
+                // A replaced file that can no longer be served must not stay cached.
+                self.cache.remove(&full);
+                return Err(error);
+            }
+        };
+        self.counters.maps.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            file: Arc::clone(&file),
+            checked_ns: AtomicU64::new(mapping),
+        };
+        self.cache.insert(full, Arc::new(entry));
         Ok(file)
     }
+}
 
-    fn map_confined(&self, root: &Root, relative: &Path) -> Result<Arc<MappedFile>, StoreError> {
-        let canonical = root.resolve(relative)?;
-        let file = File::open(&canonical).map_err(not_found_or_io)?;
-        let meta = file.metadata().map_err(StoreError::Io)?;
-        if !meta.is_file() {
-            return Err(StoreError::NotFound);
-        }
-        if meta.len() > self.max_file_size {
-            return Err(StoreError::TooLarge {
-                len: meta.len(),
-                max: self.max_file_size,
-            });
-        }
-        let mapped = MappedFile::map(file, &meta).map_err(StoreError::Io)?;
-        self.counters.maps.fetch_add(1, Ordering::Relaxed);
-        Ok(Arc::new(mapped))
+/// Confines, opens (regular files only) and maps `relative` under `root`. Blocking:
+/// runs on the filesystem pool.
+fn map_confined(
+    root: &Root,
+    relative: &Path,
+    max_file_size: u64,
+) -> Result<MappedFile, StoreError> {
+    let canonical = root.resolve(relative)?;
+    let (file, meta) =
+        open_regular(&canonical).map_err(|error| StoreError::from_open(&canonical, error))?;
+    if meta.len() > max_file_size {
+        return Err(StoreError::TooLarge {
+            len: meta.len(),
+            max: max_file_size,
+        });
     }
+    MappedFile::map(file, &meta).map_err(StoreError::Io)
 }
 
 fn not_found_or_io(error: io::Error) -> StoreError {
@@ -339,7 +461,7 @@ fn not_found_or_io(error: io::Error) -> StoreError {
         io::ErrorKind::NotFound
         | io::ErrorKind::NotADirectory
         | io::ErrorKind::PermissionDenied => StoreError::NotFound,
-        _ if error.raw_os_error() == Some(40) => StoreError::NotFound, // ELOOP
+        _ if error.raw_os_error() == Some(libc::ELOOP) => StoreError::NotFound,
         _ => StoreError::Io(error),
     }
 }
@@ -347,59 +469,159 @@ fn not_found_or_io(error: io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs_pool::FsPoolSettings;
 
-    fn store_with(entries: usize, bytes: u64) -> Store {
-        let mut config = Config::for_media_dir("/nonexistent");
-        config.map_cache_entries = entries;
-        config.map_cache_bytes = bytes;
-        Store::new(&config)
+    fn pool() -> FsPool {
+        FsPool::new(FsPoolSettings {
+            threads: 2,
+            queue: 16,
+            timeout: Duration::from_millis(300),
+        })
+        .unwrap()
     }
 
-    #[test]
-    fn maps_and_caches_then_notices_replacement() {
+    fn config_with(tweak: impl FnOnce(&mut Config)) -> Config {
+        let mut config = Config::for_media_dir("/nonexistent");
+        tweak(&mut config);
+        config
+    }
+
+    fn store_with(entries: usize, bytes: u64) -> Store {
+        let config = config_with(|c| {
+            c.map_cache_entries = entries;
+            c.map_cache_bytes = bytes;
+        });
+        Store::new(&config, pool())
+    }
+
+    fn store_with_window(window: Duration) -> Store {
+        Store::new(&config_with(|c| c.revalidate_window = window), pool())
+    }
+
+    /// Replaces `name` the way writers do: a new file renamed into place.
+    fn replace(dir: &Path, name: &str, bytes: &[u8]) {
+        std::fs::write(dir.join("replacing.tmp"), bytes).unwrap();
+        std::fs::rename(dir.join("replacing.tmp"), dir.join(name)).unwrap();
+    }
+
+    fn count(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn maps_and_caches_then_notices_replacement() {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::open(dir.path()).unwrap();
         std::fs::write(dir.path().join("a.gif"), b"first").unwrap();
-        let store = store_with(16, 1 << 20);
-        let first = store.open(&root, Path::new("a.gif")).unwrap();
+        let store = store_with_window(Duration::ZERO);
+        let first = store.open(&root, Path::new("a.gif")).await.unwrap();
         assert_eq!(&first.bytes[..], b"first");
-        let again = store.open(&root, Path::new("a.gif")).unwrap();
+        let again = store.open(&root, Path::new("a.gif")).await.unwrap();
         assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(count(&store.counters().revalidated), 1, "window 0: a stat");
 
-        // Replace the way writers do: new file renamed into place.
-        std::fs::write(dir.path().join("a.tmp"), b"second!").unwrap();
-        std::fs::rename(dir.path().join("a.tmp"), dir.path().join("a.gif")).unwrap();
-        let replaced = store.open(&root, Path::new("a.gif")).unwrap();
+        replace(dir.path(), "a.gif", b"second!");
+        let replaced = store.open(&root, Path::new("a.gif")).await.unwrap();
         assert_eq!(&replaced.bytes[..], b"second!");
+        assert_eq!(count(&store.counters().replaced), 1);
         // The old mapping stays valid for whoever still holds it.
         assert_eq!(&first.bytes[..], b"first");
     }
 
-    #[test]
-    fn empty_files_directories_and_missing_files() {
+    #[tokio::test]
+    async fn within_the_window_a_cached_mapping_costs_no_syscall() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a.gif"), b"first").unwrap();
+        // A window far longer than the test: every lookup after the first is a hit.
+        let store = store_with_window(Duration::from_secs(3600));
+        let first = store.open(&root, Path::new("a.gif")).await.unwrap();
+        replace(dir.path(), "a.gif", b"second!");
+        std::fs::remove_file(dir.path().join("a.gif")).unwrap();
+        // Even a deleted file is not noticed: nothing looked at the filesystem.
+        for _ in 0..10 {
+            let again = store.open(&root, Path::new("a.gif")).await.unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+        }
+        let c = store.counters();
+        assert_eq!((count(&c.hits), count(&c.maps)), (10, 1));
+        assert_eq!(count(&c.revalidated) + count(&c.replaced), 0);
+        assert_eq!(store.fs.counters().completed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_renamed_in_file_is_served_at_most_one_window_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a.gif"), b"first").unwrap();
+        let window = Duration::from_millis(200);
+        let store = store_with_window(window);
+        let first = store.open(&root, Path::new("a.gif")).await.unwrap();
+        replace(dir.path(), "a.gif", b"second!");
+        let renamed = Instant::now();
+        // Until the window is over the old version may be served, whole.
+        let during = store.open(&root, Path::new("a.gif")).await.unwrap();
+        assert!(renamed.elapsed() >= window || Arc::ptr_eq(&first, &during));
+        tokio::time::sleep(window).await;
+        let after = store.open(&root, Path::new("a.gif")).await.unwrap();
+        assert_eq!(&after.bytes[..], b"second!");
+        assert_eq!(count(&store.counters().replaced), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hung_filesystem_serves_cached_mappings_and_refuses_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a.gif"), b"cached").unwrap();
+        std::fs::write(dir.path().join("b.gif"), b"not yet").unwrap();
+        let store = store_with_window(Duration::ZERO);
+        let cached = store.open(&root, Path::new("a.gif")).await.unwrap();
+        store.fs.inject_stall(Some(Duration::from_secs(30)));
+        let started = Instant::now();
+        let again = store.open(&root, Path::new("a.gif")).await.unwrap();
+        assert!(Arc::ptr_eq(&cached, &again), "served as it is");
+        assert_eq!(count(&store.counters().stale), 1);
+        assert!(matches!(
+            store.open(&root, Path::new("b.gif")).await,
+            Err(StoreError::Busy(
+                FsPoolError::TimedOut | FsPoolError::QueueFull
+            ))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(10), "bounded waits");
+        store.fs.inject_stall(None);
+    }
+
+    #[tokio::test]
+    async fn empty_files_directories_fifos_and_missing_files() {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::open(dir.path()).unwrap();
         std::fs::write(dir.path().join("empty.gif"), b"").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("fifo.gif"))
+            .status();
+        assert!(made.unwrap().success(), "mkfifo (coreutils)");
         let store = store_with(16, 1 << 20);
         assert!(
             store
                 .open(&root, Path::new("empty.gif"))
+                .await
                 .unwrap()
                 .is_empty()
         );
-        assert!(matches!(
-            store.open(&root, Path::new("sub")),
-            Err(StoreError::NotFound)
-        ));
-        assert!(matches!(
-            store.open(&root, Path::new("nope")),
-            Err(StoreError::NotFound)
-        ));
+        for refused in ["sub", "nope", "fifo.gif"] {
+            assert!(
+                matches!(
+                    store.open(&root, Path::new(refused)).await,
+                    Err(StoreError::NotFound)
+                ),
+                "{refused}"
+            );
+        }
     }
 
-    #[test]
-    fn symlinks_out_of_the_root_are_refused() {
+    #[tokio::test]
+    async fn symlinks_out_of_the_root_are_refused() {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"s").unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -409,25 +631,23 @@ mod tests {
         let root = Root::open(dir.path()).unwrap();
         let store = store_with(16, 1 << 20);
         assert!(matches!(
-            store.open(&root, Path::new("link")),
+            store.open(&root, Path::new("link")).await,
             Err(StoreError::NotFound)
         ));
         assert_eq!(
-            &store.open(&root, Path::new("inside")).unwrap().bytes[..],
+            &store.open(&root, Path::new("inside")).await.unwrap().bytes[..],
             b"r"
         );
     }
 
-    #[test]
-    fn too_large_files_are_refused() {
+    #[tokio::test]
+    async fn too_large_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("big"), vec![0u8; 2048]).unwrap();
         let root = Root::open(dir.path()).unwrap();
-        let mut config = Config::for_media_dir("/nonexistent");
-        config.max_file_size = 1024;
-        let store = Store::new(&config);
+        let store = Store::new(&config_with(|c| c.max_file_size = 1024), pool());
         assert!(matches!(
-            store.open(&root, Path::new("big")),
+            store.open(&root, Path::new("big")).await,
             Err(StoreError::TooLarge {
                 len: 2048,
                 max: 1024
@@ -435,8 +655,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn cache_stays_within_entry_and_byte_bounds() {
+    #[tokio::test]
+    async fn cache_stays_within_entry_and_byte_bounds() {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::open(dir.path()).unwrap();
         for i in 0..200 {
@@ -445,7 +665,10 @@ mod tests {
         // 10 entries, 4000 bytes: the floor is 400 bytes per entry.
         let store = store_with(10, 4000);
         for i in 0..200 {
-            store.open(&root, Path::new(&format!("f{i}"))).unwrap();
+            store
+                .open(&root, Path::new(&format!("f{i}")))
+                .await
+                .unwrap();
             assert!(
                 store.cached_entries() <= 10,
                 "entries {}",
@@ -457,5 +680,17 @@ mod tests {
                 store.cached_weight()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_appears_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let lazy = LazyRoot::new(dir.path().join("generated"));
+        let fs = pool();
+        assert!(lazy.get().is_none());
+        assert!(lazy.open(&fs).await.unwrap().is_none());
+        std::fs::create_dir(dir.path().join("generated")).unwrap();
+        assert!(lazy.open(&fs).await.unwrap().is_some());
+        assert!(lazy.get().is_some(), "kept");
     }
 }

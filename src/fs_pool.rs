@@ -1,0 +1,439 @@
+//! The one place filesystem calls that can block are made: a small pool of dedicated
+//! threads, bounded in threads, in queue length and in how long a request waits.
+//!
+//! # Why
+//! An `open()`, `stat()` or `read()` can block for as long as the kernel likes: a FIFO
+//! waits for a writer, a hung network mount waits for its server. Run on an async worker,
+//! one such call freezes every connection that worker serves — with two workers, two
+//! requests stop the service, `/healthz` included. Everything that touches the
+//! filesystem on a request path (opening and mapping a file on a cache miss, the `stat`
+//! that revalidates a cached mapping, manifest reads, GIF sniffing, confinement checks,
+//! the derived folder's writes and scans, `/readyz`'s directory checks) therefore runs
+//! here, and the request waits for it asynchronously.
+//!
+//! A thread stuck in a slow syscall stays stuck: nothing can interrupt it. The bounds are
+//! what keep that from spreading:
+//! - **threads** (`--fs-threads`): at most this many calls are in the kernel at once, so
+//!   a hung mount costs that many threads, never the async workers;
+//! - **queue** (`--fs-queue`): jobs waiting for a thread; past it a request is refused
+//!   at once ([`FsPoolError::QueueFull`]);
+//! - **wait** (`--fs-timeout`): the longest a request waits for its job (queued and
+//!   running together); past it the request gets its answer ([`FsPoolError::TimedOut`])
+//!   and the job, if it has not started yet, is skipped by the thread that picks it up.
+//!
+//! Routes turn a refusal into `503` + `Retry-After`, never a hung request. `/metrics`
+//! shows busy threads, queued jobs, refusals and skipped jobs.
+//!
+//! # Why not `tokio::task::spawn_blocking` behind a semaphore
+//! A semaphore in front of tokio's blocking pool would bound our share of its 512
+//! threads just as well, but:
+//! - tokio cannot abandon a blocking task: dropping the runtime **waits forever** for
+//!   every `spawn_blocking` call to return (tokio's `Runtime` docs, "Shutdown"). One
+//!   `open()` stuck on a dead NFS server would turn SIGTERM into a hang until the
+//!   orchestrator's SIGKILL. These threads are detached: a stuck one is left behind at
+//!   exit, and the process still stops within `--shutdown-grace`;
+//! - that pool is shared with everything else that blocks (DNS lookups of the HTTP
+//!   clients, still rendering, `tokio::fs`); a dedicated pool keeps a slow mount from
+//!   delaying those, and those from delaying a `stat`;
+//! - named threads (`oip-fs-N`) show in `top -H` and `/proc/<pid>/task`, so "which
+//!   syscall is stuck" is one `cat /proc/<pid>/task/<tid>/stack` away, and their count
+//!   (and stack memory) is fixed at start-up.
+//!
+//! The queue is a `crossbeam-channel` bounded channel (a well-kept MPMC queue): a job
+//! waits in it until a thread takes it, so admitted jobs never exceed threads + queue.
+//! (In a burst, an idle thread that has not yet woken up to take a job does not free
+//! its slot, so slightly fewer may be admitted; the bound is what matters.)
+//!
+//! # Cost
+//! A job costs a channel send, a thread wake-up and a oneshot reply: about 7,000
+//! instructions more than the same call made inline (BENCHMARKS.md). The hot path never
+//! pays it: a cached mapping within its revalidation window is served with no syscall
+//! and no hop at all (see `store`).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+/// Stack of each pool thread. Jobs are shallow (a path walk, an `open`, a `stat`, a
+/// 64 KiB read); parsing and decoding happen elsewhere. Only touched pages count in
+/// RssAnon, so this bounds address space more than memory.
+const THREAD_STACK: usize = 256 * 1024;
+
+/// Bounds of the pool, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsPoolSettings {
+    /// Threads making filesystem calls (`--fs-threads`).
+    pub threads: usize,
+    /// Jobs allowed to wait for a thread (`--fs-queue`).
+    pub queue: usize,
+    /// Longest a caller waits for its job, queued and running (`--fs-timeout`).
+    pub timeout: Duration,
+}
+
+impl FsPoolSettings {
+    /// The configured bounds (`--fs-threads`, `--fs-queue`, `--fs-timeout`).
+    pub fn from_config(config: &crate::config::Config) -> FsPoolSettings {
+        FsPoolSettings {
+            threads: config.fs_threads,
+            queue: config.fs_queue,
+            timeout: config.fs_timeout,
+        }
+    }
+}
+
+/// Why a job gave no result. `QueueFull` and `TimedOut` mean "the filesystem is slow or
+/// the pool is saturated: try again shortly" (503); `Failed` is a bug (500).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FsPoolError {
+    /// Every thread was busy and the queue full: refused at once.
+    #[error("filesystem pool full")]
+    QueueFull,
+    /// The job did not finish within `--fs-timeout`.
+    #[error("filesystem call timed out")]
+    TimedOut,
+    /// The job panicked (a bug); its thread lives on.
+    #[error("filesystem job failed")]
+    Failed,
+}
+
+/// A unit of work for a pool thread.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Counters of the pool, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct FsPoolCounters {
+    /// Jobs run to completion (a result was handed back, or the caller had gone).
+    pub completed: AtomicU64,
+    /// Jobs skipped because their caller stopped waiting before a thread was free.
+    pub abandoned: AtomicU64,
+    /// Jobs refused because every thread was busy and the queue full.
+    pub rejected: AtomicU64,
+    /// Callers that stopped waiting after `--fs-timeout`.
+    pub timed_out: AtomicU64,
+    /// Jobs that panicked.
+    pub failed: AtomicU64,
+}
+
+/// State shared by the handle and the threads.
+#[derive(Debug, Default)]
+struct Shared {
+    busy: AtomicUsize,
+    counters: FsPoolCounters,
+    stall: Stall,
+}
+
+/// The test hook: while set, each job sleeps before it runs, as if the filesystem were
+/// hung. Cleared, sleeping jobs wake at once, so tests end promptly.
+#[derive(Debug, Default)]
+struct Stall {
+    until_cleared: Mutex<Option<Duration>>,
+    changed: Condvar,
+}
+
+impl Stall {
+    fn set(&self, stall: Option<Duration>) {
+        let mut current = self
+            .until_cleared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = stall;
+        self.changed.notify_all();
+    }
+
+    /// Sleeps while a stall is set, for at most its duration.
+    fn wait(&self) {
+        let mut current = self
+            .until_cleared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(longest) = *current else { return };
+        let deadline = Instant::now() + longest;
+        while current.is_some() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            current = match self.changed.wait_timeout(current, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}
+
+/// The bounded pool of filesystem threads. Cheap to clone; the threads stop once every
+/// clone is dropped (a thread stuck in a syscall ends when the syscall does).
+#[derive(Debug, Clone)]
+pub struct FsPool {
+    jobs: Sender<Job>,
+    shared: Arc<Shared>,
+    settings: FsPoolSettings,
+}
+
+impl FsPool {
+    /// Starts `settings.threads` threads (at least one).
+    pub fn new(settings: FsPoolSettings) -> std::io::Result<FsPool> {
+        let threads = settings.threads.max(1);
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(settings.queue);
+        let shared = Arc::new(Shared::default());
+        for n in 0..threads {
+            let queue = queue.clone();
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("oip-fs-{n}"))
+                .stack_size(THREAD_STACK)
+                .spawn(move || work(&queue, &shared))?;
+        }
+        Ok(FsPool {
+            jobs,
+            shared,
+            settings: FsPoolSettings {
+                threads,
+                ..settings
+            },
+        })
+    }
+
+    /// Runs `job` on a pool thread and waits for its result, within the pool's bounds.
+    /// Dropping the returned future (the client went away) is safe: a job that has not
+    /// started is skipped, one that has runs to its end and its result is dropped.
+    pub async fn run<T, F>(&self, job: F) -> Result<T, FsPoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        let shared = Arc::clone(&self.shared);
+        let job: Job = Box::new(move || {
+            if reply.is_closed() {
+                shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            shared.stall.wait();
+            // A panic drops `reply`, which the caller sees as `Failed`; the thread lives.
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(job));
+            match outcome {
+                Ok(value) => {
+                    shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(value);
+                }
+                Err(_) => {
+                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.shared
+                    .counters
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(FsPoolError::QueueFull);
+            }
+        }
+        match tokio::time::timeout(self.settings.timeout, result).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(FsPoolError::Failed),
+            Err(_) => {
+                self.shared
+                    .counters
+                    .timed_out
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(FsPoolError::TimedOut)
+            }
+        }
+    }
+
+    /// The bounds the pool runs with.
+    pub fn settings(&self) -> FsPoolSettings {
+        self.settings
+    }
+
+    /// Threads running a job now (a stuck one included).
+    pub fn busy(&self) -> usize {
+        self.shared.busy.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting for a thread now (including ones whose caller has given up, until
+    /// a thread discards them).
+    pub fn queued(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Counters, for metrics.
+    pub fn counters(&self) -> &FsPoolCounters {
+        &self.shared.counters
+    }
+
+    /// Test hook: from now on every job sleeps up to `stall` before it runs, as if the
+    /// filesystem had hung; `None` ends the stall and wakes sleeping jobs at once. Not
+    /// a setting: it exists so tests can show what the bounds do when the filesystem
+    /// stops answering, which no temp folder can be made to do.
+    #[doc(hidden)]
+    pub fn inject_stall(&self, stall: Option<Duration>) {
+        self.shared.stall.set(stall);
+    }
+}
+
+/// Adds the pool's state to a `/metrics` registry: configured bounds, busy threads,
+/// queued jobs, and jobs by outcome (refusals and timeouts are what turned into 503s).
+pub fn register_metrics(registry: &mut prometheus_client::registry::Registry, pool: &FsPool) {
+    use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+    let gauge = |value: usize| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        gauge
+    };
+    let settings = pool.settings();
+    registry.register(
+        "fs_pool_threads",
+        "Filesystem threads (--fs-threads)",
+        gauge(settings.threads),
+    );
+    registry.register(
+        "fs_pool_queue_limit",
+        "Filesystem calls allowed to wait for a thread (--fs-queue)",
+        gauge(settings.queue),
+    );
+    registry.register(
+        "fs_pool_busy",
+        "Filesystem threads running a call now (stuck ones included)",
+        gauge(pool.busy()),
+    );
+    registry.register(
+        "fs_pool_queued",
+        "Filesystem calls waiting for a thread now",
+        gauge(pool.queued()),
+    );
+    let c = pool.counters();
+    let jobs = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+    for (kind, counter) in [
+        ("completed", &c.completed),
+        ("abandoned", &c.abandoned),
+        ("rejected_queue_full", &c.rejected),
+        ("timed_out", &c.timed_out),
+        ("failed", &c.failed),
+    ] {
+        jobs.get_or_create(&vec![("kind", kind)])
+            .inc_by(counter.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "fs_pool_jobs",
+        "Filesystem calls by outcome: completed, abandoned (skipped: the request had given up), \
+         rejected_queue_full and timed_out (answered 503), failed (a bug)",
+        jobs,
+    );
+}
+
+/// A pool thread: takes jobs until every handle is gone.
+fn work(queue: &Receiver<Job>, shared: &Shared) {
+    while let Ok(job) = queue.recv() {
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        job();
+        shared.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize, queue: usize, timeout_ms: u64) -> FsPool {
+        FsPool::new(FsPoolSettings {
+            threads,
+            queue,
+            timeout: Duration::from_millis(timeout_ms),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn runs_jobs_off_the_runtime() {
+        let pool = pool(2, 4, 5_000);
+        let name = pool
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert!(name.unwrap().starts_with("oip-fs-"));
+        assert_eq!(pool.run(|| 6 * 7).await, Ok(42));
+        assert_eq!(pool.counters().completed.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stall_turns_into_timeouts_then_refusals_never_a_hang() {
+        // 1 thread + 2 queued: the 4th concurrent job is refused at once.
+        let pool = pool(1, 2, 300);
+        pool.inject_stall(Some(Duration::from_secs(30)));
+        let started = Instant::now();
+        let admit = |i: u32| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(move || i).await })
+        };
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !done() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        // One job on the thread (stalled), then two in the queue.
+        let mut waiting = vec![admit(0)];
+        until("first job running", &|| pool.busy() == 1);
+        waiting.push(admit(1));
+        waiting.push(admit(2));
+        until("two jobs queued", &|| pool.queued() == 2);
+        assert_eq!(pool.run(|| 9).await, Err(FsPoolError::QueueFull));
+        for task in waiting {
+            assert_eq!(task.await.unwrap(), Err(FsPoolError::TimedOut));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "bounded by the timeout"
+        );
+        let c = pool.counters();
+        assert_eq!(c.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(c.timed_out.load(Ordering::Relaxed), 3);
+
+        // Clearing the stall frees the thread; the two queued jobs whose callers gave
+        // up are skipped, not run, and new jobs run again.
+        pool.inject_stall(None);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.abandoned.load(Ordering::Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "queued jobs skipped");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            c.completed.load(Ordering::Relaxed),
+            1,
+            "only the started one ran"
+        );
+        assert_eq!(pool.run(|| 7).await, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone() {
+        let pool = pool(1, 1, 5_000);
+        let failed = pool.run(|| -> u8 { panic!("bug in a job") }).await;
+        assert_eq!(failed, Err(FsPoolError::Failed));
+        assert_eq!(pool.run(|| 1).await, Ok(1), "the thread survived");
+        assert_eq!(pool.counters().failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn threads_stop_when_the_pool_is_dropped() {
+        let pool = pool(3, 1, 5_000);
+        let probe = Arc::downgrade(&pool.shared);
+        assert_eq!(pool.run(|| 1).await, Ok(1));
+        drop(pool);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while probe.upgrade().is_some() {
+            assert!(Instant::now() < deadline, "threads exited");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
