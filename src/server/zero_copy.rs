@@ -35,6 +35,9 @@
 //!   its write-stall timer on `Pending` exactly as for `writev`.
 //! - **Permits last until the last byte.** [`Outbox::flushed`] is called from
 //!   `poll_flush`, which hyper calls only once its write buffer is empty.
+//! - **Page-cache misses.** `sendfile` of a page not in the page cache reads it from disk
+//!   on the calling worker, as the page fault of a `writev` of mapped bytes did before;
+//!   GIFs served often stay cached. Moving cold sends off the workers is issue 10's.
 //! - **Counters are exact.** Bytes sent by `sendfile` and file bytes copied by `writev`
 //!   are counted from the syscalls' return values ([`SendCounters`]).
 //!
