@@ -1,146 +1,163 @@
-//! The application: shared state built once from the [`Config`], and the router that
-//! sends each request to its route family. Kept free of sockets so tests can call
-//! [`App::handle`] directly.
+//! The application: the shared [`AppState`], the [route table](crate::routes::ROUTES), and
+//! the per-request wrapper every request goes through. Kept free of sockets so tests can
+//! call [`App::handle`] directly.
+//!
+//! Per request, in order: the request id (the caller's, or a fresh one), a `debug` span,
+//! a CORS preflight answered before any route, one `matchit` lookup that yields the
+//! route family, method gate, admission bound and handler; then the response gets its
+//! CORS headers, `X-Request-Id` and `nosniff`, is counted by family and status class, and
+//! its body counts the bytes it hands to the socket.
+//!
+//! Hand-written rather than tower-http layers, each for one reason:
+//! - request id: `SetRequestIdLayer` stores the id in the request's extensions (a map
+//!   allocated per request) and keeps a client's id of any length; here only a short
+//!   printable id is kept and a fresh one is sliced from a pre-filled block.
+//! - trace: `TraceLayer` wraps the response body in its own type (the server attaches its
+//!   in-flight token to our body, and the zero-copy send recognises our body's mapped
+//!   slices) and reads the clock twice per body frame even when nobody listens; our span
+//!   is a `debug_span!`, a level check when disabled.
+//! - `nosniff`: `SetResponseHeaderLayer` needs the app as a tower service with a boxed
+//!   future (an allocation per request) to insert one static header.
+//! - body limits and timeouts: `RequestBodyLimitLayer`/`TimeoutLayer` answer with their
+//!   own non-JSON bodies and bound the whole request; [`crate::http::request_body`] bounds
+//!   each route's body read in size and time and the route answers with its JSON error.
+//! - CORS: see [`crate::cors`].
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::path::Path;
-use std::pin::Pin;
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
-use tower::{Layer, ServiceExt};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, header};
 use tracing::Instrument;
 
 use crate::body::Body;
 use crate::config::Config;
-use crate::cors::{CorsPolicy, X_REQUEST_ID};
 use crate::error::StartError;
-use crate::limit::{BodyLimit, BodyLimitLayer, LimitSettings, Limiter};
-use crate::metrics::{HttpCounters, RouteFamily};
-use crate::routes;
+use crate::metrics::{HttpMetrics, ProcessMemory};
+use crate::response::{self, NOSNIFF, X_REQUEST_ID};
+use crate::routes::{ROUTES, Route, RouteFamily, Router};
+use crate::state::AppState;
 
-/// Everything a handler may need, built once at start-up and shared by every connection.
-pub struct AppState {
-    /// The effective configuration.
-    pub config: Arc<Config>,
-    /// Mapped files of every media root, bounded by entries and bytes.
-    pub store: crate::store::Store,
-    /// The threads every filesystem call of a request runs on (bounded; see `fs_pool`).
-    pub fs: crate::fs_pool::FsPool,
-    /// The `/media/<project>/<file>` root (`MEDIA_DIR/web`), canonicalised at start-up.
-    pub web_root: crate::store::Root,
-    /// The media concurrency limiter (its counters feed metrics).
-    pub limiter: Arc<Limiter>,
-    /// Connection counters, filled by the server's accept loop and sockets.
-    pub connections: Arc<crate::server::ConnCounters>,
-    /// Responses by route and status class, bytes sent.
-    pub http: HttpCounters,
-    /// The CORS allow-list.
-    pub cors: CorsPolicy,
-    /// `MEDIA_DIR` itself: content-addressed media (`<mediaId>/original`).
-    pub media_root: crate::store::Root,
-    /// Generated audio; may appear after start-up.
-    pub generated_root: crate::store::LazyRoot,
-    /// Parsed `manifest.json` files, bounded and revalidated.
-    pub manifests: crate::manifest::ManifestCache,
-    /// Verifies owners' tokens; `None` without `JWT_SECRET` (private media → 401).
-    pub jwt: Option<crate::auth::JwtVerifier>,
-    /// GIF metadata and still posters.
-    pub gifs: crate::gif::Gifs,
-    /// The one GUN relay client of the process (its negative cache, breaker and counters
-    /// are shared by every caller); `None` when `GUN_PEERS` is unset.
-    pub gun: Option<Arc<crate::gun::GunClient>>,
-    /// The record resolver behind `POST /api/resolve`, with its process-wide cache.
-    pub resolver: Arc<crate::resolve::Resolver>,
+/// The router with its state. Cheap to clone (three `Arc`s), one clone per connection.
+#[derive(Clone)]
+pub struct App {
+    state: Arc<AppState>,
+    router: Arc<Router>,
+    http: Arc<HttpMetrics>,
 }
 
-impl AppState {
-    /// Each media root by name, for readiness checks.
-    pub fn media_roots(&self) -> Vec<(&'static str, &Path)> {
-        vec![
-            ("web", self.web_root.path()),
-            ("media", self.media_root.path()),
-        ]
+impl App {
+    /// Builds every shared component from `config`; fails with a message naming the
+    /// setting when a value or a media root is unusable.
+    pub fn new(config: Config) -> Result<App, StartError> {
+        let mut state = AppState::new(config)?;
+        let router = Router::new(ROUTES).map_err(|message| StartError::InvalidSetting {
+            option: "route table",
+            message,
+        })?;
+        let http = HttpMetrics::new(RouteFamily::LABELS, &mut state.metrics);
+        Ok(App {
+            state: Arc::new(state),
+            router: Arc::new(router),
+            http: Arc::new(http),
+        })
     }
 
-    /// The GUN relay's state for `/readyz`.
-    pub fn gun_status(&self) -> serde_json::Value {
-        match &self.gun {
-            None => serde_json::json!({ "configured": false }),
-            Some(gun) => serde_json::json!({
-                "configured": true,
-                "relay": gun.base_url(),
-                "breaker": gun.breaker_state(),
-            }),
+    /// The shared state (for tests and for components that report on it).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Responses by route family and status class, and bytes sent.
+    pub fn http_metrics(&self) -> &Arc<HttpMetrics> {
+        &self.http
+    }
+
+    /// Answers one request. Never fails: every error becomes a response.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let id = request_id(request.headers());
+        let route = self.router.at(request.uri().path()).copied();
+        let family = route.map_or(RouteFamily::Other, |route| route.family);
+        // `debug`: at the default `info` level the span is never built, so it costs a
+        // level check rather than a formatted id, method and path per request.
+        let span = tracing::debug_span!(
+            "request",
+            id = id.to_str().unwrap_or_default(),
+            method = %request.method(),
+            path = request.uri().path(),
+        );
+        // Only the Origin is needed after the request is consumed: keep just that.
+        let origin = request.headers().get(header::ORIGIN).cloned();
+        let mut response = self.dispatch(route, request).instrument(span.clone()).await;
+
+        let state = &self.state;
+        self.http.record(family.index(), response.status());
+        span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+        let headers = response.headers_mut();
+        state.cors.decorate(origin.as_ref(), headers);
+        headers.insert(X_REQUEST_ID.clone(), id);
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+        response
+            .body_mut()
+            .count_into(Arc::clone(&self.http.bytes_sent));
+        response
+    }
+
+    async fn dispatch<B>(&self, route: Option<Route>, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let state = &*self.state;
+        if let Some(preflight) = state.cors.preflight(request.method(), request.headers()) {
+            return preflight.map(|()| Body::empty());
+        }
+        let Some(route) = route else {
+            return response::not_found();
+        };
+        if let Some(refused) = route.methods.gate(request.method()) {
+            return refused;
+        }
+        match state.admissions.limiter(route.admission) {
+            Some(limiter) => limiter.admit(|| route.handler.call(state, request)).await,
+            None => route.handler.call(state, request).await,
         }
     }
 }
 
-/// The router. Cheap to clone (two `Arc`s), one clone per connection.
-#[derive(Clone)]
-pub struct App {
-    state: Arc<AppState>,
-    /// Every route that sends file bytes, behind the body-lifetime limiter.
-    media: BodyLimit<MediaRoutes>,
+/// Fresh ids per block: one allocation and one fill for this many requests.
+const IDS_PER_BLOCK: usize = 256;
+/// Hex digits of an id (64 random bits).
+const ID_LEN: usize = 16;
+
+thread_local! {
+    /// Fresh request ids of this worker thread, each `ID_LEN` bytes; taken from the front.
+    static FRESH_IDS: RefCell<Bytes> = const { RefCell::new(Bytes::new()) };
 }
 
-/// The byte-serving routes as one tower service, so a single [`BodyLimitLayer`] guards
-/// them all while health, metrics and GUN routes stay outside it.
-#[derive(Clone)]
-pub struct MediaRoutes {
-    state: Arc<AppState>,
-}
-
-impl<B> tower::Service<Request<B>> for MediaRoutes
-where
-    B: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let state = Arc::clone(&self.state);
-        Box::pin(async move {
-            let path = request.uri().path();
-            let response = if path.starts_with(routes::media::PREFIX) {
-                routes::media::handle(&state, request).await
-            } else if path.starts_with(routes::api_media::PREFIX) {
-                routes::api_media::handle(&state, request).await
-            } else if path == routes::api_media::QUERY_PATH {
-                routes::api_media::handle_query(&state, request).await
-            } else {
-                routes::generate::handle(&state, request).await
-            };
-            Ok(response)
-        })
-    }
-}
-
-/// The route family a path belongs to (for dispatch and metrics).
-fn route_family(path: &str) -> RouteFamily {
-    if path.starts_with(routes::media::PREFIX) {
-        RouteFamily::Media
-    } else if path.starts_with(routes::api_media::PREFIX) || path == routes::api_media::QUERY_PATH {
-        RouteFamily::ApiMedia
-    } else if routes::generate::matches(path) {
-        RouteFamily::Generate
-    } else if path.starts_with(routes::gun_relay::PREFIX) {
-        RouteFamily::GunRelay
-    } else if path == routes::resolve::PATH {
-        RouteFamily::Resolve
-    } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        RouteFamily::Ops
-    } else {
-        RouteFamily::Other
-    }
+/// A fresh request id: 16 lowercase hex digits of a random `u64`, sliced from a block
+/// filled `IDS_PER_BLOCK` at a time, so a request pays neither `format!` nor an allocation.
+fn fresh_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let id = FRESH_IDS.with(|block| {
+        let mut block = block.borrow_mut();
+        if block.len() < ID_LEN {
+            let mut fill = BytesMut::with_capacity(ID_LEN * IDS_PER_BLOCK);
+            for _ in 0..IDS_PER_BLOCK {
+                let n = fastrand::u64(..);
+                for shift in (0..ID_LEN).rev() {
+                    fill.put_u8(HEX[(n >> (shift * 4)) as usize & 0xf]);
+                }
+            }
+            *block = fill.freeze();
+        }
+        block.split_to(ID_LEN)
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The request id to use: the caller's `X-Request-Id` when it is short and printable
@@ -152,197 +169,40 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     {
         return given.clone();
     }
-    let fresh = format!("{:016x}", fastrand::u64(..));
-    HeaderValue::from_str(&fresh).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    fresh_request_id()
 }
 
-impl App {
-    /// Builds every shared component from `config`; fails with a message naming the
-    /// setting when a value or a media root is unusable.
-    pub fn new(config: Config) -> Result<App, StartError> {
-        config.validate()?;
-        let config = Arc::new(config);
-        let fs = crate::fs_pool::FsPool::new(crate::fs_pool::FsPoolSettings::from_config(&config))
-            .map_err(|error| StartError::InvalidSetting {
-                option: "--fs-threads/FS_THREADS",
-                message: format!("cannot start the filesystem threads: {error}"),
-            })?;
-        let store = crate::store::Store::new(&config, fs.clone());
-        let web_root = crate::store::Root::open(&config.web_root()).map_err(|source| {
-            StartError::MediaRoot {
-                option: "--media-dir/MEDIA_DIR",
-                path: config.web_root(),
-                source,
-            }
-        })?;
-        let media_root = crate::store::Root::open(&config.media_dir).map_err(|source| {
-            StartError::MediaRoot {
-                option: "--media-dir/MEDIA_DIR",
-                path: config.media_dir.clone(),
-                source,
-            }
-        })?;
-        let generated_root = crate::store::LazyRoot::new(config.generated_root());
-        if generated_root.get().is_none() {
-            tracing::warn!(
-                path = %generated_root.configured_path().display(),
-                "generated-media folder (--generated-media-dir/GENERATED_MEDIA_DIR) is missing; \
-                 /api/generate/media and /api/media?id= answer 404 until it exists"
+/// Logs one line of traffic totals every `interval` until the returned task is aborted:
+/// the replacement for the Node app's line per GIF.
+pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    let (state, http) = (Arc::clone(&app.state), Arc::clone(&app.http));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let (mut last_requests, mut last_bytes) = (0u64, 0u64);
+        loop {
+            ticker.tick().await;
+            let requests = http.total();
+            let bytes = http.bytes_sent.load(std::sync::atomic::Ordering::Relaxed);
+            let media = &state.admissions.media;
+            let shed =
+                media.counters().shed_queue_full.get() + media.counters().shed_queue_timeout.get();
+            let memory = ProcessMemory::read();
+            tracing::info!(
+                requests = requests - last_requests,
+                mib_sent = (bytes - last_bytes) / (1 << 20),
+                in_flight = media.in_flight(),
+                shed_total = shed,
+                connections = state.connections.open.get(),
+                mapped_files = state.store.cached_entries(),
+                rss_anon_mib = memory.rss_anon >> 20,
+                rss_file_mib = memory.rss_file >> 20,
+                "traffic summary"
             );
+            (last_requests, last_bytes) = (requests, bytes);
         }
-        let jwt = config
-            .jwt_secret
-            .as_ref()
-            .and_then(crate::auth::JwtVerifier::new);
-        if jwt.is_none() {
-            tracing::warn!(
-                "JWT_SECRET is not set: private /api/media items will not be served (401)"
-            );
-        }
-        let manifests = crate::manifest::ManifestCache::new(
-            config.manifest_cache_entries,
-            vec![config.media_dir.clone(), media_root.path().to_path_buf()],
-            fs.clone(),
-            config.revalidate_window,
-        );
-        let gifs = crate::gif::Gifs::new(&config, fs.clone()).map_err(|source| {
-            StartError::DerivedDir {
-                path: config.derived_dir.clone(),
-                source,
-            }
-        })?;
-        let gun = match config.gun.gun_peers {
-            Some(_) => {
-                let client =
-                    crate::gun::GunClient::new(&config.gun).map_err(|error| match error {
-                        crate::gun::GunError::Config { option, message } => {
-                            StartError::InvalidSetting { option, message }
-                        }
-                        other => StartError::InvalidSetting {
-                            option: "--gun-peers/GUN_PEERS",
-                            message: other.to_string(),
-                        },
-                    })?;
-                Some(Arc::new(client))
-            }
-            None => None,
-        };
-        let resolver =
-            crate::resolve::Resolver::new(&config.resolver, gun.clone()).map_err(|error| {
-                StartError::InvalidSetting {
-                    option: "--elasticsearch-host/ELASTICSEARCHHOST",
-                    message: error.to_string(),
-                }
-            })?;
-        let cors = CorsPolicy::parse(&config.cors_origins).map_err(|message| {
-            StartError::InvalidSetting {
-                option: "--cors-origins/CORS_ORIGINS",
-                message,
-            }
-        })?;
-        let limiter = Arc::new(Limiter::new(LimitSettings {
-            max_in_flight: config.max_in_flight,
-            max_queue: config.max_queue,
-            queue_timeout: config.queue_timeout,
-            retry_after_secs: 1,
-        }));
-        let state = Arc::new(AppState {
-            config,
-            fs,
-            store,
-            web_root,
-            limiter: Arc::clone(&limiter),
-            connections: Arc::default(),
-            http: HttpCounters::default(),
-            cors,
-            media_root,
-            generated_root,
-            manifests,
-            jwt,
-            gifs,
-            gun,
-            resolver: Arc::new(resolver),
-        });
-        let media = BodyLimitLayer::new(limiter).layer(MediaRoutes {
-            state: Arc::clone(&state),
-        });
-        Ok(App { state, media })
-    }
-
-    /// The shared state (for tests and for components that report on it).
-    pub fn state(&self) -> &Arc<AppState> {
-        &self.state
-    }
-
-    /// Answers one request. Never fails: every error becomes a response.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let id = request_id(request.headers());
-        let family = route_family(request.uri().path());
-        let span = tracing::info_span!(
-            "request",
-            id = id.to_str().unwrap_or_default(),
-            method = %request.method(),
-            path = request.uri().path(),
-        );
-        // Only the Origin is needed after the request is consumed: keep just that.
-        let origin = request.headers().get(header::ORIGIN).cloned();
-        let mut response = self
-            .dispatch(family, request)
-            .instrument(span.clone())
-            .await;
-
-        let state = &self.state;
-        state.http.record(family, response.status());
-        span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
-        let headers = response.headers_mut();
-        state.cors.decorate(origin.as_ref(), headers);
-        headers.insert(X_REQUEST_ID.clone(), id);
-        // The Node app set this on every response; browsers rely on it not to sniff
-        // a GIF URL into something executable.
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        response
-            .body_mut()
-            .count_into(Arc::clone(&state.http.bytes_sent));
-        response
-    }
-
-    async fn dispatch<B>(&self, family: RouteFamily, request: Request<B>) -> Response<Body>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        if let Some(preflight) = self
-            .state
-            .cors
-            .preflight(request.method(), request.headers())
-        {
-            return preflight;
-        }
-        let method: &Method = request.method();
-        match family {
-            RouteFamily::Media | RouteFamily::ApiMedia | RouteFamily::Generate => {
-                match self.media.clone().oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            }
-            RouteFamily::Ops => match request.uri().path() {
-                "/healthz" => routes::ops::healthz(method),
-                "/readyz" => routes::ops::readyz(&self.state, method).await,
-                _ => routes::ops::metrics(&self.state, method),
-            },
-            RouteFamily::GunRelay => routes::gun_relay::handle(&self.state, request).await,
-            RouteFamily::Resolve => routes::resolve::handle(&self.state, request).await,
-            _ => routes::not_found(),
-        }
-    }
+    })
 }
 
 /// The URL path of one GIF under the web root, to print at start-up so a newcomer has
@@ -367,4 +227,38 @@ pub fn sample_url_path(config: &Config) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_ids_are_16_hex_digits_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..(3 * IDS_PER_BLOCK) {
+            let id = fresh_request_id();
+            let text = id.to_str().expect("ascii");
+            assert_eq!(text.len(), 16);
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+            assert!(seen.insert(text.to_owned()), "ids repeat: {text}");
+        }
+    }
+
+    #[test]
+    fn caller_ids_are_kept_only_when_short_and_printable() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(
+            &X_REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(200)).unwrap(),
+        );
+        assert_eq!(request_id(&headers).len(), 16);
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&headers).len(), 16);
+    }
 }

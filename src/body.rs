@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use crate::server::outbox::{Guard, Outbox};
+use crate::outbox::{Guard, Outbox};
 use crate::store::MappedFile;
 
 /// Default chunk size used by bodies built without an explicit one (JSON answers and

@@ -6,27 +6,33 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// Parses a duration given in whole seconds or with a unit (`500ms`, `10s`, `2m`, `1h`).
 ///
-/// Hand-written because it is six lines and every duration flag shares it; a crate for
-/// this would add a dependency for less code than its glue.
+/// Hand-written because it is a few lines and every duration flag shares it, and because
+/// `humantime` would refuse the bare seconds (`30`) the documented settings accept.
+/// Arithmetic is checked: a value too large for its unit is an error, not a wrap.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{raw}` is not a duration (try 30s, 500ms, 5m)"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "`{raw}`: unknown unit `{unit}` (use ms, s, m or h)"
-        )),
-    }
+    let secs_per = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "`{raw}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    n.checked_mul(secs_per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{raw}` is too large"))
 }
 
 /// Parses a byte size: a plain number of bytes or one with a binary suffix (`64KiB`, `512MiB`, `2GiB`).
@@ -351,9 +357,14 @@ impl Config {
     /// ephemeral loopback port: what tests and benches start from. Its derived-file
     /// folder is `<media_dir>/.oip-media-derived` (hidden, so no route serves it as
     /// media) rather than the shared one in the temp folder, so two test servers never
-    /// evict each other's stills. No JWT secret and no environment is read.
+    /// evict each other's stills. No JWT secret and no environment is read: every
+    /// setting's env twin is switched off first, so a `PORT` or `MAX_IN_FLIGHT` in the
+    /// environment of `cargo test` changes nothing.
     pub fn for_media_dir(media_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Config::parse_from(["oip-media"]);
+        let matches = Self::without_env().get_matches_from(["oip-media"]);
+        // The defaults are the ones `--help` documents, all valid for clap; a failure here
+        // is a broken default, caught by the unit tests, never by a request.
+        let mut config = Config::from_arg_matches(&matches).expect("the defaults parse");
         config.media_dir = media_dir.into();
         config.port = 0;
         config.bind = IpAddr::from([127, 0, 0, 1]);
@@ -363,8 +374,14 @@ impl Config {
         config
     }
 
-    /// Checks values clap cannot: each error names the option to fix.
-    pub fn validate(&self) -> Result<(), crate::StartError> {
+    /// The command line definition with every environment twin removed.
+    fn without_env() -> clap::Command {
+        Config::command().mut_args(|arg| arg.env(None::<&str>))
+    }
+
+    /// Checks values clap cannot: each error names the option to fix. Returns what it
+    /// had to parse to check (the CORS allow-list), so nothing is parsed twice.
+    pub fn validate(&self) -> Result<Checked, crate::StartError> {
         let invalid = |option: &'static str, message: &str| {
             Err(crate::StartError::InvalidSetting {
                 option,
@@ -419,9 +436,10 @@ impl Config {
                 return invalid(option, "must be greater than zero");
             }
         }
-        if let Err(message) = crate::cors::CorsPolicy::parse(&self.cors_origins) {
-            return invalid("--cors-origins/CORS_ORIGINS", &message);
-        }
+        let cors = match crate::cors::CorsPolicy::parse(&self.cors_origins) {
+            Ok(cors) => cors,
+            Err(message) => return invalid("--cors-origins/CORS_ORIGINS", &message),
+        };
         if let Some(bad) = self
             .still_widths
             .iter()
@@ -433,7 +451,7 @@ impl Config {
             );
             return invalid("--still-widths/STILL_WIDTHS", &message);
         }
-        Ok(())
+        Ok(Checked { cors })
     }
 
     /// The folder `/media/<project>/<file>` is served from.
@@ -447,6 +465,13 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.media_dir.join("generated"))
     }
+}
+
+/// What [`Config::validate`] parsed while checking, handed on so it is parsed once.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The CORS allow-list of `--cors-origins`.
+    pub cors: crate::cors::CorsPolicy,
 }
 
 /// Settings of the GUN relay client (`src/gun/`) and of the relay-compatible
@@ -632,6 +657,27 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(
+            parse_duration("18446744073709551615h").is_err(),
+            "too large for its unit: an error, not a wrapped value"
+        );
+    }
+
+    #[test]
+    fn the_test_config_reads_no_environment() {
+        assert!(
+            Config::without_env()
+                .get_arguments()
+                .all(|arg| arg.get_env().is_none()),
+            "every env twin is off"
+        );
+        assert!(
+            Config::command()
+                .get_arguments()
+                .any(|arg| arg.get_env().is_some()),
+            "while the service itself reads them"
+        );
     }
 
     #[test]

@@ -51,12 +51,16 @@
 //! and no hop at all (see `store`).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
+
+use crate::metrics::{ReadAtScrape, by_kind};
 
 /// Stack of each pool thread. Jobs are shallow (a path walk, an `open`, a `stat`, a
 /// 64 KiB read); parsing and decoding happen elsewhere. Only touched pages count in
@@ -107,15 +111,15 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 #[derive(Debug, Default)]
 pub struct FsPoolCounters {
     /// Jobs run to completion (a result was handed back, or the caller had gone).
-    pub completed: AtomicU64,
+    pub completed: Counter,
     /// Jobs skipped because their caller stopped waiting before a thread was free.
-    pub abandoned: AtomicU64,
+    pub abandoned: Counter,
     /// Jobs refused because every thread was busy and the queue full.
-    pub rejected: AtomicU64,
+    pub rejected: Counter,
     /// Callers that stopped waiting after `--fs-timeout`.
-    pub timed_out: AtomicU64,
+    pub timed_out: Counter,
     /// Jobs that panicked.
-    pub failed: AtomicU64,
+    pub failed: Counter,
 }
 
 /// State shared by the handle and the threads.
@@ -170,6 +174,9 @@ impl Stall {
 #[derive(Debug, Clone)]
 pub struct FsPool {
     jobs: Sender<Job>,
+    // A receiving end for `/metrics` to count waiting jobs; it keeps no thread alive
+    // (threads stop when every sender is gone).
+    queue: Receiver<Job>,
     shared: Arc<Shared>,
     settings: FsPoolSettings,
 }
@@ -190,6 +197,7 @@ impl FsPool {
         }
         Ok(FsPool {
             jobs,
+            queue,
             shared,
             settings: FsPoolSettings {
                 threads,
@@ -210,7 +218,7 @@ impl FsPool {
         let shared = Arc::clone(&self.shared);
         let job: Job = Box::new(move || {
             if reply.is_closed() {
-                shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                shared.counters.abandoned.inc();
                 return;
             }
             shared.stall.wait();
@@ -218,21 +226,18 @@ impl FsPool {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(job));
             match outcome {
                 Ok(value) => {
-                    shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+                    shared.counters.completed.inc();
                     let _ = reply.send(value);
                 }
                 Err(_) => {
-                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    shared.counters.failed.inc();
                 }
             }
         });
         match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared
-                    .counters
-                    .rejected
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.rejected.inc();
                 return Err(FsPoolError::QueueFull);
             }
         }
@@ -240,10 +245,7 @@ impl FsPool {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err(FsPoolError::Failed),
             Err(_) => {
-                self.shared
-                    .counters
-                    .timed_out
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.timed_out.inc();
                 Err(FsPoolError::TimedOut)
             }
         }
@@ -280,54 +282,49 @@ impl FsPool {
     }
 }
 
-/// Adds the pool's state to a `/metrics` registry: configured bounds, busy threads,
-/// queued jobs, and jobs by outcome (refusals and timeouts are what turned into 503s).
-pub fn register_metrics(registry: &mut prometheus_client::registry::Registry, pool: &FsPool) {
-    use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
-    let gauge = |value: usize| {
-        let gauge = Gauge::<i64>::default();
-        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
-        gauge
-    };
-    let settings = pool.settings();
-    registry.register(
-        "fs_pool_threads",
-        "Filesystem threads (--fs-threads)",
-        gauge(settings.threads),
-    );
-    registry.register(
-        "fs_pool_queue_limit",
-        "Filesystem calls allowed to wait for a thread (--fs-queue)",
-        gauge(settings.queue),
-    );
-    registry.register(
-        "fs_pool_busy",
-        "Filesystem threads running a call now (stuck ones included)",
-        gauge(pool.busy()),
-    );
-    registry.register(
-        "fs_pool_queued",
-        "Filesystem calls waiting for a thread now",
-        gauge(pool.queued()),
-    );
-    let c = pool.counters();
-    let jobs = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
-    for (kind, counter) in [
-        ("completed", &c.completed),
-        ("abandoned", &c.abandoned),
-        ("rejected_queue_full", &c.rejected),
-        ("timed_out", &c.timed_out),
-        ("failed", &c.failed),
-    ] {
-        jobs.get_or_create(&vec![("kind", kind)])
-            .inc_by(counter.load(Ordering::Relaxed));
+impl FsPool {
+    /// Registers the pool's metrics once: configured bounds, busy threads and queued jobs
+    /// (read at scrape time), and jobs by outcome (refusals and timeouts are what turned
+    /// into 503s). The gauges hold the shared state, not a handle, so the registry never
+    /// keeps the threads alive.
+    pub fn register(&self, registry: &mut Registry) {
+        let settings = self.settings;
+        registry.register(
+            "fs_pool_threads",
+            "Filesystem threads (--fs-threads)",
+            ReadAtScrape::gauge(move || settings.threads as u64),
+        );
+        registry.register(
+            "fs_pool_queue_limit",
+            "Filesystem calls allowed to wait for a thread (--fs-queue)",
+            ReadAtScrape::gauge(move || settings.queue as u64),
+        );
+        let shared = Arc::clone(&self.shared);
+        registry.register(
+            "fs_pool_busy",
+            "Filesystem threads running a call now (stuck ones included)",
+            ReadAtScrape::gauge(move || shared.busy.load(Ordering::Relaxed) as u64),
+        );
+        let queue = self.queue.clone();
+        registry.register(
+            "fs_pool_queued",
+            "Filesystem calls waiting for a thread now",
+            ReadAtScrape::gauge(move || queue.len() as u64),
+        );
+        let c = &self.shared.counters;
+        registry.register(
+            "fs_pool_jobs",
+            "Filesystem calls by outcome: completed, abandoned (skipped: the request had given up), \
+             rejected_queue_full and timed_out (answered 503), failed (a bug)",
+            by_kind([
+                ("completed", &c.completed),
+                ("abandoned", &c.abandoned),
+                ("rejected_queue_full", &c.rejected),
+                ("timed_out", &c.timed_out),
+                ("failed", &c.failed),
+            ]),
+        );
     }
-    registry.register(
-        "fs_pool_jobs",
-        "Filesystem calls by outcome: completed, abandoned (skipped: the request had given up), \
-         rejected_queue_full and timed_out (answered 503), failed (a bug)",
-        jobs,
-    );
 }
 
 /// A pool thread: takes jobs until every handle is gone.
@@ -361,7 +358,7 @@ mod tests {
             .unwrap();
         assert!(name.unwrap().starts_with("oip-fs-"));
         assert_eq!(pool.run(|| 6 * 7).await, Ok(42));
-        assert_eq!(pool.counters().completed.load(Ordering::Relaxed), 2);
+        assert_eq!(pool.counters().completed.get(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,22 +393,18 @@ mod tests {
             "bounded by the timeout"
         );
         let c = pool.counters();
-        assert_eq!(c.rejected.load(Ordering::Relaxed), 1);
-        assert_eq!(c.timed_out.load(Ordering::Relaxed), 3);
+        assert_eq!(c.rejected.get(), 1);
+        assert_eq!(c.timed_out.get(), 3);
 
         // Clearing the stall frees the thread; the two queued jobs whose callers gave
         // up are skipped, not run, and new jobs run again.
         pool.inject_stall(None);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while c.abandoned.load(Ordering::Relaxed) < 2 {
+        while c.abandoned.get() < 2 {
             assert!(Instant::now() < deadline, "queued jobs skipped");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(
-            c.completed.load(Ordering::Relaxed),
-            1,
-            "only the started one ran"
-        );
+        assert_eq!(c.completed.get(), 1, "only the started one ran");
         assert_eq!(pool.run(|| 7).await, Ok(7));
     }
 
@@ -421,7 +414,7 @@ mod tests {
         let failed = pool.run(|| -> u8 { panic!("bug in a job") }).await;
         assert_eq!(failed, Err(FsPoolError::Failed));
         assert_eq!(pool.run(|| 1).await, Ok(1), "the thread survived");
-        assert_eq!(pool.counters().failed.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.counters().failed.get(), 1);
     }
 
     #[tokio::test]

@@ -21,10 +21,13 @@ pub mod http;
 pub mod limit;
 pub mod manifest;
 pub mod metrics;
+pub mod outbox;
 pub mod resolve;
+pub mod response;
 pub mod routes;
 pub mod sample;
 pub mod server;
+pub mod state;
 pub mod store;
 
 pub use app::App;

@@ -1,5 +1,8 @@
-//! The media concurrency limiter: a tower layer whose permit lives as long as the
-//! response **body**, with a wait queue bounded in length and in time.
+//! A bounded admission point: a concurrency limiter whose permit lives as long as the
+//! response **body**, with a wait queue bounded in length and in time. The router runs a
+//! route's handler through [`Limiter::admit`] when the route table declares the route
+//! behind this limiter (see `state::Admission`); one limiter per admission point, each
+//! registering its own metrics under its prefix.
 //!
 //! Why not `tower::limit::ConcurrencyLimit`: it releases its permit when the handler's
 //! future completes, i.e. when the headers are ready — before a single body byte was
@@ -11,18 +14,18 @@
 //! and memory grew together. Here a request waits only while both the queue has room and
 //! its wait is short; otherwise it gets a 503 with `Retry-After` at once.
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
+use crate::metrics::{ReadAtScrape, by_kind};
 
 /// Bounds of the limiter, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -48,24 +51,24 @@ pub enum Shed {
     QueueTimeout,
 }
 
-/// Counters of the limiter, for metrics and tests.
+/// Admission counters of the limiter (`…_admitted_total{kind}`, `…_shed_total{kind}`).
 #[derive(Debug, Default)]
 pub struct LimiterCounters {
     /// Requests admitted without waiting.
-    pub admitted_at_once: AtomicU64,
+    pub admitted_at_once: Counter,
     /// Requests admitted after waiting in the queue.
-    pub admitted_after_wait: AtomicU64,
+    pub admitted_after_wait: Counter,
     /// Requests shed because the queue was full.
-    pub shed_queue_full: AtomicU64,
+    pub shed_queue_full: Counter,
     /// Requests shed because their wait timed out.
-    pub shed_queue_timeout: AtomicU64,
+    pub shed_queue_timeout: Counter,
 }
 
 /// The shared state of the limiter: one per process, shared by every connection.
 #[derive(Debug)]
 pub struct Limiter {
     slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    waiting: Arc<AtomicUsize>,
     settings: LimitSettings,
     counters: LimiterCounters,
 }
@@ -75,7 +78,7 @@ impl Limiter {
     pub fn new(settings: LimitSettings) -> Limiter {
         Limiter {
             slots: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
-            waiting: AtomicUsize::new(0),
+            waiting: Arc::new(AtomicUsize::new(0)),
             settings,
             counters: LimiterCounters::default(),
         }
@@ -84,6 +87,47 @@ impl Limiter {
     /// Bodies in flight now (permits held).
     pub fn in_flight(&self) -> usize {
         self.settings.max_in_flight.max(1) - self.slots.available_permits()
+    }
+
+    /// Registers this limiter's metrics in `registry` (a sub-registry named after the
+    /// admission, e.g. `media`): slots in use and waiters (read at scrape time), the
+    /// limit, and the admission and shedding counters.
+    pub fn register(&self, registry: &mut Registry) {
+        let (slots, limit) = (Arc::clone(&self.slots), self.settings.max_in_flight.max(1));
+        registry.register(
+            "in_flight",
+            "Bodies in flight (limiter permits held)",
+            ReadAtScrape::gauge(move || (limit - slots.available_permits()) as u64),
+        );
+        let waiting = Arc::clone(&self.waiting);
+        registry.register(
+            "queue_waiting",
+            "Requests waiting for a limiter slot",
+            ReadAtScrape::gauge(move || waiting.load(Ordering::Relaxed) as u64),
+        );
+        let max_in_flight = self.settings.max_in_flight as u64;
+        registry.register(
+            "in_flight_limit",
+            "Configured limit of bodies in flight",
+            ReadAtScrape::gauge(move || max_in_flight),
+        );
+        let c = &self.counters;
+        registry.register(
+            "admitted",
+            "Requests admitted, at once or after waiting",
+            by_kind([
+                ("at_once", &c.admitted_at_once),
+                ("after_wait", &c.admitted_after_wait),
+            ]),
+        );
+        registry.register(
+            "shed",
+            "Requests shed with 503, by reason",
+            by_kind([
+                ("queue_full", &c.shed_queue_full),
+                ("queue_timeout", &c.shed_queue_timeout),
+            ]),
+        );
     }
 
     /// Requests waiting for a slot now.
@@ -105,9 +149,7 @@ impl Limiter {
     /// (tokio's semaphore is fair), else sheds.
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Shed> {
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
-            self.counters
-                .admitted_at_once
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.admitted_at_once.inc();
             return Ok(permit);
         }
         // Reserve a place in the queue, or shed if there is none.
@@ -118,9 +160,7 @@ impl Limiter {
             })
             .is_ok();
         if !reserved {
-            self.counters
-                .shed_queue_full
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.shed_queue_full.inc();
             return Err(Shed::QueueFull);
         }
         let waited = tokio::time::timeout(
@@ -131,24 +171,38 @@ impl Limiter {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => {
-                self.counters
-                    .admitted_after_wait
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.admitted_after_wait.inc();
                 Ok(permit)
             }
             // The semaphore is never closed; treat it like a timeout if it ever were.
             Ok(Err(_)) | Err(_) => {
-                self.counters
-                    .shed_queue_timeout
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.shed_queue_timeout.inc();
                 Err(Shed::QueueTimeout)
             }
         }
     }
 
+    /// Runs `handler` once a slot is taken and attaches the permit to the response body,
+    /// so the slot stays taken until the body is finished or dropped; a shed request gets
+    /// [`Limiter::shed_response`] and `handler` never runs. `handler` makes its future only
+    /// once admitted, so a request waiting in the queue holds no handler state.
+    pub async fn admit<F, Fut>(&self, handler: F) -> Response<Body>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Response<Body>>,
+    {
+        let permit = match self.acquire().await {
+            Ok(permit) => permit,
+            Err(why) => return self.shed_response(why),
+        };
+        let mut response = handler().await;
+        response.body_mut().attach(permit);
+        response
+    }
+
     /// The 503 a shed request gets: JSON, `Retry-After`, never cached.
     pub fn shed_response(&self, why: Shed) -> Response<Body> {
-        let mut response = crate::routes::json(
+        let mut response = crate::response::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "error": "Server busy, retry shortly", "reason": why.to_string() }),
         );
@@ -162,79 +216,10 @@ impl Limiter {
     }
 }
 
-/// Tower layer that puts a service behind a [`Limiter`].
-#[derive(Debug, Clone)]
-pub struct BodyLimitLayer {
-    limiter: Arc<Limiter>,
-}
-
-impl BodyLimitLayer {
-    /// A layer sharing `limiter` (one limiter can guard several route services).
-    pub fn new(limiter: Arc<Limiter>) -> Self {
-        BodyLimitLayer { limiter }
-    }
-}
-
-impl<S> tower::Layer<S> for BodyLimitLayer {
-    type Service = BodyLimit<S>;
-
-    fn layer(&self, inner: S) -> BodyLimit<S> {
-        BodyLimit {
-            inner,
-            limiter: Arc::clone(&self.limiter),
-        }
-    }
-}
-
-/// A service whose responses each hold a limiter permit until their body is done.
-#[derive(Debug, Clone)]
-pub struct BodyLimit<S> {
-    inner: S,
-    limiter: Arc<Limiter>,
-}
-
-impl<S, B> tower::Service<Request<B>> for BodyLimit<S>
-where
-    S: tower::Service<Request<B>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Admission happens per request in `call`, so a full limiter sheds instead of
-        // leaving callers parked in `poll_ready` without bound.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let limiter = Arc::clone(&self.limiter);
-        // Take the instance that was "ready" and leave a fresh clone behind (tower's rule
-        // for services that are polled ready once and called later).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let permit = match limiter.acquire().await {
-                Ok(permit) => permit,
-                Err(why) => return Ok(limiter.shed_response(why)),
-            };
-            let mut response = inner.call(request).await?;
-            response.body_mut().attach(permit);
-            Ok(response)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-    use tower::{Layer, ServiceExt};
 
     fn settings(max_in_flight: usize, max_queue: usize, queue_ms: u64) -> LimitSettings {
         LimitSettings {
@@ -245,34 +230,29 @@ mod tests {
         }
     }
 
-    fn big_body_service() -> impl tower::Service<
-        Request<()>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future = impl Future + Send,
-    > + Clone
-    + Send
-    + 'static {
-        tower::service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Body::from_segments(
-                vec![bytes::Bytes::from(vec![0u8; 100_000])],
-                1000,
-            )))
-        })
+    /// A handler whose body is much larger than one chunk, admitted through `limiter`.
+    async fn serve(limiter: Arc<Limiter>) -> Response<Body> {
+        limiter
+            .admit(|| async {
+                Response::new(Body::from_segments(
+                    vec![bytes::Bytes::from(vec![0u8; 100_000])],
+                    1000,
+                ))
+            })
+            .await
     }
 
     #[tokio::test]
     async fn permit_is_held_until_the_body_is_done() {
         let limiter = Arc::new(Limiter::new(settings(2, 0, 10)));
-        let svc = BodyLimitLayer::new(Arc::clone(&limiter)).layer(big_body_service());
-        let mut first = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let mut first = serve(Arc::clone(&limiter)).await;
         assert_eq!(
             limiter.in_flight(),
             1,
             "handler returned, body not sent: still held"
         );
-        let second = svc.clone().oneshot(Request::new(())).await.unwrap();
-        let third = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let second = serve(Arc::clone(&limiter)).await;
+        let third = serve(Arc::clone(&limiter)).await;
         assert_eq!(
             third.status(),
             StatusCode::SERVICE_UNAVAILABLE,
@@ -285,28 +265,18 @@ mod tests {
         // Abandon the second mid-way: dropping releases too.
         drop(second);
         assert_eq!(limiter.in_flight(), 0);
-        assert_eq!(
-            limiter.counters().shed_queue_full.load(Ordering::Relaxed),
-            1
-        );
+        assert_eq!(limiter.counters().shed_queue_full.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn queue_is_bounded_in_time() {
         let limiter = Arc::new(Limiter::new(settings(1, 10, 500)));
-        let svc = BodyLimitLayer::new(Arc::clone(&limiter)).layer(big_body_service());
-        let held = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let held = serve(Arc::clone(&limiter)).await;
         let started = tokio::time::Instant::now();
-        let waited = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let waited = serve(Arc::clone(&limiter)).await;
         assert_eq!(waited.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(started.elapsed(), Duration::from_millis(500));
-        assert_eq!(
-            limiter
-                .counters()
-                .shed_queue_timeout
-                .load(Ordering::Relaxed),
-            1
-        );
+        assert_eq!(limiter.counters().shed_queue_timeout.get(), 1);
         assert_eq!(limiter.waiting(), 0);
         drop(held);
     }
@@ -314,39 +284,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn queued_request_gets_the_slot_when_a_body_finishes() {
         let limiter = Arc::new(Limiter::new(settings(1, 10, 5_000)));
-        let svc = BodyLimitLayer::new(Arc::clone(&limiter)).layer(big_body_service());
-        let held = svc.clone().oneshot(Request::new(())).await.unwrap();
-        let waiter = tokio::spawn(svc.clone().oneshot(Request::new(())));
+        let held = serve(Arc::clone(&limiter)).await;
+        let waiter = tokio::spawn(serve(Arc::clone(&limiter)));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(limiter.waiting(), 1);
         drop(held);
-        let response = waiter.await.unwrap().unwrap();
+        let response = waiter.await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            limiter
-                .counters()
-                .admitted_after_wait
-                .load(Ordering::Relaxed),
-            1
-        );
+        assert_eq!(limiter.counters().admitted_after_wait.get(), 1);
     }
 
     #[tokio::test]
     async fn queue_is_bounded_in_length() {
         let limiter = Arc::new(Limiter::new(settings(1, 2, 60_000)));
-        let svc = BodyLimitLayer::new(Arc::clone(&limiter)).layer(big_body_service());
-        let held = svc.clone().oneshot(Request::new(())).await.unwrap();
-        let w1 = tokio::spawn(svc.clone().oneshot(Request::new(())));
-        let w2 = tokio::spawn(svc.clone().oneshot(Request::new(())));
+        let held = serve(Arc::clone(&limiter)).await;
+        let w1 = tokio::spawn(serve(Arc::clone(&limiter)));
+        let w2 = tokio::spawn(serve(Arc::clone(&limiter)));
         while limiter.waiting() < 2 {
             tokio::task::yield_now().await;
         }
-        let shed = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let shed = serve(Arc::clone(&limiter)).await;
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         drop(held);
-        let r1 = w1.await.unwrap().unwrap();
+        let r1 = w1.await.unwrap();
         drop(r1);
-        let r2 = w2.await.unwrap().unwrap();
+        let r2 = w2.await.unwrap();
         assert_eq!(r2.status(), StatusCode::OK);
     }
 }

@@ -549,7 +549,7 @@ mod tests {
         let window = Duration::from_millis(200);
         let cache = ManifestCache::new(4, vec![], fs.clone(), window);
         let first = cache.get(&root, &id).await.unwrap().unwrap();
-        let jobs = fs.counters().completed.load(Ordering::Relaxed);
+        let jobs = fs.counters().completed.get();
         let tmp = dir.path().join(ID).join("manifest.tmp");
         std::fs::write(&tmp, br#"{"accessLevel":"private"}"#).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
@@ -557,11 +557,7 @@ mod tests {
         let during = cache.get(&root, &id).await.unwrap().unwrap();
         if changed.elapsed() < window {
             assert!(Arc::ptr_eq(&first, &during));
-            assert_eq!(
-                fs.counters().completed.load(Ordering::Relaxed),
-                jobs,
-                "no stat"
-            );
+            assert_eq!(fs.counters().completed.get(), jobs, "no stat");
         }
         tokio::time::sleep(window).await;
         let after = cache.get(&root, &id).await.unwrap().unwrap();

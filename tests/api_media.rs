@@ -1,10 +1,11 @@
 //! `/api/media/<mediaId>` and `/info` against a real server: ids, caching headers,
 //! ranges and preconditions, access to private media, served types, GIF metadata.
 
-mod media_fixtures;
+mod support;
 
-use media_fixtures::{Fixture, TestFrame, header, in_an_hour, make_gif, media_id, token};
 use serde_json::{Value, json};
+use support::TestServer as Fixture;
+use support::media::{TestFrame, header, in_an_hour, make_gif, media_id, token};
 
 const SECRET: &str = "integration-secret";
 const OWNER: &str = "02owner-public-key";
@@ -359,7 +360,7 @@ async fn manifest_changes_are_noticed_and_unreadable_manifests_serve_as_public_o
     assert_eq!(fx.get(&path).await.status(), 200);
     fx.put_media(&id, b"bytes", Some(private_manifest(&id)));
     assert_eq!(fx.get(&path).await.status(), 401, "re-read after a change");
-    media_fixtures::write_atomically(
+    support::media::write_atomically(
         &fx.media_dir().join(&id).join("manifest.json"),
         b"{ not json",
     );
@@ -459,13 +460,7 @@ async fn info_returns_the_manifest_without_paths_and_gif_metadata() {
 }
 
 fn parsed(fx: &Fixture) -> u64 {
-    fx.server
-        .app()
-        .state()
-        .gifs
-        .counters()
-        .infos_parsed
-        .load(std::sync::atomic::Ordering::Relaxed)
+    fx.server.app().state().gifs.counters().infos_parsed.get()
 }
 
 #[tokio::test]
@@ -477,7 +472,7 @@ async fn invalid_and_oversized_gifs_are_422() {
             b"GIF89a\x10\x00\x10\x00 then nothing useful".to_vec(),
         ),
         ("truncated", {
-            let mut b = media_fixtures::pattern_gif(16, 16);
+            let mut b = support::media::pattern_gif(16, 16);
             b.truncate(b.len() / 2);
             b
         }),

@@ -2,9 +2,10 @@
 //! `/api/media?id=`, served from the generated folder with `/media`'s semantics, and
 //! every way of walking out of that folder answered 404.
 
-mod media_fixtures;
+mod support;
 
-use media_fixtures::{Fixture, header};
+use support::TestServer as Fixture;
+use support::media::header;
 
 const AUDIO: &[u8] = b"ID3\x04\x00fake mp3 bytes for the test, long enough to range over";
 

@@ -7,46 +7,40 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use oip_media::Config;
 use oip_media::config::GunSettings;
-use oip_media::{Config, RunningServer};
 use serde_json::{Value, json};
+use support::TestServer;
 use support::relay_stub::{RelayStub, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Service {
-    server: RunningServer,
+    server: TestServer,
     base: String,
     http: reqwest::Client,
-    _media: tempfile::TempDir,
 }
 
 impl Service {
     /// oip-media with the relay at `gun_peers` and short bounds, adjusted by `tweak`.
     async fn start(gun_peers: Option<String>, tweak: impl FnOnce(&mut GunSettings)) -> Service {
-        let media = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir(media.path().join("web")).expect("web dir");
-        let mut config = Config::for_media_dir(media.path());
-        config.gun.gun_peers = gun_peers;
-        config.gun.gun_attempts = 1;
-        config.gun.gun_attempt_timeout = Duration::from_secs(2);
-        config.gun.gun_deadline = Duration::from_secs(3);
-        config.gun.gun_backoff_base = Duration::from_millis(10);
-        config.gun.gun_put_body_timeout = Duration::from_secs(2);
-        config.gun.gun_summary_interval = Duration::ZERO;
-        tweak(&mut config.gun);
-        let server = oip_media::server::start(config).await.expect("start");
-        let base = format!("http://{}", server.local_addr());
+        let server = TestServer::start(|config| {
+            config.gun.gun_peers = gun_peers;
+            config.gun.gun_attempts = 1;
+            config.gun.gun_attempt_timeout = Duration::from_secs(2);
+            config.gun.gun_deadline = Duration::from_secs(3);
+            config.gun.gun_backoff_base = Duration::from_millis(10);
+            config.gun.gun_put_body_timeout = Duration::from_secs(2);
+            config.gun.gun_summary_interval = Duration::ZERO;
+            tweak(&mut config.gun);
+        })
+        .await;
+        let base = server.base.clone();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
-        Service {
-            server,
-            base,
-            http,
-            _media: media,
-        }
+        Service { server, base, http }
     }
 
     async fn get(&self, path_and_query: &str) -> (u16, Value, reqwest::header::HeaderMap) {
@@ -75,7 +69,7 @@ impl Service {
     }
 
     async fn shutdown(self) {
-        self.server.shutdown().await;
+        self.server.stop().await;
     }
 }
 

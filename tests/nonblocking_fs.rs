@@ -49,7 +49,7 @@ impl Served {
         }
     }
 
-    fn state(&self) -> &std::sync::Arc<oip_media::app::AppState> {
+    fn state(&self) -> &std::sync::Arc<oip_media::state::AppState> {
         self.server.as_ref().expect("running").app().state()
     }
 

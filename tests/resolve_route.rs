@@ -5,35 +5,30 @@ mod support;
 
 use std::time::Duration;
 
-use oip_media::{Config, RunningServer};
+use oip_media::Config;
 use serde_json::{Value, json};
 use support::elastic::ElasticStandIn;
 use support::relay_stub::RelayStub;
-use support::{rec, with};
+use support::{TestServer, rec, with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Fixture {
-    server: RunningServer,
+    server: TestServer,
     es: ElasticStandIn,
     client: reqwest::Client,
-    _media: tempfile::TempDir,
 }
 
 impl Fixture {
     async fn start(records: Vec<Value>, adjust: impl FnOnce(&mut Config)) -> Fixture {
         let es = ElasticStandIn::start(records, vec![]).await;
-        let media = tempfile::tempdir().unwrap();
-        std::fs::create_dir(media.path().join("web")).unwrap();
-        let mut config = Config::for_media_dir(media.path());
-        config.resolver.elasticsearch_host = Some(es.url());
-        adjust(&mut config);
-        let server = oip_media::server::start(config).await.unwrap();
-        Fixture {
-            server,
-            es,
-            client: reqwest::Client::new(),
-            _media: media,
-        }
+        let url = es.url();
+        let server = TestServer::start(|config| {
+            config.resolver.elasticsearch_host = Some(url);
+            adjust(config);
+        })
+        .await;
+        let client = server.client.clone();
+        Fixture { server, es, client }
     }
 
     fn url(&self, path_and_query: &str) -> String {
@@ -119,8 +114,8 @@ async fn resolves_records_and_reports_stats() {
             .state()
             .resolver
             .counters()
-            .snapshot()
-            .resolutions,
+            .resolutions
+            .get(),
         2
     );
     fx.server.shutdown().await;

@@ -7,21 +7,17 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use oip_media::app::AppState;
+use oip_media::state::AppState;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Bytes sent by sendfile and file bytes copied by writev so far.
 fn sent(state: &AppState) -> (u64, u64) {
-    let s = &state.connections.sends;
-    (
-        s.sendfile_bytes.load(Ordering::Relaxed),
-        s.copied_file_bytes.load(Ordering::Relaxed),
-    )
+    let c = &state.connections;
+    (c.sendfile_bytes.get(), c.copied_file_bytes.get())
 }
 
 /// Reads until EOF, an error or `limit`; returns the bytes read (head included).
@@ -353,15 +349,15 @@ async fn a_file_truncated_mid_sendfile_closes_only_that_connection() {
         started.elapsed() < Duration::from_secs(15),
         "closed, not hung"
     );
-    let sends = &state.connections.sends;
-    assert_eq!(sends.short_file_sends.load(Ordering::Relaxed), 1);
-    assert!(sends.sendfile_bytes.load(Ordering::Relaxed) >= 64 * 1024);
+    let sends = &state.connections;
+    assert_eq!(sends.short_file_sends.get(), 1);
+    assert!(sends.sendfile_bytes.get() >= 64 * 1024);
 
     // The process lives and serves everyone else, by sendfile still.
     let r = get(server.addr, "/media/p/small.gif").await;
     assert_eq!((r.status, r.body.len()), (200, 50_000));
     wait_until("the permit is back", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 0
+        state.admissions.media.in_flight() == 0
     })
     .await;
     server.stop().await;
@@ -390,10 +386,10 @@ async fn a_stalled_reader_on_sendfile_is_dropped_and_its_permit_released() {
     wait_until(
         "the stalled client is dropped",
         Duration::from_secs(10),
-        || state.limiter.in_flight() == 0,
+        || state.admissions.media.in_flight() == 0,
     )
     .await;
-    assert_eq!(state.connections.stall_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(state.connections.stall_timeouts.get(), 1);
     assert_eq!(sent(&state).1, 0, "nothing copied");
     drop(stalled);
     server.stop().await;
@@ -417,12 +413,12 @@ async fn the_permit_is_held_until_the_last_byte_is_sent() {
         .await
         .unwrap();
     wait_until("the body is admitted", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 1
+        state.admissions.media.in_flight() == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        state.limiter.in_flight(),
+        state.admissions.media.in_flight(),
         1,
         "bytes are still unsent: the permit is still held"
     );
@@ -432,7 +428,7 @@ async fn the_permit_is_held_until_the_last_byte_is_sent() {
     wait_until(
         "the permit comes back once all is sent",
         Duration::from_secs(5),
-        || state.limiter.in_flight() == 0,
+        || state.admissions.media.in_flight() == 0,
     )
     .await;
     server.stop().await;

@@ -2,14 +2,14 @@
 //! first frame as a PNG of the right size, matching what the `image` crate's own GIF
 //! decoder shows for that frame, rendered once into a bounded derived folder.
 
-mod media_fixtures;
+mod support;
 
 use std::io::Cursor;
-use std::sync::atomic::Ordering;
 
 use image::AnimationDecoder;
-use media_fixtures::{Fixture, PALETTE, TestFrame, header, make_gif, media_id, pattern_gif};
 use serde_json::json;
+use support::TestServer as Fixture;
+use support::media::{PALETTE, TestFrame, header, make_gif, media_id, pattern_gif};
 
 /// The first frame as the `image` crate composes it (an independent decoder).
 fn first_frame_by_image(gif_bytes: &[u8]) -> image::RgbaImage {
@@ -31,7 +31,7 @@ fn rendered(fx: &Fixture) -> u64 {
         .gifs
         .counters()
         .stills_rendered
-        .load(Ordering::Relaxed)
+        .get()
 }
 
 #[tokio::test]
@@ -210,9 +210,15 @@ async fn a_still_is_rendered_once_then_served_from_the_derived_folder() {
     );
 
     // A replaced GIF gets a new still and a new ETag.
-    std::thread::sleep(std::time::Duration::from_millis(20));
     let solid = make_gif(32, 32, &[TestFrame::full(32, 32, 10, |_, _| 0)], None);
-    fx.put_web("once.gif", &solid);
+    let replaced = fx.put_web("once.gif", &solid);
+    // A later mtime set, not waited for: the replacement differs whatever the clock does.
+    std::fs::File::options()
+        .write(true)
+        .open(&replaced)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(2))
+        .unwrap();
     let r = fx.get(path).await;
     assert_eq!(r.status(), 200);
     assert_ne!(header(&r, "etag"), Some(etags[0].as_str()));
@@ -316,7 +322,7 @@ async fn stills_of_content_addressed_gifs_follow_their_access_rules() {
     );
     let path = format!("/api/media/{private}?still=1");
     assert_eq!(fx.get(&path).await.status(), 401);
-    let t = media_fixtures::token(secret, json!({"publicKey": "me"}));
+    let t = support::media::token(secret, json!({"publicKey": "me"}));
     let r = fx
         .get_with(&path, &[("authorization", &format!("Bearer {t}"))])
         .await;

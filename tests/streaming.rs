@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -44,7 +43,11 @@ async fn truncating_a_mapped_file_mid_response_costs_only_that_connection() {
     let mut slow = send_get(server.addr, "/media/p/big.gif").await;
     let mut first = vec![0u8; 64 * 1024];
     slow.read_exact(&mut first).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let state = std::sync::Arc::clone(server.server.app().state());
+    wait_until("the body is under way", Duration::from_secs(5), || {
+        state.admissions.media.in_flight() == 1
+    })
+    .await;
     // Break the write-once rule the way a careless writer would: truncate in place.
     std::fs::OpenOptions::new()
         .write(true)
@@ -131,17 +134,14 @@ async fn thousands_of_aborted_downloads_leak_no_permit() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    let limiter = std::sync::Arc::clone(&server.server.app().state().limiter);
+    let limiter = std::sync::Arc::clone(&server.server.app().state().admissions.media);
     wait_until("all permits are back", Duration::from_secs(15), || {
         limiter.in_flight() == 0
     })
     .await;
     assert_eq!(limiter.waiting(), 0);
-    let admitted = limiter.counters().admitted_at_once.load(Ordering::Relaxed)
-        + limiter
-            .counters()
-            .admitted_after_wait
-            .load(Ordering::Relaxed);
+    let admitted =
+        limiter.counters().admitted_at_once.get() + limiter.counters().admitted_after_wait.get();
     assert!(
         admitted >= 2000,
         "the downloads were really admitted ({admitted})"
@@ -168,16 +168,16 @@ async fn a_client_that_stops_reading_is_dropped_and_its_permit_released() {
 
     let stalled = send_get(server.addr, "/media/p/big.gif").await;
     wait_until("the download is admitted", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 1
+        state.admissions.media.in_flight() == 1
     })
     .await;
     wait_until(
         "the stalled client is dropped",
         Duration::from_secs(10),
-        || state.limiter.in_flight() == 0,
+        || state.admissions.media.in_flight() == 0,
     )
     .await;
-    assert_eq!(state.connections.stall_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(state.connections.stall_timeouts.get(), 1);
     drop(stalled);
     server.stop().await;
 }
@@ -268,8 +268,8 @@ async fn idle_and_silent_connections_are_closed_by_their_timeouts() {
         idle >= Duration::from_millis(500),
         "keep-alive lasted {idle:?}, not the 300 ms head timeout"
     );
-    assert_eq!(state.connections.header_timeouts.load(Ordering::Relaxed), 1);
-    assert_eq!(state.connections.idle_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(state.connections.header_timeouts.get(), 1);
+    assert_eq!(state.connections.idle_timeouts.get(), 1);
     server.stop().await;
 }
 
@@ -296,7 +296,7 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         holders.push(send_get(server.addr, "/media/p/big.gif").await);
     }
     wait_until("slots taken", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 4
+        state.admissions.media.in_flight() == 4
     })
     .await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -313,18 +313,12 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         shed += 1;
     }
     assert_eq!(shed, 20);
-    let c = state.limiter.counters();
-    assert!(
-        c.shed_queue_full.load(Ordering::Relaxed) >= 12,
-        "queue bounded in length"
-    );
-    assert!(
-        c.shed_queue_timeout.load(Ordering::Relaxed) >= 1,
-        "queue bounded in time"
-    );
+    let c = state.admissions.media.counters();
+    assert!(c.shed_queue_full.get() >= 12, "queue bounded in length");
+    assert!(c.shed_queue_timeout.get() >= 1, "queue bounded in time");
     drop(holders);
     wait_until("slots released", Duration::from_secs(5), || {
-        state.limiter.in_flight() == 0
+        state.admissions.media.in_flight() == 0
     })
     .await;
     assert_eq!(
@@ -346,37 +340,25 @@ async fn open_descriptors_do_not_grow_with_files_served() {
             &pattern(1000 + i, 4),
         );
     }
-    let server = start_with(media, |c| c.map_cache_entries = 32).await;
-    // Descriptors of files under this media root only: the other tests of this binary
-    // run at the same time and open sockets of their own.
-    let root = std::fs::canonicalize(server.media.path()).unwrap();
-    let fds = || {
-        std::fs::read_dir("/proc/self/fd")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .filter(|target| target.starts_with(&root))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    // Counted in a process of its own, and only descriptors of files under the media
+    // root: the other tests of this binary run at the same time and open sockets.
+    let server = ChildServer::start_with(media.path(), &[("MAP_CACHE_ENTRIES", "32")]);
+    let root = std::fs::canonicalize(media.path()).unwrap();
     let _ = get(server.addr, "/media/p/0.gif").await;
-    let before = fds();
+    let before = server.open_fds_under(&root);
     for i in 0..300 {
         assert_eq!(
             get(server.addr, &format!("/media/p/{i}.gif")).await.status,
             200
         );
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let after = fds();
-    let cached = server.server.app().state().store.cached_entries();
-    assert!(cached <= 32, "the cache keeps its bound ({cached})");
+    let after = server.open_fds_under(&root);
     assert!(
         before >= 1 && after <= 32,
         "one descriptor per cached file, bounded by the cache: {before} → {after} after 300 files"
     );
-    server.stop().await;
+    let metrics = String::from_utf8(get(server.addr, "/metrics").await.body).unwrap();
+    assert!(metric(&metrics, "oip_media_map_cache_entries").unwrap() <= 32.0);
 }
 
 #[tokio::test]
@@ -388,17 +370,22 @@ async fn the_connection_cap_pauses_accepting_until_a_connection_closes() {
     let first = TcpStream::connect(server.addr).await.unwrap();
     let second = TcpStream::connect(server.addr).await.unwrap();
     wait_until("both accepted", Duration::from_secs(5), || {
-        state.connections.open.load(Ordering::Relaxed) == 2
+        state.connections.open.get() == 2
     })
     .await;
     let addr = server.addr;
     let waiting = tokio::spawn(async move { get(addr, "/media/p/a.gif").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The accept loop counts each time it stops at the cap: wait for that count rather
+    // than for a while.
+    wait_until("the cap is reached", Duration::from_secs(5), || {
+        state.connections.cap_reached.get() >= 1
+    })
+    .await;
     assert!(
         !waiting.is_finished(),
         "a third client waits in the backlog"
     );
-    assert!(state.connections.cap_reached.load(Ordering::Relaxed) >= 1);
+    assert!(state.connections.cap_reached.get() >= 1);
     drop(first);
     let r = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await

@@ -25,9 +25,9 @@ pub mod still;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
@@ -146,9 +146,23 @@ pub struct Still {
 #[derive(Debug, Default)]
 pub struct GifCounters {
     /// GIFs parsed for metadata.
-    pub infos_parsed: AtomicU64,
+    pub infos_parsed: Counter,
     /// Stills rendered and written.
-    pub stills_rendered: AtomicU64,
+    pub stills_rendered: Counter,
+}
+
+impl GifCounters {
+    /// Registers `oip_media_gif_work_total{kind}`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "gif_work",
+            "GIF decoding work: metadata parses and stills rendered",
+            crate::metrics::by_kind([
+                ("info_parsed", &self.infos_parsed),
+                ("still_rendered", &self.stills_rendered),
+            ]),
+        );
+    }
 }
 
 /// GIF metadata and stills, shared by every route.
@@ -241,7 +255,7 @@ impl Gifs {
             .get_or_insert_async(&identity, async {
                 match self
                     .blocking(move || {
-                        counters.infos_parsed.fetch_add(1, Ordering::Relaxed);
+                        counters.infos_parsed.inc();
                         meta::read_info(&path, identity, &limits)
                     })
                     .await
@@ -285,7 +299,7 @@ impl Gifs {
             .get_or_insert_async(&name, async {
                 let rendered = self
                     .blocking(move || {
-                        counters.stills_rendered.fetch_add(1, Ordering::Relaxed);
+                        counters.stills_rendered.inc();
                         still::render(&path, identity, width, &limits).map(Bytes::from)
                     })
                     .await;

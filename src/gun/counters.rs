@@ -1,115 +1,89 @@
-//! The client's counters: plain atomics bumped on the request path, read by the periodic
-//! summary log and (later) the metrics endpoint through [`GunCounters::snapshot`].
+//! The client's counters: prometheus-client counters bumped on the request path, read
+//! directly by the periodic summary log and by tests, and registered once for `/metrics`
+//! by [`GunCounters::register`] (`oip_media_gun_*`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 use super::breaker::{BreakerGauge, BreakerState};
 use super::error::GunError;
+use crate::metrics::{ReadAtScrape, by_kind};
 
-/// Counters of one client. Relaxed atomics: each number is exact, but a snapshot taken
-/// while requests run may mix values from slightly different instants.
+/// Counters of one client. Each number is exact; values read while requests run may
+/// come from slightly different instants.
 #[derive(Debug, Default)]
 pub struct GunCounters {
-    pub(crate) requests: AtomicU64,
-    pub(crate) puts: AtomicU64,
-    pub(crate) upstream_requests: AtomicU64,
-    pub(crate) found: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) negative_cache_hits: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) upstream_404s: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    errors: ErrorCounters,
+    /// `get` calls.
+    pub requests: Counter,
+    /// `put` calls.
+    pub puts: Counter,
+    /// HTTP requests sent to the relay (every attempt of every get and put).
+    pub upstream_requests: Counter,
+    /// Gets answered with a record.
+    pub found: Counter,
+    /// Gets answered "missing" (from the relay or from the negative cache).
+    pub misses: Counter,
+    /// Gets answered "missing" from the negative cache, without a request.
+    pub negative_cache_hits: Counter,
+    /// Gets that joined another caller's request for the same soul instead of sending one.
+    pub coalesced: Counter,
+    /// 404 answers from the relay: record misses and misconfiguration alike.
+    pub upstream_404s: Counter,
+    /// Requests sent again after an "unavailable" outcome.
+    pub retries: Counter,
+    /// Calls that ended in an error, by kind.
+    pub errors: GunErrorCounters,
     pub(crate) breaker: Arc<BreakerGauge>,
 }
 
-#[derive(Debug, Default)]
-struct ErrorCounters {
-    config: AtomicU64,
-    invalid_soul: AtomicU64,
-    misconfigured: AtomicU64,
-    bad_request: AtomicU64,
-    rejected: AtomicU64,
-    unavailable: AtomicU64,
-    circuit_open: AtomicU64,
-    invalid_response: AtomicU64,
-    internal: AtomicU64,
-}
-
-/// A copy of the counters at one instant, ready to serialise for metrics or a log line.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GunCountersSnapshot {
-    /// `get` calls.
-    pub requests: u64,
-    /// `put` calls.
-    pub puts: u64,
-    /// HTTP requests sent to the relay (every attempt of every get and put).
-    pub upstream_requests: u64,
-    /// Gets answered with a record.
-    pub found: u64,
-    /// Gets answered "missing" (from the relay or from the negative cache).
-    pub misses: u64,
-    /// Gets answered "missing" from the negative cache, without a request.
-    pub negative_cache_hits: u64,
-    /// Gets that joined another caller's request for the same soul instead of sending one.
-    pub coalesced: u64,
-    /// 404 answers from the relay: record misses and misconfiguration alike.
-    pub upstream_404s: u64,
-    /// Requests sent again after an "unavailable" outcome.
-    pub retries: u64,
-    /// Calls that ended in an error, by kind.
-    pub errors: GunErrorCounts,
-    /// The circuit breaker's state.
-    pub breaker_state: BreakerState,
-    /// Times the breaker opened since start.
-    pub breaker_opens: u64,
-    /// Share of gets answered from the negative cache (0 when there was no get).
-    pub negative_cache_hit_rate: f64,
-}
-
 /// Calls that ended in an error, by [`GunError`] kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct GunErrorCounts {
+#[derive(Debug, Default)]
+pub struct GunErrorCounters {
     /// [`GunError::Config`].
-    pub config: u64,
+    pub config: Counter,
     /// [`GunError::InvalidSoul`].
-    pub invalid_soul: u64,
+    pub invalid_soul: Counter,
     /// [`GunError::Misconfigured`].
-    pub misconfigured: u64,
+    pub misconfigured: Counter,
     /// [`GunError::BadRequest`].
-    pub bad_request: u64,
+    pub bad_request: Counter,
     /// [`GunError::Rejected`].
-    pub rejected: u64,
+    pub rejected: Counter,
     /// [`GunError::Unavailable`].
-    pub unavailable: u64,
+    pub unavailable: Counter,
     /// [`GunError::CircuitOpen`].
-    pub circuit_open: u64,
+    pub circuit_open: Counter,
     /// [`GunError::InvalidResponse`].
-    pub invalid_response: u64,
+    pub invalid_response: Counter,
     /// [`GunError::Internal`].
-    pub internal: u64,
+    pub internal: Counter,
 }
 
-impl GunErrorCounts {
+impl GunErrorCounters {
+    fn all(&self) -> [(&'static str, &Counter); 9] {
+        [
+            ("config", &self.config),
+            ("invalid_soul", &self.invalid_soul),
+            ("misconfigured", &self.misconfigured),
+            ("bad_request", &self.bad_request),
+            ("rejected", &self.rejected),
+            ("unavailable", &self.unavailable),
+            ("circuit_open", &self.circuit_open),
+            ("invalid_response", &self.invalid_response),
+            ("internal", &self.internal),
+        ]
+    }
+
     /// All errors together.
     pub fn total(&self) -> u64 {
-        self.config
-            + self.invalid_soul
-            + self.misconfigured
-            + self.bad_request
-            + self.rejected
-            + self.unavailable
-            + self.circuit_open
-            + self.invalid_response
-            + self.internal
+        self.all().iter().map(|(_, c)| c.get()).sum()
     }
 }
 
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+pub(crate) fn bump(counter: &Counter) {
+    counter.inc();
 }
 
 impl GunCounters {
@@ -129,41 +103,85 @@ impl GunCounters {
         });
     }
 
-    /// Every counter now, with the breaker state and the negative-cache hit rate.
-    pub fn snapshot(&self) -> GunCountersSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let e = &self.errors;
-        let requests = get(&self.requests);
-        let negative_cache_hits = get(&self.negative_cache_hits);
-        GunCountersSnapshot {
-            requests,
-            puts: get(&self.puts),
-            upstream_requests: get(&self.upstream_requests),
-            found: get(&self.found),
-            misses: get(&self.misses),
-            negative_cache_hits,
-            coalesced: get(&self.coalesced),
-            upstream_404s: get(&self.upstream_404s),
-            retries: get(&self.retries),
-            errors: GunErrorCounts {
-                config: get(&e.config),
-                invalid_soul: get(&e.invalid_soul),
-                misconfigured: get(&e.misconfigured),
-                bad_request: get(&e.bad_request),
-                rejected: get(&e.rejected),
-                unavailable: get(&e.unavailable),
-                circuit_open: get(&e.circuit_open),
-                invalid_response: get(&e.invalid_response),
-                internal: get(&e.internal),
-            },
-            breaker_state: self.breaker.state(),
-            breaker_opens: self.breaker.opens(),
-            negative_cache_hit_rate: if requests == 0 {
-                0.0
-            } else {
-                negative_cache_hits as f64 / requests as f64
-            },
+    /// Share of gets answered from the negative cache (0 when there was no get).
+    pub fn negative_cache_hit_rate(&self) -> f64 {
+        let requests = self.requests.get();
+        if requests == 0 {
+            0.0
+        } else {
+            self.negative_cache_hits.get() as f64 / requests as f64
         }
+    }
+
+    /// The circuit breaker's state at its last transition.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Times the breaker opened since start.
+    pub fn breaker_opens(&self) -> u64 {
+        self.breaker.opens()
+    }
+
+    /// Registers every counter, and the breaker's state, under `registry` (the root
+    /// registry: the names carry their `gun_` prefix, as documented).
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "gun_gets",
+            "GUN record gets asked of the client",
+            self.requests.clone(),
+        );
+        registry.register(
+            "gun_puts",
+            "GUN puts asked of the client",
+            self.puts.clone(),
+        );
+        registry.register(
+            "gun_upstream_requests",
+            "HTTP requests sent to the relay (every attempt)",
+            self.upstream_requests.clone(),
+        );
+        registry.register(
+            "gun_get_results",
+            "GUN gets by result",
+            by_kind([
+                ("found", &self.found),
+                ("missing", &self.misses),
+                ("negative_cache_hit", &self.negative_cache_hits),
+                ("coalesced", &self.coalesced),
+            ]),
+        );
+        registry.register(
+            "gun_upstream_404s",
+            "404 answers from the relay",
+            self.upstream_404s.clone(),
+        );
+        registry.register(
+            "gun_retries",
+            "Relay requests retried after an unavailable outcome",
+            self.retries.clone(),
+        );
+        registry.register(
+            "gun_errors",
+            "GUN calls that ended in an error, by kind",
+            by_kind(self.errors.all()),
+        );
+        let breaker = Arc::clone(&self.breaker);
+        registry.register(
+            "gun_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            ReadAtScrape::gauge(move || match breaker.state() {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            }),
+        );
+        let breaker = Arc::clone(&self.breaker);
+        registry.register(
+            "gun_breaker_opens",
+            "Times the breaker opened",
+            ReadAtScrape::counter(move || breaker.opens()),
+        );
     }
 }
 
@@ -172,7 +190,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_counts_errors_by_kind_and_hit_rate() {
+    fn errors_by_kind_hit_rate_and_registration() {
         let c = GunCounters::default();
         for _ in 0..4 {
             bump(&c.requests);
@@ -180,14 +198,20 @@ mod tests {
         bump(&c.negative_cache_hits);
         c.error(&GunError::CircuitOpen);
         c.error(&GunError::InvalidSoul);
-        let s = c.snapshot();
-        assert_eq!(s.requests, 4);
-        assert_eq!(s.errors.circuit_open, 1);
-        assert_eq!(s.errors.invalid_soul, 1);
-        assert_eq!(s.errors.total(), 2);
-        assert!((s.negative_cache_hit_rate - 0.25).abs() < f64::EPSILON);
-        assert_eq!(s.breaker_state, BreakerState::Closed);
-        let json = serde_json::to_value(&s).expect("serialisable");
-        assert_eq!(json["breaker_state"], "closed");
+        assert_eq!(c.requests.get(), 4);
+        assert_eq!(c.errors.circuit_open.get(), 1);
+        assert_eq!(c.errors.invalid_soul.get(), 1);
+        assert_eq!(c.errors.total(), 2);
+        assert!((c.negative_cache_hit_rate() - 0.25).abs() < f64::EPSILON);
+        assert_eq!(c.breaker_state(), BreakerState::Closed);
+        let mut registry = crate::metrics::registry();
+        c.register(&mut registry);
+        let text = crate::metrics::encode(&registry);
+        assert!(text.contains("oip_media_gun_gets_total 4"), "{text}");
+        assert!(
+            text.contains("oip_media_gun_errors_total{kind=\"circuit_open\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("oip_media_gun_breaker_state 0"), "{text}");
     }
 }

@@ -37,7 +37,7 @@ use counters::bump;
 use flight::{Role, SingleFlight};
 
 pub use breaker::BreakerState;
-pub use counters::{GunCounters, GunCountersSnapshot, GunErrorCounts};
+pub use counters::{GunCounters, GunErrorCounters};
 pub use error::GunError;
 
 /// What the relay holds for a soul.
@@ -175,9 +175,24 @@ impl GunClient {
         result
     }
 
-    /// The client's counters; `counters().snapshot()` for metrics.
+    /// The client's counters.
     pub fn counters(&self) -> &GunCounters {
         &self.inner.counters
+    }
+
+    /// Registers the client's metrics (`oip_media_gun_*`): its counters, the breaker, and
+    /// the negative cache's size read at scrape time (through a weak reference, so the
+    /// registry never keeps a dropped client alive).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.counters.register(registry);
+        let inner = Arc::downgrade(&self.inner);
+        registry.register(
+            "gun_negative_cache_entries",
+            "Souls cached as missing",
+            crate::metrics::ReadAtScrape::gauge(move || {
+                inner.upgrade().map_or(0, |inner| inner.cache.len())
+            }),
+        );
     }
 
     /// The circuit breaker's state.
@@ -506,58 +521,63 @@ fn spawn_summary(inner: Weak<Inner>, every: Duration) -> Option<tokio::task::Abo
     let task = runtime.spawn(async move {
         let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last: Option<GunCountersSnapshot> = None;
+        let mut last = Totals::default();
         loop {
             ticker.tick().await;
             let Some(inner) = inner.upgrade() else { break };
-            let now = inner.counters.snapshot();
-            log_summary(&now, last.as_ref(), inner.cache.len());
-            last = Some(now);
+            last = log_summary(&inner.counters, last, inner.cache.len());
         }
     });
     Some(task.abort_handle())
 }
 
-fn log_summary(now: &GunCountersSnapshot, last: Option<&GunCountersSnapshot>, cached: u64) {
-    let (calls, misconfigured_before) = match last {
-        Some(last) => (
-            (now.requests + now.puts).saturating_sub(last.requests + last.puts),
-            last.errors.misconfigured,
-        ),
-        None => (now.requests + now.puts, 0),
+/// What the previous summary line saw: enough to tell whether anything happened since.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    calls: u64,
+    misconfigured: u64,
+}
+
+/// Logs one summary line if there were calls since `last`; returns the new totals.
+fn log_summary(now: &GunCounters, last: Totals, cached: u64) -> Totals {
+    let totals = Totals {
+        calls: now.requests.get() + now.puts.get(),
+        misconfigured: now.errors.misconfigured.get(),
     };
+    let calls = totals.calls.saturating_sub(last.calls);
     if calls == 0 {
-        return; // nothing happened since the last line
+        return totals; // nothing happened since the last line
     }
     macro_rules! summary {
         ($level:ident, $message:literal) => {
             tracing::$level!(
                 calls_since_last = calls,
-                requests = now.requests,
-                puts = now.puts,
-                upstream_requests = now.upstream_requests,
-                found = now.found,
-                misses = now.misses,
-                negative_cache_hits = now.negative_cache_hits,
-                negative_cache_hit_rate = format_args!("{:.3}", now.negative_cache_hit_rate),
+                requests = now.requests.get(),
+                puts = now.puts.get(),
+                upstream_requests = now.upstream_requests.get(),
+                found = now.found.get(),
+                misses = now.misses.get(),
+                negative_cache_hits = now.negative_cache_hits.get(),
+                negative_cache_hit_rate = format_args!("{:.3}", now.negative_cache_hit_rate()),
                 negative_cache_entries = cached,
-                coalesced = now.coalesced,
-                upstream_404s = now.upstream_404s,
-                retries = now.retries,
+                coalesced = now.coalesced.get(),
+                upstream_404s = now.upstream_404s.get(),
+                retries = now.retries.get(),
                 errors = now.errors.total(),
-                misconfigured = now.errors.misconfigured,
-                unavailable = now.errors.unavailable,
-                circuit_open = now.errors.circuit_open,
-                breaker = ?now.breaker_state,
+                misconfigured = totals.misconfigured,
+                unavailable = now.errors.unavailable.get(),
+                circuit_open = now.errors.circuit_open.get(),
+                breaker = ?now.breaker_state(),
                 $message
             )
         };
     }
-    if now.errors.misconfigured > misconfigured_before {
+    if totals.misconfigured > last.misconfigured {
         summary!(error, "GUN relay summary: GUN_PEERS is misconfigured");
     } else {
         summary!(info, "GUN relay summary");
     }
+    totals
 }
 
 #[cfg(test)]

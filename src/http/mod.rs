@@ -7,6 +7,7 @@ pub mod multipart;
 pub mod path;
 pub mod query;
 pub mod range;
+pub mod request_body;
 
 use std::time::SystemTime;
 

@@ -1,33 +1,15 @@
 //! Query-string parameters, decoded the way the indexer's Express app decoded them
 //! (`application/x-www-form-urlencoded`: `+` is a space, one percent-decoding pass), so
-//! links that worked against Node keep working here.
-//!
-//! Hand-written: it is a dozen lines, and pulling in `url` or `serde_urlencoded` for one
-//! lookup would add more glue than code.
-
-use std::borrow::Cow;
-
-use percent_encoding::percent_decode_str;
+//! links that worked against Node keep working here. The decoding is `form_urlencoded`'s.
 
 /// The first value of `name` in `query` (the part after `?`, without it), decoded.
 /// `None` when the parameter is absent. A parameter without `=` has the empty value.
 /// Bytes that are not UTF-8 become U+FFFD: such a value can never name a file or match
 /// an allowed option, so it fails the caller's own check instead of needing a variant.
 pub fn param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(key) == name).then(|| decode(value).into_owned())
-    })
-}
-
-/// One form-decoding pass: `+` → space, then `%XX` → byte.
-fn decode(raw: &str) -> Cow<'_, str> {
-    if raw.contains('+') {
-        let spaced = raw.replace('+', " ");
-        Cow::Owned(percent_decode_str(&spaced).decode_utf8_lossy().into_owned())
-    } else {
-        percent_decode_str(raw).decode_utf8_lossy()
-    }
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 #[cfg(test)]

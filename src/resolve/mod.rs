@@ -42,7 +42,7 @@ pub use elastic::{ElasticError, ElasticSetupError, ElasticSource};
 pub use gun_source::GunSource;
 pub use options::{FieldFilter, OptionsError, ResolveOptions};
 pub use source::{Batch, Fetched, MemorySource, RecordSource, SourceKind, Sources};
-pub use stats::{CountersSnapshot, ResolveStats, ResolverCounters};
+pub use stats::{ResolveStats, ResolverCounters};
 
 use crate::config::ResolverSettings;
 use crate::gun::GunClient;
@@ -126,6 +126,25 @@ impl Resolver {
     /// Totals over every resolution so far.
     pub fn counters(&self) -> &ResolverCounters {
         &self.counters
+    }
+
+    /// Registers the resolver's metrics: its counters, and the record cache's size read
+    /// at scrape time (through a weak reference, so the registry keeps nothing alive).
+    pub fn register(self: &Arc<Self>, registry: &mut prometheus_client::registry::Registry) {
+        use crate::metrics::ReadAtScrape;
+        self.counters.register(registry);
+        let resolver = Arc::downgrade(self);
+        registry.register(
+            "resolve_cache_entries",
+            "Records (and misses) in the resolver cache",
+            ReadAtScrape::gauge(move || resolver.upgrade().map_or(0, |r| r.cache.entry_count())),
+        );
+        let resolver = Arc::downgrade(self);
+        registry.register(
+            "resolve_cache_weight_bytes",
+            "Weighted size of the resolver cache",
+            ReadAtScrape::gauge(move || resolver.upgrade().map_or(0, |r| r.cache.weighted_size())),
+        );
     }
 
     /// Forgets what the cache knows about `did` (call after writing that record).

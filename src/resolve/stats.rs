@@ -1,10 +1,12 @@
 //! What one resolution did ([`ResolveStats`], returned with every response so a caller
 //! can see why a reference stayed a DID) and what all of them did
-//! ([`ResolverCounters`], process-wide, for a metrics endpoint).
+//! ([`ResolverCounters`], process-wide, registered for `/metrics`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use crate::metrics::by_kind;
 
 /// The work and the outcome of one request. Serialised in camelCase, like the
 /// indexer's JSON.
@@ -52,90 +54,89 @@ pub struct ResolveStats {
     pub timed_out: bool,
 }
 
-/// Process-wide totals over every resolution, updated once per request.
+/// Process-wide totals over every resolution, updated once per request; registered for
+/// `/metrics` by [`ResolverCounters::register`] (`oip_media_resolve_*`).
 #[derive(Debug, Default)]
 pub struct ResolverCounters {
-    resolutions: AtomicU64,
-    lookups: AtomicU64,
-    cache_hits: AtomicU64,
-    misses: AtomicU64,
-    not_found: AtomicU64,
-    source_errors: AtomicU64,
-    unresolved_no_source: AtomicU64,
-    source_requests: AtomicU64,
-    budget_exhaustions: AtomicU64,
-    depth_caps: AtomicU64,
-    output_limits: AtomicU64,
-    timeouts: AtomicU64,
-}
-
-/// A copy of the [`ResolverCounters`] at one moment, for a metrics endpoint or a test.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CountersSnapshot {
     /// Resolutions run.
-    pub resolutions: u64,
+    pub resolutions: Counter,
     /// Distinct references looked up, summed over resolutions.
-    pub lookups: u64,
+    pub lookups: Counter,
     /// Lookups the record cache answered.
-    pub cache_hits: u64,
+    pub cache_hits: Counter,
     /// Lookups the record cache could not answer.
-    pub misses: u64,
+    pub misses: Counter,
     /// Lookups no source had a record for.
-    pub not_found: u64,
+    pub not_found: Counter,
     /// Lookups whose source failed.
-    pub source_errors: u64,
+    pub source_errors: Counter,
     /// Lookups with no source configured.
-    pub unresolved_no_source: u64,
+    pub unresolved_no_source: Counter,
     /// Requests sent to sources.
-    pub source_requests: u64,
+    pub source_requests: Counter,
     /// Resolutions that ran out of lookup budget.
-    pub budget_exhaustions: u64,
+    pub budget_exhaustions: Counter,
     /// Resolutions whose requested depth was capped.
-    pub depth_caps: u64,
+    pub depth_caps: Counter,
     /// Resolutions that reached the output limit.
-    pub output_limits: u64,
+    pub output_limits: Counter,
     /// Resolutions that ran out of time.
-    pub timeouts: u64,
+    pub timeouts: Counter,
 }
 
 impl ResolverCounters {
     /// Adds one finished resolution.
     pub fn record(&self, stats: &ResolveStats) {
-        let add = |counter: &AtomicU64, n: u64| {
-            counter.fetch_add(n, Ordering::Relaxed);
-        };
-        add(&self.resolutions, 1);
-        add(&self.lookups, stats.lookups);
-        add(&self.cache_hits, stats.cache_hits);
-        add(&self.misses, stats.misses);
-        add(&self.not_found, stats.not_found);
-        add(&self.source_errors, stats.source_errors);
-        add(&self.unresolved_no_source, stats.unresolved_no_source);
-        add(&self.source_requests, stats.source_requests);
-        add(&self.budget_exhaustions, u64::from(stats.budget_exhausted));
-        add(&self.depth_caps, u64::from(stats.capped));
-        add(&self.output_limits, u64::from(stats.output_limit_reached));
-        add(&self.timeouts, u64::from(stats.timed_out));
+        self.resolutions.inc();
+        self.lookups.inc_by(stats.lookups);
+        self.cache_hits.inc_by(stats.cache_hits);
+        self.misses.inc_by(stats.misses);
+        self.not_found.inc_by(stats.not_found);
+        self.source_errors.inc_by(stats.source_errors);
+        self.unresolved_no_source.inc_by(stats.unresolved_no_source);
+        self.source_requests.inc_by(stats.source_requests);
+        self.budget_exhaustions
+            .inc_by(u64::from(stats.budget_exhausted));
+        self.depth_caps.inc_by(u64::from(stats.capped));
+        self.output_limits
+            .inc_by(u64::from(stats.output_limit_reached));
+        self.timeouts.inc_by(u64::from(stats.timed_out));
     }
 
-    /// The totals so far.
-    pub fn snapshot(&self) -> CountersSnapshot {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        CountersSnapshot {
-            resolutions: get(&self.resolutions),
-            lookups: get(&self.lookups),
-            cache_hits: get(&self.cache_hits),
-            misses: get(&self.misses),
-            not_found: get(&self.not_found),
-            source_errors: get(&self.source_errors),
-            unresolved_no_source: get(&self.unresolved_no_source),
-            source_requests: get(&self.source_requests),
-            budget_exhaustions: get(&self.budget_exhaustions),
-            depth_caps: get(&self.depth_caps),
-            output_limits: get(&self.output_limits),
-            timeouts: get(&self.timeouts),
-        }
+    /// Registers the counters under `registry` (the root registry: the names carry
+    /// their `resolve_` prefix, as documented).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "resolve_requests",
+            "Resolutions run (one per /api/resolve request)",
+            self.resolutions.clone(),
+        );
+        registry.register(
+            "resolve_lookups",
+            "Reference lookups by result",
+            by_kind([
+                ("cache_hit", &self.cache_hits),
+                ("miss", &self.misses),
+                ("not_found", &self.not_found),
+                ("source_error", &self.source_errors),
+                ("no_source", &self.unresolved_no_source),
+            ]),
+        );
+        registry.register(
+            "resolve_source_requests",
+            "Requests sent to GUN and Elasticsearch by the resolver",
+            self.source_requests.clone(),
+        );
+        registry.register(
+            "resolve_bounds_hit",
+            "Resolutions cut short by a bound, by bound",
+            by_kind([
+                ("budget", &self.budget_exhaustions),
+                ("depth", &self.depth_caps),
+                ("output", &self.output_limits),
+                ("timeout", &self.timeouts),
+            ]),
+        );
     }
 }
 
@@ -158,13 +159,12 @@ mod tests {
             budget_exhausted: true,
             ..ResolveStats::default()
         });
-        let snap = counters.snapshot();
-        assert_eq!(snap.resolutions, 2);
-        assert_eq!(snap.lookups, 3);
-        assert_eq!(snap.cache_hits, 1);
-        assert_eq!(snap.misses, 2);
-        assert_eq!(snap.depth_caps, 1);
-        assert_eq!(snap.budget_exhaustions, 1);
+        assert_eq!(counters.resolutions.get(), 2);
+        assert_eq!(counters.lookups.get(), 3);
+        assert_eq!(counters.cache_hits.get(), 1);
+        assert_eq!(counters.misses.get(), 2);
+        assert_eq!(counters.depth_caps.get(), 1);
+        assert_eq!(counters.budget_exhaustions.get(), 1);
         let json = serde_json::to_value(&stats).unwrap();
         assert_eq!(json["cacheHits"], 1);
         assert_eq!(json["budgetExhausted"], false);

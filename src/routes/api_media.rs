@@ -15,18 +15,16 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::file_response::{self, FileHeaders};
 use super::still::{self, Source, StillQuery};
-use crate::app::AppState;
 use crate::auth::{self, Denied};
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
 use crate::manifest::{AccessLevel, Manifest, ManifestError, MediaId, ServedType};
+use crate::response;
+use crate::state::AppState;
 use crate::store::{MappedFile, StoreError};
 
 /// Path prefix of this route.
 pub const PREFIX: &str = "/api/media/";
-
-/// Path of the `?id=` form, which serves generated audio (see [`super::generate`]).
-pub const QUERY_PATH: &str = "/api/media";
 
 /// Content-addressed bytes never change: cache for a year, never revalidate.
 const PUBLIC_CACHE: &str = "public, max-age=31536000, immutable";
@@ -52,12 +50,9 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'|')
     .remove(b'~');
 
-/// Answers one `/api/media/…` request.
+/// Answers one `/api/media/…` request (GET or HEAD: the route table gates methods).
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let method = request.method();
-    if let Some(refused) = super::read_only_method(method) {
-        return refused;
-    }
     let tail = request
         .uri()
         .path()
@@ -66,10 +61,10 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     let (raw_id, info) = match tail.split_once('/') {
         None => (tail, false),
         Some((id, "info")) => (id, true),
-        Some(_) => return super::not_found(),
+        Some(_) => return response::not_found(),
     };
     let Some(id) = MediaId::parse(raw_id) else {
-        return super::not_found();
+        return response::not_found();
     };
 
     let manifest = match state.manifests.get(&state.media_root, &id).await {
@@ -101,23 +96,23 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     }
 
     let original = id.original();
-    let file = match state.store.open(&state.media_root, &original).await {
-        Ok(file) => file,
-        Err(StoreError::NotFound) => return media_not_found(),
-        Err(StoreError::Busy(busy)) => return file_response::filesystem_unavailable(busy),
-        Err(error @ StoreError::TooLarge { .. }) => {
-            tracing::warn!(media_id = id.as_str(), %error, "not serving media");
-            return media_not_found();
-        }
-        Err(error) => {
-            tracing::error!(media_id = id.as_str(), %error, "cannot serve media");
-            return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
-        }
-    };
+    let file =
+        match file_response::open_or(&state.store, &state.media_root, &original, media_not_found)
+            .await
+        {
+            Ok(file) => file,
+            Err(refused) => return *refused,
+        };
 
     if info {
         return match manifest {
-            Some(manifest) => info_response(state, &id, &manifest, private, &original, &file).await,
+            // Boxed, like stills: rare, and large enough to size every request's future.
+            Some(manifest) => {
+                Box::pin(info_response(
+                    state, &id, &manifest, private, &original, &file,
+                ))
+                .await
+            }
             None => media_not_found(),
         };
     }
@@ -140,16 +135,17 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
                 file: &file,
                 describe,
             };
-            return still::respond(state, method, request.headers(), source, width).await;
+            return Box::pin(still::respond(
+                state,
+                method,
+                request.headers(),
+                source,
+                width,
+            ))
+            .await;
         }
     }
-    let chunk = file_response::chunk_size(&state.config);
-    file_response::respond(method, request.headers(), &file, describe, chunk)
-}
-
-/// Answers `/api/media?id=<file>`: generated audio, not content-addressed media.
-pub async fn handle_query<B>(state: &AppState, request: Request<B>) -> Response<Body> {
-    super::generate::handle_query(state, request).await
+    file_response::respond(method, request.headers(), &file, describe, state.chunk)
 }
 
 /// Headers for the original's bytes.
@@ -239,7 +235,7 @@ async fn info_response(
         Err(busy) => return file_response::filesystem_unavailable(busy),
         Ok(Err(StoreError::Io(error))) => {
             tracing::error!(media_id = id.as_str(), %error, "cannot resolve media");
-            return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
+            return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
         }
         Ok(Err(_)) => return media_not_found(),
     };
@@ -257,13 +253,16 @@ async fn info_response(
                     body.insert("gif".to_owned(), value);
                 }
                 Err(_) => {
-                    return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
+                    return response::json_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Internal error",
+                    );
                 }
             },
             Err(error) => return still::gif_error(&error),
         }
     }
-    let mut response = super::json(StatusCode::OK, &body);
+    let mut response = response::json(StatusCode::OK, &body);
     let headers = response.headers_mut();
     if private {
         headers.insert(
@@ -281,7 +280,7 @@ async fn info_response(
 }
 
 fn media_not_found() -> Response<Body> {
-    super::json_error(StatusCode::NOT_FOUND, "Media not found")
+    response::json_error(StatusCode::NOT_FOUND, "Media not found")
 }
 
 /// 401/403 with the indexer's messages; never stored by a cache, and 401 says how to
@@ -291,7 +290,7 @@ fn denied_response(denied: &Denied) -> Response<Body> {
         Denied::Unauthenticated => StatusCode::UNAUTHORIZED,
         Denied::NotOwner => StatusCode::FORBIDDEN,
     };
-    let mut response = super::json_error(status, &denied.to_string());
+    let mut response = response::json_error(status, &denied.to_string());
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::VARY, HeaderValue::from_static("Authorization"));

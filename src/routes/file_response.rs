@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
 use crate::http::{self as rfc, FileOutcome, Validators, multipart};
+use crate::response;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -102,11 +103,11 @@ pub fn respond(
             return response;
         }
         FileOutcome::PreconditionFailed => {
-            return super::json_error(StatusCode::PRECONDITION_FAILED, "Precondition failed");
+            return response::json_error(StatusCode::PRECONDITION_FAILED, "Precondition failed");
         }
         FileOutcome::RangeNotSatisfiable => {
             let mut response =
-                super::json_error(StatusCode::RANGE_NOT_SATISFIABLE, "Range not satisfiable");
+                response::json_error(StatusCode::RANGE_NOT_SATISFIABLE, "Range not satisfiable");
             if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 response.headers_mut().insert(header::CONTENT_RANGE, value);
             }
@@ -144,26 +145,28 @@ fn validator_headers(headers: &mut HeaderMap, file: &MappedFile, describe: &File
     }
 }
 
-/// Opens `relative` under `root` for a route that answers a plain JSON 404 when a file
-/// cannot be served: missing, not a regular file, outside the root, or over the size
-/// limit (logged); a busy filesystem is a 503 (see [`filesystem_unavailable`]); an I/O
-/// failure is a 500, logged with the path and the cause.
-pub async fn open_or_not_found(
+/// Opens `relative` under `root`, or the answer when the file cannot be served: the
+/// route's own 404 (`not_found`) when it is missing, not a regular file, outside the
+/// root, or over the size limit (logged); a busy filesystem is a 503 (see
+/// [`filesystem_unavailable`]); an I/O failure is a 500, logged with the path and the
+/// cause. The one file-open step of every byte-serving route.
+pub async fn open_or(
     store: &Store,
     root: &Root,
     relative: &Path,
+    not_found: fn() -> Response<Body>,
 ) -> Result<Arc<MappedFile>, Box<Response<Body>>> {
     match store.open(root, relative).await {
         Ok(file) => Ok(file),
-        Err(StoreError::NotFound) => Err(Box::new(super::not_found())),
+        Err(StoreError::NotFound) => Err(Box::new(not_found())),
         Err(StoreError::Busy(busy)) => Err(Box::new(filesystem_unavailable(busy))),
         Err(error @ StoreError::TooLarge { .. }) => {
             tracing::warn!(path = %relative.display(), %error, "not serving file");
-            Err(Box::new(super::not_found()))
+            Err(Box::new(not_found()))
         }
         Err(error) => {
             tracing::error!(path = %relative.display(), %error, "cannot serve file");
-            Err(Box::new(super::json_error(
+            Err(Box::new(response::json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Cannot read file",
             )))
@@ -177,13 +180,13 @@ pub async fn open_or_not_found(
 /// a job that failed (a bug, logged).
 pub fn filesystem_unavailable(error: FsPoolError) -> Response<Body> {
     let mut response = match error {
-        FsPoolError::QueueFull | FsPoolError::TimedOut => super::json(
+        FsPoolError::QueueFull | FsPoolError::TimedOut => response::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "error": "Storage busy, retry shortly", "reason": error.to_string() }),
         ),
         FsPoolError::Failed => {
             tracing::error!(%error, "filesystem job failed");
-            super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+            response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
         }
     };
     let unavailable = response.status() == StatusCode::SERVICE_UNAVAILABLE;
@@ -201,9 +204,4 @@ pub fn content_type_for(path: &std::path::Path) -> HeaderValue {
         .first_raw()
         .unwrap_or("application/octet-stream");
     HeaderValue::from_static(guess)
-}
-
-/// The configured body chunk size as a `usize` (the default where it does not fit).
-pub fn chunk_size(config: &crate::config::Config) -> usize {
-    usize::try_from(config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK)
 }

@@ -12,10 +12,11 @@ use http::request::Parts;
 use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
-use crate::app::AppState;
 use crate::body::Body;
 use crate::http::path::{PathRejection, safe_relative_decoded, safe_relative_path};
 use crate::http::query;
+use crate::response;
+use crate::state::AppState;
 
 /// Path of the route; `<path>` forms continue after a `/`.
 pub const PREFIX: &str = "/api/generate/media";
@@ -23,14 +24,6 @@ pub const PREFIX: &str = "/api/generate/media";
 /// Generated files keep their names when regenerated, so clients must revalidate every
 /// time; the ETag and `Last-Modified` make that a 304. The indexer sent the same.
 const CACHE_CONTROL: &str = "public, max-age=0";
-
-/// True for the paths this route answers.
-pub fn matches(path: &str) -> bool {
-    path == PREFIX
-        || path
-            .strip_prefix(PREFIX)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
 
 /// Answers `/api/generate/media…`.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
@@ -59,41 +52,30 @@ async fn serve(
     relative: Result<PathBuf, PathRejection>,
 ) -> Response<Body> {
     let method = &request.method;
-    if let Some(refused) = super::read_only_method(method) {
-        return refused;
-    }
     let relative = match relative {
         Ok(relative) => relative,
         Err(reason) => {
             tracing::debug!(uri = %request.uri, %reason, "refused generated-media path");
-            return super::not_found();
+            return response::not_found();
         }
     };
     let root = match state.generated_root.open(&state.fs).await {
         Ok(Some(root)) => root,
-        Ok(None) => return super::not_found(),
+        Ok(None) => return response::not_found(),
         Err(busy) => return file_response::filesystem_unavailable(busy),
     };
-    let file = match file_response::open_or_not_found(&state.store, root, &relative).await {
-        Ok(file) => file,
-        Err(refused) => return *refused,
-    };
+    let file =
+        match file_response::open_or(&state.store, root, &relative, response::not_found).await {
+            Ok(file) => file,
+            Err(refused) => return *refused,
+        };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
-    let chunk = file_response::chunk_size(&state.config);
-    file_response::respond(method, &request.headers, &file, describe, chunk)
+    file_response::respond(method, &request.headers, &file, describe, state.chunk)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn route_matching() {
-        assert!(matches("/api/generate/media"));
-        assert!(matches("/api/generate/media/a.mp3"));
-        assert!(!matches("/api/generate/mediafoo"));
-        assert!(!matches("/api/generate/med"));
-    }
 
     #[test]
     fn query_ids_are_confined() {

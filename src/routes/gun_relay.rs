@@ -9,16 +9,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::body::Body;
 use crate::gun::{GunClient, GunError, GunRecord};
-
-/// Path prefix of this route family.
-pub const PREFIX: &str = "/gun-relay/";
+use crate::http::query;
+use crate::http::request_body::{BodyError, read_bounded};
+use crate::response;
+use crate::state::AppState;
 
 /// Every way a relay request can end.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,65 +50,87 @@ impl RelayAnswer {
     }
 }
 
-/// Answers one `/gun-relay/…` request.
-pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let settings = &state.config.gun;
-    let Some(gun) = &state.gun else {
-        return respond(RelayAnswer::error(
+/// The shared client, or the 503 every endpoint answers while `GUN_PEERS` is unset.
+fn client(state: &AppState) -> Result<&GunClient, Box<Response<Body>>> {
+    state.gun.as_deref().ok_or_else(|| {
+        Box::new(respond(RelayAnswer::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "GUN relay not configured",
-        ));
+        )))
+    })
+}
+
+/// `GET /gun-relay/get?soul=`.
+pub async fn handle_get<B>(state: &AppState, request: Request<B>) -> Response<Body> {
+    let gun = match client(state) {
+        Ok(gun) => gun,
+        Err(refused) => return *refused,
     };
-    let endpoint = request
-        .uri()
-        .path()
-        .strip_prefix(PREFIX)
-        .unwrap_or_default();
     // An open breaker stays open for at most its cool-down: that is when to come back.
-    let retry_after = settings.gun_breaker_cooldown;
-    let answer = match (endpoint, request.method()) {
-        ("get", &Method::GET) => {
-            let soul = soul_from_query(request.uri().query());
-            get(gun, soul.as_deref(), retry_after).await
-        }
-        ("put", &Method::POST) => {
-            let body = read_body(
-                request,
-                settings.gun_put_body_limit,
-                settings.gun_put_body_timeout,
-            )
-            .await;
-            match body {
-                Ok(body) => {
-                    let answer = put(gun, &body, retry_after).await;
-                    if let RelayAnswer::Stored(soul) = &answer {
-                        // The resolver's record cache must not serve the old version
-                        // (or a remembered miss) for its TTL after a write through us.
-                        let did = format!("{}{soul}", crate::resolve::source::GUN_PREFIX);
-                        state.resolver.invalidate(&did).await;
-                    }
-                    answer
-                }
-                Err(answer) => answer,
-            }
-        }
-        ("get", _) => return super::method_not_allowed("GET"),
-        ("put", _) => return super::method_not_allowed("POST"),
-        _ => RelayAnswer::error(StatusCode::NOT_FOUND, "Endpoint not found"),
-    };
-    respond(answer)
+    let retry_after = state.config.gun.gun_breaker_cooldown;
+    let soul = soul_from_query(request.uri().query());
+    respond(get(gun, soul.as_deref(), retry_after).await)
 }
 
 /// The `soul` query parameter, decoded like Express decodes it (`+` is a space).
 fn soul_from_query(query: Option<&str>) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(key, _)| key == "soul")
-        .map(|(_, value)| value.into_owned())
-        .filter(|soul| !soul.is_empty())
+    query::param(query, "soul").filter(|soul| !soul.is_empty())
+}
+
+/// `POST /gun-relay/put` with `{"soul", "data"}`.
+pub async fn handle_put<B>(state: &AppState, request: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let gun = match client(state) {
+        Ok(gun) => gun,
+        Err(refused) => return *refused,
+    };
+    let settings = &state.config.gun;
+    let (parts, body) = request.into_parts();
+    let limit = settings.gun_put_body_limit;
+    let body = match read_bounded(&parts.headers, body, limit, settings.gun_put_body_timeout).await
+    {
+        Ok(body) => body,
+        Err(error) => return respond(body_error(&error)),
+    };
+    let answer = put(gun, &body, settings.gun_breaker_cooldown).await;
+    if let RelayAnswer::Stored(soul) = &answer {
+        // The resolver's record cache must not serve the old version (or a remembered
+        // miss) for its TTL after a write through us.
+        let did = format!("{}{soul}", crate::resolve::source::GUN_PREFIX);
+        state.resolver.invalidate(&did).await;
+    }
+    respond(answer)
+}
+
+/// Any other `/gun-relay/…` path: the relay's own 404 (not a record miss).
+pub fn handle_unknown(state: &AppState) -> Response<Body> {
+    match client(state) {
+        Ok(_) => respond(RelayAnswer::error(
+            StatusCode::NOT_FOUND,
+            "Endpoint not found",
+        )),
+        Err(refused) => *refused,
+    }
+}
+
+/// The relay-compatible answer to a body that could not be read.
+fn body_error(error: &BodyError) -> RelayAnswer {
+    match error {
+        BodyError::TooLarge { limit } => RelayAnswer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Body larger than {limit} bytes"),
+        ),
+        BodyError::Timeout(_) => {
+            RelayAnswer::error(StatusCode::REQUEST_TIMEOUT, "Body not received in time")
+        }
+        BodyError::Read(reason) => {
+            tracing::debug!(%reason, "put body could not be read");
+            RelayAnswer::error(StatusCode::BAD_REQUEST, "Body could not be read")
+        }
+    }
 }
 
 async fn get(gun: &GunClient, soul: Option<&str>, retry_after: Duration) -> RelayAnswer {
@@ -183,66 +204,22 @@ fn from_error(error: &GunError, retry_after: Duration) -> RelayAnswer {
     RelayAnswer::error(status, message)
 }
 
-/// Reads a request body of at most `limit` bytes within `timeout`: a huge body costs at
-/// most `limit` bytes of memory, a slow one at most `timeout`.
-async fn read_body<B>(
-    request: Request<B>,
-    limit: u64,
-    timeout: Duration,
-) -> Result<Bytes, RelayAnswer>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let too_large = || {
-        RelayAnswer::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Body larger than {limit} bytes"),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|declared| declared > limit) {
-        return Err(too_large()); // refused before a byte of it is read
-    }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let body = Limited::new(request.into_body(), limit);
-    match tokio::time::timeout(timeout, body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "put body could not be read");
-            Err(RelayAnswer::error(
-                StatusCode::BAD_REQUEST,
-                "Body could not be read",
-            ))
-        }
-        Err(_) => Err(RelayAnswer::error(
-            StatusCode::REQUEST_TIMEOUT,
-            "Body not received in time",
-        )),
-    }
-}
-
 /// Builds the response for an answer.
 pub fn respond(answer: RelayAnswer) -> Response<Body> {
     match answer {
         RelayAnswer::Found(data) => {
-            super::json(StatusCode::OK, &json!({"success": true, "data": data}))
+            response::json(StatusCode::OK, &json!({"success": true, "data": data}))
         }
         RelayAnswer::Stored(soul) => {
-            super::json(StatusCode::OK, &json!({"success": true, "soul": soul}))
+            response::json(StatusCode::OK, &json!({"success": true, "soul": soul}))
         }
-        RelayAnswer::Missing => super::json_error(StatusCode::NOT_FOUND, "Not found"),
+        RelayAnswer::Missing => response::json_error(StatusCode::NOT_FOUND, "Not found"),
         RelayAnswer::Error {
             status,
             message,
             retry_after,
         } => {
-            let mut response = super::json_error(status, &message);
+            let mut response = response::json_error(status, &message);
             if let Some(seconds) = retry_after {
                 response
                     .headers_mut()

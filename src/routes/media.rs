@@ -6,9 +6,10 @@ use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use super::still::StillQuery;
-use crate::app::AppState;
 use crate::body::Body;
 use crate::http::path::safe_relative_path;
+use crate::response;
+use crate::state::AppState;
 
 /// Path prefix of this route.
 pub const PREFIX: &str = "/media/";
@@ -17,12 +18,9 @@ pub const PREFIX: &str = "/media/";
 /// `immutable`, exactly as the indexer sent.
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
-/// Answers one `/media/…` request.
+/// Answers one `/media/…` request (GET or HEAD: the route table gates methods).
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let method = request.method();
-    if let Some(refused) = super::read_only_method(method) {
-        return refused;
-    }
     let tail = request
         .uri()
         .path()
@@ -32,7 +30,7 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         Ok(relative) => relative,
         Err(reason) => {
             tracing::debug!(path = request.uri().path(), %reason, "refused media path");
-            return super::not_found();
+            return response::not_found();
         }
     };
     // The query string is ignored, except for a still poster of a GIF (`?still=1`).
@@ -49,11 +47,17 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             Some(width)
         }
     };
-    let file =
-        match file_response::open_or_not_found(&state.store, &state.web_root, &relative).await {
-            Ok(file) => file,
-            Err(refused) => return *refused,
-        };
+    let file = match file_response::open_or(
+        &state.store,
+        &state.web_root,
+        &relative,
+        response::not_found,
+    )
+    .await
+    {
+        Ok(file) => file,
+        Err(refused) => return *refused,
+    };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
     if let Some(width) = still {
         let source = super::still::Source {
@@ -62,8 +66,15 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             file: &file,
             describe,
         };
-        return super::still::respond(state, method, request.headers(), source, width).await;
+        // Boxed: a still's render state would otherwise size every GIF request's future.
+        return Box::pin(super::still::respond(
+            state,
+            method,
+            request.headers(),
+            source,
+            width,
+        ))
+        .await;
     }
-    let chunk = usize::try_from(state.config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
-    file_response::respond(method, request.headers(), &file, describe, chunk)
+    file_response::respond(method, request.headers(), &file, describe, state.chunk)
 }

@@ -1,5 +1,22 @@
-//! Route handlers, one file per route family. Each handler turns a request into a
-//! `Response<Body>`; JSON helpers here keep every error body the same shape.
+//! The route table and the handlers, one file per route family.
+//!
+//! [`ROUTES`] is the one place a route is declared: its path pattern, the route family
+//! that labels its metrics, the methods it answers (everything else gets `405` with an
+//! `Allow` derived from the same list, and `OPTIONS` a `204` where it is listed), the
+//! admission bound it runs behind, and its handler. The router (`app`) matches a path
+//! once with `matchit` and reads everything else from the entry it found.
+//!
+//! Why `matchit` rather than axum's `Router`: matching is a walk of a prebuilt radix tree
+//! that allocates nothing, and the handlers stay plain `async fn`s over our own body
+//! type, so the response body handed to hyper is ours end to end (the server attaches
+//! its in-flight token to it and the zero-copy send recognises its mapped slices). axum
+//! would box every handler future, convert bodies into its own type and need a second
+//! layer for per-route admission. Handlers are named by the [`Handler`] enum rather than
+//! stored as function pointers: an `async fn` generic over the request body cannot be a
+//! function pointer without boxing its future on every request.
+//!
+//! Handlers keep their own path decoding where confinement needs the raw tail
+//! (`media`, `api_media`, `generate`): the pattern only picks the route.
 
 pub mod api_media;
 pub mod file_response;
@@ -11,73 +28,447 @@ pub mod resolve;
 pub mod still;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use serde::Serialize;
+use http::{Method, Request, Response};
 
 use crate::body::Body;
+use crate::response;
+use crate::state::{Admission, AppState};
 
-/// A JSON response with the given status. Serialisation of our own types cannot fail in
-/// practice; if it ever did, the client gets a plain 500 rather than a panic.
-pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => json_bytes(status, Bytes::from(bytes)),
-        Err(_) => json_bytes(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Bytes::from_static(br#"{"error":"Internal error"}"#),
-        ),
+/// Route families, the `route` label of `oip_media_http_responses_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteFamily {
+    /// `/media/<project>/<file>`
+    Media,
+    /// `/api/media/…` and `/api/media?id=`
+    ApiMedia,
+    /// `/api/generate/media…`
+    Generate,
+    /// `/gun-relay/…`
+    GunRelay,
+    /// `/api/resolve`
+    Resolve,
+    /// `/healthz`, `/readyz`, `/metrics`
+    Ops,
+    /// Anything else (404s).
+    Other,
+}
+
+impl RouteFamily {
+    /// Every label, indexed by [`RouteFamily::index`].
+    pub const LABELS: &'static [&'static str] = &[
+        "media",
+        "api_media",
+        "generate",
+        "gun_relay",
+        "resolve",
+        "ops",
+        "other",
+    ];
+
+    /// Position of this family's label in [`RouteFamily::LABELS`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self.index()]
     }
 }
 
-/// `{"error": message}` with the given status: the error shape every route uses
-/// (and the one the indexer's clients already parse).
-pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": message }))
+/// The methods a route answers, and the `Allow` header that lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Methods {
+    mask: u8,
+    allow: &'static str,
 }
 
-/// The JSON 404 for unknown routes and for anything a path check refuses.
-pub fn not_found() -> Response<Body> {
-    json_error(StatusCode::NOT_FOUND, "Not found")
-}
+const GET: u8 = 1;
+const HEAD: u8 = 2;
+const POST: u8 = 4;
+const OPTIONS: u8 = 8;
 
-fn json_bytes(status: StatusCode, bytes: Bytes) -> Response<Body> {
-    let len = bytes.len();
-    let mut response = Response::new(Body::full(bytes));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    response
-}
+impl Methods {
+    /// `GET`, `HEAD` and `OPTIONS` (`204` + `Allow`): the byte-serving routes.
+    pub const READ: Methods = Methods {
+        mask: GET | HEAD | OPTIONS,
+        allow: "GET, HEAD, OPTIONS",
+    };
+    /// `GET` and `HEAD`: health, readiness, metrics.
+    pub const GET_HEAD: Methods = Methods {
+        mask: GET | HEAD,
+        allow: "GET, HEAD",
+    };
+    /// `GET` only: the relay's own `get` endpoint.
+    pub const GET: Methods = Methods {
+        mask: GET,
+        allow: "GET",
+    };
+    /// `POST` only.
+    pub const POST: Methods = Methods {
+        mask: POST,
+        allow: "POST",
+    };
+    /// Any method: the handler answers every one (the relay's unknown endpoints).
+    pub const ANY: Methods = Methods {
+        mask: u8::MAX,
+        allow: "",
+    };
 
-/// 405 with the `Allow` header a client needs to correct itself.
-pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
-}
+    fn bit(method: &Method) -> u8 {
+        match *method {
+            Method::GET => GET,
+            Method::HEAD => HEAD,
+            Method::POST => POST,
+            Method::OPTIONS => OPTIONS,
+            // Any other method is answered by `ANY` routes only.
+            _ => 1 << 7,
+        }
+    }
 
-/// The method gate of every byte-serving route: `None` for GET and HEAD (serve them),
-/// else the answer — 204 + `Allow` for OPTIONS, 405 + `Allow` for anything else.
-pub fn read_only_method(method: &http::Method) -> Option<Response<Body>> {
-    const ALLOW: &str = "GET, HEAD, OPTIONS";
-    match *method {
-        http::Method::GET | http::Method::HEAD => None,
-        http::Method::OPTIONS => Some(options(ALLOW)),
-        _ => Some(method_not_allowed(ALLOW)),
+    /// `None` when the handler should answer `method`; otherwise the answer: `204` +
+    /// `Allow` for a listed `OPTIONS`, `405` + `Allow` for a method not listed.
+    pub fn gate(self, method: &Method) -> Option<Response<Body>> {
+        if self.mask & Self::bit(method) == 0 {
+            return Some(response::method_not_allowed(self.allow));
+        }
+        if *method == Method::OPTIONS && self.mask != u8::MAX {
+            return Some(response::options(self.allow));
+        }
+        None
     }
 }
 
-/// 204 for `OPTIONS`, with `Allow` (CORS preflights get their headers from the CORS layer).
-pub fn options(allow: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
+/// What answers a route, once its method is allowed and its admission granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// [`media::handle`]
+    Media,
+    /// [`api_media::handle`]
+    ApiMedia,
+    /// [`generate::handle_query`]: `/api/media?id=`
+    GeneratedById,
+    /// [`generate::handle`]
+    Generate,
+    /// [`gun_relay::handle_get`]
+    GunGet,
+    /// [`gun_relay::handle_put`]
+    GunPut,
+    /// [`gun_relay::handle_unknown`]
+    GunUnknown,
+    /// [`resolve::handle`]
+    Resolve,
+    /// [`ops::healthz`]
+    Healthz,
+    /// [`ops::readyz`]
+    Readyz,
+    /// [`ops::metrics`]
+    Metrics,
+}
+
+impl Handler {
+    /// Runs the handler. The GUN and resolver handlers, which wait on the network and
+    /// hold large states, are boxed: inline, their state would size every connection's
+    /// request future, GIF requests included (one allocation on those routes instead).
+    pub async fn call<B>(self, state: &AppState, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self {
+            Handler::Media => media::handle(state, request).await,
+            Handler::ApiMedia => api_media::handle(state, request).await,
+            Handler::GeneratedById => generate::handle_query(state, request).await,
+            Handler::Generate => generate::handle(state, request).await,
+            Handler::GunGet => Box::pin(gun_relay::handle_get(state, request)).await,
+            Handler::GunPut => Box::pin(gun_relay::handle_put(state, request)).await,
+            Handler::GunUnknown => gun_relay::handle_unknown(state),
+            Handler::Resolve => Box::pin(resolve::handle(state, request)).await,
+            Handler::Healthz => ops::healthz(),
+            Handler::Readyz => ops::readyz(state).await,
+            Handler::Metrics => ops::metrics(state, request.method()),
+        }
+    }
+}
+
+/// One route: everything the router needs to know about a path pattern.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// `matchit` pattern (`{name}` a segment, `{*name}` the rest of the path).
+    pub pattern: &'static str,
+    /// The metrics label.
+    pub family: RouteFamily,
+    /// Methods answered; others get `405` + `Allow`.
+    pub methods: Methods,
+    /// The admission bound the handler runs behind.
+    pub admission: Admission,
+    /// What answers it.
+    pub handler: Handler,
+}
+
+const fn route(
+    pattern: &'static str,
+    family: RouteFamily,
+    methods: Methods,
+    admission: Admission,
+    handler: Handler,
+) -> Route {
+    Route {
+        pattern,
+        family,
+        methods,
+        admission,
+        handler,
+    }
+}
+
+use Admission::{Media as MediaLimit, Open};
+use RouteFamily as F;
+
+/// Every route of the service. Paths matching none get the JSON 404 (family `other`).
+/// Prefix forms are listed twice (`/x/` and `/x/{*rest}`) because a catch-all matches
+/// one character at least; the handler refuses an empty tail itself.
+pub const ROUTES: &[Route] = &[
+    route(
+        "/media/",
+        F::Media,
+        Methods::READ,
+        MediaLimit,
+        Handler::Media,
+    ),
+    route(
+        "/media/{*file}",
+        F::Media,
+        Methods::READ,
+        MediaLimit,
+        Handler::Media,
+    ),
+    route(
+        "/api/media",
+        F::ApiMedia,
+        Methods::READ,
+        MediaLimit,
+        Handler::GeneratedById,
+    ),
+    route(
+        "/api/media/",
+        F::ApiMedia,
+        Methods::READ,
+        MediaLimit,
+        Handler::ApiMedia,
+    ),
+    route(
+        "/api/media/{*id}",
+        F::ApiMedia,
+        Methods::READ,
+        MediaLimit,
+        Handler::ApiMedia,
+    ),
+    route(
+        "/api/generate/media",
+        F::Generate,
+        Methods::READ,
+        MediaLimit,
+        Handler::Generate,
+    ),
+    route(
+        "/api/generate/media/{*path}",
+        F::Generate,
+        Methods::READ,
+        MediaLimit,
+        Handler::Generate,
+    ),
+    route(
+        "/gun-relay/get",
+        F::GunRelay,
+        Methods::GET,
+        Open,
+        Handler::GunGet,
+    ),
+    route(
+        "/gun-relay/put",
+        F::GunRelay,
+        Methods::POST,
+        Open,
+        Handler::GunPut,
+    ),
+    route(
+        "/gun-relay/",
+        F::GunRelay,
+        Methods::ANY,
+        Open,
+        Handler::GunUnknown,
+    ),
+    route(
+        "/gun-relay/{*endpoint}",
+        F::GunRelay,
+        Methods::ANY,
+        Open,
+        Handler::GunUnknown,
+    ),
+    route(
+        "/api/resolve",
+        F::Resolve,
+        Methods::POST,
+        Open,
+        Handler::Resolve,
+    ),
+    route(
+        "/healthz",
+        F::Ops,
+        Methods::GET_HEAD,
+        Open,
+        Handler::Healthz,
+    ),
+    route("/readyz", F::Ops, Methods::GET_HEAD, Open, Handler::Readyz),
+    route(
+        "/metrics",
+        F::Ops,
+        Methods::GET_HEAD,
+        Open,
+        Handler::Metrics,
+    ),
+];
+
+/// The matcher built from [`ROUTES`], once at start-up.
+pub struct Router {
+    tree: matchit::Router<Route>,
+}
+
+impl Router {
+    /// Builds the matcher; fails with the offending pattern when two routes conflict.
+    pub fn new(routes: &[Route]) -> Result<Router, String> {
+        let mut tree = matchit::Router::new();
+        for route in routes {
+            tree.insert(route.pattern, *route)
+                .map_err(|error| format!("route `{}`: {error}", route.pattern))?;
+        }
+        Ok(Router { tree })
+    }
+
+    /// The route of `path`, if any. Allocates nothing.
+    pub fn at(&self, path: &str) -> Option<&Route> {
+        self.tree.at(path).ok().map(|matched| matched.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        Router::new(ROUTES).expect("the table has no conflicts")
+    }
+
+    fn family(path: &str) -> RouteFamily {
+        router().at(path).map_or(RouteFamily::Other, |r| r.family)
+    }
+
+    #[test]
+    fn every_path_finds_its_family() {
+        for (path, expected) in [
+            ("/media/fitnessally/a.gif", F::Media),
+            ("/media/", F::Media),
+            ("/media/%2e%2e/x", F::Media),
+            ("/media//x", F::Media),
+            ("/media", F::Other),
+            ("/api/media/abc", F::ApiMedia),
+            ("/api/media/abc/info", F::ApiMedia),
+            ("/api/media", F::ApiMedia),
+            ("/api/generate/media", F::Generate),
+            ("/api/generate/media/a.mp3", F::Generate),
+            ("/api/generate/media/jfk/a.mp3", F::Generate),
+            ("/api/generate/mediafoo", F::Other),
+            ("/api/generate/med", F::Other),
+            ("/gun-relay/get", F::GunRelay),
+            ("/gun-relay/put", F::GunRelay),
+            ("/gun-relay/anything", F::GunRelay),
+            ("/gun-relay/", F::GunRelay),
+            ("/api/resolve", F::Resolve),
+            ("/healthz", F::Ops),
+            ("/readyz", F::Ops),
+            ("/metrics", F::Ops),
+            ("/", F::Other),
+            ("/nope", F::Other),
+            ("/metricsx", F::Other),
+        ] {
+            assert_eq!(family(path), expected, "{path}");
+        }
+        let r = router();
+        assert_eq!(
+            r.at("/api/media").map(|r| r.handler),
+            Some(Handler::GeneratedById)
+        );
+        assert_eq!(
+            r.at("/gun-relay/nope").map(|r| r.handler),
+            Some(Handler::GunUnknown)
+        );
+        assert_eq!(
+            r.at("/gun-relay/get").map(|r| r.handler),
+            Some(Handler::GunGet)
+        );
+    }
+
+    #[test]
+    fn byte_serving_routes_and_only_they_are_behind_the_media_limiter() {
+        for route in ROUTES {
+            let bytes = matches!(route.family, F::Media | F::ApiMedia | F::Generate);
+            assert_eq!(
+                route.admission == Admission::Media,
+                bytes,
+                "{}",
+                route.pattern
+            );
+        }
+    }
+
+    #[test]
+    fn allow_lists_exactly_the_methods_answered() {
+        let all = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ];
+        for route in ROUTES {
+            if route.methods == Methods::ANY {
+                assert!(all.iter().all(|m| route.methods.gate(m).is_none()));
+                continue;
+            }
+            let listed: Vec<&str> = route.methods.allow.split(", ").collect();
+            for method in &all {
+                let answered = match route.methods.gate(method) {
+                    None => true,
+                    Some(r) => r.status() == http::StatusCode::NO_CONTENT,
+                };
+                assert_eq!(
+                    answered,
+                    listed.contains(&method.as_str()),
+                    "{} {method}",
+                    route.pattern
+                );
+                if let Some(r) = route.methods.gate(method) {
+                    assert_eq!(r.headers()[http::header::ALLOW], route.methods.allow);
+                }
+            }
+        }
+        let refused = Methods::READ.gate(&Method::POST).expect("refused");
+        assert_eq!(refused.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+        let options = Methods::READ.gate(&Method::OPTIONS).expect("answered");
+        assert_eq!(options.status(), http::StatusCode::NO_CONTENT);
+        let options = Methods::GET_HEAD.gate(&Method::OPTIONS).expect("refused");
+        assert_eq!(options.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn labels_follow_the_enum() {
+        assert_eq!(RouteFamily::Media.label(), "media");
+        assert_eq!(RouteFamily::ApiMedia.label(), "api_media");
+        assert_eq!(RouteFamily::GunRelay.label(), "gun_relay");
+        assert_eq!(RouteFamily::Other.label(), "other");
+        assert_eq!(RouteFamily::LABELS.len(), RouteFamily::Other.index() + 1);
+    }
 }

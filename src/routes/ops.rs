@@ -1,20 +1,19 @@
 //! Operations endpoints: `/healthz` (alive), `/readyz` (can serve), `/metrics`
-//! (Prometheus). They are routed before the media limiter, so a saturated media path
-//! never delays a health check or a scrape.
+//! (Prometheus). Their routes are declared without an admission bound, so a saturated
+//! media path never delays a health check or a scrape. Methods (`GET`, `HEAD`) are gated
+//! by the route table.
 
 use std::path::PathBuf;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
-use crate::app::AppState;
 use crate::body::Body;
+use crate::response;
+use crate::state::AppState;
 
 /// `GET /healthz`: the process is up and its event loop answers.
-pub fn healthz(method: &Method) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD");
-    }
-    super::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+pub fn healthz() -> Response<Body> {
+    response::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
@@ -22,10 +21,7 @@ pub fn healthz(method: &Method) -> Response<Body> {
 /// does not depend on it. The directory checks run on the filesystem pool: when it
 /// cannot answer in time (a hung mount, a saturated pool) the service is not ready,
 /// and says so promptly instead of hanging the probe.
-pub async fn readyz(state: &AppState, method: &Method) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD");
-    }
+pub async fn readyz(state: &AppState) -> Response<Body> {
     let roots: Vec<(&'static str, PathBuf)> = state
         .media_roots()
         .into_iter()
@@ -65,19 +61,16 @@ pub async fn readyz(state: &AppState, method: &Method) -> Response<Body> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut response = super::json(status, &body);
+    let mut response = response::json(status, &body);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
-/// `GET /metrics`: Prometheus text exposition of every counter.
+/// `GET /metrics`: the OpenMetrics text of the registry every component registered in.
 pub fn metrics(state: &AppState, method: &Method) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
-        return super::method_not_allowed("GET, HEAD");
-    }
-    let text = crate::metrics::render(state);
+    let text = crate::metrics::encode(&state.metrics);
     let len = text.len();
     let mut response = Response::new(if method == Method::HEAD {
         Body::empty()

@@ -13,16 +13,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::body::Body;
+use crate::http::request_body::{BodyError, read_bounded};
 use crate::resolve::{OptionsError, ResolveOptions};
-
-/// Path of this route.
-pub const PATH: &str = "/api/resolve";
+use crate::response;
+use crate::state::AppState;
 
 /// A request's records and options, ready to resolve.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,9 +79,6 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if request.method() != Method::POST {
-        return super::method_not_allowed("POST");
-    }
     let settings = &state.config.resolver;
     let input = match read_input(
         request,
@@ -95,7 +90,7 @@ where
         Ok(input) => input,
         Err(error) => {
             tracing::debug!(%error, "refused resolve request");
-            return super::json_error(error.status(), &error.to_string());
+            return response::json_error(error.status(), &error.to_string());
         }
     };
     let resolution = state.resolver.resolve(input.records, &input.options).await;
@@ -105,7 +100,7 @@ where
     } else {
         json!({ "records": resolution.records, "stats": resolution.stats })
     };
-    super::json(StatusCode::OK, &answer)
+    response::json(StatusCode::OK, &answer)
 }
 
 /// Reads and checks the body (at most `limit` bytes, within `timeout`) and the options.
@@ -119,26 +114,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = request.into_parts();
-    // Refuse a declared oversize body before reading a byte of it.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(InputError::TooLarge { limit });
-    }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(timeout, Limited::new(body, cap).collect())
+    let bytes = read_bounded(&parts.headers, body, limit, timeout)
         .await
-        .map_err(|_| InputError::Timeout(timeout))?;
-    let bytes = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(InputError::TooLarge { limit });
-        }
-        Err(error) => return Err(InputError::Read(error.to_string())),
-    };
+        .map_err(|error| match error {
+            BodyError::TooLarge { limit } => InputError::TooLarge { limit },
+            BodyError::Timeout(timeout) => InputError::Timeout(timeout),
+            BodyError::Read(reason) => InputError::Read(reason),
+        })?;
     parse_input(&bytes, parts.uri.query())
 }
 

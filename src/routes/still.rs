@@ -10,10 +10,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::file_response::{self, FileHeaders};
-use crate::app::AppState;
 use crate::body::Body;
 use crate::gif::GifError;
 use crate::http::query;
+use crate::response;
+use crate::state::AppState;
 use crate::store::{MappedFile, Root, StoreError};
 
 /// What the query string asks for.
@@ -50,7 +51,7 @@ pub fn bad_width(allowed: &[u32]) -> Response<Body> {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    super::json_error(
+    response::json_error(
         StatusCode::BAD_REQUEST,
         &format!("w must be one of: {list}"),
     )
@@ -58,7 +59,7 @@ pub fn bad_width(allowed: &[u32]) -> Response<Body> {
 
 /// 400 for `still=1` on something that is not a GIF.
 pub fn not_a_gif() -> Response<Body> {
-    super::json_error(
+    response::json_error(
         StatusCode::BAD_REQUEST,
         "Still frames are only available for GIFs",
     )
@@ -67,13 +68,15 @@ pub fn not_a_gif() -> Response<Body> {
 /// The answer for a GIF that could not be described or rendered.
 pub fn gif_error(error: &GifError) -> Response<Body> {
     match error {
-        GifError::Invalid(_) => super::json_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid GIF"),
-        GifError::TooLarge(reason) => super::json_error(
+        GifError::Invalid(_) => {
+            response::json_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid GIF")
+        }
+        GifError::TooLarge(reason) => response::json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             &format!("GIF too large to process: {reason}"),
         ),
         GifError::SourceChanged => {
-            let mut response = super::json_error(
+            let mut response = response::json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The file changed while it was being read; try again",
             );
@@ -84,7 +87,7 @@ pub fn gif_error(error: &GifError) -> Response<Body> {
         }
         GifError::Io(reason) => {
             tracing::error!(%reason, "GIF processing failed");
-            super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
+            response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
         }
         GifError::Busy(busy) => file_response::filesystem_unavailable(*busy),
     }
@@ -118,9 +121,9 @@ pub async fn respond(
         Err(busy) => return file_response::filesystem_unavailable(busy),
         Ok(Err(StoreError::Io(error))) => {
             tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
-            return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
+            return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
         }
-        Ok(Err(_)) => return super::not_found(),
+        Ok(Err(_)) => return response::not_found(),
     };
     let suffix = match width {
         Some(w) => format!("-still-w{w}"),
@@ -132,7 +135,7 @@ pub async fn respond(
         etag: source.describe.etag.derived(&suffix),
         extra: source.describe.extra,
     };
-    let chunk = file_response::chunk_size(&state.config);
+    let chunk = state.chunk;
     // Twice at most: a still found on disk may be evicted before we map it; the second
     // pass renders it again and keeps the bytes in hand.
     for _ in 0..2 {
@@ -168,11 +171,14 @@ pub async fn respond(
             }
             Err(error) => {
                 tracing::error!(name = %still.name, %error, "cannot serve still");
-                return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read still");
+                return response::json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Cannot read still",
+                );
             }
         }
     }
-    super::json_error(
+    response::json_error(
         StatusCode::SERVICE_UNAVAILABLE,
         "Still not available; try again",
     )

@@ -4,14 +4,12 @@
 //! proxy, which speak HTTP/1.1 to their upstreams.
 
 pub mod fd_budget;
-pub mod outbox;
 pub mod timed_io;
 pub mod zero_copy;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -24,8 +22,7 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::config::Config;
 use crate::error::StartError;
-use outbox::Outbox;
-pub use timed_io::ConnCounters;
+use crate::outbox::Outbox;
 use timed_io::{ConnActivity, TimedIo, Timeouts};
 use zero_copy::ZeroCopyIo;
 
@@ -124,7 +121,7 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
         write_stall: config.write_stall_timeout,
     };
     let counters = Arc::clone(&app.state().connections);
-    let summary = crate::metrics::spawn_summary(Arc::clone(app.state()), config.summary_interval);
+    let summary = crate::app::spawn_summary(&app, config.summary_interval);
     let graceful = GracefulShutdown::new();
     let builder = http1_builder();
     tokio::pin!(shutdown);
@@ -135,7 +132,7 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
         let slot = match Arc::clone(&connection_slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                counters.cap_reached.fetch_add(1, Ordering::Relaxed);
+                counters.cap_reached.inc();
                 tracing::warn!(
                     max_connections = config.max_connections,
                     "connection cap reached; new clients wait in the backlog"
@@ -161,8 +158,8 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
             },
             () = &mut shutdown => break,
         };
-        counters.accepted.fetch_add(1, Ordering::Relaxed);
-        counters.open.fetch_add(1, Ordering::Relaxed);
+        counters.accepted.inc();
+        counters.open.inc();
         let _ = stream.set_nodelay(true);
         if config.send_buffer > 0 {
             let size = usize::try_from(config.send_buffer).unwrap_or(usize::MAX);
@@ -209,7 +206,7 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
             if let Err(error) = watched.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
-            counters.open.fetch_sub(1, Ordering::Relaxed);
+            counters.open.dec();
             drop(slot);
         });
     }

@@ -19,6 +19,8 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::state::ConnCounters;
+
 /// The three deadlines, copied from the configuration once per server.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -29,25 +31,6 @@ pub struct Timeouts {
     pub keep_alive: Duration,
     /// The socket accepts no bytes while a response is being written.
     pub write_stall: Duration,
-}
-
-/// Connection-level counters shared by every connection (they feed metrics).
-#[derive(Debug, Default)]
-pub struct ConnCounters {
-    /// Connections accepted since start.
-    pub accepted: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicU64,
-    /// Times the connection cap was reached and accepting paused until one closed.
-    pub cap_reached: AtomicU64,
-    /// Connections closed because a request head took too long (or never came).
-    pub header_timeouts: AtomicU64,
-    /// Idle keep-alive connections closed.
-    pub idle_timeouts: AtomicU64,
-    /// Connections dropped because the client stopped reading the response.
-    pub stall_timeouts: AtomicU64,
-    /// How body bytes left: by `sendfile` or copied (see `zero_copy`).
-    pub sends: super::zero_copy::SendCounters,
 }
 
 /// What the connection's service tells its socket: how many requests are in flight, and
@@ -190,7 +173,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                 }
                 match this.read_timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
+                        counter.inc();
                         Poll::Ready(Err(timed_out(what)))
                     }
                     Poll::Pending => Poll::Pending,
@@ -221,7 +204,7 @@ impl<T: AsyncWrite + Unpin> TimedIo<T> {
                 }
                 match self.write_timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        self.counters.stall_timeouts.fetch_add(1, Ordering::Relaxed);
+                        self.counters.stall_timeouts.inc();
                         Poll::Ready(Err(timed_out("client stopped reading")))
                     }
                     Poll::Pending => Poll::Pending,

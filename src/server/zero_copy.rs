@@ -39,7 +39,7 @@
 //!   on the calling worker, as the page fault of a `writev` of mapped bytes did before;
 //!   GIFs served often stay cached. Moving cold sends off the workers is issue 10's.
 //! - **Counters are exact.** Bytes sent by `sendfile` and file bytes copied by `writev`
-//!   are counted from the syscalls' return values ([`SendCounters`]).
+//!   are counted from the syscalls' return values (`ConnCounters`).
 //!
 //! # Extending
 //! Every write goes through [`ZeroCopyIo::poll_write_vectored`] one step at a time
@@ -52,30 +52,15 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use rustix::net::{SendAncillaryBuffer, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::outbox::Outbox;
+use crate::outbox::Outbox;
+use crate::state::ConnCounters;
 use crate::store::MappedFile;
-
-/// Counters of how body bytes left, shared by every connection (they feed metrics).
-#[derive(Debug, Default)]
-pub struct SendCounters {
-    /// `sendfile` calls that sent at least one byte.
-    pub sendfile_calls: AtomicU64,
-    /// Bytes sent by `sendfile`, straight from the page cache.
-    pub sendfile_bytes: AtomicU64,
-    /// Bytes of mapped files sent by `writev` instead (runs under
-    /// `--sendfile-min-bytes`): copied into the socket buffer by the kernel.
-    pub copied_file_bytes: AtomicU64,
-    /// Sends cut short because the file ended before the response did (truncated
-    /// under us): each closed its connection.
-    pub short_file_sends: AtomicU64,
-}
 
 /// One step of a vectored write, as [`next_step`] decides it.
 #[derive(Debug)]
@@ -191,7 +176,7 @@ pub struct ZeroCopyIo {
     stream: TcpStream,
     outbox: Arc<Outbox>,
     min_sendfile: usize,
-    counters: Arc<super::ConnCounters>,
+    counters: Arc<ConnCounters>,
 }
 
 impl ZeroCopyIo {
@@ -201,7 +186,7 @@ impl ZeroCopyIo {
         stream: TcpStream,
         outbox: Arc<Outbox>,
         min_sendfile: u64,
-        counters: Arc<super::ConnCounters>,
+        counters: Arc<ConnCounters>,
     ) -> Self {
         ZeroCopyIo {
             stream,
@@ -300,7 +285,7 @@ impl AsyncWrite for ZeroCopyIo {
             // No mapped file in flight (JSON, HEAD, 304): a plain writev.
             return Pin::new(stream).poll_write_vectored(cx, bufs);
         }
-        let sends = &counters.sends;
+        let sends = &**counters;
         let mut written = 0usize;
         let mut start = 0usize;
         while start < bufs.len() {
@@ -333,24 +318,22 @@ impl AsyncWrite for ZeroCopyIo {
                 Step::Memory { file_mask, .. } => {
                     if *file_mask != 0 {
                         let copied = masked_bytes(&bufs[start..end], *file_mask, sent);
-                        sends.copied_file_bytes.fetch_add(copied, Ordering::Relaxed);
+                        sends.copied_file_bytes.inc_by(copied);
                     }
                 }
                 Step::File { .. } if sent == 0 && wanted > 0 => {
                     if written > 0 {
                         return Poll::Ready(Ok(written));
                     }
-                    sends.short_file_sends.fetch_add(1, Ordering::Relaxed);
+                    sends.short_file_sends.inc();
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "file ended before the response did (truncated while being sent)",
                     )));
                 }
                 Step::File { .. } => {
-                    sends.sendfile_calls.fetch_add(1, Ordering::Relaxed);
-                    sends
-                        .sendfile_bytes
-                        .fetch_add(sent as u64, Ordering::Relaxed);
+                    sends.sendfile_calls.inc();
+                    sends.sendfile_bytes.inc_by(sent as u64);
                 }
             }
             written += sent;

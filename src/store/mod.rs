@@ -46,9 +46,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 use crate::fs_pool::{FsPool, FsPoolError};
+use crate::metrics::{ReadAtScrape, by_kind};
 pub use regular::{OpenError, open_regular};
 
 /// What makes a file "the same file": if any of these change, the path now names a
@@ -313,20 +316,20 @@ impl quick_cache::Weighter<PathBuf, Arc<Entry>> for MapWeighter {
     }
 }
 
-/// Counters of the mapping cache, for metrics.
+/// Counters of the mapping cache (`oip_media_map_cache_lookups_total{kind}`).
 #[derive(Debug, Default)]
 pub struct StoreCounters {
     /// Lookups answered by a cached mapping within its window: no syscall.
-    pub hits: AtomicU64,
+    pub hits: Counter,
     /// Lookups past the window whose `stat` found the same file.
-    pub revalidated: AtomicU64,
+    pub revalidated: Counter,
     /// Files opened and mapped (first use, eviction, or replaced file).
-    pub maps: AtomicU64,
+    pub maps: Counter,
     /// Cached mappings found stale (file replaced) and remapped.
-    pub replaced: AtomicU64,
+    pub replaced: Counter,
     /// Cached mappings served unchecked because the filesystem did not answer the
     /// revalidating `stat` in time.
-    pub stale: AtomicU64,
+    pub stale: Counter,
 }
 
 /// The bounded mapping cache shared by every route.
@@ -360,6 +363,35 @@ impl Store {
         &self.counters
     }
 
+    /// Registers the cache's metrics: lookups by result, and its size read at scrape
+    /// time (through a weak reference, so the registry keeps no store alive).
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        let store = Arc::downgrade(self);
+        registry.register(
+            "map_cache_entries",
+            "Files mapped in the cache",
+            ReadAtScrape::gauge(move || store.upgrade().map_or(0, |s| s.cached_entries() as u64)),
+        );
+        let store = Arc::downgrade(self);
+        registry.register(
+            "map_cache_weight_bytes",
+            "Mapped bytes held by the cache (upper bound, see docs)",
+            ReadAtScrape::gauge(move || store.upgrade().map_or(0, |s| s.cached_weight())),
+        );
+        let c = &self.counters;
+        registry.register(
+            "map_cache_lookups",
+            "Mapping cache lookups by result",
+            by_kind([
+                ("hit", &c.hits),
+                ("revalidated", &c.revalidated),
+                ("mapped", &c.maps),
+                ("replaced", &c.replaced),
+                ("stale", &c.stale),
+            ]),
+        );
+    }
+
     /// Mappings currently cached.
     pub fn cached_entries(&self) -> usize {
         self.cache.len()
@@ -387,25 +419,25 @@ impl Store {
             let checking = self.clock();
             let checked = entry.checked_ns.load(Ordering::Relaxed);
             if checking.saturating_sub(checked) < self.window_ns {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.counters.hits.inc();
                 return Ok(Arc::clone(&entry.file));
             }
             let path = full.clone();
             match self.fs.run(move || std::fs::metadata(&path)).await {
                 Ok(Ok(meta)) if FileIdentity::of(&meta) == entry.file.identity => {
                     entry.checked_ns.fetch_max(checking, Ordering::Relaxed);
-                    self.counters.revalidated.fetch_add(1, Ordering::Relaxed);
+                    self.counters.revalidated.inc();
                     return Ok(Arc::clone(&entry.file));
                 }
                 Ok(Ok(_)) => {
-                    self.counters.replaced.fetch_add(1, Ordering::Relaxed);
+                    self.counters.replaced.inc();
                 }
                 Ok(Err(error)) => {
                     self.cache.remove(&full);
                     return Err(not_found_or_io(error));
                 }
                 Err(busy) => {
-                    self.counters.stale.fetch_add(1, Ordering::Relaxed);
+                    self.counters.stale.inc();
                     tracing::debug!(path = %full.display(), %busy, "serving a cached mapping unchecked");
                     return Ok(Arc::clone(&entry.file));
                 }
@@ -427,7 +459,7 @@ impl Store {
                 return Err(error);
             }
         };
-        self.counters.maps.fetch_add(1, Ordering::Relaxed);
+        self.counters.maps.inc();
         let entry = Entry {
             file: Arc::clone(&file),
             checked_ns: AtomicU64::new(mapping),
@@ -504,8 +536,8 @@ mod tests {
         std::fs::rename(dir.join("replacing.tmp"), dir.join(name)).unwrap();
     }
 
-    fn count(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    fn count(counter: &Counter) -> u64 {
+        counter.get()
     }
 
     #[tokio::test]
@@ -546,7 +578,7 @@ mod tests {
         let c = store.counters();
         assert_eq!((count(&c.hits), count(&c.maps)), (10, 1));
         assert_eq!(count(&c.revalidated) + count(&c.replaced), 0);
-        assert_eq!(store.fs.counters().completed.load(Ordering::Relaxed), 1);
+        assert_eq!(store.fs.counters().completed.get(), 1);
     }
 
     #[tokio::test]

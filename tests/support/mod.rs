@@ -1,9 +1,11 @@
-//! Shared helpers for integration tests: a server on 127.0.0.1:0 over a temp media root,
-//! and a raw HTTP/1.1 client that sends paths exactly as written (no normalisation), so
-//! hostile paths reach the server unchanged.
+//! Shared helpers for integration tests: the one test-server fixture ([`TestServer`]: a
+//! real server on 127.0.0.1:0 over a temp media root, stopped by the test), a raw HTTP/1.1
+//! client that sends paths exactly as written (no normalisation), so hostile paths reach
+//! the server unchanged, and the media, relay and Elasticsearch stand-ins.
 #![allow(dead_code)]
 
 pub mod elastic;
+pub mod media;
 pub mod relay_stub;
 
 use std::net::SocketAddr;
@@ -16,20 +18,132 @@ use tokio::net::TcpStream;
 use serde_json::{Value, json};
 
 /// A running server over its own temp media root; shut down with [`TestServer::stop`].
+/// Derefs to the [`oip_media::RunningServer`] (its address, app and state).
 pub struct TestServer {
     pub server: oip_media::RunningServer,
     pub addr: SocketAddr,
     pub media: tempfile::TempDir,
+    /// `http://<addr>`.
+    pub base: String,
+    /// A client for this server (no proxy from the environment).
+    pub client: reqwest::Client,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = oip_media::RunningServer;
+
+    fn deref(&self) -> &oip_media::RunningServer {
+        &self.server
+    }
 }
 
 impl TestServer {
+    /// Starts a server over a fresh media root (`web/fitnessally/` and `generated/`
+    /// created), with `configure` applied to the default test config.
+    pub async fn start(configure: impl FnOnce(&mut oip_media::Config)) -> TestServer {
+        let media = media_root();
+        std::fs::create_dir_all(media.path().join("generated")).expect("mkdir");
+        start_with(media, configure).await
+    }
+
     /// Path of `web/<rel>` inside the media root.
     pub fn web(&self, rel: &str) -> PathBuf {
         self.media.path().join("web").join(rel)
     }
 
+    /// The media root (`MEDIA_DIR`).
+    pub fn media_dir(&self) -> &Path {
+        self.media.path()
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A GET through the HTTP client.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A GET with extra headers through the HTTP client.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// Writes `MEDIA_DIR/<id>/original` (and the manifest, if any) the way the
+    /// indexer does: temp file, then rename.
+    pub fn put_media(&self, id: &str, bytes: &[u8], manifest: Option<serde_json::Value>) {
+        let dir = self.media_dir().join(id);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        media::write_atomically(&dir.join("original"), bytes);
+        if let Some(manifest) = manifest {
+            media::write_atomically(
+                &dir.join("manifest.json"),
+                &serde_json::to_vec(&manifest).expect("json"),
+            );
+        }
+    }
+
+    /// Writes `MEDIA_DIR/web/fitnessally/<name>`.
+    pub fn put_web(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.media_dir().join("web/fitnessally").join(name);
+        media::write_atomically(&path, bytes);
+        path
+    }
+
+    /// The derived folder of this server.
+    pub fn derived_dir(&self) -> PathBuf {
+        self.server.app().state().config.derived_dir.clone()
+    }
+
+    /// Files (not temp files) in the derived folder and their total size.
+    pub fn derived_files(&self) -> (Vec<String>, u64) {
+        let mut names = Vec::new();
+        let mut total = 0;
+        for entry in std::fs::read_dir(self.derived_dir())
+            .expect("derived dir")
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            total += entry.metadata().expect("stat").len();
+            names.push(name);
+        }
+        names.sort();
+        (names, total)
+    }
+
+    /// Status and the whole answer of a raw `GET <target>`, sent byte for byte.
+    pub async fn raw_get(&self, target: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
+        let request = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read");
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
     pub async fn stop(self) {
         self.server.shutdown().await;
+    }
+
+    /// The same as [`TestServer::stop`].
+    pub async fn shutdown(self) {
+        self.stop().await;
     }
 }
 
@@ -49,11 +163,93 @@ pub async fn start_with(
     tweak(&mut config);
     let server = oip_media::start(config).await.expect("server starts");
     let addr = server.local_addr();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     TestServer {
         server,
         addr,
         media,
+        base: format!("http://{addr}"),
+        client,
     }
+}
+
+/// The service binary running in its own process over a media root, for measurements
+/// that must not count what other tests in this process do (descriptors, memory).
+/// Killed when dropped.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts `oip-media` on 127.0.0.1:0 over `media_dir`; returns once it listens (the
+    /// address comes from its "listening on" log line).
+    pub fn start(media_dir: &Path) -> ChildServer {
+        ChildServer::start_with(media_dir, &[])
+    }
+
+    /// [`ChildServer::start`] with extra settings as environment variables.
+    pub fn start_with(media_dir: &Path, env: &[(&str, &str)]) -> ChildServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oip-media"))
+            .envs(env.iter().copied())
+            .env("MEDIA_DIR", media_dir)
+            .env("PORT", "0")
+            .env("BIND", "127.0.0.1")
+            .env("RUST_LOG", "info")
+            .env("DERIVED_DIR", media_dir.join(".oip-media-derived"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn oip-media");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(
+                lines.read_line(&mut line).expect("read log") > 0,
+                "the service exited before listening"
+            );
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().expect("address");
+                break addr.parse().expect("socket address");
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+        ChildServer { child, addr }
+    }
+
+    /// Open descriptors of the child process that refer to files under `root`.
+    pub fn open_fds_under(&self, root: &Path) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter(|target| target.starts_with(root))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of one line of a `/metrics` text (`name{labels} value`).
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Deterministic pseudo-random bytes, so range bodies can be compared exactly.

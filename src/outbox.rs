@@ -5,7 +5,7 @@
 //! # Why a per-connection outbox
 //! hyper writes a response by handing its socket a list of `IoSlice`s: the head it
 //! rendered, then the body chunks it was given. A chunk of a mapped file is a slice of the
-//! mapping, and the socket ([`super::zero_copy::ZeroCopyIo`]) can send those bytes with
+//! mapping, and the socket (`server::zero_copy::ZeroCopyIo`) can send those bytes with
 //! `sendfile` from the file instead of copying them — if it can tell which file a slice
 //! belongs to. A response body therefore *registers* its file here when it yields its
 //! first chunk; the socket looks each slice's address up among the registered mappings.

@@ -1,0 +1,422 @@
+//! The shared state every handler reads, built once at start-up from the [`Config`], and
+//! the plain counter types the server and the router bump.
+//!
+//! A leaf of the architecture: it imports the components it holds (store, limiter, GUN
+//! client, resolver, …) and nothing above it — not `routes`, `app` or `server` — so any
+//! of those may take an `&AppState` without a cycle. A unit test below keeps it so.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::auth::JwtVerifier;
+use crate::config::Config;
+use crate::cors::CorsPolicy;
+use crate::error::StartError;
+use crate::fs_pool::{FsPool, FsPoolSettings};
+use crate::gif::Gifs;
+use crate::gun::{GunClient, GunError};
+use crate::limit::{LimitSettings, Limiter};
+use crate::manifest::ManifestCache;
+use crate::metrics::by_kind;
+use crate::resolve::Resolver;
+use crate::store::{LazyRoot, Root, Store};
+
+/// Everything a handler may need, built once at start-up and shared by every connection.
+pub struct AppState {
+    /// The effective configuration.
+    pub config: Arc<Config>,
+    /// Mapped files of every media root, bounded by entries and bytes.
+    pub store: Arc<Store>,
+    /// The threads every filesystem call of a request runs on (bounded; see `fs_pool`).
+    pub fs: FsPool,
+    /// The `/media/<project>/<file>` root (`MEDIA_DIR/web`), canonicalised at start-up.
+    pub web_root: Root,
+    /// `MEDIA_DIR` itself: content-addressed media (`<mediaId>/original`).
+    pub media_root: Root,
+    /// Generated audio; may appear after start-up.
+    pub generated_root: LazyRoot,
+    /// Parsed `manifest.json` files, bounded and revalidated.
+    pub manifests: ManifestCache,
+    /// Verifies owners' tokens; `None` without `JWT_SECRET` (private media → 401).
+    pub jwt: Option<JwtVerifier>,
+    /// GIF metadata and still posters.
+    pub gifs: Gifs,
+    /// The one GUN relay client of the process (its negative cache, breaker and counters
+    /// are shared by every caller); `None` when `GUN_PEERS` is unset.
+    pub gun: Option<Arc<GunClient>>,
+    /// The record resolver behind `POST /api/resolve`, with its process-wide cache.
+    pub resolver: Arc<Resolver>,
+    /// The bounded admission points routes are declared behind.
+    pub admissions: Admissions,
+    /// The CORS allow-list.
+    pub cors: CorsPolicy,
+    /// Connection counters, filled by the server's accept loop and sockets.
+    pub connections: Arc<ConnCounters>,
+    /// Every metric of the process; `/metrics` encodes it. Components registered their
+    /// own families here while the state was built.
+    pub metrics: Registry,
+    /// `--body-chunk-size` as a `usize`: what each body hands to hyper per poll.
+    pub chunk: usize,
+}
+
+impl AppState {
+    /// Builds every shared component from `config` and registers its metrics; fails with
+    /// a message naming the setting when a value or a media root is unusable.
+    pub fn new(config: Config) -> Result<AppState, StartError> {
+        let checked = config.validate()?;
+        let config = Arc::new(config);
+        let mut metrics = crate::metrics::registry();
+        let fs = FsPool::new(FsPoolSettings::from_config(&config)).map_err(|error| {
+            StartError::InvalidSetting {
+                option: "--fs-threads/FS_THREADS",
+                message: format!("cannot start the filesystem threads: {error}"),
+            }
+        })?;
+        let store = Arc::new(Store::new(&config, fs.clone()));
+        store.register(&mut metrics);
+        fs.register(&mut metrics);
+        let web_root = Root::open(&config.web_root()).map_err(|source| StartError::MediaRoot {
+            option: "--media-dir/MEDIA_DIR",
+            path: config.web_root(),
+            source,
+        })?;
+        let media_root = Root::open(&config.media_dir).map_err(|source| StartError::MediaRoot {
+            option: "--media-dir/MEDIA_DIR",
+            path: config.media_dir.clone(),
+            source,
+        })?;
+        let generated_root = LazyRoot::new(config.generated_root());
+        if generated_root.get().is_none() {
+            tracing::warn!(
+                path = %generated_root.configured_path().display(),
+                "generated-media folder (--generated-media-dir/GENERATED_MEDIA_DIR) is missing; \
+                 /api/generate/media and /api/media?id= answer 404 until it exists"
+            );
+        }
+        let jwt = config.jwt_secret.as_ref().and_then(JwtVerifier::new);
+        if jwt.is_none() {
+            tracing::warn!(
+                "JWT_SECRET is not set: private /api/media items will not be served (401)"
+            );
+        }
+        let manifests = ManifestCache::new(
+            config.manifest_cache_entries,
+            vec![config.media_dir.clone(), media_root.path().to_path_buf()],
+            fs.clone(),
+            config.revalidate_window,
+        );
+        let gifs = Gifs::new(&config, fs.clone()).map_err(|source| StartError::DerivedDir {
+            path: config.derived_dir.clone(),
+            source,
+        })?;
+        gifs.counters().register(&mut metrics);
+        let gun = match config.gun.gun_peers {
+            Some(_) => {
+                let client = GunClient::new(&config.gun).map_err(|error| match error {
+                    GunError::Config { option, message } => {
+                        StartError::InvalidSetting { option, message }
+                    }
+                    other => StartError::InvalidSetting {
+                        option: "--gun-peers/GUN_PEERS",
+                        message: other.to_string(),
+                    },
+                })?;
+                client.register(&mut metrics);
+                Some(Arc::new(client))
+            }
+            None => None,
+        };
+        let resolver = Resolver::new(&config.resolver, gun.clone()).map_err(|error| {
+            StartError::InvalidSetting {
+                option: "--elasticsearch-host/ELASTICSEARCHHOST",
+                message: error.to_string(),
+            }
+        })?;
+        let resolver = Arc::new(resolver);
+        resolver.register(&mut metrics);
+        let admissions = Admissions::new(&config, &mut metrics);
+        let connections = Arc::new(ConnCounters::default());
+        connections.register(&mut metrics);
+        crate::metrics::register_process(&mut metrics);
+        let chunk = usize::try_from(config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
+        Ok(AppState {
+            config,
+            store,
+            fs,
+            web_root,
+            media_root,
+            generated_root,
+            manifests,
+            jwt,
+            gifs,
+            gun,
+            resolver,
+            admissions,
+            cors: checked.cors,
+            connections,
+            metrics,
+            chunk,
+        })
+    }
+
+    /// Each media root by name, for readiness checks.
+    pub fn media_roots(&self) -> Vec<(&'static str, &Path)> {
+        vec![
+            ("web", self.web_root.path()),
+            ("media", self.media_root.path()),
+        ]
+    }
+
+    /// The GUN relay's state for `/readyz`.
+    pub fn gun_status(&self) -> serde_json::Value {
+        match &self.gun {
+            None => serde_json::json!({ "configured": false }),
+            Some(gun) => serde_json::json!({
+                "configured": true,
+                "relay": gun.base_url(),
+                "breaker": gun.breaker_state(),
+            }),
+        }
+    }
+}
+
+/// Which bounded admission a route goes through; declared per route in the route table.
+///
+/// A new admission point (stills, `/info`, puts, resolves, transcodes…) is a variant
+/// here, a field of [`Admissions`] built from its settings in [`Admissions::new`], and
+/// the route-table lines that name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// No bound beyond the connection's own (health, metrics, GUN and resolver routes
+    /// bound their work inside their components).
+    Open,
+    /// The media limiter: every route that sends file bytes (`--max-in-flight`,
+    /// `--max-queue`, `--queue-timeout`), metrics `oip_media_media_*`.
+    Media,
+}
+
+/// The limiters behind [`Admission`]s, one per bounded admission, each registering its
+/// metrics under its own prefix.
+#[derive(Debug)]
+pub struct Admissions {
+    /// [`Admission::Media`].
+    pub media: Arc<Limiter>,
+}
+
+impl Admissions {
+    /// Builds every limiter from its settings and registers its metrics.
+    pub fn new(config: &Config, registry: &mut Registry) -> Admissions {
+        let mut bounded = |prefix: &str, settings: LimitSettings| {
+            let limiter = Arc::new(Limiter::new(settings));
+            limiter.register(registry.sub_registry_with_prefix(prefix));
+            limiter
+        };
+        Admissions {
+            media: bounded(
+                "media",
+                LimitSettings {
+                    max_in_flight: config.max_in_flight,
+                    max_queue: config.max_queue,
+                    queue_timeout: config.queue_timeout,
+                    retry_after_secs: 1,
+                },
+            ),
+        }
+    }
+
+    /// The limiter of `admission`, if it is bounded.
+    pub fn limiter(&self, admission: Admission) -> Option<&Limiter> {
+        match admission {
+            Admission::Open => None,
+            Admission::Media => Some(&self.media),
+        }
+    }
+}
+
+/// Connection-level counters shared by every connection: bumped by the accept loop and
+/// the sockets' timeouts, registered once for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    /// Connections accepted since start.
+    pub accepted: Counter,
+    /// Connections open now.
+    pub open: Gauge,
+    /// Times the connection cap was reached and accepting paused until one closed.
+    pub cap_reached: Counter,
+    /// Connections closed because a request head took too long (or never came).
+    pub header_timeouts: Counter,
+    /// Idle keep-alive connections closed.
+    pub idle_timeouts: Counter,
+    /// Connections dropped because the client stopped reading the response.
+    pub stall_timeouts: Counter,
+    /// Bytes of mapped files sent by `sendfile`, straight from the page cache.
+    pub sendfile_bytes: Counter,
+    /// `sendfile` calls that sent at least one byte.
+    pub sendfile_calls: Counter,
+    /// Bytes of mapped files sent by `writev` instead (runs under
+    /// `--sendfile-min-bytes`): copied into the socket buffer by the kernel.
+    pub copied_file_bytes: Counter,
+    /// Responses cut short because their file ended before them (truncated while
+    /// being sent): each closed its connection.
+    pub short_file_sends: Counter,
+}
+
+impl ConnCounters {
+    /// Registers `oip_media_connections_*`, `…_connection_timeouts_total{kind}`,
+    /// `…_connection_cap_reached_total`, and how body bytes left:
+    /// `…_file_body_bytes_total{kind}`, `…_sendfile_calls_total`, `…_short_file_sends_total`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_accepted",
+            "Connections accepted",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Connections open now",
+            self.open.clone(),
+        );
+        registry.register(
+            "connection_timeouts",
+            "Connections closed by a timeout, by kind",
+            by_kind([
+                ("header_read", &self.header_timeouts),
+                ("keep_alive", &self.idle_timeouts),
+                ("write_stall", &self.stall_timeouts),
+            ]),
+        );
+        registry.register(
+            "connection_cap_reached",
+            "Times the connection cap paused accepting",
+            self.cap_reached.clone(),
+        );
+        registry.register(
+            "file_body_bytes",
+            "Body bytes of mapped files sent, by how: sendfile (from the page cache) or copy (writev, short runs)",
+            by_kind([
+                ("sendfile", &self.sendfile_bytes),
+                ("copy", &self.copied_file_bytes),
+            ]),
+        );
+        registry.register(
+            "sendfile_calls",
+            "sendfile(2) calls that sent bytes",
+            self.sendfile_calls.clone(),
+        );
+        registry.register(
+            "short_file_sends",
+            "Responses cut short (connection closed) because their file ended early: truncated while sent",
+            self.short_file_sends.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Modules above the leaves: `state` and `response` must not name them, or the
+    /// import graph has a cycle again (issue 11).
+    const ABOVE_THE_LEAVES: [&str; 4] = ["app", "routes", "server", "main"];
+
+    /// Every `crate::<module>` a source file names outside its tests, in `use` lines and
+    /// in paths.
+    fn crate_modules(source: &str) -> Vec<String> {
+        let mut named = Vec::new();
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        for line in code.lines() {
+            let code = line.split("//").next().unwrap_or_default();
+            let mut rest = code;
+            while let Some(at) = rest.find("crate::") {
+                rest = &rest[at + "crate::".len()..];
+                let module: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !module.is_empty() {
+                    named.push(module);
+                }
+            }
+            if let Some(group) = code.trim_start().strip_prefix("use crate::{") {
+                let group = group.split('}').next().unwrap_or_default();
+                for part in group.split(',') {
+                    let module = part.trim().split("::").next().unwrap_or_default();
+                    if !module.is_empty() {
+                        named.push(module.to_owned());
+                    }
+                }
+            }
+        }
+        named
+    }
+
+    #[test]
+    fn state_and_response_are_leaves() {
+        for (file, source) in [
+            ("src/state.rs", include_str!("state.rs")),
+            ("src/response.rs", include_str!("response.rs")),
+        ] {
+            let named = crate_modules(source);
+            for module in ABOVE_THE_LEAVES {
+                assert!(
+                    !named.iter().any(|m| m == module),
+                    "{file} names crate::{module}: the leaves must not import from above"
+                );
+            }
+        }
+        assert!(
+            !crate_modules(include_str!("response.rs"))
+                .iter()
+                .any(|m| m == "state"),
+            "response needs no state"
+        );
+    }
+
+    #[test]
+    fn components_never_reach_up_into_the_app() {
+        // Everything but the app's own layers (main, lib, server, app, routes) and the
+        // state leaf sits below `state`: it must not name it or anything above it.
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.clone()];
+        let mut checked = 0;
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                for entry in std::fs::read_dir(&path).expect("src is readable") {
+                    files.push(entry.expect("entry").path());
+                }
+                continue;
+            }
+            let relative = path.strip_prefix(&src).expect("under src");
+            let top = relative
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .unwrap_or_default()
+                .trim_end_matches(".rs");
+            if ["main", "lib", "server", "app", "routes", "state", "bin"].contains(&top) {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).expect("source is readable");
+            let named = crate_modules(&source);
+            for module in ["app", "routes", "server", "state"] {
+                assert!(
+                    !named.iter().any(|m| m == module),
+                    "src/{} names crate::{module}: components sit below the app and its state",
+                    relative.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 20, "the walk found the components ({checked})");
+    }
+
+    #[test]
+    fn the_leaf_check_sees_every_form_of_import() {
+        let named = crate_modules(
+            "use crate::app::App;\nuse crate::{body::Body, routes};\nfn f() { crate::server::start(); }\n// crate::main in a comment",
+        );
+        assert_eq!(named, ["app", "body", "routes", "server"]);
+    }
+}
