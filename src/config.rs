@@ -205,8 +205,10 @@ pub struct Config {
     pub max_file_size: u64,
 
     // ---------------------------------------------------------------- mapping cache
-    /// Most mappings kept open in the cache. A mapping holds no file descriptor, only
-    /// address space and a little bookkeeping, so this can be generous.
+    /// Most mappings kept open in the cache. Each keeps its file open (the socket sends
+    /// from it with `sendfile`), so this plus `--max-connections` and `--max-in-flight`
+    /// must fit the open-file limit: start-up raises the soft limit to the hard one and
+    /// lowers this bound (with a warning) when they still do not fit.
     #[arg(long, env = "MAP_CACHE_ENTRIES", default_value_t = 16_384)]
     pub map_cache_entries: usize,
 
@@ -221,6 +223,14 @@ pub struct Config {
     /// queue) is what a slow reader pins: references into the mapping, never copies.
     #[arg(long, env = "BODY_CHUNK_SIZE", default_value = "256KiB", value_parser = parse_bytes)]
     pub body_chunk_size: u64,
+
+    /// Shortest run of file bytes the socket sends with `sendfile(2)` (from the page
+    /// cache, no copy); shorter runs are copied by the one `writev` that sends the head,
+    /// which costs less than a second syscall for a small body. The default is the
+    /// measured crossover (BENCHMARKS.md, "sendfile"). Set it above `--max-file-size` to
+    /// never use `sendfile`.
+    #[arg(long, env = "SENDFILE_MIN_BYTES", default_value = "16KiB", value_parser = parse_bytes)]
+    pub sendfile_min_bytes: u64,
 
     // ---------------------------------------------------------------- other media routes
     /// Folder of generated audio (the indexer's `media/`: TTS output and `jfk/`, `rfk/`),

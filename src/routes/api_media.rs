@@ -188,6 +188,7 @@ fn describe(id: &MediaId, manifest: Option<&Manifest>, private: bool) -> FileHea
         cache_control: HeaderValue::from_static(cache_control),
         etag: EntityTag::strong(id.as_str()),
         extra,
+        last_modified: None,
     }
 }
 

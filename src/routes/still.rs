@@ -4,6 +4,7 @@
 //! source's and the source's caching headers.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use crate::gif::still::StillFormat;
 use crate::http::query;
 use crate::response;
 use crate::state::AppState;
-use crate::store::{FileIdentity, MappedFile, Root, StoreError};
+use crate::store::{MappedFile, Root, StoreError};
 
 /// A still as asked for: its width (`None`: the GIF's own) and format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +175,7 @@ pub async fn respond(
         cache_control: source.describe.cache_control,
         etag: source.describe.etag.derived(&suffix),
         extra: source.describe.extra,
+        last_modified: None,
     };
     let chunk = state.chunk;
     // Twice at most: a still found on disk may be evicted before we map it; the second
@@ -224,17 +226,8 @@ pub async fn respond(
     )
 }
 
-fn in_memory(png: Bytes) -> MappedFile {
-    MappedFile {
-        identity: FileIdentity {
-            dev: 0,
-            ino: 0,
-            len: png.len() as u64,
-            mtime_ns: 0,
-        },
-        bytes: png,
-        modified: SystemTime::now(),
-    }
+fn in_memory(png: Bytes) -> Arc<MappedFile> {
+    Arc::new(MappedFile::in_memory(png, SystemTime::now()))
 }
 
 #[cfg(test)]

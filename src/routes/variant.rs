@@ -34,7 +34,7 @@ use crate::http::query;
 use crate::limit::HeldPermit;
 use crate::response;
 use crate::state::AppState;
-use crate::store::{MappedFile, StoreError};
+use crate::store::StoreError;
 use crate::transcode::{GifSource, VariantError, VariantFormat, VariantJob, Wait};
 
 /// `Retry-After` of a 503: a transcode takes about a second.
@@ -151,6 +151,7 @@ fn describe(source: &FileHeaders, format: VariantFormat, tag: &str) -> FileHeade
             .etag
             .derived_strong(&format!("-{}-{tag}", format.name())),
         extra: source.extra.clone(),
+        last_modified: None,
     }
 }
 
@@ -290,10 +291,9 @@ async fn serve(
     };
     // The GIF's modification time, not the variant's: a variant made again after an
     // eviction keeps the same validators.
-    let file = MappedFile {
-        bytes: file.bytes.clone(),
-        identity: file.identity,
-        modified: source.file.modified,
+    let describe = FileHeaders {
+        last_modified: Some(source.file.modified),
+        ..describe
     };
     Ok(file_response::respond(
         method,
