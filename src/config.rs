@@ -62,6 +62,16 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
 /// place is served within a second.
 pub const MAX_REVALIDATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// The layout of the threads that serve connections (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeLayout {
+    /// One multi-thread tokio runtime with `--workers` workers and one listening socket.
+    MultiThread,
+    /// `--workers` threads, each a current-thread runtime accepting on its own
+    /// `SO_REUSEPORT` socket.
+    PerCore,
+}
+
 /// Every setting of the service. Built by clap from flags and environment variables in
 /// `main`, or by tests and benches with [`Config::for_media_dir`] and plain field updates.
 #[derive(Debug, Clone, Parser)]
@@ -81,9 +91,21 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
 
-    /// Worker threads of the runtime (0 = one per available core).
+    /// Threads that serve connections (0 = one per available core): the multi-thread
+    /// runtime's workers, or the cores of the per-core layout (`--runtime`).
     #[arg(long, env = "WORKERS", default_value_t = 0)]
     pub workers: usize,
+
+    /// How the serving threads are laid out. `multi-thread`: one tokio multi-thread
+    /// runtime, one listening socket, connections moved between workers by work
+    /// stealing. `per-core`: one current-thread runtime per worker, each accepting on
+    /// its own `SO_REUSEPORT` socket, a connection served start to end by the thread
+    /// that accepted it (the kernel spreads new connections by their address hash).
+    /// The connection cap, the limiters, the filesystem threads, metrics and shutdown
+    /// are shared by all workers in both. The default is the measured faster one
+    /// (BENCHMARKS.md, "Many cores").
+    #[arg(long, env = "RUNTIME", value_enum, default_value_t = RuntimeLayout::MultiThread)]
+    pub runtime: RuntimeLayout,
 
     // ---------------------------------------------------------------- connections
     /// Most open client connections. Past it the service stops accepting and new
@@ -395,6 +417,24 @@ impl std::str::FromStr for Secret {
 }
 
 impl Config {
+    /// The number of serving threads `--workers` asks for: its value, or one per core
+    /// this process may run on (its CPU affinity and cgroup quota) when it is 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Listening sockets, each with its own accept loop: one for the multi-thread
+    /// runtime, one per worker for the per-core layout.
+    pub fn listeners(&self) -> usize {
+        match self.runtime {
+            RuntimeLayout::MultiThread => 1,
+            RuntimeLayout::PerCore => self.worker_threads(),
+        }
+    }
+
     /// A configuration with every default, serving `media_dir`, listening on an
     /// ephemeral loopback port: what tests and benches start from. Its derived-file
     /// folder is `<media_dir>/.oip-media-derived` (hidden, so no route serves it as

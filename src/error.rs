@@ -32,6 +32,12 @@ pub enum StartError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The serving threads of the per-core layout could not be started.
+    #[error("--runtime/--workers: cannot start the serving threads: {source}")]
+    Workers {
+        /// What the OS said (a thread or its runtime could not be created).
+        source: std::io::Error,
+    },
     /// A setting has a value the service cannot work with.
     #[error("{option}: {message}")]
     InvalidSetting {

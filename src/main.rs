@@ -5,7 +5,7 @@ mod allocator;
 
 use clap::Parser;
 use oip_media::Config;
-use oip_media::config::Command;
+use oip_media::config::{Command, RuntimeLayout};
 
 fn main() -> std::process::ExitCode {
     let mut config = Config::parse();
@@ -27,10 +27,17 @@ fn main() -> std::process::ExitCode {
 
     allocator::start();
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.workers > 0 {
-        runtime.worker_threads(config.workers);
-    }
+    // Multi-thread: the workers serve connections. Per-core: the server starts its own
+    // serving threads, and this thread's runtime only waits for the signal and logs
+    // the summary.
+    let mut runtime = match config.runtime {
+        RuntimeLayout::MultiThread => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(config.worker_threads());
+            runtime
+        }
+        RuntimeLayout::PerCore => tokio::runtime::Builder::new_current_thread(),
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

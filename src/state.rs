@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -144,7 +146,7 @@ impl AppState {
         let resolver = Arc::new(resolver);
         resolver.register(&mut metrics);
         let admissions = Admissions::new(&config, &mut metrics);
-        let connections = Arc::new(ConnCounters::default());
+        let connections = Arc::new(ConnCounters::new(config.listeners()));
         connections.register(&mut metrics);
         crate::metrics::register_process(&mut metrics);
         let chunk = usize::try_from(config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
@@ -259,12 +261,24 @@ impl Admissions {
     }
 }
 
+/// The `listener` label of `oip_media_connections_accepted_by_listener_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: usize,
+}
+
 /// Connection-level counters shared by every connection: bumped by the accept loop and
 /// the sockets' timeouts, registered once for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ConnCounters {
     /// Connections accepted since start.
     pub accepted: Counter,
+    /// Connections accepted by each listening socket: one in the multi-thread layout,
+    /// one per core in the per-core layout, where the kernel's hash decides which core
+    /// serves a connection and an uneven spread shows here.
+    pub accepted_by_listener: Vec<Counter>,
+    /// The same counters as one family for `/metrics` (`{listener="0"}`, …).
+    by_listener: Family<ListenerLabel, Counter>,
     /// Connections open now.
     pub open: Gauge,
     /// Times the connection cap was reached and accepting paused until one closed.
@@ -288,7 +302,26 @@ pub struct ConnCounters {
 }
 
 impl ConnCounters {
-    /// Registers `oip_media_connections_*`, `…_connection_timeouts_total{kind}`,
+    /// Counters for a server with `listeners` listening sockets (accept loops).
+    pub fn new(listeners: usize) -> ConnCounters {
+        let by_listener = Family::<ListenerLabel, Counter>::default();
+        // Clones share the family's atomics: the accept loops bump these directly.
+        let accepted_by_listener = (0..listeners)
+            .map(|listener| {
+                by_listener
+                    .get_or_create(&ListenerLabel { listener })
+                    .clone()
+            })
+            .collect();
+        ConnCounters {
+            accepted_by_listener,
+            by_listener,
+            ..ConnCounters::default()
+        }
+    }
+
+    /// Registers `oip_media_connections_*` (accepted in all and
+    /// `…_accepted_by_listener_total{listener}`, open), `…_connection_timeouts_total{kind}`,
     /// `…_connection_cap_reached_total`, and how body bytes left:
     /// `…_file_body_bytes_total{kind}`, `…_sendfile_calls_total`, `…_short_file_sends_total`.
     pub fn register(&self, registry: &mut Registry) {
@@ -296,6 +329,11 @@ impl ConnCounters {
             "connections_accepted",
             "Connections accepted",
             self.accepted.clone(),
+        );
+        registry.register(
+            "connections_accepted_by_listener",
+            "Connections accepted by each listening socket (one per core in the per-core layout)",
+            self.by_listener.clone(),
         );
         registry.register(
             "connections_open",

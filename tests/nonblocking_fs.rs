@@ -37,6 +37,7 @@ impl Served {
             .expect("runtime");
         let mut config = oip_media::Config::for_media_dir(media);
         config.generated_media_dir = Some(media.join("generated"));
+        support::apply_test_runtime(&mut config);
         tweak(&mut config);
         let server = runtime
             .block_on(oip_media::start(config))

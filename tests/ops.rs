@@ -284,6 +284,7 @@ fn sigterm_lets_a_slow_download_finish_then_exits_zero() {
     let bytes = pattern(24 << 20, 5);
     write_file(&media.path().join("web/p/big.gif"), &bytes);
     let mut child = Command::new(env!("CARGO_BIN_EXE_oip-media"))
+        .envs(test_runtime_env())
         .env("MEDIA_DIR", media.path())
         .env("PORT", "0")
         .env("RUST_LOG", "info")

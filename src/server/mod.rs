@@ -1,9 +1,17 @@
-//! Listening socket, accept loop, per-connection limits and graceful shutdown.
+//! Listening sockets, accept loops, per-connection limits and graceful shutdown.
+//!
+//! Two layouts of the serving threads (`--runtime`): one multi-thread runtime with one
+//! accept loop, or one current-thread runtime per core, each with its own accept loop on
+//! its own `SO_REUSEPORT` socket ([`cores`], [`listen`]). Either way every accept loop
+//! shares the one [`App`] (its limiters, caches, filesystem threads and metrics) and
+//! the one connection cap, and shutdown stops them all.
 //!
 //! HTTP/1.1 only: oip-media sits behind the indexer's proxy or a TLS-terminating front
 //! proxy, which speak HTTP/1.1 to their upstreams.
 
+mod cores;
 pub mod fd_budget;
+mod listen;
 pub mod timed_io;
 pub mod zero_copy;
 
@@ -16,13 +24,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{Config, RuntimeLayout};
 use crate::error::StartError;
 use crate::outbox::Outbox;
+use crate::state::ConnCounters;
 use timed_io::{ConnActivity, TimedIo, Timeouts};
 use zero_copy::ZeroCopyIo;
 
@@ -60,8 +69,9 @@ impl RunningServer {
     }
 }
 
-/// Binds the configured address, builds the application and starts serving on the
-/// current Tokio runtime. Returns once the socket accepts connections. Raises the
+/// Binds the configured address, builds the application and starts serving: on the
+/// current Tokio runtime (`--runtime multi-thread`), or on `--workers` threads of their
+/// own (`--runtime per-core`). Returns once the sockets accept connections. Raises the
 /// open-file limit first and fits the descriptor bounds into it (see [`fd_budget`]).
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -77,6 +87,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 
 /// Like [`start`], with the shutdown trigger given as a future (main passes the signal
 /// handler).
+///
+/// In the per-core layout the serving threads stop when the returned server's task
+/// ends: on shutdown, or when the runtime this was called on goes away (as the accept
+/// loop of the multi-thread layout would).
 pub async fn start_with_shutdown(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -84,12 +98,54 @@ pub async fn start_with_shutdown(
     let mut config = config;
     fd_budget::apply(&mut config)?;
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-    let addr = listener
+    let listeners = listen::bind(addr, config.listeners())
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listeners[0]
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    let layout = config.runtime;
     let app = App::new(config)?;
-    let task = tokio::spawn(accept_loop(listener, app.clone(), shutdown));
+    let shared = Shared::new(&app);
+    // `true` tells every accept loop to stop; a dropped sender does too.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loops = match layout {
+        RuntimeLayout::MultiThread => listeners
+            .into_iter()
+            .enumerate()
+            .map(|(index, listener)| {
+                let listener = TcpListener::from_std(listener)
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let (done_tx, done_rx) = oneshot::channel();
+                let serve = accept_loop(index, listener, shared.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let _ = done_tx.send(serve.await);
+                });
+                Ok(done_rx)
+            })
+            .collect::<Result<Vec<_>, StartError>>()?,
+        RuntimeLayout::PerCore => cores::spawn(listeners, &shared, &stop_rx)
+            .map_err(|source| StartError::Workers { source })?,
+    };
+    drop(stop_rx);
+    let summary = crate::app::spawn_summary(&app, shared.config.summary_interval);
+    let grace = shared.config.shutdown_grace;
+    let task = tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no longer accepting, finishing responses under way"
+        );
+        let _ = stop_tx.send(true);
+        let mut in_time = true;
+        for done in loops {
+            // A loop whose thread died counts as finished: nothing of it is left to wait for.
+            in_time &= done.await.unwrap_or(true);
+        }
+        summary.abort();
+        if !in_time {
+            tracing::warn!("shutdown grace period over; dropped the remaining connections");
+        }
+    });
     Ok(RunningServer {
         addr,
         app,
@@ -98,37 +154,80 @@ pub async fn start_with_shutdown(
     })
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    // A deep backlog: past `max_connections` new clients wait here, not in our memory.
-    socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+/// What every accept loop shares, whichever thread it runs on: the one application, and
+/// the one connection cap.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    app: App,
+    config: Arc<Config>,
+    /// `--max-connections` slots for the whole server, not per loop.
+    connection_slots: Arc<Semaphore>,
+    counters: Arc<ConnCounters>,
+    timeouts: Timeouts,
 }
 
-async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
-    let config = Arc::clone(&app.state().config);
-    let connection_slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let timeouts = Timeouts {
-        header_read: config.header_read_timeout,
-        keep_alive: config.keep_alive_timeout,
-        write_stall: config.write_stall_timeout,
-    };
-    let counters = Arc::clone(&app.state().connections);
-    let summary = crate::app::spawn_summary(&app, config.summary_interval);
+impl Shared {
+    fn new(app: &App) -> Shared {
+        let config = Arc::clone(&app.state().config);
+        Shared {
+            connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            counters: Arc::clone(&app.state().connections),
+            timeouts: Timeouts {
+                header_read: config.header_read_timeout,
+                keep_alive: config.keep_alive_timeout,
+                write_stall: config.write_stall_timeout,
+            },
+            app: app.clone(),
+            config,
+        }
+    }
+}
+
+/// Resolves once the server is told to stop (or its controller is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stop| stop).await;
+}
+
+/// Accepts and serves connections on one listening socket until told to stop, then lets
+/// the responses under way on its connections finish within the grace period. Returns
+/// whether they did.
+async fn accept_loop(
+    index: usize,
+    listener: TcpListener,
+    shared: Shared,
+    stop: watch::Receiver<bool>,
+) -> bool {
+    let Shared {
+        app,
+        config,
+        connection_slots,
+        counters,
+        timeouts,
+    } = shared;
     let graceful = GracefulShutdown::new();
     let builder = http1_builder();
-    tokio::pin!(shutdown);
+    let accepted_here = counters.accepted_by_listener.get(index).cloned();
+    let stop = stopped(stop);
+    tokio::pin!(stop);
 
     loop {
-        // Take a connection slot before accepting: at the cap, clients queue in the
-        // kernel's backlog instead of costing us a descriptor and a task each.
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // A connection slot for it. At the cap this loop stops accepting until one
+        // frees, so later clients wait in the kernel's backlog: one accepted client per
+        // loop waits in our hands, never more. (Taking the slot before accepting, as
+        // one loop could, would let a per-core loop sit on a free slot waiting for a
+        // client on its own socket while a client queued on another core's waits.)
         let slot = match Arc::clone(&connection_slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -142,23 +241,14 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
                         Ok(slot) => slot,
                         Err(_) => break,
                     },
-                    () = &mut shutdown => break,
+                    () = &mut stop => break,
                 }
             }
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE/ENFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed; retrying shortly");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
         counters.accepted.inc();
+        if let Some(accepted_here) = &accepted_here {
+            accepted_here.inc();
+        }
         counters.open.inc();
         let _ = stream.set_nodelay(true);
         if config.send_buffer > 0 {
@@ -212,17 +302,9 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
     }
 
     drop(listener);
-    summary.abort();
-    tracing::info!(
-        grace_secs = config.shutdown_grace.as_secs(),
-        "shutting down: no longer accepting, finishing responses under way"
-    );
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
         .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over; dropping remaining connections");
-    }
+        .is_ok()
 }
 
 /// hyper's HTTP/1 settings for every connection.

@@ -154,12 +154,50 @@ pub fn media_root() -> tempfile::TempDir {
     dir
 }
 
-/// Starts a server over `media` with `tweak` applied to the default test config.
+/// The layout of the serving threads every server of this fixture runs in:
+/// `OIP_TEST_RUNTIME=per-core` (or `multi-thread`) runs a whole test binary's servers in
+/// that layout (`.ci/run` runs the suites that test the connection guarantees once more
+/// with `per-core`); unset, the service's default. `tests/runtime_layouts.rs` runs the
+/// cross-core guarantees in both layouts whatever this says.
+pub fn test_runtime() -> Option<oip_media::config::RuntimeLayout> {
+    use clap::ValueEnum;
+    let raw = std::env::var("OIP_TEST_RUNTIME").ok()?;
+    Some(
+        oip_media::config::RuntimeLayout::from_str(&raw, true)
+            .unwrap_or_else(|_| panic!("OIP_TEST_RUNTIME={raw}: use multi-thread or per-core")),
+    )
+}
+
+/// `config` in the layout [`test_runtime`] asks for; in the per-core layout, two
+/// serving threads (so connections are spread even on a one-core machine).
+pub fn apply_test_runtime(config: &mut oip_media::Config) {
+    if let Some(layout) = test_runtime() {
+        config.runtime = layout;
+        if layout == oip_media::config::RuntimeLayout::PerCore {
+            config.workers = 2;
+        }
+    }
+}
+
+/// `RUNTIME` and `WORKERS` for a child `oip-media` process, from [`test_runtime`].
+pub fn test_runtime_env() -> Vec<(&'static str, &'static str)> {
+    match test_runtime() {
+        Some(oip_media::config::RuntimeLayout::PerCore) => {
+            vec![("RUNTIME", "per-core"), ("WORKERS", "2")]
+        }
+        Some(oip_media::config::RuntimeLayout::MultiThread) => vec![("RUNTIME", "multi-thread")],
+        None => Vec::new(),
+    }
+}
+
+/// Starts a server over `media` with `tweak` applied to the default test config (in
+/// the layout [`test_runtime`] asks for, unless `tweak` sets one).
 pub async fn start_with(
     media: tempfile::TempDir,
     tweak: impl FnOnce(&mut oip_media::Config),
 ) -> TestServer {
     let mut config = oip_media::Config::for_media_dir(media.path());
+    apply_test_runtime(&mut config);
     tweak(&mut config);
     let server = oip_media::start(config).await.expect("server starts");
     let addr = server.local_addr();
@@ -195,6 +233,7 @@ impl ChildServer {
     pub fn start_with(media_dir: &Path, env: &[(&str, &str)]) -> ChildServer {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oip-media"))
+            .envs(test_runtime_env())
             .envs(env.iter().copied())
             .env("MEDIA_DIR", media_dir)
             .env("PORT", "0")
