@@ -1,13 +1,26 @@
 //! Load benchmark: oip-media and nginx side by side on the same GIF corpus, same
-//! machine, same run. Reports throughput, latency, errors, and the server's RssAnon and
-//! RssFile from /proc, plus a long run for memory drift and an overload run for shedding.
+//! machine, same run, each server pinned to its own cores and the load generator to the
+//! others. Reports, per server and connection count: throughput and latency, **CPU µs
+//! per request** (user and system apart, from `/proc/<pid>/stat`, nginx's workers
+//! included), **RssAnon per connection**, and the ratios to nginx; then a long run for
+//! memory drift and an overload run for shedding, and one summary line with the ratios
+//! at a glance.
 //!
 //! Run: `cargo bench --bench load` (settings via environment, see `Options`).
 //! nginx is configured as a tuned production nginx would be for this job: `sendfile on`,
 //! `tcp_nopush on`, `open_file_cache` (so it, like oip-media, does not re-open files per
 //! request), access log off, keep-alive unlimited, same worker count as oip-media.
 //! Uses `wrk` when installed (a real load generator), otherwise a Rust keep-alive client
-//! built in; compares with nginx when `nginx` is installed. Both choices are printed.
+//! built in; compares with nginx when `nginx` is installed. Both choices are printed, and
+//! so is where each process runs (or why nothing could be pinned).
+//!
+//! Servers take turns — each oip-media layout, any extra binary, nginx, then again — for
+//! `BENCH_ROUNDS` rounds, so the noise of a shared machine hits each alike; ratios are
+//! taken within a round and their median and spread reported.
+//!
+//! This also does what `benches/cpu_per_request.sh` did (pinned CPU per request of
+//! several builds side by side, the writev/sendfile crossover with files of one size):
+//! `BENCH_COMPARE`, `BENCH_FILE_SIZE`, `BENCH_MIX`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,24 +31,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use oip_media::sample::CorpusFile;
+
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Settings, from environment variables (all optional).
 struct Options {
     /// BENCH_FILES: corpus size (≥ 1000 for the published figures).
     files: usize,
-    /// BENCH_SECS: seconds per throughput scenario.
+    /// BENCH_FILE_SIZE: instead of the GIF corpus, 200 files of exactly this many bytes
+    /// (the writev/sendfile crossover).
+    file_size: Option<u64>,
+    /// BENCH_SECS: seconds per throughput run, per long-run round and of the overload run.
     secs: u64,
+    /// BENCH_WARM_SECS: warm-up seconds before each measured throughput run.
+    warm_secs: u64,
     /// BENCH_CONNECTIONS: comma list of connection counts.
     connections: Vec<usize>,
+    /// BENCH_ROUNDS: rounds of the throughput runs (servers take turns in each).
+    rounds: usize,
     /// BENCH_LONG_SECS: seconds of the drift run (must reach 200,000 requests).
     long_secs: u64,
+    /// BENCH_LONG_CONNECTIONS: connections of each round of the drift run.
+    long_connections: usize,
     /// BENCH_OVERLOAD_CONNECTIONS: clients in the overload run.
     overload_connections: usize,
     /// BENCH_WORKERS: server worker threads / nginx worker processes.
     workers: usize,
     /// BENCH_CLIENT_THREADS: load generator threads.
     client_threads: usize,
+    /// BENCH_RUNTIMES: comma list of oip-media layouts (`--runtime`) to run side by side.
+    runtimes: Vec<String>,
+    /// BENCH_COMPARE: more oip-media binaries to run side by side, space separated
+    /// `NAME=BINARY` or `NAME=BINARY@VAR=VALUE,VAR=VALUE` (e.g. a build of main).
+    compare: Vec<ServerSpec>,
+    /// BENCH_MIX: `bench` (80 % GET, 10 % 304, 10 % 64 KiB range) or `get` (GETs only).
+    mix: String,
+    /// BENCH_PIN=0 runs everything unpinned.
+    pin: bool,
     /// BENCH_SKIP_NGINX=1 skips the comparison even when nginx is installed.
     skip_nginx: bool,
     /// BENCH_FORCE_RUST_CLIENT=1 uses the built-in client even when wrk is installed.
@@ -46,31 +79,56 @@ struct Options {
 }
 
 impl Options {
-    fn from_env() -> Options {
-        let var = |k: &str| std::env::var(k).ok();
+    fn from_env(cores: usize) -> BenchResult<Options> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let num = |k: &str, d: u64| var(k).and_then(|v| v.parse().ok()).unwrap_or(d);
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        let workers = num("BENCH_WORKERS", (cores / 2).max(1) as u64) as usize;
-        Options {
-            files: num("BENCH_FILES", 1000) as usize,
-            secs: num("BENCH_SECS", 15),
-            connections: var("BENCH_CONNECTIONS")
-                .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
-                .unwrap_or_else(|| vec![64, 256]),
-            long_secs: num("BENCH_LONG_SECS", 40),
-            overload_connections: num("BENCH_OVERLOAD_CONNECTIONS", 1024) as usize,
-            workers,
-            client_threads: num("BENCH_CLIENT_THREADS", (cores - workers).max(1) as u64) as usize,
-            skip_nginx: var("BENCH_SKIP_NGINX").is_some_and(|v| v == "1"),
-            force_rust_client: var("BENCH_FORCE_RUST_CLIENT").is_some_and(|v| v == "1"),
-            scenarios: var("BENCH_SCENARIOS")
-                .unwrap_or_else(|| "throughput,long,overload".to_owned())
+        let list = |k: &str, d: &str| -> Vec<String> {
+            var(k)
+                .unwrap_or_else(|| d.to_owned())
                 .split(',')
                 .map(|s| s.trim().to_owned())
-                .collect(),
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let workers = num("BENCH_WORKERS", (cores / 2).max(1) as u64) as usize;
+        let compare = var("BENCH_COMPARE")
+            .map(|v| {
+                v.split_whitespace()
+                    .map(ServerSpec::parse_compare)
+                    .collect::<BenchResult<Vec<_>>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let mix = var("BENCH_MIX").unwrap_or_else(|| "bench".to_owned());
+        if mix != "bench" && mix != "get" {
+            return Err(format!("BENCH_MIX={mix}: use bench or get").into());
         }
+        Ok(Options {
+            files: num("BENCH_FILES", 1000) as usize,
+            file_size: var("BENCH_FILE_SIZE").and_then(|v| v.parse().ok()),
+            secs: num("BENCH_SECS", 15),
+            warm_secs: num("BENCH_WARM_SECS", 3),
+            connections: list("BENCH_CONNECTIONS", "64,256,1024")
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+            rounds: num("BENCH_ROUNDS", 2).max(1) as usize,
+            long_secs: num("BENCH_LONG_SECS", 120),
+            long_connections: num("BENCH_LONG_CONNECTIONS", 256) as usize,
+            overload_connections: num("BENCH_OVERLOAD_CONNECTIONS", 1024) as usize,
+            workers,
+            client_threads: num(
+                "BENCH_CLIENT_THREADS",
+                cores.saturating_sub(workers).max(1) as u64,
+            ) as usize,
+            runtimes: list("BENCH_RUNTIMES", "multi-thread,per-core"),
+            compare,
+            mix,
+            pin: var("BENCH_PIN").is_none_or(|v| v != "0"),
+            skip_nginx: var("BENCH_SKIP_NGINX").is_some_and(|v| v == "1"),
+            force_rust_client: var("BENCH_FORCE_RUST_CLIENT").is_some_and(|v| v == "1"),
+            scenarios: list("BENCH_SCENARIOS", "throughput,long,overload"),
+        })
     }
 
     fn runs(&self, scenario: &str) -> bool {
@@ -78,7 +136,115 @@ impl Options {
     }
 }
 
-// ------------------------------------------------------------------ memory sampling
+// ------------------------------------------------------------------ placement
+
+/// Where the processes run. The bench pins itself (and so wrk, its child, and the
+/// built-in client's threads) to the load generator's cores; each server is started
+/// under `taskset` on its own.
+struct Placement {
+    /// `taskset -c` list for servers; `None`: nothing is pinned.
+    server: Option<String>,
+    /// Every core this bench may use, for servers that should not be pinned (the
+    /// forwarding runs) while the bench itself is.
+    all: String,
+    /// What was done, or why nothing could be: printed with the results.
+    note: String,
+}
+
+/// The CPUs this process may run on, from `Cpus_allowed_list` in `/proc/self/status`.
+fn allowed_cpus() -> Vec<usize> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Vec::new();
+    };
+    let Some(list) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+    else {
+        return Vec::new();
+    };
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => cpus.extend(part.parse::<usize>().ok()),
+        }
+    }
+    cpus
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Placement {
+    fn decide(opts: &Options) -> Placement {
+        let cpus = allowed_cpus();
+        let all = cpu_list(&cpus);
+        let unpinned = |why: String| Placement {
+            server: None,
+            all: all.clone(),
+            note: format!("NOT PINNED: {why}; servers and load generator share the cores"),
+        };
+        if !opts.pin {
+            return unpinned("BENCH_PIN=0".to_owned());
+        }
+        if !installed("taskset") {
+            return unpinned("taskset is not installed".to_owned());
+        }
+        if cpus.len() <= opts.workers {
+            return unpinned(format!(
+                "{} cores allowed ({all}) and {} server workers leave none for the load generator",
+                cpus.len(),
+                opts.workers
+            ));
+        }
+        let (server, client) = cpus.split_at(opts.workers);
+        let (server, client) = (cpu_list(server), cpu_list(client));
+        // Every thread of the bench (there is only this one yet) and what it starts.
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", &client, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+        if !pinned.is_ok_and(|s| s.success()) {
+            return unpinned(format!("`taskset -p -c {client}` on the bench failed"));
+        }
+        Placement {
+            note: format!(
+                "pinned: each server on core(s) {server} (taskset -c), the load generator on core(s) {client}"
+            ),
+            server: Some(server),
+            all,
+        }
+    }
+
+    /// `program` run on the server cores (or on every core when nothing is pinned).
+    fn server_command(&self, program: &Path) -> Command {
+        self.command_on(self.server.as_deref().unwrap_or(&self.all), program)
+    }
+
+    /// `program` on every core this bench may use (the forwarding runs).
+    fn unpinned_command(&self, program: &Path) -> Command {
+        self.command_on(&self.all, program)
+    }
+
+    fn command_on(&self, cpus: &str, program: &Path) -> Command {
+        if cpus.is_empty() || !installed("taskset") {
+            return Command::new(program);
+        }
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(cpus).arg(program);
+        cmd
+    }
+}
+
+// ------------------------------------------------------------------ /proc readings
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Rss {
@@ -86,8 +252,8 @@ struct Rss {
     file_kib: u64,
 }
 
-/// RssAnon and RssFile of a process and its children (nginx workers), from /proc.
-fn rss_of(pid: u32) -> Rss {
+/// A process and its children (nginx's workers), from `/proc/<pid>/task/<pid>/children`.
+fn with_children(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
     if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
         pids.extend(
@@ -96,8 +262,13 @@ fn rss_of(pid: u32) -> Rss {
                 .filter_map(|p| p.parse::<u32>().ok()),
         );
     }
+    pids
+}
+
+/// RssAnon and RssFile of a process and its children (nginx workers), from /proc.
+fn rss_of(pid: u32) -> Rss {
     let mut total = Rss::default();
-    for p in pids {
+    for p in with_children(pid) {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else {
             continue;
         };
@@ -116,6 +287,63 @@ fn rss_of(pid: u32) -> Rss {
         }
     }
     total
+}
+
+/// CPU time a process (all its threads) and its children (nginx's workers) spent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    user: Duration,
+    system: Duration,
+}
+
+impl Cpu {
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+
+    fn total(self) -> Duration {
+        self.user + self.system
+    }
+}
+
+/// utime and stime of a process and its children, from `/proc/<pid>/stat` (the
+/// process's figures count every thread, those that ended included).
+fn cpu_of(pid: u32) -> Cpu {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let (mut user, mut system) = (0u64, 0u64);
+    for p in with_children(pid) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        user += field(14);
+        system += field(15);
+    }
+    Cpu {
+        user: Duration::from_secs_f64(user as f64 / ticks),
+        system: Duration::from_secs_f64(system as f64 / ticks),
+    }
 }
 
 /// Samples a process's RSS every 100 ms until stopped.
@@ -156,7 +384,87 @@ impl Sampler {
     }
 }
 
+fn peak_of(samples: &[(Duration, Rss)]) -> Rss {
+    samples.iter().fold(Rss::default(), |m, (_, r)| Rss {
+        anon_kib: m.anon_kib.max(r.anon_kib),
+        file_kib: m.file_kib.max(r.file_kib),
+    })
+}
+
 // ------------------------------------------------------------------ servers
+
+/// A server the throughput runs compare.
+#[derive(Clone)]
+enum ServerSpec {
+    /// An oip-media binary with extra environment (`RUNTIME=…`, or what BENCH_COMPARE
+    /// gave).
+    Oip {
+        label: String,
+        binary: PathBuf,
+        env: Vec<(String, String)>,
+    },
+    Nginx,
+}
+
+impl ServerSpec {
+    /// This build in one `--runtime` layout.
+    fn layout(runtime: &str) -> ServerSpec {
+        ServerSpec::Oip {
+            label: format!("oip-media/{runtime}"),
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_oip-media")),
+            env: vec![("RUNTIME".to_owned(), runtime.to_owned())],
+        }
+    }
+
+    /// `NAME=BINARY[@VAR=VALUE,VAR=VALUE]`.
+    fn parse_compare(raw: &str) -> BenchResult<ServerSpec> {
+        let (label, rest) = raw
+            .split_once('=')
+            .ok_or_else(|| format!("BENCH_COMPARE entry `{raw}`: use NAME=BINARY[@VAR=VALUE,…]"))?;
+        let (binary, env) = rest.split_once('@').unwrap_or((rest, ""));
+        let env = env
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| format!("BENCH_COMPARE `{raw}`: `{kv}` is not VAR=VALUE"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ServerSpec::Oip {
+            label: label.to_owned(),
+            binary: PathBuf::from(binary),
+            env,
+        })
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            ServerSpec::Oip { label, .. } => label,
+            ServerSpec::Nginx => "nginx",
+        }
+    }
+
+    fn start(
+        &self,
+        corpus: &Path,
+        workers: usize,
+        placement: &Placement,
+    ) -> BenchResult<ServerProc> {
+        match self {
+            ServerSpec::Oip { binary, env, .. } => {
+                let env: Vec<(&str, String)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                start_oip_media_with(placement.server_command(binary), corpus, workers, &env)
+            }
+            ServerSpec::Nginx => start_nginx(
+                corpus,
+                workers,
+                placement.server_command(Path::new("nginx")),
+            ),
+        }
+    }
+}
 
 /// A server process under test.
 struct ServerProc {
@@ -209,13 +517,32 @@ fn wait_listening(addr: SocketAddr) -> BenchResult<()> {
     Err(format!("nothing listening on {addr}").into())
 }
 
+/// This build of oip-media (the service's default layout unless `env` says otherwise),
+/// on the server cores when `pinned`, else on every core.
 fn start_oip_media(
+    media: &Path,
+    workers: usize,
+    env: &[(&str, String)],
+    placement: &Placement,
+    pinned: bool,
+) -> BenchResult<ServerProc> {
+    let binary = Path::new(env!("CARGO_BIN_EXE_oip-media"));
+    let cmd = if pinned {
+        placement.server_command(binary)
+    } else {
+        placement.unpinned_command(binary)
+    };
+    start_oip_media_with(cmd, media, workers, env)
+}
+
+/// An oip-media binary started by `cmd` (the binary, or `taskset … binary`).
+fn start_oip_media_with(
+    mut cmd: Command,
     media: &Path,
     workers: usize,
     env: &[(&str, String)],
 ) -> BenchResult<ServerProc> {
     let port = free_port()?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oip-media"));
     cmd.env("MEDIA_DIR", media)
         .env("PORT", port.to_string())
         .env("BIND", "127.0.0.1")
@@ -237,7 +564,7 @@ fn start_oip_media(
     })
 }
 
-fn start_nginx(media: &Path, workers: usize) -> BenchResult<ServerProc> {
+fn start_nginx(media: &Path, workers: usize, mut cmd: Command) -> BenchResult<ServerProc> {
     let scratch = tempfile::tempdir()?;
     let port = free_port()?;
     let dir = scratch.path().display();
@@ -254,7 +581,7 @@ fn start_nginx(media: &Path, workers: usize) -> BenchResult<ServerProc> {
     );
     let conf_path = scratch.path().join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
-    let child = Command::new("nginx")
+    let child = cmd
         .arg("-c")
         .arg(&conf_path)
         .arg("-p")
@@ -315,9 +642,11 @@ impl LoadResult {
 }
 
 /// The request mix in the shape of real traffic: 80 % plain GETs, 10 % revalidations
-/// (`If-Modified-Since`, answered 304 by both servers), 10 % first-64-KiB ranges.
+/// (`If-Modified-Since`, answered 304 by both servers), 10 % first-64-KiB ranges; or
+/// plain GETs only with `BENCH_MIX=get`.
 const WRK_SCRIPT: &str = r#"
 local paths, dates = {}, {}
+local mix = os.getenv("BENCH_MIX") or "bench"
 init = function(args)
   for line in io.lines(os.getenv("BENCH_TARGETS")) do
     local p, d = line:match("([^\t]+)\t(.+)")
@@ -329,9 +658,9 @@ end
 request = function()
   local i = math.random(1, #paths)
   local r = math.random(100)
-  if r <= 10 then
+  if mix == "bench" and r <= 10 then
     return wrk.format("GET", paths[i], { ["If-Modified-Since"] = dates[i] })
-  elseif r <= 20 then
+  elseif mix == "bench" and r <= 20 then
     return wrk.format("GET", paths[i], { ["Range"] = "bytes=0-65535" })
   end
   return wrk.format("GET", paths[i])
@@ -348,9 +677,11 @@ enum Generator {
     Wrk {
         script: PathBuf,
         targets: PathBuf,
+        mix: String,
     },
     Rust {
         targets: Arc<Vec<Target>>,
+        gets_only: bool,
     },
     /// The built-in client with every connection reading at `rate` bytes/s.
     Slow {
@@ -376,7 +707,11 @@ impl Generator {
         secs: u64,
     ) -> BenchResult<LoadResult> {
         match self {
-            Generator::Wrk { script, targets } => {
+            Generator::Wrk {
+                script,
+                targets,
+                mix,
+            } => {
                 let out = Command::new("wrk")
                     .arg(format!("-t{}", threads.min(connections)))
                     .arg(format!("-c{connections}"))
@@ -387,6 +722,7 @@ impl Generator {
                     .arg(script)
                     .arg(format!("http://{addr}"))
                     .env("BENCH_TARGETS", targets)
+                    .env("BENCH_MIX", mix)
                     .output()?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let line = text
@@ -416,12 +752,18 @@ impl Generator {
                     max_us: get("max"),
                 })
             }
-            Generator::Rust { targets } => {
-                rust_client(addr, connections, threads, secs, targets, None)
+            Generator::Rust { targets, gets_only } => {
+                rust_client(addr, connections, threads, secs, targets, None, *gets_only)
             }
-            Generator::Slow { targets, rate } => {
-                rust_client(addr, connections, threads, secs, targets, Some(*rate))
-            }
+            Generator::Slow { targets, rate } => rust_client(
+                addr,
+                connections,
+                threads,
+                secs,
+                targets,
+                Some(*rate),
+                false,
+            ),
         }
     }
 }
@@ -438,6 +780,7 @@ fn rust_client(
     secs: u64,
     targets: &Arc<Vec<Target>>,
     read_rate: Option<u64>,
+    gets_only: bool,
 ) -> BenchResult<LoadResult> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -449,9 +792,9 @@ fn rust_client(
         let mut set = tokio::task::JoinSet::new();
         for c in 0..connections {
             let targets = Arc::clone(targets);
-            set.spawn(
-                async move { one_client(addr, deadline, &targets, c as u64, read_rate).await },
-            );
+            set.spawn(async move {
+                one_client(addr, deadline, &targets, c as u64, read_rate, gets_only).await
+            });
         }
         let mut all = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -493,6 +836,7 @@ async fn one_client(
     targets: &[Target],
     seed: u64,
     read_rate: Option<u64>,
+    gets_only: bool,
 ) -> (Vec<u64>, u64, u64, u64) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -526,6 +870,7 @@ async fn one_client(
         while Instant::now() < deadline {
             let t = &targets[rng.usize(..targets.len())];
             let extra = match rng.u8(0..100) {
+                _ if gets_only => String::new(),
                 0..10 => format!("If-Modified-Since: {}\r\n", t.last_modified),
                 10..20 => "Range: bytes=0-65535\r\n".to_owned(),
                 _ => String::new(),
@@ -604,11 +949,36 @@ async fn one_client(
 
 // ------------------------------------------------------------------ scenarios
 
+/// One measured run of one server.
+#[derive(Clone)]
 struct Measured {
     load: LoadResult,
+    /// CPU time the server spent during the run.
+    cpu: Cpu,
+    /// Before the run (after the warm-up), at the peak, and at the last sample.
     idle: Rss,
     peak: Rss,
     last: Rss,
+    connections: usize,
+}
+
+impl Measured {
+    fn per_request_us(&self, time: Duration) -> f64 {
+        time.as_secs_f64() * 1e6 / self.load.requests.max(1) as f64
+    }
+    fn user_us(&self) -> f64 {
+        self.per_request_us(self.cpu.user)
+    }
+    fn sys_us(&self) -> f64 {
+        self.per_request_us(self.cpu.system)
+    }
+    fn total_us(&self) -> f64 {
+        self.per_request_us(self.cpu.total())
+    }
+    /// RssAnon above the warmed-up idle server, at the peak of the run, per connection.
+    fn anon_per_conn_kib(&self) -> f64 {
+        self.peak.anon_kib.saturating_sub(self.idle.anon_kib) as f64 / self.connections as f64
+    }
 }
 
 fn measure(
@@ -618,241 +988,324 @@ fn measure(
     threads: usize,
     secs: u64,
 ) -> BenchResult<(Measured, Vec<(Duration, Rss)>)> {
-    let idle = rss_of(server.pid());
-    let sampler = Sampler::start(server.pid());
+    let pid = server.pid();
+    let idle = rss_of(pid);
+    let sampler = Sampler::start(pid);
+    let before = cpu_of(pid);
     let load = generator.run(server.addr, connections, threads, secs)?;
+    let cpu = cpu_of(pid).since(before);
     let samples = sampler.finish();
-    let peak = samples.iter().fold(Rss::default(), |m, (_, r)| Rss {
-        anon_kib: m.anon_kib.max(r.anon_kib),
-        file_kib: m.file_kib.max(r.file_kib),
-    });
+    let peak = peak_of(&samples);
     let last = samples.last().map(|(_, r)| *r).unwrap_or(idle);
     Ok((
         Measured {
             load,
+            cpu,
             idle,
             peak,
             last,
+            connections,
         },
         samples,
     ))
 }
 
-fn print_row(name: &str, connections: usize, m: &Measured) {
-    let l = &m.load;
-    let per_stream =
-        (m.peak.anon_kib.saturating_sub(m.idle.anon_kib)) as f64 * 1024.0 / connections as f64;
-    println!(
-        "{name:<10} {connections:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>7} {:>9} {:>9} {:>9} {:>10.0}",
-        l.rps(),
-        l.mbps(),
-        l.p50_us as f64 / 1000.0,
-        l.p99_us as f64 / 1000.0,
-        l.max_us as f64 / 1000.0,
-        l.socket_errors,
-        l.status_errors,
-        m.idle.anon_kib,
-        m.peak.anon_kib,
-        m.peak.file_kib,
-        per_stream,
-    );
-}
+const LABEL: usize = 24;
 
 fn header() {
     println!(
-        "{:<10} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>9} {:>10}",
+        "{:<5} {:<LABEL$} {:>5} {:>8} {:>7} {:>7} {:>7} {:>6} {:>7} {:>7} {:>8} {:>9} {:>9} {:>8}",
+        "round",
         "server",
         "conns",
         "req/s",
         "MB/s",
         "p50 ms",
         "p99 ms",
-        "max ms",
-        "sockerr",
-        "status",
+        "errors",
+        "user µs",
+        "sys µs",
+        "total µs",
         "anon0 KiB",
         "anonpk KiB",
-        "filepk KiB",
-        "anon B/strm"
+        "KiB/conn"
     );
 }
 
-fn write_targets(
-    dir: &Path,
-    files: &[oip_media::sample::CorpusFile],
-) -> BenchResult<(PathBuf, Vec<Target>)> {
-    let mut targets = Vec::with_capacity(files.len());
-    for f in files {
-        let modified = std::fs::metadata(&f.fs_path)?
-            .modified()
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        targets.push(Target {
-            path: f.url_path.clone(),
-            last_modified: httpdate::fmt_http_date(modified),
-        });
-    }
-    let path = dir.join("targets.tsv");
-    let mut out = std::fs::File::create(&path)?;
-    for t in &targets {
-        writeln!(out, "{}\t{}", t.path, t.last_modified)?;
-    }
-    Ok((path, targets))
+fn print_row(round: &str, label: &str, m: &Measured) {
+    let l = &m.load;
+    println!(
+        "{round:<5} {label:<LABEL$} {:>5} {:>8.0} {:>7.0} {:>7.2} {:>7.2} {:>6} {:>7.1} {:>7.1} {:>8.1} {:>9} {:>9} {:>8.2}",
+        m.connections,
+        l.rps(),
+        l.mbps(),
+        l.p50_us as f64 / 1000.0,
+        l.p99_us as f64 / 1000.0,
+        l.socket_errors + l.status_errors,
+        m.user_us(),
+        m.sys_us(),
+        m.total_us(),
+        m.idle.anon_kib,
+        m.peak.anon_kib,
+        m.anon_per_conn_kib(),
+    );
 }
 
-fn main() -> BenchResult<()> {
-    // `cargo bench` passes `--bench`; nothing else is expected.
-    let opts = Options::from_env();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    println!("# oip-media load benchmark");
-    println!(
-        "machine: {cores} cores; server workers: {}; load threads: {}",
-        opts.workers, opts.client_threads
-    );
-
-    let corpus = tempfile::tempdir()?;
-    let started = Instant::now();
-    let files = oip_media::sample::write_corpus(corpus.path(), "fitnessally", opts.files, 42)?;
-    let total: u64 = files.iter().map(|f| f.len).sum();
-    println!(
-        "corpus: {} GIFs, {:.1} MB ({} x180, {} x360, {} x720), generated in {:.1}s",
-        files.len(),
-        total as f64 / 1e6,
-        files.iter().filter(|f| f.width == 180).count(),
-        files.iter().filter(|f| f.width == 360).count(),
-        files.iter().filter(|f| f.width == 720).count(),
-        started.elapsed().as_secs_f64()
-    );
-    // Warm the page cache so neither server pays the first read.
-    for f in &files {
-        let mut buf = Vec::new();
-        std::fs::File::open(&f.fs_path)?.read_to_end(&mut buf)?;
-    }
-
-    let (targets_path, targets) = write_targets(corpus.path(), &files)?;
-    let targets = Arc::new(targets);
-    let generator = if installed("wrk") && !opts.force_rust_client {
-        let script = corpus.path().join("mix.lua");
-        std::fs::write(&script, WRK_SCRIPT)?;
-        Generator::Wrk {
-            script,
-            targets: targets_path,
-        }
-    } else {
-        Generator::Rust {
-            targets: Arc::clone(&targets),
-        }
-    };
-    println!("load generator: {}", generator.name());
-    println!(
-        "request mix: 80% GET, 10% If-Modified-Since (304), 10% Range bytes=0-65535; uniform over the corpus"
-    );
-
-    let nginx_available = installed("nginx") && !opts.skip_nginx;
-    if !nginx_available {
-        println!(
-            "nginx comparison: SKIPPED ({})",
-            if opts.skip_nginx {
-                "BENCH_SKIP_NGINX=1"
-            } else {
-                "nginx is not installed"
-            }
-        );
-    }
-
-    // ---- throughput, side by side
-    if opts.runs("throughput") {
-        throughput(&opts, corpus.path(), &generator, nginx_available)?;
-    }
-    if opts.runs("long") {
-        long_run(&opts, corpus.path(), &generator)?;
-    }
-    if opts.runs("overload") {
-        overload(&opts, corpus.path(), &targets, &files)?;
-    }
-    if opts.runs("forwarding") {
-        forwarding(&opts, corpus.path(), &generator)?;
-    }
-    Ok(())
+/// One throughput run, kept for the summary.
+struct Row {
+    round: usize,
+    label: String,
+    m: Measured,
 }
 
+/// The side-by-side runs: every server at every connection count, servers taking turns,
+/// `rounds` times.
 fn throughput(
     opts: &Options,
     corpus: &Path,
     generator: &Generator,
-    nginx_available: bool,
-) -> BenchResult<()> {
-    println!("\n## Throughput ({} s per run)", opts.secs);
+    servers: &[ServerSpec],
+    placement: &Placement,
+) -> BenchResult<Vec<Row>> {
+    println!(
+        "\n## Throughput and CPU per request ({} s per run after {} s of warm-up, {} round(s), servers in turn)",
+        opts.secs, opts.warm_secs, opts.rounds
+    );
     header();
-    for &connections in &opts.connections {
-        let oip = start_oip_media(corpus, opts.workers, &[])?;
-        let _ = generator.run(oip.addr, connections.min(64), opts.client_threads, 2)?; // warm-up
-        let (o, _) = measure(&oip, generator, connections, opts.client_threads, opts.secs)?;
-        print_row(oip.name, connections, &o);
-        drop(oip);
-        if nginx_available {
-            let ngx = start_nginx(corpus, opts.workers)?;
-            let _ = generator.run(ngx.addr, connections.min(64), opts.client_threads, 2)?;
-            let (n, _) = measure(&ngx, generator, connections, opts.client_threads, opts.secs)?;
-            print_row(ngx.name, connections, &n);
-            println!(
-                "ratio oip-media/nginx at {connections} conns: req/s {:.2}x, MB/s {:.2}x, p99 {:.2}x",
-                o.load.rps() / n.load.rps(),
-                o.load.mbps() / n.load.mbps(),
-                o.load.p99_us as f64 / n.load.p99_us.max(1) as f64
+    let mut rows = Vec::new();
+    for round in 1..=opts.rounds {
+        for &connections in &opts.connections {
+            let mut this_round = Vec::new();
+            for spec in servers {
+                let server = spec.start(corpus, opts.workers, placement)?;
+                if opts.warm_secs > 0 {
+                    let _ = generator.run(
+                        server.addr,
+                        connections.min(64),
+                        opts.client_threads,
+                        opts.warm_secs,
+                    )?;
+                }
+                let (m, _) = measure(
+                    &server,
+                    generator,
+                    connections,
+                    opts.client_threads,
+                    opts.secs,
+                )?;
+                drop(server);
+                print_row(&round.to_string(), spec.label(), &m);
+                this_round.push((spec.label().to_owned(), m));
+            }
+            if let Some((_, nginx)) = this_round.iter().find(|(l, _)| l == "nginx") {
+                for (label, m) in this_round.iter().filter(|(l, _)| l != "nginx") {
+                    println!(
+                        "      {label} / nginx at {connections}: CPU/request {:.2}x (user {:.2}x, sys {:.2}x), req/s {:.2}x",
+                        m.total_us() / nginx.total_us(),
+                        m.user_us() / nginx.user_us(),
+                        m.sys_us() / nginx.sys_us(),
+                        m.load.rps() / nginx.load.rps()
+                    );
+                }
+            }
+            rows.extend(
+                this_round
+                    .into_iter()
+                    .map(|(label, m)| Row { round, label, m }),
             );
         }
     }
-
-    Ok(())
+    Ok(rows)
 }
 
-fn long_run(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResult<()> {
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn spread(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// Ratios of `label` to nginx, taken within each round: (median, min, max).
+fn ratio_to_nginx(
+    rows: &[Row],
+    label: &str,
+    connections: usize,
+    value: impl Fn(&Measured) -> f64,
+) -> Option<(f64, f64, f64)> {
+    let ratios: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.label == label && r.m.connections == connections)
+        .filter_map(|r| {
+            rows.iter()
+                .find(|n| {
+                    n.label == "nginx" && n.round == r.round && n.m.connections == connections
+                })
+                .map(|n| value(&r.m) / value(&n.m))
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let (lo, hi) = spread(&ratios);
+    Some((median(&ratios), lo, hi))
+}
+
+fn print_throughput_summary(opts: &Options, rows: &[Row], labels: &[String]) {
     println!(
-        "\n## Long run ({} s, 64 connections): RSS drift",
-        opts.long_secs
+        "\nmeans over {} round(s) [min–max of total µs/request]; ratios to nginx taken within each round: median [min–max]",
+        opts.rounds
     );
-    let oip = start_oip_media(corpus, opts.workers, &[])?;
-    let (m, samples) = measure(&oip, generator, 64, opts.client_threads, opts.long_secs)?;
-    header();
-    print_row(oip.name, 64, &m);
-    let at = |frac: f64| {
-        let t = Duration::from_secs_f64(opts.long_secs as f64 * frac);
-        samples
-            .iter()
-            .find(|(d, _)| *d >= t)
-            .map(|(_, r)| *r)
-            .unwrap_or(m.last)
-    };
-    let (early, late) = (at(0.2), at(0.9));
-    let drift = |a: u64, b: u64| (b as f64 - a as f64) / a.max(1) as f64 * 100.0;
     println!(
-        "requests: {} ({}); RssAnon early {} KiB → late {} KiB (drift {:+.2}%); RssFile early {} KiB → late {} KiB; final RssAnon {} KiB, RssFile {} KiB",
-        m.load.requests,
-        if m.load.requests >= 200_000 {
+        "{:<LABEL$} {:>5} {:>8} {:>7} {:>7} {:>8} {:>15} {:>8} {:>20} {:>20}",
+        "server",
+        "conns",
+        "req/s",
+        "user µs",
+        "sys µs",
+        "total µs",
+        "[range]",
+        "KiB/conn",
+        "CPU/req vs nginx",
+        "req/s vs nginx"
+    );
+    for &connections in &opts.connections {
+        for label in labels {
+            let runs: Vec<&Measured> = rows
+                .iter()
+                .filter(|r| &r.label == label && r.m.connections == connections)
+                .map(|r| &r.m)
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let of = |f: fn(&Measured) -> f64| runs.iter().map(|m| f(m)).collect::<Vec<f64>>();
+            let totals = of(Measured::total_us);
+            let (lo, hi) = spread(&totals);
+            let ratio = |value: fn(&Measured) -> f64| {
+                ratio_to_nginx(rows, label, connections, value)
+                    .filter(|_| label != "nginx")
+                    .map(|(m, lo, hi)| format!("{m:.2}x [{lo:.2}–{hi:.2}]"))
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            println!(
+                "{label:<LABEL$} {connections:>5} {:>8.0} {:>7.1} {:>7.1} {:>8.1} {:>15} {:>8.2} {:>20} {:>20}",
+                mean(&of(|m| m.load.rps())),
+                mean(&of(Measured::user_us)),
+                mean(&of(Measured::sys_us)),
+                mean(&totals),
+                format!("[{lo:.1}–{hi:.1}]"),
+                mean(&of(Measured::anon_per_conn_kib)),
+                ratio(Measured::total_us),
+                ratio(|m| m.load.rps()),
+            );
+        }
+    }
+}
+
+/// What the long run found.
+struct Drift {
+    /// RssAnon change, %, from the end of the first round to the end of the last, with
+    /// the connections open.
+    under_load_pct: f64,
+    /// The same, one second after each round's connections closed (what stays).
+    after_pct: f64,
+    requests: u64,
+}
+
+/// Rounds of `BENCH_LONG_CONNECTIONS` fresh connections each, back to back on one
+/// server, for `BENCH_LONG_SECS`: RssAnon at the end of every round, with the connections
+/// open and one second after they closed.
+fn long_run(
+    opts: &Options,
+    corpus: &Path,
+    generator: &Generator,
+    placement: &Placement,
+) -> BenchResult<Drift> {
+    let rounds = (opts.long_secs / opts.secs.max(1)).max(2);
+    let connections = opts.long_connections;
+    println!(
+        "\n## Long run: memory drift ({rounds} rounds of {} s, {connections} new connections each, oip-media in its default layout)",
+        opts.secs
+    );
+    let oip = start_oip_media(corpus, opts.workers, &[], placement, true)?;
+    println!(
+        "{:<5} {:>10} {:>8} {:>6} {:>22} {:>22}",
+        "round", "requests", "req/s", "errors", "RssAnon at end, KiB", "1 s after close, KiB"
+    );
+    let started = rss_of(oip.pid());
+    let (mut ends, mut afters, mut requests) = (Vec::new(), Vec::new(), 0);
+    for round in 1..=rounds {
+        let (m, samples) = measure(&oip, generator, connections, opts.client_threads, opts.secs)?;
+        // The last sample taken while the load generator still held its connections.
+        let cutoff = Duration::from_secs_f64(opts.secs as f64 * 0.95);
+        let end = samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= cutoff)
+            .map_or(m.last, |(_, r)| *r);
+        std::thread::sleep(Duration::from_secs(1));
+        let after = rss_of(oip.pid());
+        requests += m.load.requests;
+        println!(
+            "{round:<5} {:>10} {:>8.0} {:>6} {:>22} {:>22}",
+            m.load.requests,
+            m.load.rps(),
+            m.load.socket_errors + m.load.status_errors,
+            end.anon_kib,
+            after.anon_kib
+        );
+        ends.push(end.anon_kib);
+        afters.push(after.anon_kib);
+    }
+    let drift = |v: &[u64]| {
+        let (first, last) = (v[0] as f64, v[v.len() - 1] as f64);
+        (last - first) / first.max(1.0) * 100.0
+    };
+    let result = Drift {
+        under_load_pct: drift(&ends),
+        after_pct: drift(&afters),
+        requests,
+    };
+    println!(
+        "RssAnon idle {} KiB before the first round; end of round 1 → end of round {rounds}: {} → {} KiB under load (drift {:+.2} %), {} → {} KiB after close (drift {:+.2} %); {} requests ({})",
+        started.anon_kib,
+        ends[0],
+        ends[ends.len() - 1],
+        result.under_load_pct,
+        afters[0],
+        afters[afters.len() - 1],
+        result.after_pct,
+        requests,
+        if requests >= 200_000 {
             "≥ 200,000"
         } else {
             "UNDER 200,000: raise BENCH_LONG_SECS"
         },
-        early.anon_kib,
-        late.anon_kib,
-        drift(early.anon_kib, late.anon_kib),
-        early.file_kib,
-        late.file_kib,
-        m.last.anon_kib,
-        m.last.file_kib
     );
-    drop(oip);
-
-    Ok(())
+    Ok(result)
 }
 
 fn overload(
     opts: &Options,
     corpus: &Path,
     targets: &Arc<Vec<Target>>,
-    files: &[oip_media::sample::CorpusFile],
+    files: &[CorpusFile],
+    placement: &Placement,
 ) -> BenchResult<()> {
     // Slow clients (phones on a 2 Mbit/s link), far more of them than the limit: on
     // loopback wrk drains every body at once, so only throttled readers keep bodies in
@@ -873,7 +1326,7 @@ fn overload(
         // buffers swallow whole GIFs and no body stays in flight long enough to matter.
         ("SEND_BUFFER", "64KiB".to_owned()),
     ];
-    let oip = start_oip_media(corpus, opts.workers, &env)?;
+    let oip = start_oip_media(corpus, opts.workers, &env, placement, true)?;
     let slow = Generator::Slow {
         targets: Arc::clone(targets),
         rate,
@@ -886,7 +1339,7 @@ fn overload(
         opts.secs,
     )?;
     header();
-    print_row(oip.name, opts.overload_connections, &m);
+    print_row("-", oip.name, &m);
     println!(
         "shed (503 + Retry-After): {} of {} responses ({:.1}%); latency columns: time to first byte of admitted requests; \
          peak RssAnon {} KiB ({} KiB above idle with {limit} bodies in flight)",
@@ -914,6 +1367,250 @@ fn overload(
     Ok(())
 }
 
+/// The ratios at a glance, one line per oip-media server, against the issue's targets.
+fn print_summary(
+    opts: &Options,
+    rows: &[Row],
+    labels: &[String],
+    drift: Option<&Drift>,
+    placement: &Placement,
+) {
+    println!();
+    let at = |label: &str, value: fn(&Measured) -> f64| {
+        opts.connections
+            .iter()
+            .map(|&c| match ratio_to_nginx(rows, label, c, value) {
+                Some((m, _, _)) => format!("{c}: {m:.2}x"),
+                None => format!("{c}: -"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pinned = if placement.server.is_some() {
+        "pinned"
+    } else {
+        "NOT pinned"
+    };
+    for label in labels.iter().filter(|l| *l != "nginx") {
+        let anon = opts
+            .connections
+            .iter()
+            .map(|&c| {
+                let v: Vec<f64> = rows
+                    .iter()
+                    .filter(|r| &r.label == label && r.m.connections == c)
+                    .map(|r| r.m.anon_per_conn_kib())
+                    .collect();
+                format!("{c}: {:.1}", mean(&v))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let drift = drift.map_or_else(
+            || "drift: not run".to_owned(),
+            |d| {
+                format!(
+                    "drift {:+.2} % under load, {:+.2} % after close (target < 2 %)",
+                    d.under_load_pct, d.after_pct
+                )
+            },
+        );
+        println!(
+            "summary {label} / nginx ({pinned}, {} worker(s), median of {} round(s)): CPU/request {} (target ≤ 1.0x) | user {} | sys {} | req/s {} (target ≥ 1.0x) | RssAnon KiB/conn {} (target ≤ 16 at 1024) | {drift}",
+            opts.workers,
+            opts.rounds,
+            at(label, Measured::total_us),
+            at(label, Measured::user_us),
+            at(label, Measured::sys_us),
+            at(label, |m| m.load.rps()),
+            anon,
+        );
+    }
+    if let Some(d) = drift
+        && (labels.iter().all(|l| l == "nginx") || rows.is_empty())
+    {
+        println!(
+            "summary drift: {:+.2} % under load, {:+.2} % after close over {} requests (target < 2 %)",
+            d.under_load_pct, d.after_pct, d.requests
+        );
+    }
+}
+
+/// The files to serve: the generated GIF corpus, or `count` files of exactly `size`
+/// bytes (random, so nothing compresses or dedupes).
+fn write_media(dir: &Path, opts: &Options) -> BenchResult<Vec<CorpusFile>> {
+    let Some(size) = opts.file_size else {
+        return Ok(oip_media::sample::write_corpus(
+            dir,
+            "fitnessally",
+            opts.files,
+            42,
+        )?);
+    };
+    let folder = dir.join("web/bench");
+    std::fs::create_dir_all(&folder)?;
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut files = Vec::new();
+    for i in 0..200 {
+        let fs_path = folder.join(format!("f{i}.gif"));
+        let bytes: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
+        std::fs::write(&fs_path, bytes)?;
+        files.push(CorpusFile {
+            url_path: format!("/media/bench/f{i}.gif"),
+            fs_path,
+            len: size,
+            width: 0,
+        });
+    }
+    Ok(files)
+}
+
+fn write_targets(dir: &Path, files: &[CorpusFile]) -> BenchResult<(PathBuf, Vec<Target>)> {
+    let mut targets = Vec::with_capacity(files.len());
+    for f in files {
+        let modified = std::fs::metadata(&f.fs_path)?
+            .modified()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        targets.push(Target {
+            path: f.url_path.clone(),
+            last_modified: httpdate::fmt_http_date(modified),
+        });
+    }
+    let path = dir.join("targets.tsv");
+    let mut out = std::fs::File::create(&path)?;
+    for t in &targets {
+        writeln!(out, "{}\t{}", t.path, t.last_modified)?;
+    }
+    Ok((path, targets))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn main() -> BenchResult<()> {
+    // `cargo bench` passes `--bench`; nothing else is expected.
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let opts = Options::from_env(cores)?;
+    // Before any thread starts: the bench and its children (wrk) go to the load
+    // generator's cores.
+    let placement = Placement::decide(&opts);
+    println!("# oip-media load benchmark");
+    println!(
+        "machine: {cores} cores ({}), load average {} at start; server workers: {}; load threads: {}",
+        cpu_model(),
+        load_average(),
+        opts.workers,
+        opts.client_threads
+    );
+    println!("placement: {}", placement.note);
+
+    let corpus = tempfile::tempdir()?;
+    let started = Instant::now();
+    let files = write_media(corpus.path(), &opts)?;
+    let total: u64 = files.iter().map(|f| f.len).sum();
+    println!(
+        "corpus: {} files, {:.1} MB ({} x180, {} x360, {} x720, {} of a fixed size), written in {:.1}s",
+        files.len(),
+        total as f64 / 1e6,
+        files.iter().filter(|f| f.width == 180).count(),
+        files.iter().filter(|f| f.width == 360).count(),
+        files.iter().filter(|f| f.width == 720).count(),
+        files.iter().filter(|f| f.width == 0).count(),
+        started.elapsed().as_secs_f64()
+    );
+    // Warm the page cache so neither server pays the first read.
+    for f in &files {
+        let mut buf = Vec::new();
+        std::fs::File::open(&f.fs_path)?.read_to_end(&mut buf)?;
+    }
+
+    let (targets_path, targets) = write_targets(corpus.path(), &files)?;
+    let targets = Arc::new(targets);
+    let generator = if installed("wrk") && !opts.force_rust_client {
+        let script = corpus.path().join("mix.lua");
+        std::fs::write(&script, WRK_SCRIPT)?;
+        Generator::Wrk {
+            script,
+            targets: targets_path,
+            mix: opts.mix.clone(),
+        }
+    } else {
+        Generator::Rust {
+            targets: Arc::clone(&targets),
+            gets_only: opts.mix == "get",
+        }
+    };
+    println!("load generator: {}", generator.name());
+    println!(
+        "request mix: {}; uniform over the corpus",
+        if opts.mix == "get" {
+            "plain GETs only (BENCH_MIX=get)"
+        } else {
+            "80% GET, 10% If-Modified-Since (304), 10% Range bytes=0-65535"
+        }
+    );
+    println!(
+        "CPU µs per request: utime and stime of the server process (all threads; nginx: master + workers) from /proc/<pid>/stat over the measured run, / requests answered; \
+         KiB/conn: (peak RssAnon during the run − RssAnon of the warmed-up idle server) / connections"
+    );
+
+    let nginx_available = installed("nginx") && !opts.skip_nginx;
+    if !nginx_available {
+        println!(
+            "nginx comparison: SKIPPED ({})",
+            if opts.skip_nginx {
+                "BENCH_SKIP_NGINX=1"
+            } else {
+                "nginx is not installed"
+            }
+        );
+    }
+    let mut servers: Vec<ServerSpec> = opts
+        .runtimes
+        .iter()
+        .map(|r| ServerSpec::layout(r))
+        .collect();
+    servers.extend(opts.compare.iter().cloned());
+    if nginx_available {
+        servers.push(ServerSpec::Nginx);
+    }
+    let labels: Vec<String> = servers.iter().map(|s| s.label().to_owned()).collect();
+
+    let mut rows = Vec::new();
+    if opts.runs("throughput") {
+        rows = throughput(&opts, corpus.path(), &generator, &servers, &placement)?;
+        print_throughput_summary(&opts, &rows, &labels);
+    }
+    let mut drift = None;
+    if opts.runs("long") {
+        drift = Some(long_run(&opts, corpus.path(), &generator, &placement)?);
+    }
+    if opts.runs("overload") {
+        overload(&opts, corpus.path(), &targets, &files, &placement)?;
+    }
+    if opts.runs("forwarding") {
+        forwarding(&opts, corpus.path(), &generator, &placement)?;
+    }
+    println!("\nload average {} at the end", load_average());
+    print_summary(&opts, &rows, &labels, drift.as_ref(), &placement);
+    Ok(())
+}
+
 // ------------------------------------------------------------------ forwarding
 
 // `BENCH_SCENARIOS=forwarding`: the same GIF traffic to oip-media three ways — directly,
@@ -927,7 +1624,11 @@ fn overload(
 /// nginx in front of `oip_media` with `deploy/nginx.conf`, its upstream and listen
 /// addresses swapped for loopback ones (the indexer upstream points at a closed port: the
 /// benchmark only requests media routes).
-fn start_forwarding_nginx(oip_media: SocketAddr, workers: usize) -> BenchResult<ServerProc> {
+fn start_forwarding_nginx(
+    oip_media: SocketAddr,
+    workers: usize,
+    placement: &Placement,
+) -> BenchResult<ServerProc> {
     let scratch = tempfile::tempdir()?;
     let port = free_port()?;
     let snippet =
@@ -955,7 +1656,8 @@ fn start_forwarding_nginx(oip_media: SocketAddr, workers: usize) -> BenchResult<
     );
     let conf_path = scratch.path().join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
-    let child = Command::new("nginx")
+    let child = placement
+        .unpinned_command(Path::new("nginx"))
         .arg("-p")
         .arg(scratch.path())
         .arg("-c")
@@ -976,7 +1678,7 @@ fn start_forwarding_nginx(oip_media: SocketAddr, workers: usize) -> BenchResult<
 }
 
 /// The indexer's hook in front of `oip_media`, configured as README's fallback says.
-fn start_indexer_hook(oip_media: SocketAddr) -> BenchResult<ServerProc> {
+fn start_indexer_hook(oip_media: SocketAddr, placement: &Placement) -> BenchResult<ServerProc> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/indexer-proxy");
     if !dir.join("node_modules/http-proxy-middleware").is_dir() {
         return Err(
@@ -985,7 +1687,8 @@ fn start_indexer_hook(oip_media: SocketAddr) -> BenchResult<ServerProc> {
         );
     }
     let port = free_port()?;
-    let child = Command::new("node")
+    let child = placement
+        .unpinned_command(Path::new("node"))
         .arg("indexer_proxy.js")
         .current_dir(&dir)
         .env("CUSTOM_PROXY_TARGET", format!("http://{oip_media}/media"))
@@ -1015,48 +1718,6 @@ struct ForwardingRun {
     proxy_cpu: Option<Duration>,
 }
 
-/// User + system CPU time of a process and its children (nginx's workers), from
-/// `/proc/<pid>/stat`. On a small shared machine req/s mostly says who got the cores;
-/// CPU time per request says what forwarding costs wherever it runs.
-fn cpu_of(pid: u32) -> Duration {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let ticks = *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    });
-    let mut pids = vec![pid];
-    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        pids.extend(
-            children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-    }
-    let mut total = 0u64;
-    for p in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| {
-            fields
-                .get(n - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        total += field(14) + field(15);
-    }
-    Duration::from_secs_f64(total as f64 / ticks)
-}
-
 fn measure_forwarding(
     oip: &ServerProc,
     proxy: Option<&ServerProc>,
@@ -1071,10 +1732,10 @@ fn measure_forwarding(
     let proxy_sampler = proxy.map(|p| Sampler::start(p.pid()));
     let (oip_cpu0, proxy_cpu0) = (cpu_of(oip.pid()), proxy.map(|p| cpu_of(p.pid())));
     let load = generator.run(front.addr, connections, threads, secs)?;
-    let oip_cpu = cpu_of(oip.pid()).saturating_sub(oip_cpu0);
+    let oip_cpu = cpu_of(oip.pid()).since(oip_cpu0).total();
     let proxy_cpu = proxy
         .zip(proxy_cpu0)
-        .map(|(p, before)| cpu_of(p.pid()).saturating_sub(before));
+        .map(|(p, before)| cpu_of(p.pid()).since(before).total());
     let peak = |samples: Vec<(Duration, Rss)>| {
         samples.iter().fold(Rss::default(), |m, (_, r)| Rss {
             anon_kib: m.anon_kib.max(r.anon_kib),
@@ -1115,9 +1776,14 @@ fn print_forwarding_row(path: &str, connections: usize, run: &ForwardingRun, dir
     );
 }
 
-fn forwarding(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResult<()> {
+fn forwarding(
+    opts: &Options,
+    corpus: &Path,
+    generator: &Generator,
+    placement: &Placement,
+) -> BenchResult<()> {
     println!(
-        "\n## Forwarding: oip-media direct, behind nginx (deploy/nginx.conf), behind the indexer's node hook ({} s per run)",
+        "\n## Forwarding: oip-media direct, behind nginx (deploy/nginx.conf), behind the indexer's node hook ({} s per run; servers and proxies NOT pinned, they share every core)",
         opts.secs
     );
     println!(
@@ -1139,7 +1805,7 @@ fn forwarding(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResu
     let nginx = installed("nginx");
     let node = installed("node");
     for &connections in &opts.connections {
-        let oip = start_oip_media(corpus, opts.workers, &[])?;
+        let oip = start_oip_media(corpus, opts.workers, &[], placement, false)?;
         let direct = measure_forwarding(
             &oip,
             None,
@@ -1151,7 +1817,7 @@ fn forwarding(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResu
         let direct_rps = direct.load.rps();
         print_forwarding_row("direct", connections, &direct, direct_rps);
         if nginx {
-            let front = start_forwarding_nginx(oip.addr, opts.workers)?;
+            let front = start_forwarding_nginx(oip.addr, opts.workers, placement)?;
             let run = measure_forwarding(
                 &oip,
                 Some(&front),
@@ -1164,7 +1830,7 @@ fn forwarding(opts: &Options, corpus: &Path, generator: &Generator) -> BenchResu
         } else {
             println!("nginx -> oip-media: SKIPPED (nginx is not installed)");
         }
-        match node.then(|| start_indexer_hook(oip.addr)) {
+        match node.then(|| start_indexer_hook(oip.addr, placement)) {
             Some(Ok(hook)) => {
                 let run = measure_forwarding(
                     &oip,
