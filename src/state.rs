@@ -192,7 +192,8 @@ impl AppState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// No bound beyond the connection's own (health, metrics, GUN and resolver routes
-    /// bound their work inside their components).
+    /// bound their work inside their components; `/api/resolve` takes
+    /// [`Admissions::resolve`] itself, after reading the body).
     Open,
     /// The media limiter: every route that sends file bytes (`--max-in-flight`,
     /// `--max-queue`, `--queue-timeout`), metrics `oip_media_media_*`.
@@ -205,6 +206,12 @@ pub enum Admission {
 pub struct Admissions {
     /// [`Admission::Media`].
     pub media: Arc<Limiter>,
+    /// Resolutions at once and their queue (`--resolve-max-in-flight`,
+    /// `--resolve-max-queue`, `--resolve-queue-timeout`), metrics `oip_media_resolve_*`.
+    /// Taken by `/api/resolve`'s handler itself once the body has been read, not by
+    /// the route table before it: a client trickling its body must hold no slot. So
+    /// the route is declared [`Admission::Open`].
+    pub resolve: Arc<Limiter>,
 }
 
 impl Admissions {
@@ -222,6 +229,15 @@ impl Admissions {
                     max_in_flight: config.max_in_flight,
                     max_queue: config.max_queue,
                     queue_timeout: config.queue_timeout,
+                    retry_after_secs: 1,
+                },
+            ),
+            resolve: bounded(
+                "resolve",
+                LimitSettings {
+                    max_in_flight: config.resolver.resolve_max_in_flight,
+                    max_queue: config.resolver.resolve_max_queue,
+                    queue_timeout: config.resolver.resolve_queue_timeout,
                     retry_after_secs: 1,
                 },
             ),
