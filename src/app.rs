@@ -34,9 +34,9 @@ use tracing::Instrument;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::StartError;
+use crate::http::request_head::{self, HeadError};
 use crate::metrics::{HttpMetrics, ProcessMemory};
 use crate::response::{self, NOSNIFF, X_REQUEST_ID};
-use crate::http::request_head::{self, HeadError};
 use crate::routes::{self, ROUTES, Route, RouteFamily, Router};
 use crate::state::AppState;
 

@@ -342,14 +342,20 @@ mod tests {
             assert!(CorsPolicy::parse(bad).is_err(), "{bad}");
         }
         assert!(CorsPolicy::parse("").unwrap().is_empty());
-        assert!(CorsPolicy::parse("https://a.b/").is_ok(), "a trailing slash is trimmed");
+        assert!(
+            CorsPolicy::parse("https://a.b/").is_ok(),
+            "a trailing slash is trimmed"
+        );
     }
 
     #[test]
     fn vary_origin_once_on_a_preflight_and_on_any_response() {
         let p = policy();
         let mut req = HeaderMap::new();
-        req.insert(header::ORIGIN, HeaderValue::from_static("https://fitnessally.io"));
+        req.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://fitnessally.io"),
+        );
         req.insert(
             header::ACCESS_CONTROL_REQUEST_METHOD,
             HeaderValue::from_static("GET"),

@@ -574,7 +574,11 @@ mod tests {
             Err(ManifestError::Io(_))
         ));
         std::fs::remove_file(&path).unwrap();
-        std::fs::write(outside.path().join("m.json"), br#"{"accessLevel":"public"}"#).unwrap();
+        std::fs::write(
+            outside.path().join("m.json"),
+            br#"{"accessLevel":"public"}"#,
+        )
+        .unwrap();
         std::os::unix::fs::symlink(outside.path().join("m.json"), &path).unwrap();
         assert!(matches!(
             cache.get(&root, &id).await,

@@ -52,10 +52,7 @@ impl HeadError {
     /// Whether the connection must not be reused: a body we refuse to decode stays
     /// unread, and its framing is in doubt.
     pub fn closes_connection(self) -> bool {
-        matches!(
-            self,
-            HeadError::UnsupportedCoding | HeadError::ChunkedTwice
-        )
+        matches!(self, HeadError::UnsupportedCoding | HeadError::ChunkedTwice)
     }
 }
 
@@ -112,7 +109,10 @@ fn is_valid_host(value: &HeaderValue) -> bool {
         };
         // An IPv6 address (IPvFuture, never seen in practice, is not accepted).
         let literal = std::str::from_utf8(&rest[..close]).ok();
-        if literal.and_then(|l| l.parse::<std::net::Ipv6Addr>().ok()).is_none() {
+        if literal
+            .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+            .is_none()
+        {
             return false;
         }
         (&[][..], &rest[close + 1..])
@@ -165,13 +165,20 @@ mod tests {
         headers
     }
 
+    /// A version, its header lines, and the verdict.
+    type HostCase = (
+        Version,
+        &'static [(&'static str, &'static str)],
+        Result<(), HeadError>,
+    );
+
     const V11: Version = Version::HTTP_11;
     const V10: Version = Version::HTTP_10;
 
     #[test]
     fn host_table() {
         use HeadError::*;
-        let cases: &[(Version, &[(&'static str, &'static str)], Result<(), HeadError>)] = &[
+        let cases: &[HostCase] = &[
             (V11, &[("host", "media.example")], Ok(())),
             (V11, &[("host", "media.example:8080")], Ok(())),
             (V11, &[("host", "127.0.0.1:8080")], Ok(())),
@@ -203,7 +210,11 @@ mod tests {
             (V11, &[("host", "a#b")], Err(InvalidHost)),
         ];
         for (version, lines, expected) in cases {
-            assert_eq!(check(*version, &head(lines)), *expected, "{version:?} {lines:?}");
+            assert_eq!(
+                check(*version, &head(lines)),
+                *expected,
+                "{version:?} {lines:?}"
+            );
         }
     }
 

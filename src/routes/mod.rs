@@ -487,7 +487,12 @@ mod tests {
             union |= route.methods.mask;
         }
         let named: Vec<&str> = SERVER_ALLOW.split(", ").collect();
-        for (bit, name) in [(GET, "GET"), (HEAD, "HEAD"), (POST, "POST"), (OPTIONS, "OPTIONS")] {
+        for (bit, name) in [
+            (GET, "GET"),
+            (HEAD, "HEAD"),
+            (POST, "POST"),
+            (OPTIONS, "OPTIONS"),
+        ] {
             assert_eq!(union & bit != 0, named.contains(&name), "{name}");
         }
         let star = asterisk(&Method::OPTIONS);
