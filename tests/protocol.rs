@@ -463,3 +463,23 @@ async fn a_relay_answer_that_is_not_the_relays_is_not_quoted() {
     assert_eq!(r.json(), json!({"error": "Bad soul"}));
     fx.stop().await;
 }
+
+#[tokio::test]
+async fn heads_past_hypers_bounds_are_431() {
+    let fx = server().await;
+    let wait = Duration::from_secs(5);
+    // One huge header line, then a hundred and one small ones: both past hyper's limits
+    // (a ~400 KiB read buffer, 100 header lines), refused before a route runs.
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(500 * 1024)
+    );
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+    for (name, raw) in [("a 500 KiB header", huge), ("101 header lines", many)] {
+        let (r, closed) = exchange(fx.addr, &raw, wait).await;
+        assert_eq!(r.status, 431, "{name}");
+        assert!(closed, "{name}");
+    }
+    fx.stop().await;
+}
