@@ -131,7 +131,17 @@ impl App {
             return refused;
         }
         match state.admissions.limiter(route.admission) {
-            Some(limiter) => limiter.admit(|| route.handler.call(state, request)).await,
+            Some(limiter) => {
+                let mut request = request;
+                limiter
+                    .admit(|held| {
+                        // The handler may give its slot back while it waits for a
+                        // transcode (`routes::variant`).
+                        request.extensions_mut().insert(held);
+                        route.handler.call(state, request)
+                    })
+                    .await
+            }
             None => route.handler.call(state, request).await,
         }
     }

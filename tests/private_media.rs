@@ -82,6 +82,14 @@ fn reads_of(id: &str) -> Vec<Read> {
         ),
         ("GET", format!("{path}?still=1"), vec![]),
         ("GET", format!("{path}?still=1&w=90"), vec![]),
+        ("GET", format!("{path}?still=1&format=webp"), vec![]),
+        ("GET", format!("{path}?format=mp4"), vec![]),
+        ("GET", format!("{path}?format=webp"), vec![]),
+        (
+            "GET",
+            path.clone(),
+            vec![("Accept", "image/webp,*/*".into())],
+        ),
         ("GET", format!("{path}/info"), vec![]),
         (
             "GET",

@@ -14,6 +14,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::file_response::{self, FileHeaders};
 use super::still::{self, Source, StillQuery};
+use super::variant::{self, Negotiated, VariantQuery};
 use crate::auth::{self, Denied};
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
@@ -115,34 +116,48 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     }
 
     let describe = describe(&id, manifest.as_deref(), private);
+    let mime = manifest.as_ref().and_then(|m| m.mime_type.as_deref());
+    let says_other_type = mime.is_some_and(|mime| !is_gif_mime(mime));
+    let source = Source {
+        root: &state.media_root,
+        relative: &original,
+        file: &file,
+        describe,
+    };
+    let headers = request.headers();
     match StillQuery::parse(request.uri().query(), state.gifs.widths()) {
         StillQuery::NotAsked => {}
         StillQuery::BadWidth => return still::bad_width(state.gifs.widths()),
-        StillQuery::Asked(width) => {
-            let says_other_type = manifest
-                .as_ref()
-                .and_then(|m| m.mime_type.as_deref())
-                .is_some_and(|mime| !is_gif_mime(mime));
-            if says_other_type {
-                return still::not_a_gif();
-            }
-            let source = Source {
-                root: &state.media_root,
-                relative: &original,
-                file: &file,
-                describe,
-            };
-            return Box::pin(still::respond(
-                state,
-                method,
-                request.headers(),
-                source,
-                width,
+        StillQuery::BadFormat => return still::bad_format(),
+        StillQuery::Asked(_) if says_other_type => return still::not_a_gif(),
+        StillQuery::Asked(ask) => {
+            // Boxed: a still's render state would otherwise size every request's future.
+            return Box::pin(still::respond(state, method, headers, source, ask)).await;
+        }
+    }
+    match VariantQuery::parse(request.uri().query()) {
+        VariantQuery::NotAsked => {}
+        VariantQuery::BadFormat => return variant::bad_format(),
+        VariantQuery::Asked(_) if says_other_type => return variant::not_a_gif(),
+        VariantQuery::Asked(format) => {
+            let extensions = request.extensions();
+            return Box::pin(variant::respond(
+                state, method, headers, extensions, source, format,
             ))
             .await;
         }
     }
-    file_response::respond(method, request.headers(), &file, describe, state.chunk)
+    // Negotiation only for items the manifest says are GIFs: no sniffing per request.
+    let declared_gif = mime.is_some_and(is_gif_mime);
+    let describe = if declared_gif {
+        match variant::negotiate(state, method, headers, &source).await {
+            Negotiated::Variant(webp) => return webp,
+            Negotiated::Gif(describe) => describe,
+        }
+    } else {
+        source.describe
+    };
+    file_response::respond(method, headers, &file, describe, state.chunk)
 }
 
 /// Headers for the original's bytes.
@@ -170,6 +185,7 @@ fn describe(id: &MediaId, manifest: Option<&Manifest>, private: bool) -> FileHea
         cache_control: HeaderValue::from_static(cache_control),
         etag: EntityTag::strong(id.as_str()),
         extra,
+        last_modified: None,
     }
 }
 
@@ -269,6 +285,12 @@ async fn info_response(
                 }
             },
             Err(error) => return still::gif_error(&error),
+        }
+        match variant::existing(state, file.identity).await {
+            Ok(variants) => {
+                body.insert("variants".to_owned(), variants);
+            }
+            Err(busy) => return file_response::filesystem_unavailable(busy),
         }
     }
     let mut response = response::json(StatusCode::OK, &body);

@@ -26,6 +26,7 @@ pub mod media;
 pub mod ops;
 pub mod resolve;
 pub mod still;
+pub mod variant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};

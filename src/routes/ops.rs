@@ -17,10 +17,10 @@ pub fn healthz() -> Response<Body> {
 }
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
-/// GUN relay's state is reported too but does not fail readiness, since GIF serving
-/// does not depend on it. The directory checks run on the filesystem pool: when it
-/// cannot answer in time (a hung mount, a saturated pool) the service is not ready,
-/// and says so promptly instead of hanging the probe.
+/// GUN relay's and the transcoder's states are reported too but do not fail readiness,
+/// since GIF serving depends on neither. The directory checks run on the filesystem
+/// pool: when it cannot answer in time (a hung mount, a saturated pool) the service is
+/// not ready, and says so promptly instead of hanging the probe.
 pub async fn readyz(state: &AppState) -> Response<Body> {
     let roots: Vec<(&'static str, PathBuf)> = state
         .media_roots()
@@ -60,6 +60,8 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         "status": if ready { "ready" } else { "not ready" },
         "mediaRoots": roots,
         "gun": state.gun_status(),
+        // Reported, never failing readiness: GIFs are served without it.
+        "transcoder": state.transcoder.status(),
     });
     if let Some(filesystem) = filesystem {
         body["filesystem"] = filesystem.into();
