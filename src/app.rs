@@ -115,7 +115,11 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let state = &*self.state;
-        if let Err(refused) = request_head::check(request.version(), request.headers()) {
+        // A body hyper knows to be empty has no transfer coding (see `request_head`).
+        let may_have_body = !http_body::Body::is_end_stream(request.body());
+        if let Err(refused) =
+            request_head::check(request.version(), request.headers(), may_have_body)
+        {
             return refuse_head(refused);
         }
         if let Some(preflight) = state.cors.preflight(request.method(), request.headers()) {
