@@ -18,9 +18,10 @@
 //! `BENCH_ROUNDS` rounds, so the noise of a shared machine hits each alike; ratios are
 //! taken within a round and their median and spread reported.
 //!
-//! This also does what `benches/cpu_per_request.sh` did (pinned CPU per request of
-//! several builds side by side, the writev/sendfile crossover with files of one size):
-//! `BENCH_COMPARE`, `BENCH_FILE_SIZE`, `BENCH_MIX`.
+//! It also compares several builds side by side (`BENCH_COMPARE`, e.g. a build of main
+//! against this one) and measures the writev/sendfile crossover with files of one size
+//! (`BENCH_FILE_SIZE`, `BENCH_MIX=get`): what `benches/cpu_per_request.sh` did before it
+//! was folded in here.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -60,7 +61,8 @@ struct Options {
     workers: usize,
     /// BENCH_CLIENT_THREADS: load generator threads.
     client_threads: usize,
-    /// BENCH_RUNTIMES: comma list of oip-media layouts (`--runtime`) to run side by side.
+    /// BENCH_RUNTIMES: comma list of this build's layouts (`--runtime`) to run side by
+    /// side; `none` runs only the BENCH_COMPARE binaries (and nginx).
     runtimes: Vec<String>,
     /// BENCH_COMPARE: more oip-media binaries to run side by side, space separated
     /// `NAME=BINARY` or `NAME=BINARY@VAR=VALUE,VAR=VALUE` (e.g. a build of main).
@@ -121,7 +123,10 @@ impl Options {
                 "BENCH_CLIENT_THREADS",
                 cores.saturating_sub(workers).max(1) as u64,
             ) as usize,
-            runtimes: list("BENCH_RUNTIMES", "multi-thread,per-core"),
+            runtimes: list("BENCH_RUNTIMES", "multi-thread,per-core")
+                .into_iter()
+                .filter(|r| r != "none")
+                .collect(),
             compare,
             mix,
             pin: var("BENCH_PIN").is_none_or(|v| v != "0"),

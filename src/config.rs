@@ -102,8 +102,12 @@ pub struct Config {
     /// its own `SO_REUSEPORT` socket, a connection served start to end by the thread
     /// that accepted it (the kernel spreads new connections by their address hash).
     /// The connection cap, the limiters, the filesystem threads, metrics and shutdown
-    /// are shared by all workers in both. The default is the measured faster one
-    /// (BENCHMARKS.md, "Many cores").
+    /// are shared by all workers in both. Keep `multi-thread` (the default) on small
+    /// hosts, with few or uneven connections (a few heavy downloads, one slow
+    /// filesystem): idle workers steal work from busy ones. Try `per-core` on a host
+    /// with many cores serving many keep-alive connections that the kernel's hash
+    /// spreads evenly, and keep it only if `cargo bench --bench load` shows less CPU
+    /// per request there (BENCHMARKS.md, "Many cores", has the figures of 2 cores).
     #[arg(long, env = "RUNTIME", value_enum, default_value_t = RuntimeLayout::MultiThread)]
     pub runtime: RuntimeLayout,
 
