@@ -2,8 +2,9 @@
 //! (`--runtime multi-thread` and `--runtime per-core`): the connection cap, the media
 //! limiter and the filesystem pool are one for the whole server, not one per core;
 //! metrics count what every core did; timeouts close silent connections on every core;
-//! shutdown lets downloads on every core finish and stops every core; and a second
-//! server can never join a per-core server's port.
+//! shutdown lets downloads on every core finish and stops every core; the request-head
+//! checks answer alike on every core; and a second server can never join a per-core
+//! server's port.
 //!
 //! Each test runs once per layout; the per-core layout gets two serving threads, and a
 //! test that needs connections on both cores opens enough of them that the kernel's
@@ -368,6 +369,44 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown(layout: RuntimeLayo
             .expect("closed");
         assert!(matches!(read, Ok(0) | Err(_)));
     }
+}
+
+in_both_layouts!(head_checks_answer_alike_on_every_core);
+async fn head_checks_answer_alike_on_every_core(layout: RuntimeLayout) {
+    let media = media_root();
+    big_and_small(&media);
+    let server = serve(media, layout, |_| {}).await;
+    // One request per connection, a bad head (two Host lines) and a good one in turn,
+    // until the kernel has put some of each on every listening socket.
+    let exchange = |raw: &'static str| {
+        let addr = server.addr;
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(raw.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+                .await
+                .expect("answered and closed")
+                .unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    for _ in 0..12 {
+        let bad = exchange(
+            "GET /media/fitnessally/a.gif HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+        assert!(bad.contains("Host"), "the error names the Host line: {bad}");
+        let good = exchange(
+            "GET /media/fitnessally/a.gif HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(good.starts_with("HTTP/1.1 200 "), "{good}");
+        assert!(good.ends_with("GIF89a"), "{good}");
+    }
+    assert_every_listener_served(&server, layout);
+    server.stop().await;
 }
 
 #[tokio::test]
