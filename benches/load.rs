@@ -1414,7 +1414,7 @@ fn print_summary(
             || "drift: not run".to_owned(),
             |d| {
                 format!(
-                    "drift {:+.2} % under load, {:+.2} % after close (target < 2 %)",
+                    "drift (long run, default layout) {:+.2} % under load, {:+.2} % after close (target < 2 %)",
                     d.under_load_pct, d.after_pct
                 )
             },
