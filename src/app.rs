@@ -103,9 +103,7 @@ impl App {
         state.cors.decorate(origin.as_ref(), headers);
         headers.insert(X_REQUEST_ID.clone(), id);
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
-        response
-            .body_mut()
-            .count_into(Arc::clone(&self.http.bytes_sent));
+        response.body_mut().count_into(self.http.bytes_sent);
         response
     }
 
@@ -219,7 +217,7 @@ pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::J
         loop {
             ticker.tick().await;
             let requests = http.total();
-            let bytes = http.bytes_sent.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = http.bytes_sent.sum();
             let media = &state.admissions.media;
             let shed =
                 media.counters().shed_queue_full.get() + media.counters().shed_queue_timeout.get();
