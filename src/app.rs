@@ -122,7 +122,10 @@ impl App {
         if let Some(refused) = route.methods.gate(request.method()) {
             return refused;
         }
-        match state.admissions.limiter(route.admission) {
+        match state
+            .admissions
+            .limiter(route.admit.admission(request.uri()))
+        {
             Some(limiter) => limiter.admit(|| route.handler.call(state, request)).await,
             None => route.handler.call(state, request).await,
         }

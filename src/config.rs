@@ -280,6 +280,48 @@ pub struct Config {
     #[arg(long, env = "STILL_WORKERS", default_value_t = 2)]
     pub still_workers: usize,
 
+    /// Decodes (still renders and `/info` parses) allowed to wait for one of the
+    /// `--still-workers`; past it the request gets 503 + `Retry-After` at once. A render
+    /// of an exercise GIF takes milliseconds, so 64 waiting is well under a second of
+    /// work on two workers, and a flood of hostile GIFs cannot pile up behind them.
+    #[arg(long, env = "STILL_WORKER_QUEUE", default_value_t = 64)]
+    pub still_worker_queue: usize,
+
+    /// Longest a decode waits for one of the `--still-workers`; then 503 +
+    /// `Retry-After`. Generous (a first page of new stills is rendered in a burst), yet
+    /// bounded: a request never waits on an unbounded line of renders.
+    #[arg(long, env = "STILL_WORKER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub still_worker_timeout: Duration,
+
+    /// `?still=1` requests admitted at once, rendered or served from the derived folder
+    /// (the admission slot is held until the still's bytes are sent). Stills have their
+    /// own admission, never a GIF-serving slot (`--max-in-flight`), so waiting for a
+    /// render never keeps a GIF from being served.
+    #[arg(long, env = "STILL_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub still_max_in_flight: usize,
+
+    /// `?still=1` requests allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "STILL_MAX_QUEUE", default_value_t = 128)]
+    pub still_max_queue: usize,
+
+    /// Longest a `?still=1` request waits for a slot; then 503 + `Retry-After`.
+    #[arg(long, env = "STILL_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub still_queue_timeout: Duration,
+
+    /// `/api/media/<id>/info` requests admitted at once. `/info` parses GIFs (on the
+    /// `--still-workers`) and answers small JSON; its own admission keeps a flood of it
+    /// off the GIF-serving slots.
+    #[arg(long, env = "INFO_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub info_max_in_flight: usize,
+
+    /// `/info` requests allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "INFO_MAX_QUEUE", default_value_t = 64)]
+    pub info_max_queue: usize,
+
+    /// Longest an `/info` request waits for a slot; then 503 + `Retry-After`.
+    #[arg(long, env = "INFO_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub info_queue_timeout: Duration,
+
     /// Folder of derived files (still PNGs), written once and served like media. Created
     /// if missing. Defaults to `oip-media-derived` in the system temp folder: everything
     /// in it can be regenerated.
@@ -393,6 +435,25 @@ impl Config {
         if self.fs_threads == 0 {
             return invalid("--fs-threads/FS_THREADS", "must be at least 1");
         }
+        for (option, value) in [
+            ("--still-workers/STILL_WORKERS", self.still_workers),
+            (
+                "--still-max-in-flight/STILL_MAX_IN_FLIGHT",
+                self.still_max_in_flight,
+            ),
+            (
+                "--info-max-in-flight/INFO_MAX_IN_FLIGHT",
+                self.info_max_in_flight,
+            ),
+            (
+                "--gun-put-max-in-flight/GUN_PUT_MAX_IN_FLIGHT",
+                self.gun.gun_put_max_in_flight,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(option, "must be at least 1");
+            }
+        }
         if self.revalidate_window > MAX_REVALIDATE_WINDOW {
             return invalid(
                 "--revalidate-window/REVALIDATE_WINDOW",
@@ -420,6 +481,22 @@ impl Config {
             ),
             ("--queue-timeout/QUEUE_TIMEOUT", self.queue_timeout),
             ("--fs-timeout/FS_TIMEOUT", self.fs_timeout),
+            (
+                "--still-worker-timeout/STILL_WORKER_TIMEOUT",
+                self.still_worker_timeout,
+            ),
+            (
+                "--still-queue-timeout/STILL_QUEUE_TIMEOUT",
+                self.still_queue_timeout,
+            ),
+            (
+                "--info-queue-timeout/INFO_QUEUE_TIMEOUT",
+                self.info_queue_timeout,
+            ),
+            (
+                "--gun-put-queue-timeout/GUN_PUT_QUEUE_TIMEOUT",
+                self.gun.gun_put_queue_timeout,
+            ),
             ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
         ] {
             if value.is_zero() {
@@ -537,6 +614,23 @@ pub struct GunSettings {
     /// a slow sender holds a connection and its buffer for a bounded time.
     #[arg(long, env = "GUN_PUT_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub gun_put_body_timeout: Duration,
+
+    /// `POST /gun-relay/put` requests admitted at once, from the first body byte to the
+    /// relay's answer. Admission comes before the body is read, so buffered put bodies
+    /// take at most this times `--gun-put-body-limit` (16 MiB at the defaults) however
+    /// many clients send at once; half of `--gun-pool-size`, so puts never take every
+    /// relay connection from gets.
+    #[arg(long, env = "GUN_PUT_MAX_IN_FLIGHT", default_value_t = 16)]
+    pub gun_put_max_in_flight: usize,
+
+    /// Puts allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "GUN_PUT_MAX_QUEUE", default_value_t = 64)]
+    pub gun_put_max_queue: usize,
+
+    /// Longest a put waits for a slot; then 503 + `Retry-After`. A put holds its slot for
+    /// at most the body timeout plus `--gun-deadline`, so a short wait is the fair one.
+    #[arg(long, env = "GUN_PUT_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub gun_put_queue_timeout: Duration,
 
     /// Largest response body read from the relay; a larger answer is an error, not a record.
     /// Bounds what one answer can make us buffer; records are KiB, not MiB.
@@ -747,6 +841,78 @@ mod tests {
         );
         assert!(Config::try_parse_from(["oip-media", "--port", "http"]).is_err());
         assert!(Config::try_parse_from(["oip-media", "--queue-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn admission_settings_have_their_documented_defaults_and_bounds() {
+        let c = Config::for_media_dir("/tmp/x");
+        assert_eq!(
+            (
+                c.still_workers,
+                c.still_worker_queue,
+                c.still_worker_timeout
+            ),
+            (2, 64, Duration::from_secs(5))
+        );
+        assert_eq!(
+            (
+                c.still_max_in_flight,
+                c.still_max_queue,
+                c.still_queue_timeout
+            ),
+            (64, 128, Duration::from_secs(1))
+        );
+        assert_eq!(
+            (c.info_max_in_flight, c.info_max_queue, c.info_queue_timeout),
+            (32, 64, Duration::from_secs(1))
+        );
+        let g = &c.gun;
+        assert_eq!(
+            (
+                g.gun_put_max_in_flight,
+                g.gun_put_max_queue,
+                g.gun_put_queue_timeout
+            ),
+            (16, 64, Duration::from_secs(2))
+        );
+        let refused = |tweak: fn(&mut Config), option: &str| {
+            let mut c = Config::for_media_dir("/tmp/x");
+            tweak(&mut c);
+            let error = c.validate().expect_err(option).to_string();
+            assert!(error.contains(option), "{error}");
+        };
+        refused(|c| c.still_workers = 0, "--still-workers");
+        refused(|c| c.still_max_in_flight = 0, "--still-max-in-flight");
+        refused(|c| c.info_max_in_flight = 0, "--info-max-in-flight");
+        refused(
+            |c| c.gun.gun_put_max_in_flight = 0,
+            "--gun-put-max-in-flight",
+        );
+        refused(
+            |c| c.still_worker_timeout = Duration::ZERO,
+            "--still-worker-timeout",
+        );
+        refused(
+            |c| c.still_queue_timeout = Duration::ZERO,
+            "--still-queue-timeout",
+        );
+        refused(
+            |c| c.info_queue_timeout = Duration::ZERO,
+            "--info-queue-timeout",
+        );
+        refused(
+            |c| c.gun.gun_put_queue_timeout = Duration::ZERO,
+            "--gun-put-queue-timeout",
+        );
+        let c = Config::parse_from([
+            "oip-media",
+            "--still-max-queue",
+            "0",
+            "--gun-put-queue-timeout",
+            "250ms",
+        ]);
+        assert_eq!(c.still_max_queue, 0, "no queue: shed at once when full");
+        assert_eq!(c.gun.gun_put_queue_timeout, Duration::from_millis(250));
     }
 
     #[test]

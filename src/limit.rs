@@ -1,8 +1,12 @@
 //! A bounded admission point: a concurrency limiter whose permit lives as long as the
 //! response **body**, with a wait queue bounded in length and in time. The router runs a
 //! route's handler through [`Limiter::admit`] when the route table declares the route
-//! behind this limiter (see `state::Admission`); one limiter per admission point, each
-//! registering its own metrics under its prefix.
+//! behind this limiter (see `state::Admission`); one limiter per admission point (GIF
+//! bytes, stills, `/info`, GUN puts, …), each registering its own metrics under its
+//! prefix with the same shape (`<prefix>_in_flight`, `_queue_waiting`, `_in_flight_limit`,
+//! `_queue_limit`, `_admitted_total{kind}`, `_shed_total{kind}`). A component whose work
+//! is not a request (the GIF decoding workers) bounds itself with the same type through
+//! [`Limiter::acquire`], holding the permit for as long as the work runs.
 //!
 //! Why not `tower::limit::ConcurrencyLimit`: it releases its permit when the handler's
 //! future completes, i.e. when the headers are ready — before a single body byte was
@@ -30,7 +34,7 @@ use crate::metrics::{ReadAtScrape, by_kind};
 /// Bounds of the limiter, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct LimitSettings {
-    /// Media bodies in flight at once.
+    /// Admitted at once (for the media limiter: bodies in flight).
     pub max_in_flight: usize,
     /// Requests allowed to wait for a slot.
     pub max_queue: usize,
@@ -110,6 +114,12 @@ impl Limiter {
             "in_flight_limit",
             "Configured limit of bodies in flight",
             ReadAtScrape::gauge(move || max_in_flight),
+        );
+        let max_queue = self.settings.max_queue as u64;
+        registry.register(
+            "queue_limit",
+            "Configured limit of requests waiting for a slot",
+            ReadAtScrape::gauge(move || max_queue),
         );
         let c = &self.counters;
         registry.register(
@@ -202,18 +212,22 @@ impl Limiter {
 
     /// The 503 a shed request gets: JSON, `Retry-After`, never cached.
     pub fn shed_response(&self, why: Shed) -> Response<Body> {
-        let mut response = crate::response::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "error": "Server busy, retry shortly", "reason": why.to_string() }),
-        );
-        let headers = response.headers_mut();
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(self.settings.retry_after_secs),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        shed_response(why, self.settings.retry_after_secs)
     }
+}
+
+/// The 503 for work shed by a limiter (`retry_after_secs` in `Retry-After`): JSON
+/// naming the reason, never cached. Also what a handler answers when work it waits
+/// on inside a component (a GIF decoding slot) was shed.
+pub fn shed_response(why: Shed, retry_after_secs: u64) -> Response<Body> {
+    let mut response = crate::response::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({ "error": "Server busy, retry shortly", "reason": why.to_string() }),
+    );
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[cfg(test)]

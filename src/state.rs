@@ -113,7 +113,7 @@ impl AppState {
             path: config.derived_dir.clone(),
             source,
         })?;
-        gifs.counters().register(&mut metrics);
+        gifs.register(&mut metrics);
         let gun = match config.gun.gun_peers {
             Some(_) => {
                 let client = GunClient::new(&config.gun).map_err(|error| match error {
@@ -184,19 +184,30 @@ impl AppState {
     }
 }
 
-/// Which bounded admission a route goes through; declared per route in the route table.
+/// Which bounded admission a request goes through; declared per route in the route
+/// table (which may pick one by the request's query string or path, see
+/// `routes::Admit`).
 ///
-/// A new admission point (stills, `/info`, puts, resolves, transcodes…) is a variant
-/// here, a field of [`Admissions`] built from its settings in [`Admissions::new`], and
-/// the route-table lines that name it.
+/// A new admission point (resolves, transcodes…) is a variant here, a field of
+/// [`Admissions`] built from its settings in [`Admissions::new`], and the route-table
+/// lines that name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// No bound beyond the connection's own (health, metrics, GUN and resolver routes
+    /// No bound beyond the connection's own (health, metrics, GUN gets and the resolver
     /// bound their work inside their components).
     Open,
-    /// The media limiter: every route that sends file bytes (`--max-in-flight`,
-    /// `--max-queue`, `--queue-timeout`), metrics `oip_media_media_*`.
+    /// The media limiter: requests that send file bytes and wait on nothing else
+    /// (`--max-in-flight`, `--max-queue`, `--queue-timeout`), metrics `oip_media_media_*`.
     Media,
+    /// Still posters (`?still=1`), which may wait for a render (`--still-max-in-flight`,
+    /// `--still-max-queue`, `--still-queue-timeout`), metrics `oip_media_still_*`.
+    Still,
+    /// `/api/media/<id>/info`, which may wait for a GIF parse (`--info-max-in-flight`,
+    /// `--info-max-queue`, `--info-queue-timeout`), metrics `oip_media_info_*`.
+    Info,
+    /// `POST /gun-relay/put`: a buffered body and a relay call (`--gun-put-max-in-flight`,
+    /// `--gun-put-max-queue`, `--gun-put-queue-timeout`), metrics `oip_media_gun_put_*`.
+    GunPut,
 }
 
 /// The limiters behind [`Admission`]s, one per bounded admission, each registering its
@@ -205,25 +216,52 @@ pub enum Admission {
 pub struct Admissions {
     /// [`Admission::Media`].
     pub media: Arc<Limiter>,
+    /// [`Admission::Still`].
+    pub still: Arc<Limiter>,
+    /// [`Admission::Info`].
+    pub info: Arc<Limiter>,
+    /// [`Admission::GunPut`].
+    pub gun_put: Arc<Limiter>,
 }
 
 impl Admissions {
     /// Builds every limiter from its settings and registers its metrics.
     pub fn new(config: &Config, registry: &mut Registry) -> Admissions {
-        let mut bounded = |prefix: &str, settings: LimitSettings| {
-            let limiter = Arc::new(Limiter::new(settings));
+        let mut bounded = |prefix: &str, max_in_flight, max_queue, queue_timeout| {
+            let limiter = Arc::new(Limiter::new(LimitSettings {
+                max_in_flight,
+                max_queue,
+                queue_timeout,
+                retry_after_secs: 1,
+            }));
             limiter.register(registry.sub_registry_with_prefix(prefix));
             limiter
         };
+        let gun = &config.gun;
         Admissions {
             media: bounded(
                 "media",
-                LimitSettings {
-                    max_in_flight: config.max_in_flight,
-                    max_queue: config.max_queue,
-                    queue_timeout: config.queue_timeout,
-                    retry_after_secs: 1,
-                },
+                config.max_in_flight,
+                config.max_queue,
+                config.queue_timeout,
+            ),
+            still: bounded(
+                "still",
+                config.still_max_in_flight,
+                config.still_max_queue,
+                config.still_queue_timeout,
+            ),
+            info: bounded(
+                "info",
+                config.info_max_in_flight,
+                config.info_max_queue,
+                config.info_queue_timeout,
+            ),
+            gun_put: bounded(
+                "gun_put",
+                gun.gun_put_max_in_flight,
+                gun.gun_put_max_queue,
+                gun.gun_put_queue_timeout,
             ),
         }
     }
@@ -233,6 +271,9 @@ impl Admissions {
         match admission {
             Admission::Open => None,
             Admission::Media => Some(&self.media),
+            Admission::Still => Some(&self.still),
+            Admission::Info => Some(&self.info),
+            Admission::GunPut => Some(&self.gun_put),
         }
     }
 }
