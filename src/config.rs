@@ -423,6 +423,12 @@ impl Config {
         if self.max_in_flight == 0 {
             return invalid("--max-in-flight/MAX_IN_FLIGHT", "must be at least 1");
         }
+        if self.resolver.resolve_max_in_flight == 0 {
+            return invalid(
+                "--resolve-max-in-flight/RESOLVE_MAX_IN_FLIGHT",
+                "must be at least 1",
+            );
+        }
         if self.max_connections == 0 {
             return invalid("--max-connections/MAX_CONNECTIONS", "must be at least 1");
         }
@@ -480,6 +486,10 @@ impl Config {
                 self.write_stall_timeout,
             ),
             ("--queue-timeout/QUEUE_TIMEOUT", self.queue_timeout),
+            (
+                "--resolve-queue-timeout/RESOLVE_QUEUE_TIMEOUT",
+                self.resolver.resolve_queue_timeout,
+            ),
             ("--fs-timeout/FS_TIMEOUT", self.fs_timeout),
             (
                 "--still-worker-timeout/STILL_WORKER_TIMEOUT",
@@ -677,13 +687,40 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_BUDGET", default_value_t = 1000)]
     pub resolve_budget: usize,
 
-    /// Most bytes of records one response may embed (default 32MiB, measured as JSON).
-    /// Resolution replaces references by copies, so a record met on many paths is
-    /// copied many times; this bounds what one request can make the process build.
-    /// Past it, remaining references stay DIDs and the response says
-    /// `outputLimitReached: true`.
+    /// Most bytes of memory the records of one answer may take (default 32MiB):
+    /// the input records as they are parsed, then every copy, name and stub that
+    /// resolution puts into them, each counted at its heap size as it is built (not
+    /// its JSON length: real records take ~3.5 times their JSON on the heap, tiny ones
+    /// up to 40 times). A body whose records alone would
+    /// take more is refused with 413 while it is parsed; past it during resolution,
+    /// remaining references stay DIDs and the response says `outputLimitReached: true`.
+    /// Sized from the real workload, workout pages resolved to depth 4 (workout → 12
+    /// exercises → their demo-GIF collections and equipment → images): one workout
+    /// takes under 1 MiB, a listing of 16 about 13 MiB (3.8 MB of JSON); 32MiB holds
+    /// that listing twice, and `--resolve-max-in-flight` answers of this size stay
+    /// well inside the service's memory target.
     #[arg(long, env = "RESOLVE_MAX_OUTPUT_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
     pub resolve_max_output_bytes: u64,
+
+    /// Resolutions running at once (default 4). Each may hold up to
+    /// `--resolve-max-output-bytes` of records plus its serialized answer until the
+    /// answer is sent, so this times that bounds the resolver's memory under any load.
+    /// A resolution mostly waits on Elasticsearch; 4 at a time serve tens of pages a
+    /// second.
+    #[arg(long, env = "RESOLVE_MAX_IN_FLIGHT", default_value_t = 4)]
+    pub resolve_max_in_flight: usize,
+
+    /// Resolve requests allowed to wait for a slot (default 16); more get 503 with
+    /// `Retry-After` at once. A waiting request holds its body (at most
+    /// `--resolve-body-limit`), so this bounds that memory too.
+    #[arg(long, env = "RESOLVE_MAX_QUEUE", default_value_t = 16)]
+    pub resolve_max_queue: usize,
+
+    /// Longest a resolve request waits for a slot before it gets 503 with
+    /// `Retry-After` (default 2s). A resolution takes tens of milliseconds normally;
+    /// a caller retrying later does better than one waiting behind slow ones.
+    #[arg(long, env = "RESOLVE_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub resolve_queue_timeout: Duration,
 
     /// Time one resolution may spend looking records up (default 20s). The relay
     /// answers a miss only after ~3 s, and a GUN call may take up to `--gun-deadline`;
@@ -713,9 +750,11 @@ pub struct ResolverSettings {
     #[arg(long, env = "RECORD_CACHE_ENTRIES", default_value_t = 7500)]
     pub record_cache_entries: u64,
 
-    /// Most bytes of records (measured as JSON) kept in the record cache (default
-    /// 64MiB). Whichever of this and the entry bound is reached first applies; the heap
-    /// a cached record takes is a small multiple of its JSON size.
+    /// Most bytes of memory the record cache holds (default 64MiB): each entry weighs
+    /// its record's heap size, its key and the cache's bookkeeping, not its JSON
+    /// length. A real record takes ~8 KiB this way, so the default holds about as many
+    /// as the entry bound. Whichever bound is reached first applies. The cache stays
+    /// full after a burst, so this is memory the process keeps.
     #[arg(long, env = "RECORD_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub record_cache_bytes: u64,
 
@@ -780,6 +819,9 @@ mod tests {
         assert_eq!(r.resolve_max_depth, 4);
         assert_eq!(r.resolve_budget, 1000);
         assert_eq!(r.resolve_max_output_bytes, 32 << 20);
+        assert_eq!(r.resolve_max_in_flight, 4);
+        assert_eq!(r.resolve_max_queue, 16);
+        assert_eq!(r.resolve_queue_timeout, Duration::from_secs(2));
         assert_eq!(r.resolve_timeout, Duration::from_secs(20));
         assert_eq!(r.resolve_concurrency, 16);
         assert_eq!(r.resolve_body_limit, 8 << 20);

@@ -1,5 +1,7 @@
 //! `oip-media`: configuration → tracing → run. Nothing else lives here.
 
+mod allocator;
+
 use clap::Parser;
 use oip_media::Config;
 
@@ -16,6 +18,8 @@ fn main() -> std::process::ExitCode {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+
+    allocator::start();
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.workers > 0 {
@@ -39,7 +43,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> Result<(), oip_media::StartError> {
     let sample = oip_media::app::sample_url_path(&config);
-    tracing::info!(config = ?config, "effective configuration");
+    tracing::info!(config = ?config, allocator = allocator::NAME, "effective configuration");
     let server = oip_media::server::start_with_shutdown(config, shutdown_signal()).await?;
     let addr = server.local_addr();
     match sample {

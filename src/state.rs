@@ -194,7 +194,8 @@ impl AppState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// No bound beyond the connection's own (health, metrics, GUN gets and the resolver
-    /// bound their work inside their components).
+    /// bound their work inside their components; `/api/resolve` takes
+    /// [`Admissions::resolve`] itself, after reading the body).
     Open,
     /// The media limiter: requests that send file bytes and wait on nothing else
     /// (`--max-in-flight`, `--max-queue`, `--queue-timeout`), metrics `oip_media_media_*`.
@@ -222,6 +223,12 @@ pub struct Admissions {
     pub info: Arc<Limiter>,
     /// [`Admission::GunPut`].
     pub gun_put: Arc<Limiter>,
+    /// Resolutions at once and their queue (`--resolve-max-in-flight`,
+    /// `--resolve-max-queue`, `--resolve-queue-timeout`), metrics `oip_media_resolve_*`.
+    /// Taken by `/api/resolve`'s handler itself once the body has been read, not by
+    /// the route table before it: a client trickling its body must hold no slot. So
+    /// the route is declared [`Admission::Open`].
+    pub resolve: Arc<Limiter>,
 }
 
 impl Admissions {
@@ -262,6 +269,12 @@ impl Admissions {
                 gun.gun_put_max_in_flight,
                 gun.gun_put_max_queue,
                 gun.gun_put_queue_timeout,
+            ),
+            resolve: bounded(
+                "resolve",
+                config.resolver.resolve_max_in_flight,
+                config.resolver.resolve_max_queue,
+                config.resolver.resolve_queue_timeout,
             ),
         }
     }

@@ -1,5 +1,5 @@
-//! The one process-wide record cache: bounded by entry count *and* bytes, with a TTL
-//! for found records and a shorter one for misses.
+//! The one process-wide record cache: bounded by entry count *and* bytes of memory,
+//! with a TTL for found records and a shorter one for misses.
 //!
 //! This replaces the indexer's shared `recordsInDB` array, which grew to 15,000
 //! records (1–2 GB), was scanned linearly, and had its records mutated in place by
@@ -7,31 +7,46 @@
 //! resolution builds its output as new values, so nothing one request does can show
 //! in another's result.
 //!
+//! An entry weighs what it costs in memory — the record's heap as
+//! [`memory`](super::memory) counts it, its key, and the cache's own bookkeeping per
+//! entry — not its JSON length, which is several times smaller.
+//!
 //! Built on `moka` (TinyLFU admission: a burst of one-off lookups, such as one wide
 //! fan-out, does not flush the records every request needs).
 
-use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A record found by a source, shared read-only, with its size measured once.
+use super::memory::{Sizing, heap_bytes, str_bytes, value_bytes};
+
+/// Bytes the cache spends per entry beyond the key and the record: moka's entry and
+/// its access-order nodes, its hash-map slot, the `Arc`s' counts. Measured with a
+/// counting allocator over thousands of entries (~450 bytes; the test in
+/// `tests/resolve_memory_weight.rs` checks the total within 5 %).
+pub const ENTRY_OVERHEAD: u64 = 448;
+
+/// A record found by a source, shared read-only, with its memory cost measured once.
 #[derive(Debug, Clone)]
 pub struct FoundRecord {
     /// The record (`{data, oip, …}`). Never mutated.
     pub record: Arc<Value>,
-    /// Its length as compact JSON: what the byte bounds (cache and output) count.
-    pub json_bytes: u64,
+    /// Heap the record holds as stored (its tree and its slot): what the cache
+    /// weighs it at.
+    pub held_bytes: u64,
+    /// Heap one copy of it takes (`Value::clone` sizes containers exactly): what the
+    /// output budget charges each time resolution copies it into an answer.
+    pub copy_bytes: u64,
 }
 
 impl FoundRecord {
     /// Wraps `record`, measuring it.
     pub fn new(record: Value) -> FoundRecord {
-        let json_bytes = json_len(&record);
         FoundRecord {
+            held_bytes: value_bytes(&record, Sizing::AsHeld),
+            copy_bytes: heap_bytes(&record, Sizing::AsCloned),
             record: Arc::new(record),
-            json_bytes,
         }
     }
 }
@@ -58,8 +73,9 @@ pub struct RecordCache {
 }
 
 impl RecordCache {
-    /// An empty cache holding at most `max_entries` records and `max_bytes` of them
-    /// (as JSON, keys included); found records live `ttl`, misses `negative_ttl`.
+    /// An empty cache holding at most `max_entries` records and `max_bytes` of memory
+    /// (records, keys and bookkeeping, see [`entry_cost`]); found records live `ttl`,
+    /// misses `negative_ttl`.
     pub fn new(max_entries: u64, max_bytes: u64, ttl: Duration, negative_ttl: Duration) -> Self {
         let max_entries = max_entries.max(1);
         let max_bytes = max_bytes.max(1);
@@ -71,11 +87,7 @@ impl RecordCache {
         let inner = moka::future::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(move |key: &String, value: &CachedRecord| {
-                let size = match value {
-                    CachedRecord::Found(found) => found.json_bytes,
-                    CachedRecord::Missing => 0,
-                };
-                let weight = (key.len() as u64).saturating_add(size).max(floor);
+                let weight = entry_cost(key, value).max(floor);
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
             .expire_after(RecordExpiry { ttl, negative_ttl })
@@ -134,18 +146,14 @@ impl RecordCache {
         self.max_bytes
     }
 
-    /// Walks the entries actually held and returns (count, Σ key + JSON bytes): an
+    /// Walks the entries actually held and returns (count, Σ [`entry_cost`]): an
     /// independent check of the bounds that does not rely on moka's own accounting.
     /// Linear in the cache size; for tests and diagnostics.
     pub fn measure(&self) -> (u64, u64) {
         self.inner
             .iter()
             .fold((0, 0), |(count, bytes), (key, value)| {
-                let size = match &value {
-                    CachedRecord::Found(found) => found.json_bytes,
-                    CachedRecord::Missing => 0,
-                };
-                (count + 1, bytes + key.len() as u64 + size)
+                (count + 1, bytes + entry_cost(&key, &value))
             })
     }
 }
@@ -186,35 +194,20 @@ impl moka::Expiry<String, CachedRecord> for RecordExpiry {
     }
 }
 
-/// Length of `value` as compact JSON, counted without building the string.
-///
-/// Goes through `Value`'s `Display` (compact JSON) rather than `serde_json::to_writer`:
-/// `Display` is compiled once inside serde_json, while the generic writer would be
-/// instantiated here, unoptimised in debug builds and so tens of times slower.
-pub(crate) fn json_len(value: &Value) -> u64 {
-    struct Counter(u64);
-    impl fmt::Write for Counter {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            self.0 += s.len() as u64;
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    // Writing a `Value` to a sink that never fails cannot fail.
-    let _ = write!(counter, "{value}");
-    counter.0
+/// What one entry costs in memory: its key, the record's heap (none for a miss) and
+/// [`ENTRY_OVERHEAD`].
+pub fn entry_cost(key: &str, value: &CachedRecord) -> u64 {
+    let record = match value {
+        CachedRecord::Found(found) => found.held_bytes,
+        CachedRecord::Missing => 0,
+    };
+    str_bytes(key.len()) + record + ENTRY_OVERHEAD
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn json_len_matches_serialisation() {
-        let v = json!({"data": {"basic": {"name": "Squat ✓"}}, "oip": {"did": "did:gun:a:b"}});
-        assert_eq!(json_len(&v), serde_json::to_vec(&v).unwrap().len() as u64);
-    }
 
     #[tokio::test]
     async fn found_and_missing_entries_expire_on_their_own_clocks() {

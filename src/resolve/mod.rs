@@ -18,13 +18,20 @@
 //!    stubs and names-only rule. Looked-up records are shared, read-only, with the
 //!    cache; nothing a request does is visible to another.
 //!
+//! The output budget (`--resolve-max-output-bytes`) counts memory, not JSON: the
+//! input records' heap first (the route parses them within the same budget, see
+//! [`bounded_parse`]), then every copy, name and stub as it is made, each at what it
+//! takes on the heap (see [`memory`]).
+//!
 //! Looking up the DIDs a level at a time finds every DID the tree needs, each once: a
 //! DID first met at level `n` gets its most generous remaining depth there, and a path
 //! that meets a record twice (a cycle) has met it before at a shallower level.
 
+pub mod bounded_parse;
 pub mod cache;
 pub mod elastic;
 pub mod gun_source;
+pub mod memory;
 pub mod options;
 pub mod recipe;
 pub mod source;
@@ -142,7 +149,7 @@ impl Resolver {
         let resolver = Arc::downgrade(self);
         registry.register(
             "resolve_cache_weight_bytes",
-            "Weighted size of the resolver cache",
+            "Memory the resolver cache's entries take (records, keys, bookkeeping)",
             ReadAtScrape::gauge(move || resolver.upgrade().map_or(0, |r| r.cache.weighted_size())),
         );
     }
@@ -190,17 +197,23 @@ impl Resolver {
             };
         }
 
-        let mut builder = Builder::new(
-            &memo,
-            &options.fields,
-            options.names_only,
-            self.max_output_bytes,
-        );
-        let records = records
-            .into_iter()
-            .map(|record| builder.root(record, depth))
-            .collect();
-        stats.output_limit_reached = builder.output_limit_reached();
+        // Building copies up to the output budget is CPU work of tens of
+        // milliseconds: done on the blocking pool, not on an async worker (the
+        // resolve admission bounds how many run at once).
+        let output_budget = self.max_output_bytes;
+        let (fields, names_only) = (options.fields.clone(), options.names_only);
+        let build = move || build(records, &memo, &fields, names_only, depth, output_budget);
+        let (records, output_limit_reached) = match tokio::task::spawn_blocking(build).await {
+            Ok(built) => built,
+            Err(error) => match error.try_into_panic() {
+                // A panic while building is a bug: let it unwind here, as it would
+                // have had the build run inline.
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: only when the runtime shuts down.
+                Err(_) => (Vec::new(), false),
+            },
+        };
+        stats.output_limit_reached = output_limit_reached;
         stats.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.counters.record(&stats);
         tracing::debug!(?stats, "resolved");
@@ -349,6 +362,33 @@ impl Resolver {
         }
         inserted
     }
+}
+
+/// Builds the output records from `memo`, the input records paid for first out of
+/// `output_budget` (they are part of the answer); also whether the budget ran out.
+fn build(
+    records: Vec<Value>,
+    memo: &Memo,
+    fields: &FieldFilter,
+    names_only: bool,
+    depth: u32,
+    output_budget: u64,
+) -> (Vec<Value>, bool) {
+    let input_bytes: u64 = records
+        .iter()
+        .map(|record| memory::value_bytes(record, memory::Sizing::AsHeld))
+        .sum();
+    let mut builder = Builder::new(
+        memo,
+        fields,
+        names_only,
+        output_budget.saturating_sub(input_bytes),
+    );
+    let records = records
+        .into_iter()
+        .map(|record| builder.root(record, depth))
+        .collect();
+    (records, builder.output_limit_reached())
 }
 
 /// A source's answers to `asked` DIDs, exactly one per DID. A source that answers

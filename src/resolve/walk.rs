@@ -30,7 +30,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
-use super::cache::{FoundRecord, json_len};
+use super::cache::FoundRecord;
+use super::memory::{Sizing, heap_bytes};
 use super::options::FieldFilter;
 use super::recipe::merge_ingredient_comments;
 
@@ -165,7 +166,8 @@ pub(crate) struct Builder<'m> {
     memo: &'m Memo,
     filter: &'m FieldFilter,
     names_only: bool,
-    /// Bytes of copies still allowed into the output.
+    /// Bytes of memory (as [`memory`](super::memory) counts them) that copies may
+    /// still add to the output.
     output_left: u64,
     /// Set when a replacement was refused for lack of output budget; from then on
     /// every remaining reference stays a DID, so the cut is easy to describe.
@@ -176,18 +178,19 @@ pub(crate) struct Builder<'m> {
 }
 
 impl<'m> Builder<'m> {
-    /// A builder over `memo`, allowed to copy `max_output_bytes` of records into the output.
+    /// A builder over `memo`, allowed to add `output_left` bytes of memory to the
+    /// output (every copy, name and stub counted as it is made).
     pub(crate) fn new(
         memo: &'m Memo,
         filter: &'m FieldFilter,
         names_only: bool,
-        max_output_bytes: u64,
+        output_left: u64,
     ) -> Self {
         Builder {
             memo,
             filter,
             names_only,
-            output_left: max_output_bytes,
+            output_left,
             output_limit_reached: false,
             path: Vec::new(),
         }
@@ -281,15 +284,19 @@ impl<'m> Builder<'m> {
                 .pointer("/data/basic/name")
                 .filter(|n| is_truthy(n))
                 .cloned()?;
-            return self.charge(json_len(&name)).then_some(name);
+            return self
+                .charge(heap_bytes(&name, Sizing::AsHeld))
+                .then_some(name);
         }
         let next = remaining - 1;
         let expandable = next > 0 && matches!(target.get("data"), Some(Value::Object(_)));
         if expandable && self.on_path(did, target) {
             let stub = circular_stub(target);
-            return self.charge(json_len(&stub)).then_some(stub);
+            return self
+                .charge(heap_bytes(&stub, Sizing::AsHeld))
+                .then_some(stub);
         }
-        if !self.charge(found.json_bytes) {
+        if !self.charge(found.copy_bytes) {
             return None;
         }
         let mut copy = target.clone();
@@ -428,7 +435,7 @@ mod tests {
         let c = rec("did:c", None, json!({}));
         let memo = memo_of(&[a.clone(), b.clone(), c]);
         let filter = FieldFilter::default();
-        let one = json_len(&b);
+        let one = heap_bytes(&b, Sizing::AsCloned);
         let mut builder = Builder::new(&memo, &filter, false, one + one / 2);
         let out = builder.root(a, 1);
         assert_eq!(out["data"]["links"]["x"][0], b);

@@ -6,19 +6,36 @@
 //! `{"records": […], "stats": {…}}` (or `{"record": {…}, "stats": {…}}`), the stats
 //! being [`ResolveStats`](crate::resolve::ResolveStats) in camelCase.
 //!
-//! Every outcome before resolution is decided first ([`read_input`]) and then turned
-//! into a response: 400 with a JSON error naming what is wrong, 413 past the body
-//! limit, 408 when the body does not arrive in time.
+//! Every outcome before resolution is decided first ([`read_body`], [`parse_input`])
+//! and then turned into a response: 400 with a JSON error naming what is wrong, 413
+//! past the body limit or when the records would take more memory than the output
+//! budget, 408 when the body does not arrive in time, 503 + `Retry-After` when too
+//! many resolutions are running and waiting already.
+//!
+//! Memory, in order: the body's bytes (bounded by `--resolve-body-limit`); then,
+//! once admitted, the records parsed within the output budget
+//! ([`bounded_parse`](crate::resolve::bounded_parse)) and resolved within what is
+//! left of it; then the answer, serialized record by record straight into the
+//! response's byte segments, each record's tree freed as soon as it is written, so
+//! the tree and its JSON never both exist whole.
+//!
+//! Admission comes after the body is read and before anything is built from it: a
+//! client trickling its body holds no resolve slot, and a waiting request holds only
+//! its bytes. The slot (a [`Limiter`](crate::limit::Limiter) permit) travels in the
+//! response body and is released when the answer has been sent or abandoned, since
+//! the serialized answer is memory until then.
 
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use serde_json::{Value, json};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use serde_json::Value;
 
 use crate::body::Body;
 use crate::http::request_body::{BodyError, read_bounded};
-use crate::resolve::{OptionsError, ResolveOptions};
+use crate::resolve::bounded_parse::{BoundedParseError, parse_within};
+use crate::resolve::{OptionsError, Resolution, ResolveOptions};
 use crate::response;
 use crate::state::AppState;
 
@@ -51,6 +68,12 @@ pub enum InputError {
     /// The body is not JSON.
     #[error("Request body is not valid JSON: {0}")]
     NotJson(#[source] serde_json::Error),
+    /// The records would take more memory than one answer may (`--resolve-max-output-bytes`).
+    #[error("Request body's records would take more than {limit} bytes of memory to resolve")]
+    OverBudget {
+        /// The output budget.
+        limit: u64,
+    },
     /// The body is JSON but not of the expected shape.
     #[error("{0}")]
     Shape(String),
@@ -63,7 +86,9 @@ impl InputError {
     /// The status that tells the client what kind of mistake it made.
     pub fn status(&self) -> StatusCode {
         match self {
-            InputError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InputError::TooLarge { .. } | InputError::OverBudget { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             InputError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             InputError::Read(_)
             | InputError::NotJson(_)
@@ -80,35 +105,68 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let settings = &state.config.resolver;
-    let input = match read_input(
+    let (query, body) = match read_body(
         request,
         settings.resolve_body_limit,
         settings.resolve_body_timeout,
     )
     .await
     {
-        Ok(input) => input,
-        Err(error) => {
-            tracing::debug!(%error, "refused resolve request");
-            return response::json_error(error.status(), &error.to_string());
-        }
+        Ok(read) => read,
+        Err(error) => return refused(&error),
+    };
+    let admission = &state.admissions.resolve;
+    let permit = match admission.acquire().await {
+        Ok(permit) => permit,
+        Err(why) => return admission.shed_response(why),
+    };
+    // Parsing, building and serializing up to the output budget's worth of records
+    // (and freeing them) is CPU work of tens of milliseconds: on the blocking pool,
+    // not on an async worker. The admission above bounds how many run at once.
+    let budget = settings.resolve_max_output_bytes;
+    let parsed = blocking(move || parse_input(&body, query.as_deref(), budget)).await;
+    let input = match parsed {
+        Some(Ok(input)) => input,
+        Some(Err(error)) => return refused(&error),
+        None => return internal_error(),
     };
     let resolution = state.resolver.resolve(input.records, &input.options).await;
-    let answer = if input.single {
-        let record = resolution.records.into_iter().next().unwrap_or(Value::Null);
-        json!({ "record": record, "stats": resolution.stats })
-    } else {
-        json!({ "records": resolution.records, "stats": resolution.stats })
+    let single = input.single;
+    let Some(mut response) = blocking(move || answer(resolution, single)).await else {
+        return internal_error();
     };
-    response::json(StatusCode::OK, &answer)
+    response.body_mut().attach(permit);
+    response
 }
 
-/// Reads and checks the body (at most `limit` bytes, within `timeout`) and the options.
-pub async fn read_input<B>(
+/// Runs `work` on the blocking pool; `None` if it could not finish (it panicked, a
+/// bug that is logged, or the runtime is shutting down).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Some(done),
+        Err(error) => {
+            tracing::error!(%error, "resolve work on the blocking pool failed");
+            None
+        }
+    }
+}
+
+fn internal_error() -> Response<Body> {
+    response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+}
+
+fn refused(error: &InputError) -> Response<Body> {
+    tracing::debug!(%error, "refused resolve request");
+    response::json_error(error.status(), &error.to_string())
+}
+
+/// Reads the body (at most `limit` bytes, within `timeout`); returns it with the
+/// query string, which may carry options.
+pub async fn read_body<B>(
     request: Request<B>,
     limit: u64,
     timeout: Duration,
-) -> Result<ResolveInput, InputError>
+) -> Result<(Option<String>, Bytes), InputError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -121,12 +179,107 @@ where
             BodyError::Timeout(timeout) => InputError::Timeout(timeout),
             BodyError::Read(reason) => InputError::Read(reason),
         })?;
-    parse_input(&bytes, parts.uri.query())
+    Ok((parts.uri.query().map(str::to_owned), bytes))
 }
 
-/// Parses a body (and the query string's options) into records and options.
-pub fn parse_input(body: &[u8], query: Option<&str>) -> Result<ResolveInput, InputError> {
-    let value: Value = serde_json::from_slice(body).map_err(InputError::NotJson)?;
+/// The answer `{"records":[…],"stats":{…}}` (or `{"record":…,"stats":…}`), written
+/// straight into the response's byte segments one record at a time; each record's
+/// tree is dropped as soon as it is written.
+pub fn answer(resolution: Resolution, single: bool) -> Response<Body> {
+    let Resolution { records, stats } = resolution;
+    let mut out = Segments::default();
+    // Writing into memory cannot fail (`Segments::write_str` never errs), and a
+    // `Value` or the derived stats always serialize.
+    let _ = if single {
+        let record = records.into_iter().next().unwrap_or(Value::Null);
+        write!(out, "{{\"record\":{record}")
+    } else {
+        let _ = out.write_str("{\"records\":[");
+        for (i, record) in records.into_iter().enumerate() {
+            if i > 0 {
+                let _ = out.write_char(',');
+            }
+            let _ = write!(out, "{record}");
+        }
+        out.write_char(']')
+    };
+    match serde_json::to_string(&stats) {
+        Ok(stats) => {
+            let _ = write!(out, ",\"stats\":{stats}}}");
+        }
+        Err(_) => {
+            let _ = out.write_char('}');
+        }
+    }
+    let (segments, len) = out.finish();
+    let mut response = Response::new(Body::from_segments(segments, crate::body::DEFAULT_CHUNK));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
+/// Size of each byte segment of a serialized answer: large enough that hyper writes
+/// few frames, small enough that the last, partly filled one wastes little.
+const SEGMENT: usize = 64 << 10;
+
+/// A `fmt::Write` sink that fills fixed-size buffers and freezes each into `Bytes`
+/// when full: the answer is never one growing buffer, so it is never copied by a
+/// reallocation and never holds twice its size.
+#[derive(Default)]
+struct Segments {
+    done: Vec<Bytes>,
+    current: Vec<u8>,
+    len: usize,
+}
+
+impl Segments {
+    fn finish(mut self) -> (Vec<Bytes>, usize) {
+        if !self.current.is_empty() {
+            self.done
+                .push(Bytes::from(std::mem::take(&mut self.current)));
+        }
+        (self.done, self.len)
+    }
+}
+
+impl fmt::Write for Segments {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s.as_bytes();
+        self.len += rest.len();
+        while !rest.is_empty() {
+            if self.current.capacity() == 0 {
+                self.current = Vec::with_capacity(SEGMENT);
+            }
+            let take = rest.len().min(SEGMENT - self.current.len());
+            self.current.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.current.len() == SEGMENT {
+                self.done
+                    .push(Bytes::from(std::mem::take(&mut self.current)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a body (and the query string's options) into records and options, its tree
+/// taking at most `max_bytes` of memory.
+pub fn parse_input(
+    body: &[u8],
+    query: Option<&str>,
+    max_bytes: u64,
+) -> Result<ResolveInput, InputError> {
+    let value = match parse_within(body, max_bytes) {
+        Ok((value, _)) => value,
+        Err(BoundedParseError::OverBudget { limit }) => {
+            return Err(InputError::OverBudget { limit });
+        }
+        Err(BoundedParseError::Json(error)) => return Err(InputError::NotJson(error)),
+    };
     let Value::Object(mut object) = value else {
         return Err(shape(
             "Request body must be a JSON object with `records` (an array of records) or `record` (one record)",
@@ -165,9 +318,12 @@ fn shape(message: &str) -> InputError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn err(body: &str) -> String {
-        parse_input(body.as_bytes(), None).unwrap_err().to_string()
+        parse_input(body.as_bytes(), None, u64::MAX)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -175,13 +331,14 @@ mod tests {
         let input = parse_input(
             br#"{"records":[{"data":{}},{"oip":{}}],"resolveDepth":"2"}"#,
             Some("resolveNamesOnly=true&resolveDepth=9"),
+            u64::MAX,
         )
         .unwrap();
         assert_eq!(input.records.len(), 2);
         assert!(!input.single);
         assert_eq!(input.options.depth, 2);
         assert!(input.options.names_only);
-        let input = parse_input(br#"{"record":{"data":{}}}"#, None).unwrap();
+        let input = parse_input(br#"{"record":{"data":{}}}"#, None, u64::MAX).unwrap();
         assert!(input.single);
         assert_eq!(input.records, vec![json!({"data": {}})]);
     }
@@ -196,7 +353,7 @@ mod tests {
         assert!(err(r#"{"record":"did:x"}"#).contains("`record` must be a JSON object"));
         assert!(err(r#"{"record":{},"records":[]}"#).contains("not both"));
         assert!(err(r#"{"records":[],"resolveDepth":"deep"}"#).contains("resolveDepth"));
-        let status = parse_input(b"{", None).unwrap_err().status();
+        let status = parse_input(b"{", None, u64::MAX).unwrap_err().status();
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 }
