@@ -434,9 +434,13 @@ pub enum Work {
         chunk: usize,
         pause: Duration,
     },
-    /// `count` connections opened and held for `hold`; every other one sends half a
-    /// request head first.
-    Idle { count: usize, hold: Duration },
+    /// `count` connections opened and held for `hold`; every other one sends the start
+    /// of a request head, `head_bytes` long, that it never finishes.
+    Idle {
+        count: usize,
+        hold: Duration,
+        head_bytes: usize,
+    },
 }
 
 /// One burst of hostile requests at one route.
@@ -533,7 +537,15 @@ impl Burst {
                     tally.add(task.await.unwrap_or(0));
                 }
             }
-            Work::Idle { count, hold } => {
+            Work::Idle {
+                count,
+                hold,
+                head_bytes,
+            } => {
+                let mut head =
+                    b"GET /media/fitnessally/exercise-0.gif HTTP/1.1\r\nHost: bench\r\nX-Pad: "
+                        .to_vec();
+                head.resize((*head_bytes).max(head.len()), b'x');
                 let mut held = Vec::with_capacity(*count);
                 for i in 0..*count {
                     let Ok(mut stream) = TcpStream::connect(addr).await else {
@@ -541,9 +553,7 @@ impl Burst {
                         continue;
                     };
                     if i % 2 == 1 {
-                        let _ = stream
-                            .write_all(b"GET /media/fitnessally/exercise-0.gif HTTP/1.1\r\nHost: bench\r\n")
-                            .await;
+                        let _ = stream.write_all(&head).await;
                     }
                     held.push(stream);
                 }
@@ -851,10 +861,21 @@ pub fn bursts(corpus: &Corpus, scale: f64) -> Vec<Burst> {
     ));
     list.push(Burst {
         route: "(connections)",
-        input: "2,000 idle connections held 3 s, half with half a request head".into(),
+        input: "2,000 idle connections held 3 s, half with 40 bytes of a request head".into(),
         work: Work::Idle {
             count: n(2000),
             hold: Duration::from_secs(3),
+            head_bytes: 0,
+        },
+    });
+    list.push(Burst {
+        route: "(connections)",
+        input: "1,000 connections held 3 s, half with 400 KiB of a request head never finished"
+            .into(),
+        work: Work::Idle {
+            count: n(1000),
+            hold: Duration::from_secs(3),
+            head_bytes: 400 << 10,
         },
     });
     list
