@@ -138,6 +138,23 @@ pub struct Config {
     #[arg(long, env = "QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
 
+    // ---------------------------------------------------------------- request bodies
+    /// Bytes of request bodies (`POST /gun-relay/put`, `POST /api/resolve`) buffered at
+    /// once, across every connection, charged as they arrive. Each route bounds one
+    /// body (`--gun-put-body-limit`, `--resolve-body-limit`); this bounds all of them
+    /// together, which the connection cap alone would let reach gigabytes. Must hold two
+    /// of the largest body (a body in many pieces is joined into one buffer).
+    #[arg(long, env = "REQUEST_BODY_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
+    pub request_body_budget: u64,
+
+    /// Bodies allowed to wait for room in the budget; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "REQUEST_BODY_QUEUE", default_value_t = 256)]
+    pub request_body_queue: usize,
+
+    /// Longest a body waits for room in the budget; then 503 + `Retry-After`.
+    #[arg(long, env = "REQUEST_BODY_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub request_body_queue_timeout: Duration,
+
     // ---------------------------------------------------------------- filesystem calls
     /// Threads that make every filesystem call of a request (open, stat, manifest and
     /// directory reads), so none runs on an async worker. On a local disk each call takes
@@ -441,6 +458,24 @@ impl Config {
         if self.fs_threads == 0 {
             return invalid("--fs-threads/FS_THREADS", "must be at least 1");
         }
+        let largest_body = self
+            .resolver
+            .resolve_body_limit
+            .max(self.gun.gun_put_body_limit);
+        if self.request_body_budget < largest_body.saturating_mul(2) {
+            let message = format!(
+                "must be at least twice the largest body limit (--resolve-body-limit, \
+                 --gun-put-body-limit): {} bytes",
+                largest_body.saturating_mul(2)
+            );
+            return invalid("--request-body-budget/REQUEST_BODY_BUDGET", &message);
+        }
+        if self.request_body_budget / crate::http::request_body::BUDGET_UNIT > u64::from(u32::MAX) {
+            return invalid(
+                "--request-body-budget/REQUEST_BODY_BUDGET",
+                "must be under 4 TiB",
+            );
+        }
         for (option, value) in [
             ("--still-workers/STILL_WORKERS", self.still_workers),
             (
@@ -506,6 +541,10 @@ impl Config {
             (
                 "--gun-put-queue-timeout/GUN_PUT_QUEUE_TIMEOUT",
                 self.gun.gun_put_queue_timeout,
+            ),
+            (
+                "--request-body-queue-timeout/REQUEST_BODY_QUEUE_TIMEOUT",
+                self.request_body_queue_timeout,
             ),
             ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
         ] {
@@ -945,6 +984,22 @@ mod tests {
         refused(
             |c| c.gun.gun_put_queue_timeout = Duration::ZERO,
             "--gun-put-queue-timeout",
+        );
+        assert_eq!(
+            (
+                c.request_body_budget,
+                c.request_body_queue,
+                c.request_body_queue_timeout
+            ),
+            (64 << 20, 256, Duration::from_secs(2))
+        );
+        refused(
+            |c| c.request_body_budget = 15 << 20,
+            "--request-body-budget",
+        );
+        refused(
+            |c| c.request_body_queue_timeout = Duration::ZERO,
+            "--request-body-queue-timeout",
         );
         let c = Config::parse_from([
             "oip-media",

@@ -229,6 +229,11 @@ pub struct Admissions {
     /// the route table before it: a client trickling its body must hold no slot. So
     /// the route is declared [`Admission::Open`].
     pub resolve: Arc<Limiter>,
+    /// The budget of buffered request bodies, in KiB (`--request-body-budget`,
+    /// `--request-body-queue`, `--request-body-queue-timeout`), metrics
+    /// `oip_media_request_body_kib_*`. Charged by the shared body reader
+    /// (`http::request_body::read_bounded`) as bytes arrive, not by the route table.
+    pub request_body: Arc<Limiter>,
 }
 
 impl Admissions {
@@ -275,6 +280,17 @@ impl Admissions {
                 config.resolver.resolve_max_in_flight,
                 config.resolver.resolve_max_queue,
                 config.resolver.resolve_queue_timeout,
+            ),
+            request_body: bounded(
+                "request_body_kib",
+                usize::try_from(
+                    config
+                        .request_body_budget
+                        .div_ceil(crate::http::request_body::BUDGET_UNIT),
+                )
+                .unwrap_or(usize::MAX),
+                config.request_body_queue,
+                config.request_body_queue_timeout,
             ),
         }
     }

@@ -399,3 +399,84 @@ async fn gun_puts_are_admitted_before_their_body_is_read_and_bounded() {
     assert_eq!(stored.json(), json!({"success": true, "soul": "s4"}));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_one_budget_charged_as_bytes_arrive() {
+    let relay = RelayStub::start().await;
+    let server = TestServer::start(|c| {
+        c.gun.gun_peers = Some(relay.base_url());
+        c.gun.gun_summary_interval = Duration::ZERO;
+        c.gun.gun_put_body_limit = 512 << 10;
+        c.resolver.resolve_body_limit = 512 << 10;
+        c.resolver.resolve_body_timeout = Duration::from_secs(3);
+        c.request_body_budget = 1 << 20;
+        c.request_body_queue = 0;
+    })
+    .await;
+    // Two slow resolve senders: 400 KiB of a declared 500 KiB each, then nothing. Each
+    // holds what it sent (no resolve slot: that is taken after the body).
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let head = format!(
+            "POST /api/resolve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            500 << 10
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream
+            .write_all(&vec![b' '; 400 << 10])
+            .await
+            .expect("part");
+        slow.push(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        // Charged frame by frame, each rounded up to a KiB.
+        let held = gauge(&server, "oip_media_request_body_kib_in_flight").await;
+        if held >= 800.0 {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow bodies are charged: {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        held <= 832.0,
+        "what they sent, not their declared length: {held}"
+    );
+    assert_eq!(gauge(&server, "oip_media_resolve_in_flight").await, 0.0);
+
+    // 300 KiB more does not fit in the 1 MiB budget: 503 at once (no queue here).
+    let body = format!(r#"{{"soul":"big","data":"{}"}}"#, "x".repeat(300 << 10));
+    let refused = finish(send_put(server.addr, &body).await, PROMPT).await;
+    assert_shed(&refused, "wait queue full");
+    // 64 KiB does: it is read, put, answered, and its share given back.
+    let body = format!(r#"{{"soul":"small","data":"{}"}}"#, "x".repeat(64 << 10));
+    let stored = finish(send_put(server.addr, &body).await, PROMPT).await;
+    assert_eq!(
+        stored.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&stored.body)
+    );
+    assert_eq!(
+        gauge(&server, "oip_media_request_body_kib_in_flight").await,
+        held
+    );
+    assert_eq!(
+        gauge(
+            &server,
+            "oip_media_request_body_kib_shed_total{kind=\"queue_full\"}"
+        )
+        .await,
+        1.0
+    );
+    // The slow senders time out (408) and give their share back.
+    for stream in slow {
+        assert_eq!(finish(stream, Duration::from_secs(10)).await.status, 408);
+    }
+    until_metric(&server, "oip_media_request_body_kib_in_flight", 0.0).await;
+    server.stop().await;
+}

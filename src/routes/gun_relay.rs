@@ -93,9 +93,11 @@ where
     let settings = &state.config.gun;
     let (parts, body) = request.into_parts();
     let limit = settings.gun_put_body_limit;
-    let body = match read_bounded(&parts.headers, body, limit, settings.gun_put_body_timeout).await
-    {
+    let budget = &state.admissions.request_body;
+    let timeout = settings.gun_put_body_timeout;
+    let body = match read_bounded(&parts.headers, body, limit, timeout, budget).await {
         Ok(body) => body,
+        Err(BodyError::Busy(why)) => return crate::limit::shed_response(why, 1),
         Err(error) => return respond(body_error(&error)),
     };
     let answer = put(gun, &body, settings.gun_breaker_cooldown).await;
@@ -133,6 +135,11 @@ fn body_error(error: &BodyError) -> RelayAnswer {
             tracing::debug!(%reason, "put body could not be read");
             RelayAnswer::error(StatusCode::BAD_REQUEST, "Body could not be read")
         }
+        BodyError::Busy(why) => RelayAnswer::Error {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("Server busy, retry shortly ({why})"),
+            retry_after: Some(1),
+        },
     }
 }
 
