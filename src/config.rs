@@ -140,10 +140,11 @@ pub struct Config {
 
     // ---------------------------------------------------------------- request bodies
     /// Bytes of request bodies (`POST /gun-relay/put`, `POST /api/resolve`) buffered at
-    /// once, across every connection, charged as they arrive. Each route bounds one
-    /// body (`--gun-put-body-limit`, `--resolve-body-limit`); this bounds all of them
-    /// together, which the connection cap alone would let reach gigabytes. Must hold two
-    /// of the largest body (a body in many pieces is joined into one buffer).
+    /// once, across every connection. Each route bounds one body (`--gun-put-body-limit`,
+    /// `--resolve-body-limit`); this bounds all of them together, which the connection
+    /// cap alone would let reach gigabytes. A body takes its share before its first byte
+    /// is read: its `Content-Length`, or twice its route's limit when chunked (pieces,
+    /// then one joined copy), so the budget must hold twice the largest limit.
     #[arg(long, env = "REQUEST_BODY_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
     pub request_body_budget: u64,
 

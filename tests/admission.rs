@@ -401,7 +401,7 @@ async fn gun_puts_are_admitted_before_their_body_is_read_and_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_bodies_share_one_budget_charged_as_bytes_arrive() {
+async fn request_bodies_share_one_budget_taken_before_they_are_read() {
     let relay = RelayStub::start().await;
     let server = TestServer::start(|c| {
         c.gun.gun_peers = Some(relay.base_url());
@@ -413,39 +413,23 @@ async fn request_bodies_share_one_budget_charged_as_bytes_arrive() {
         c.request_body_queue = 0;
     })
     .await;
-    // Two slow resolve senders: 400 KiB of a declared 500 KiB each, then nothing. Each
-    // holds what it sent (no resolve slot: that is taken after the body).
+    // Two slow resolve senders: 400 KiB declared, 200 KiB sent, then nothing. Each
+    // holds its declared share (no resolve slot: that is taken after the body).
     let mut slow = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(server.addr).await.expect("connect");
         let head = format!(
             "POST /api/resolve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            500 << 10
+            400 << 10
         );
         stream.write_all(head.as_bytes()).await.expect("head");
         stream
-            .write_all(&vec![b' '; 400 << 10])
+            .write_all(&vec![b' '; 200 << 10])
             .await
             .expect("part");
         slow.push(stream);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let held = loop {
-        // Charged frame by frame, each rounded up to a KiB.
-        let held = gauge(&server, "oip_media_request_body_kib_in_flight").await;
-        if held >= 800.0 {
-            break held;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slow bodies are charged: {held}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(
-        held <= 832.0,
-        "what they sent, not their declared length: {held}"
-    );
+    until_metric(&server, "oip_media_request_body_kib_in_flight", 800.0).await;
     assert_eq!(gauge(&server, "oip_media_resolve_in_flight").await, 0.0);
 
     // 300 KiB more does not fit in the 1 MiB budget: 503 at once (no queue here).
@@ -461,17 +445,21 @@ async fn request_bodies_share_one_budget_charged_as_bytes_arrive() {
         "{:?}",
         String::from_utf8_lossy(&stored.body)
     );
+    let text = metrics(&server).await;
     assert_eq!(
-        gauge(&server, "oip_media_request_body_kib_in_flight").await,
-        held
+        metric(&text, "oip_media_request_body_kib_in_flight"),
+        Some(800.0)
     );
     assert_eq!(
-        gauge(
-            &server,
+        metric(
+            &text,
             "oip_media_request_body_kib_shed_total{kind=\"queue_full\"}"
-        )
-        .await,
-        1.0
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "oip_media_request_body_kib_in_flight_limit"),
+        Some(1024.0)
     );
     // The slow senders time out (408) and give their share back.
     for stream in slow {

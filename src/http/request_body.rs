@@ -1,18 +1,22 @@
 //! Reading a request body with three bounds: at most `limit` bytes (a declared larger
 //! `Content-Length` is refused before a byte is read) within `timeout` for the whole
 //! body, and a share of one process-wide budget of buffered body bytes
-//! (`--request-body-budget`) for every byte held. Shared by every route that takes a
-//! body (`/gun-relay/put`, `/api/resolve`); each turns a [`BodyError`] into its own JSON
+//! (`--request-body-budget`). Shared by every route that takes a body
+//! (`/gun-relay/put`, `/api/resolve`); each turns a [`BodyError`] into its own JSON
 //! answer (413, 408, 400, 503).
 //!
 //! Why a budget on top of each route's limit: a route's own admission may come after
 //! its body is read (`/api/resolve` reads first, so a slow sender holds no resolve slot),
 //! and then nothing but the connection cap bounds how many bodies are buffered at once —
-//! 32 concurrent 8 MiB resolve bodies took 560 MiB. The budget is charged as bytes
-//! arrive, so a slow sender holds only what it has sent; past the budget a body waits in
-//! a bounded queue for a bounded time, then gets `503`. The budget is a
-//! [`Limiter`] whose slots are KiB, so it has the same bounds and metrics as every
-//! admission point (`oip_media_request_body_kib_*`).
+//! 32 concurrent 8 MiB resolve bodies took 560 MiB. A body takes its whole share before
+//! its first byte is read — its declared `Content-Length`, or twice the route's limit for
+//! a chunked body (frames, then one joined copy) — all or nothing: bodies charged a
+//! piece at a time held the budget against each other (32 bodies of 8 MiB, each holding
+//! 2 MiB and waiting for more, took 17 s to shed). Past the budget a body waits in a
+//! bounded queue for a bounded time, then gets `503`; a slow sender holds its share for
+//! at most the route's body timeout. The budget is a [`Limiter`] whose slots are KiB,
+//! with the same bounds and metrics as every admission point
+//! (`oip_media_request_body_kib_*`).
 
 use std::ops::Deref;
 use std::pin::pin;
@@ -75,17 +79,9 @@ fn units(bytes: usize) -> u32 {
     u32::try_from((bytes as u64).div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
 }
 
-/// Adds `share` to `held`.
-fn merge(held: &mut Option<OwnedSemaphorePermit>, share: OwnedSemaphorePermit) {
-    match held {
-        Some(held) => held.merge(share),
-        None => *held = Some(share),
-    }
-}
-
 /// Reads the body of a request whose headers are `headers`, within `limit` bytes and
-/// `timeout`, charging every byte held to `budget` (a [`Limiter`] counting
-/// [`BUDGET_UNIT`]s) as it arrives.
+/// `timeout`, once its share of `budget` (a [`Limiter`] counting [`BUDGET_UNIT`]s) is
+/// taken.
 pub async fn read_bounded<B>(
     headers: &HeaderMap,
     body: B,
@@ -104,64 +100,110 @@ where
     if declared.is_some_and(|declared| declared > limit) {
         return Err(BodyError::TooLarge { limit });
     }
-    match tokio::time::timeout(timeout, read_charged(body, limit, budget)).await {
+    let read = async {
+        match declared {
+            Some(len) => read_declared(body, len, budget).await,
+            None => read_chunked(body, limit, budget).await,
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
         Ok(read) => read,
         Err(_) => Err(BodyError::Timeout(timeout)),
     }
 }
 
-/// The frames of `body`, each charged to `budget` before it is kept, joined into one
-/// buffer at the end (the join charged too, for the moment both exist).
-async fn read_charged<B>(body: B, limit: u64, budget: &Limiter) -> Result<BoundedBody, BodyError>
+fn to_usize(len: u64) -> usize {
+    usize::try_from(len).unwrap_or(usize::MAX)
+}
+
+/// The next data frame of `body` (trailers carry nothing a route reads), `None` at
+/// its end.
+async fn next_data<B>(body: &mut std::pin::Pin<&mut B>) -> Result<Option<Bytes>, BodyError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut body = pin!(body);
-    let mut frames: Vec<Bytes> = Vec::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
-    let mut total: u64 = 0;
     while let Some(frame) = body.as_mut().frame().await {
         let frame = frame.map_err(|error| BodyError::Read(error.into().to_string()))?;
-        // Trailers carry nothing a route reads.
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
         }
+    }
+    Ok(None)
+}
+
+/// A body of a declared `len` (at most the limit): its share taken first, then its
+/// frames copied into one buffer of that size as they arrive (each frame freed once
+/// copied), so it costs `len` and one frame. hyper ends the body at `len` bytes.
+async fn read_declared<B>(body: B, len: u64, budget: &Limiter) -> Result<BoundedBody, BodyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let share = if len == 0 {
+        None
+    } else {
+        let units = units(to_usize(len));
+        Some(budget.acquire_many(units).await.map_err(BodyError::Busy)?)
+    };
+    let mut body = pin!(body);
+    let mut joined = BytesMut::new();
+    while let Some(data) = next_data(&mut body).await? {
+        if joined.is_empty() && data.len() as u64 >= len {
+            // All of it in one frame: no copy.
+            return Ok(BoundedBody {
+                bytes: data,
+                _share: share,
+            });
+        }
+        if joined.capacity() == 0 {
+            joined.reserve(to_usize(len));
+        }
+        joined.extend_from_slice(&data);
+    }
+    Ok(BoundedBody {
+        bytes: joined.freeze(),
+        _share: share,
+    })
+}
+
+/// A body of no declared length: twice `limit` taken first (its frames, then one joined
+/// copy of them), the unused part given back once it is joined.
+async fn read_chunked<B>(body: B, limit: u64, budget: &Limiter) -> Result<BoundedBody, BodyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut share = budget
+        .acquire_many(units(to_usize(limit)).saturating_mul(2))
+        .await
+        .map_err(BodyError::Busy)?;
+    let mut body = pin!(body);
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(data) = next_data(&mut body).await? {
         total += data.len() as u64;
         if total > limit {
             return Err(BodyError::TooLarge { limit });
         }
-        let share = budget
-            .acquire_many(units(data.len()))
-            .await
-            .map_err(BodyError::Busy)?;
-        merge(&mut held, share);
         frames.push(data);
     }
-    if frames.len() <= 1 {
-        return Ok(BoundedBody {
-            bytes: frames.pop().unwrap_or_default(),
-            _share: held,
-        });
-    }
-    // Parsers need one slice. While it is copied, the frames and the copy both exist:
-    // the copy is charged before it is made, the frames' share given back after.
-    let len = usize::try_from(total).unwrap_or(usize::MAX);
-    let copy = budget
-        .acquire_many(units(len))
-        .await
-        .map_err(BodyError::Busy)?;
-    let mut joined = BytesMut::with_capacity(len);
-    for frame in frames.drain(..) {
-        joined.extend_from_slice(&frame);
-    }
-    drop(held);
+    let bytes = if frames.len() <= 1 {
+        frames.pop().unwrap_or_default()
+    } else {
+        let mut joined = BytesMut::with_capacity(to_usize(total));
+        for frame in frames.drain(..) {
+            joined.extend_from_slice(&frame);
+        }
+        joined.freeze()
+    };
+    // Keep what the bytes take; the rest goes back now.
+    let keep = usize::try_from(units(bytes.len())).unwrap_or(usize::MAX);
+    let excess = share.num_permits().saturating_sub(keep);
+    drop(share.split(excess));
     Ok(BoundedBody {
-        bytes: joined.freeze(),
-        _share: Some(copy),
+        bytes,
+        _share: Some(share),
     })
 }
 
@@ -230,85 +272,117 @@ mod tests {
             Result<http_body::Frame<Bytes>, std::convert::Infallible>,
         >());
         let headers = HeaderMap::new();
-        let b = budget(1, 0);
+        let b = budget(1024, 0);
         let read = read_bounded(&headers, never, 10, Duration::from_secs(5), &b);
         assert_eq!(
             bytes(read.await),
             Err(BodyError::Timeout(Duration::from_secs(5)))
         );
+        assert_eq!(b.in_flight(), 0, "its share is back");
+    }
+
+    fn declared(len: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        headers
     }
 
     #[tokio::test]
-    async fn every_byte_held_is_charged_until_the_body_is_dropped() {
-        let b = budget(64, 0);
-        let frames = vec![vec![1u8; 3000], vec![2u8; 5000], vec![3u8; 100]];
+    async fn a_body_holds_its_share_until_it_is_dropped() {
+        let b = budget(4096, 0);
+        let frames = || vec![vec![1u8; 3000], vec![2u8; 5000], vec![3u8; 100]];
+        let second = Duration::from_secs(1);
+        // Declared: its length, taken before reading, the frames copied into one buffer.
         let read = read_bounded(
-            &HeaderMap::new(),
-            framed(frames, false),
+            &declared(8100),
+            framed(frames(), false),
             1 << 20,
-            Duration::from_secs(1),
+            second,
             &b,
         )
         .await
         .expect("read");
         assert_eq!(read.len(), 8100);
         assert_eq!(&read[2999..3001], &[1, 2]);
-        assert_eq!(b.in_flight(), 8, "the joined copy: 8100 bytes, 8 KiB");
+        assert_eq!(b.in_flight(), 8, "8100 bytes: 8 KiB");
         drop(read);
         assert_eq!(b.in_flight(), 0);
+        // Chunked: twice the limit while it is read, what it takes once joined.
+        let read = read_bounded(
+            &HeaderMap::new(),
+            framed(frames(), false),
+            1 << 20,
+            second,
+            &b,
+        )
+        .await
+        .expect("read");
+        assert_eq!(read.bytes().len(), 8100);
+        assert_eq!(b.in_flight(), 8);
+        drop(read);
+        assert_eq!(b.in_flight(), 0);
+        let one = read_bounded(
+            &declared(3),
+            Full::new(Bytes::from_static(b"abc")),
+            3,
+            second,
+            &b,
+        )
+        .await
+        .expect("read");
+        assert_eq!(&one[..], b"abc");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn past_the_budget_bodies_wait_then_get_busy_and_slow_senders_hold_only_what_they_sent() {
-        let b = budget(8, 1);
-        let headers = HeaderMap::new();
+    async fn past_the_budget_bodies_wait_then_get_busy_all_or_nothing() {
+        let b = budget(8, 2);
         let long = Duration::from_secs(60);
-        // A slow sender: 3 KiB sent, the rest never comes. It holds 3 KiB, not its limit.
+        // A slow sender: 5 KiB declared, 3 KiB sent, the rest never comes. It holds
+        // its declared share while it sends, for at most the body timeout.
+        let (five, four, three) = (declared(5 << 10), declared(4 << 10), declared(3 << 10));
         let slow = read_bounded(
-            &headers,
+            &five,
             framed(vec![vec![0; 3 << 10]], true),
             1 << 20,
             long,
             &b,
         );
-        let slow = async {
+        let mut slow = Box::pin(async {
             let _ = slow.await;
-        };
-        tokio::pin!(slow);
+        });
         assert!(
             futures_util::poll!(slow.as_mut()).is_pending(),
             "still reading"
         );
-        assert_eq!(b.in_flight(), 3);
-        // Another body of 4 KiB fits beside it.
-        let fits = read_bounded(
-            &headers,
+        assert_eq!(b.in_flight(), 5);
+        // 4 KiB does not fit beside it: it waits (200 ms here), holding nothing, then
+        // is busy: a 503, never memory.
+        let over = read_bounded(
+            &four,
             framed(vec![vec![1; 4 << 10]], false),
+            1 << 20,
+            long,
+            &b,
+        );
+        assert_eq!(bytes(over.await), Err(BodyError::Busy(Shed::QueueTimeout)));
+        assert_eq!(b.in_flight(), 5, "nothing taken by the body that waited");
+        // 3 KiB does.
+        let fits = read_bounded(
+            &three,
+            framed(vec![vec![2; 3 << 10]], false),
             1 << 20,
             long,
             &b,
         )
         .await
         .expect("fits");
-        assert_eq!(b.in_flight(), 7);
-        // One that does not fit waits (200 ms here), then is busy: a 503, never memory.
-        let over = read_bounded(
-            &headers,
-            framed(vec![vec![2; 2 << 10]], false),
-            1 << 20,
-            long,
-            &b,
-        );
-        assert_eq!(bytes(over.await), Err(BodyError::Busy(Shed::QueueTimeout)));
+        assert_eq!(b.in_flight(), 8);
         drop(fits);
-        let now_fits = read_bounded(
-            &headers,
-            framed(vec![vec![2; 2 << 10]], false),
-            1 << 20,
-            long,
-            &b,
-        )
-        .await;
-        assert_eq!(now_fits.map(|r| r.len()), Ok(2 << 10));
+        drop(slow);
+        assert_eq!(
+            b.in_flight(),
+            0,
+            "a sender that goes away gives its share back"
+        );
     }
 }

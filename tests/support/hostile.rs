@@ -453,7 +453,8 @@ pub struct Burst {
 }
 
 impl Burst {
-    fn requests(
+    /// `count` requests made by `make(i)`, `concurrency` at a time.
+    pub fn requests(
         route: &'static str,
         input: impl Into<String>,
         count: usize,
