@@ -278,8 +278,9 @@ pub struct Config {
     pub gif_max_dimension: u32,
 
     /// Most pixels in one GIF frame (and in its screen) that is parsed or rendered;
-    /// larger → 422. 4 Mpx is 16 MiB of RGBA per buffer, and a render holds two, so this
-    /// times `--still-workers` bounds the memory stills can take.
+    /// larger → 422. 4 Mpx is 16 MiB of RGBA per buffer; a render at the limit holds the
+    /// frame, the screen, the resize's intermediate buffer and the PNG, about 70 MiB
+    /// measured, so this times `--still-workers` bounds the memory stills can take.
     #[arg(long, env = "GIF_MAX_PIXELS", default_value_t = 4 * 1024 * 1024)]
     pub gif_max_pixels: u64,
 
