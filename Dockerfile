@@ -11,9 +11,11 @@ COPY media ./media
 RUN cargo build --release --locked --bin oip-media
 
 FROM debian:bookworm-slim AS runtime
-# curl for the HEALTHCHECK; nothing else is needed at run time.
+# curl for the HEALTHCHECK; ffmpeg for the MP4/WebM/WebP variants of GIFs (optional at
+# run time: without it `?format=` answers 501). Debian's ffmpeg includes h264_nvenc,
+# used when a GPU is handed to the container (see compose.yaml) and MP4_ENCODER=h264_nvenc.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl=7.88.* \
+    && apt-get install -y --no-install-recommends curl=7.88.* ffmpeg=7:5.1.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin oip
 COPY --from=build /src/target/release/oip-media /usr/local/bin/oip-media
@@ -25,7 +27,8 @@ ENV BIND=0.0.0.0 \
     GENERATED_MEDIA_DIR=/srv/generated \
     DERIVED_DIR=/var/cache/oip-media \
     LOG_FORMAT=json
-RUN mkdir -p /srv/generated /var/cache/oip-media && chown oip /var/cache/oip-media
+# The derived folder (stills, variants) is private to the service: 0700, files 0600.
+RUN mkdir -p /srv/generated /var/cache/oip-media && chown oip /var/cache/oip-media && chmod 0700 /var/cache/oip-media
 VOLUME ["/srv/media", "/srv/generated", "/var/cache/oip-media"]
 USER 10001
 EXPOSE 8080

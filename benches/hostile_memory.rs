@@ -111,7 +111,7 @@ fn main() {
         );
         let (files, bytes) = derived(&corpus.derived_dir());
         println!(
-            "derived folder after the run: {files} files, {} MiB (bound: --derived-max-bytes 256 MiB)",
+            "derived folder after the run: {files} files, {} MiB (bound: --derived-max-bytes, 1 GiB by default)",
             mib(bytes)
         );
         println!("total: {:.0} s", started.elapsed().as_secs_f64());

@@ -1,17 +1,27 @@
 //! The one response body type: a queue of `Bytes` segments handed to hyper in bounded
 //! chunks, plus the guards (limiter permit, connection activity) that must live exactly as
-//! long as the body does.
+//! long as the body's bytes are being sent.
 //!
 //! Why one hand-written body instead of `Full`/`StreamBody` combinators:
-//! - **Backpressure.** hyper polls a body for its next frame only after the socket has
-//!   taken the previous one, so yielding at most `chunk` bytes per poll means a slow reader
-//!   pins at most a couple of chunks' worth of *references* into a mapping.
+//! - **Backpressure.** hyper polls a body for its next frame only while its write buffer
+//!   has room (about 400 KiB or 16 buffers), so yielding at most `chunk` bytes per poll
+//!   means a slow reader pins at most a couple of chunks' worth of *references* into a
+//!   mapping.
 //! - **Zero copy.** Segments are `Bytes` slices of a memory mapping (`Bytes::from_owner`);
-//!   `split_to` on them only moves pointers. Nothing here reads the bytes, so a file that is
-//!   truncated under us costs an `EFAULT` in the kernel's `writev`, never a SIGBUS here.
-//! - **Lifetime.** Guards attached with [`Body::attach`] are dropped when hyper drops the
-//!   body: after the last byte was written, or when the client went away mid-stream. That is
-//!   the moment a concurrency permit must be returned, not when the handler returns.
+//!   `split_to` on them only moves pointers. Nothing here reads the bytes. A body built
+//!   with [`Body::from_file`] also knows the file behind the mapping: once the server has
+//!   given it the connection's [`Outbox`] ([`Body::send_through`]), it registers the file
+//!   there, and the socket sends the slices with `sendfile` from the file (see
+//!   `server::zero_copy`). A file truncated under us costs a short `sendfile` (or an
+//!   `EFAULT` in `writev`) and that one connection, never a SIGBUS here.
+//! - **Lifetime.** Guards attached with [`Body::attach`] live until the last byte is on
+//!   the wire. hyper drops a body as soon as it has yielded its last chunk, before that
+//!   chunk is written; so a body that sends through an outbox parks its guards there when
+//!   it yields its last chunk (or is dropped), and the socket releases them at the next
+//!   flush, once hyper's buffer is empty. That is the moment a concurrency permit must be
+//!   returned — not when the handler returns, nor when the body is merely handed over.
+//!   Without an outbox (a body polled directly, in tests) the guards go when the last
+//!   chunk is yielded or the body is dropped.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -24,6 +34,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use crate::outbox::{Guard, Outbox};
+use crate::store::MappedFile;
+
 /// Default chunk size used by bodies built without an explicit one (JSON answers and
 /// other small bodies are a single chunk anyway).
 pub const DEFAULT_CHUNK: usize = 256 * 1024;
@@ -33,8 +46,14 @@ pub struct Body {
     segments: VecDeque<Bytes>,
     remaining: u64,
     chunk: usize,
-    guards: Vec<Box<dyn Any + Send + Sync>>,
+    guards: Vec<Guard>,
     sent: Option<Arc<AtomicU64>>,
+    /// The file the segments' mapped slices come from (other segments are memory).
+    file: Option<Arc<MappedFile>>,
+    /// The connection's outbox, once the server has attached it.
+    outbox: Option<Arc<Outbox>>,
+    /// `file` is registered in `outbox`.
+    registered: bool,
 }
 
 impl Body {
@@ -59,11 +78,31 @@ impl Body {
             chunk: chunk.max(1),
             guards: Vec::new(),
             sent: None,
+            file: None,
+            outbox: None,
+            registered: false,
         }
     }
 
-    /// Keeps `guard` alive until the body is finished or dropped (a limiter permit, a
-    /// connection-activity token). Order of release is the order of attachment.
+    /// A body whose segments are slices of `file`'s mapping (a whole file, a range, or
+    /// the parts of a `multipart/byteranges` answer, whose framing segments are memory),
+    /// so the socket may send them with `sendfile` from `file`.
+    pub fn from_file(file: Arc<MappedFile>, segments: Vec<Bytes>, chunk: usize) -> Self {
+        let mut body = Body::from_segments(segments, chunk);
+        body.file = Some(file);
+        body
+    }
+
+    /// Sends this body through the connection's `outbox`: its file is registered there
+    /// for `sendfile`, and its guards are released only once its last byte was written.
+    /// Called by the server for every response.
+    pub fn send_through(&mut self, outbox: Arc<Outbox>) {
+        self.outbox = Some(outbox);
+    }
+
+    /// Keeps `guard` alive until the body's last byte was written, or the body is
+    /// abandoned (a limiter permit, a connection-activity token). Order of release is the
+    /// order of attachment.
     pub fn attach(&mut self, guard: impl Any + Send + Sync) {
         self.guards.push(Box::new(guard));
     }
@@ -80,6 +119,12 @@ impl Body {
     }
 
     fn next_chunk(&mut self) -> Option<Bytes> {
+        if !self.registered
+            && let (Some(file), Some(outbox)) = (&self.file, &self.outbox)
+        {
+            outbox.register(Arc::clone(file));
+            self.registered = true;
+        }
         let front = self.segments.front_mut()?;
         let chunk = if front.len() > self.chunk {
             front.split_to(self.chunk)
@@ -91,6 +136,29 @@ impl Body {
             sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         Some(chunk)
+    }
+
+    /// Everything has been handed over (or the body is abandoned): release the guards,
+    /// or park them in the outbox until the bytes handed over are written.
+    fn finish(&mut self) {
+        match &self.outbox {
+            Some(outbox) => {
+                let file = if self.registered {
+                    self.registered = false;
+                    self.file.clone()
+                } else {
+                    None
+                };
+                outbox.release_after_flush(file, std::mem::take(&mut self.guards));
+            }
+            None => self.guards.clear(),
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -120,11 +188,16 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         match this.next_chunk() {
-            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Some(chunk) => {
+                if this.remaining == 0 && this.outbox.is_some() {
+                    // The last chunk: hyper may drop the body before writing it, so the
+                    // guards move to the outbox now (see the module docs).
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
             None => {
-                // Release permits as soon as the last byte is handed over, even if hyper
-                // keeps the (finished) body around a little longer.
-                this.guards.clear();
+                this.finish();
                 Poll::Ready(None)
             }
         }
@@ -192,6 +265,43 @@ mod tests {
             2,
             "released when dropped mid-stream"
         );
+    }
+
+    #[tokio::test]
+    async fn through_an_outbox_guards_wait_for_the_flush_after_the_last_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.gif");
+        std::fs::write(&path, vec![5u8; 1000]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let file = Arc::new(MappedFile::map(file, &meta).unwrap());
+        let outbox = Arc::new(Outbox::default());
+        let dropped = Arc::new(AtomicUsize::new(0));
+
+        let segments = vec![file.bytes.slice(0..600), file.bytes.slice(600..)];
+        let mut body = Body::from_file(Arc::clone(&file), segments, 4096);
+        body.attach(CountOnDrop(dropped.clone()));
+        body.send_through(Arc::clone(&outbox));
+        assert_eq!(outbox.registered(), 0, "nothing registered before a chunk");
+        let _ = body.frame().await;
+        assert_eq!(outbox.registered(), 1, "registered with its first chunk");
+        let _ = body.frame().await;
+        // hyper drops the body once it has the last chunk, before writing it.
+        drop(body);
+        assert_eq!(dropped.load(Ordering::SeqCst), 0, "held until written");
+        assert!(outbox.lookup(&file.bytes[600..]).is_some());
+        outbox.flushed();
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "released at the flush");
+        assert_eq!(outbox.registered(), 0);
+
+        // An empty body (HEAD, 304) dropped unpolled: held until its head is flushed.
+        let mut empty = Body::empty();
+        empty.attach(CountOnDrop(dropped.clone()));
+        empty.send_through(Arc::clone(&outbox));
+        drop(empty);
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        outbox.flushed();
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
     }
 
     #[test]

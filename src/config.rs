@@ -192,8 +192,11 @@ pub struct Config {
     // ---------------------------------------------------------------- operation
     /// Origins allowed to read responses cross-origin (comma list). Entries are exact
     /// origins (`https://fitnessally.io`), subdomain wildcards (`https://*.fitnessally.io`)
-    /// or whole schemes (`chrome-extension://*` for the browser extensions). Other origins
-    /// get normal responses without CORS headers, never an error. Empty turns CORS off.
+    /// or whole schemes (`chrome-extension://*` for the browser extensions); a wildcard
+    /// matches only a real origin (`scheme://host[:port]`: no path, query, fragment or
+    /// userinfo), and a subdomain wildcard only on its own port (`…:8443` to name one).
+    /// Other origins get normal responses without CORS headers, never an error. Empty
+    /// turns CORS off.
     #[arg(
         long,
         env = "CORS_ORIGINS",
@@ -213,7 +216,7 @@ pub struct Config {
     // ---------------------------------------------------------------- media roots
     /// The media root (the indexer's `data/media`): `/media/<project>/<file>` is served
     /// from its `web/` folder. Defaults to the bundled sample media.
-    #[arg(long, env = "MEDIA_DIR", default_value = default_media_dir())]
+    #[arg(long, env = "MEDIA_DIR", default_value = default_media_dir(), global = true)]
     pub media_dir: PathBuf,
 
     /// Largest file the service maps and serves; larger files answer 404 and are logged.
@@ -223,8 +226,10 @@ pub struct Config {
     pub max_file_size: u64,
 
     // ---------------------------------------------------------------- mapping cache
-    /// Most mappings kept open in the cache. A mapping holds no file descriptor, only
-    /// address space and a little bookkeeping, so this can be generous.
+    /// Most mappings kept open in the cache. Each keeps its file open (the socket sends
+    /// from it with `sendfile`), so this plus `--max-connections` and `--max-in-flight`
+    /// must fit the open-file limit: start-up raises the soft limit to the hard one and
+    /// lowers this bound (with a warning) when they still do not fit.
     #[arg(long, env = "MAP_CACHE_ENTRIES", default_value_t = 16_384)]
     pub map_cache_entries: usize,
 
@@ -240,6 +245,14 @@ pub struct Config {
     #[arg(long, env = "BODY_CHUNK_SIZE", default_value = "256KiB", value_parser = parse_bytes)]
     pub body_chunk_size: u64,
 
+    /// Shortest run of file bytes the socket sends with `sendfile(2)` (from the page
+    /// cache, no copy); shorter runs are copied by the one `writev` that sends the head,
+    /// which costs less than a second syscall for a small body. The default is the
+    /// measured crossover (BENCHMARKS.md, "sendfile"). Set it above `--max-file-size` to
+    /// never use `sendfile`.
+    #[arg(long, env = "SENDFILE_MIN_BYTES", default_value = "16KiB", value_parser = parse_bytes)]
+    pub sendfile_min_bytes: u64,
+
     // ---------------------------------------------------------------- other media routes
     /// Folder of generated audio (the indexer's `media/`: TTS output and `jfk/`, `rfk/`),
     /// served by `/api/generate/media` and `/api/media?id=`. Unset means
@@ -248,9 +261,10 @@ pub struct Config {
     #[arg(long, env = "GENERATED_MEDIA_DIR")]
     pub generated_media_dir: Option<PathBuf>,
 
-    /// Secret of the HS256 tokens the indexer issues; private `/api/media` items are
-    /// served only to their owner's token. Unset: private media is never served (401),
-    /// and a warning says so at start-up. Never printed, not even by `--help`.
+    /// Secret of the tokens the indexer issues (HMAC: HS256, HS384 or HS512, checked as
+    /// the indexer's jsonwebtoken checks them); private `/api/media` items are served only
+    /// to their owner's token. Unset: private media is never served (401), and a warning
+    /// says so at start-up. Never printed, not even by `--help`.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
@@ -269,19 +283,19 @@ pub struct Config {
 
     /// Most frames a GIF may have before `/info` refuses it with 422. Exercise GIFs have
     /// tens to a few hundred; the bound caps the CPU a hostile file can cost.
-    #[arg(long, env = "GIF_MAX_FRAMES", default_value_t = 2000)]
+    #[arg(long, env = "GIF_MAX_FRAMES", default_value_t = 2000, global = true)]
     pub gif_max_frames: usize,
 
     /// Largest width or height (of the screen or any frame) of a GIF that is parsed or
     /// rendered; larger → 422. 4096 is far above any exercise GIF (180–720 px).
-    #[arg(long, env = "GIF_MAX_DIMENSION", default_value_t = 4096)]
+    #[arg(long, env = "GIF_MAX_DIMENSION", default_value_t = 4096, global = true)]
     pub gif_max_dimension: u32,
 
     /// Most pixels in one GIF frame (and in its screen) that is parsed or rendered;
     /// larger → 422. 4 Mpx is 16 MiB of RGBA per buffer; a render at the limit holds the
     /// frame, the screen, the resize's intermediate buffer and the PNG, about 70 MiB
     /// measured, so this times `--still-workers` bounds the memory stills can take.
-    #[arg(long, env = "GIF_MAX_PIXELS", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "GIF_MAX_PIXELS", default_value_t = 4 * 1024 * 1024, global = true)]
     pub gif_max_pixels: u64,
 
     /// Widths a still may be asked for with `&w=`; any other → 400. A short list keeps
@@ -341,17 +355,26 @@ pub struct Config {
     #[arg(long, env = "INFO_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub info_queue_timeout: Duration,
 
-    /// Folder of derived files (still PNGs), written once and served like media. Created
-    /// if missing. Defaults to `oip-media-derived` in the system temp folder: everything
-    /// in it can be regenerated.
-    #[arg(long, env = "DERIVED_DIR", default_value_os_t = default_derived_dir())]
+    /// Folder of derived files (stills, and the MP4/WebM/WebP variants of GIFs), written
+    /// once and served like media. Created if missing, and made private (`0700`, files
+    /// `0600`): derived files of private items must not be readable by other users, so
+    /// start-up fails if the folder belongs to another user. Defaults to
+    /// `oip-media-derived` in the system temp folder: everything in it can be regenerated.
+    #[arg(long, env = "DERIVED_DIR", default_value_os_t = default_derived_dir(), global = true)]
     pub derived_dir: PathBuf,
 
-    /// Most bytes of derived files kept; past it the oldest are deleted. A still of a
-    /// bundled exercise GIF is about 15 KiB at 90 px, 60 KiB at 180 px and 200 KiB at
-    /// 360 px, so 256 MiB holds every width of about a thousand GIFs.
-    #[arg(long, env = "DERIVED_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    /// Most bytes of derived files kept, stills and variants together; past it the
+    /// oldest are deleted. Per bundled exercise GIF, a still is 15–200 KiB (90–360 px)
+    /// and the three variants together about 1.1× the GIF (MP4 ~0.2×, WebM ~0.25×,
+    /// WebP ~0.75×), so 1 GiB holds every variant and still of about 2,000 GIFs of the
+    /// production size mix (~370 KB mean). It is disk, not memory.
+    #[arg(long, env = "DERIVED_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes, global = true)]
     pub derived_max_bytes: u64,
+
+    // ---------------------------------------------------------------- variants
+    /// MP4, WebM and WebP variants of GIFs (`?format=`), made by ffmpeg off the hot path.
+    #[command(flatten)]
+    pub transcode: TranscodeSettings,
 
     // ---------------------------------------------------------------- GUN relay
     /// The GUN relay client and the `/gun-relay/` endpoints.
@@ -362,6 +385,39 @@ pub struct Config {
     /// Settings of the record resolver behind `POST /api/resolve`.
     #[command(flatten)]
     pub resolver: ResolverSettings,
+
+    /// A one-off task instead of serving (no subcommand: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `oip-media` does instead of serving, when asked.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Pre-make the MP4/WebM/WebP variants of every GIF under a media tree.
+    ///
+    /// Shows a progress bar. Variants already made (same file version, same encoder) are skipped, so an
+    /// interrupted run (Ctrl-C) can simply be run again. Uses the serve settings for the
+    /// derived folder, ffmpeg and the limits (`--derived-dir`, `--ffmpeg`,
+    /// `--mp4-encoder`, `--transcode-*`, `--gif-max-*`), given before or after
+    /// `transcode`, or as environment variables.
+    Transcode(TranscodeCommand),
+}
+
+/// Arguments of `oip-media transcode`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TranscodeCommand {
+    /// Formats to make (comma list of mp4, webm, webp).
+    #[arg(long, value_delimiter = ',', default_value = "mp4,webm,webp")]
+    pub formats: Vec<crate::transcode::VariantFormat>,
+
+    /// Media tree to walk (default: `MEDIA_DIR`). Every `*.gif` under it, and every
+    /// `<mediaId>/original` that is a GIF, gets its variants; hidden folders are skipped.
+    pub dir: Option<PathBuf>,
+
+    /// Transcodes run at once (default: `--transcode-workers`).
+    #[arg(long)]
+    pub jobs: Option<usize>,
 }
 
 fn default_media_dir() -> &'static str {
@@ -410,7 +466,8 @@ impl Config {
     /// media) rather than the shared one in the temp folder, so two test servers never
     /// evict each other's stills. No JWT secret and no environment is read: every
     /// setting's env twin is switched off first, so a `PORT` or `MAX_IN_FLIGHT` in the
-    /// environment of `cargo test` changes nothing.
+    /// environment of `cargo test` changes nothing. ffmpeg is off (variants answer 501)
+    /// unless the test sets `transcode.ffmpeg`.
     pub fn for_media_dir(media_dir: impl Into<PathBuf>) -> Self {
         let matches = Self::without_env().get_matches_from(["oip-media"]);
         // The defaults are the ones `--help` documents, all valid for clap; a failure here
@@ -422,6 +479,9 @@ impl Config {
         config.derived_dir = config.media_dir.join(".oip-media-derived");
         config.generated_media_dir = None;
         config.jwt_secret = None;
+        // No ffmpeg discovery (two child processes) per test server: the tests of
+        // variants set it (`transcode.ffmpeg = "ffmpeg"`).
+        config.transcode.ffmpeg = String::new();
         config
     }
 
@@ -549,6 +609,23 @@ impl Config {
                 self.request_body_queue_timeout,
             ),
             ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
+        ] {
+            if value.is_zero() {
+                return invalid(option, "must be greater than zero");
+            }
+        }
+        let t = &self.transcode;
+        for (option, value) in [
+            ("--transcode-workers/TRANSCODE_WORKERS", t.transcode_workers),
+            ("--transcode-threads/TRANSCODE_THREADS", t.transcode_threads),
+        ] {
+            if value == 0 {
+                return invalid(option, "must be at least 1");
+            }
+        }
+        for (option, value) in [
+            ("--transcode-timeout/TRANSCODE_TIMEOUT", t.transcode_timeout),
+            ("--transcode-wait/TRANSCODE_WAIT", t.transcode_wait),
         ] {
             if value.is_zero() {
                 return invalid(option, "must be greater than zero");
@@ -693,6 +770,83 @@ pub struct GunSettings {
     /// logs readable at hundreds of lookups per second; intervals without calls log nothing.
     #[arg(long, env = "GUN_SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub gun_summary_interval: Duration,
+}
+
+/// Settings of the transcoder (`src/transcode/`): which ffmpeg and encoders, and the
+/// bounds on the work and the waiting that variants may cause. Global, so `oip-media
+/// transcode` takes them after its name too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TranscodeSettings {
+    /// The ffmpeg program (a path, or a name looked up on `PATH`). ffmpeg is optional:
+    /// when it cannot be run (or this is empty), the service runs as without variants,
+    /// logs a warning, answers `?format=` with 501 and says so in `/readyz`.
+    #[arg(long, env = "FFMPEG", default_value = "ffmpeg", global = true)]
+    pub ffmpeg: String,
+
+    /// H.264 encoder of MP4 variants: `libx264` (CPU), or `h264_nvenc` (an NVIDIA GPU).
+    /// `h264_nvenc` is used only when ffmpeg lists it and a one-frame test encode works at
+    /// start-up (ffmpeg lists it even on hosts without a GPU); otherwise the service logs
+    /// why and uses `libx264`.
+    #[arg(long, env = "MP4_ENCODER", default_value = "libx264", value_parser = ["libx264", "h264_nvenc"], global = true)]
+    pub mp4_encoder: String,
+
+    /// Constant-quality level of MP4 variants (x264 CRF, NVENC CQ): lower is better and
+    /// larger. 28 gives 0.12–0.3× the GIF's bytes on the exercise GIFs; see BENCHMARKS.md
+    /// for the size/quality trade-off measured on the corpus.
+    #[arg(long, env = "MP4_CRF", default_value_t = 28, value_parser = clap::value_parser!(u8).range(0..=51), global = true)]
+    pub mp4_crf: u8,
+
+    /// ffmpeg processes running at once. Each is one CPU-heavy process (one GPU session
+    /// with `h264_nvenc`); one keeps transcoding from competing with GIF serving for more
+    /// than `--transcode-threads` cores.
+    #[arg(long, env = "TRANSCODE_WORKERS", default_value_t = 1, global = true)]
+    pub transcode_workers: usize,
+
+    /// Threads of each ffmpeg process (`-threads`). 2 halves the wait for a first
+    /// request on a small host; CPU time per variant hardly changes.
+    #[arg(long, env = "TRANSCODE_THREADS", default_value_t = 2, global = true)]
+    pub transcode_threads: usize,
+
+    /// Transcodes allowed to wait for a worker; a request that would start one more gets
+    /// 503 + `Retry-After`. 64 × ~1 s of encoding is about what a page of exercises asks
+    /// for the first time.
+    #[arg(long, env = "TRANSCODE_QUEUE", default_value_t = 64, global = true)]
+    pub transcode_queue: usize,
+
+    /// Longest one ffmpeg run may take; then the process is killed and the failure
+    /// remembered (422). A 720 px exercise GIF takes about a second.
+    #[arg(long, env = "TRANSCODE_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub transcode_timeout: Duration,
+
+    /// Longest a variant request waits for its transcode (holding no GIF-serving slot);
+    /// then 503 + `Retry-After` while the transcode goes on for the next request.
+    #[arg(long, env = "TRANSCODE_WAIT", default_value = "15s", value_parser = parse_duration, global = true)]
+    pub transcode_wait: Duration,
+
+    /// Variant requests waiting for transcodes at once; more get 503 + `Retry-After`
+    /// at once. Each costs a connection and a few hundred bytes.
+    #[arg(
+        long,
+        env = "TRANSCODE_MAX_WAITING",
+        default_value_t = 256,
+        global = true
+    )]
+    pub transcode_max_waiting: usize,
+
+    /// How long a failed transcode (ffmpeg error, timeout, a GIF over the limits) is
+    /// answered 422 without trying again.
+    #[arg(long, env = "TRANSCODE_FAILURE_TTL", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub transcode_failure_ttl: Duration,
+
+    /// Content negotiation for plain `<img>` GIF requests: when `Accept` lists
+    /// `image/webp` and the WebP variant exists, send it instead (with `Vary: Accept`);
+    /// when it does not exist yet, queue it and send the GIF at once. Off by default:
+    /// every GIF response then carries `Vary: Accept`, which splits shared caches by
+    /// `Accept` header and disables some CDNs' caching; the WebP is ~0.75× the GIF's
+    /// bytes; and a response's type changes under one URL, which `<a download>` links
+    /// and tools that trust the `.gif` extension may not expect.
+    #[arg(long, env = "AUTO_FORMAT", global = true)]
+    pub auto_format: bool,
 }
 
 /// Settings of the record resolver (SPEC §4): where referenced records come from, and
@@ -1063,6 +1217,46 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn transcode_defaults_and_the_subcommand() {
+        let c = Config::parse_from(["oip-media"]);
+        let t = &c.transcode;
+        assert_eq!(t.ffmpeg, "ffmpeg");
+        assert_eq!(t.mp4_encoder, "libx264");
+        assert_eq!(t.mp4_crf, 28);
+        assert_eq!((t.transcode_workers, t.transcode_threads), (1, 2));
+        assert_eq!((t.transcode_queue, t.transcode_max_waiting), (64, 256));
+        assert_eq!(t.transcode_timeout, Duration::from_secs(60));
+        assert_eq!(t.transcode_wait, Duration::from_secs(15));
+        assert_eq!(t.transcode_failure_ttl, Duration::from_secs(600));
+        assert!(!t.auto_format);
+        assert!(c.command.is_none(), "no subcommand: serve");
+        assert_eq!(c.derived_max_bytes, 1 << 30);
+        assert!(Config::try_parse_from(["oip-media", "--mp4-encoder", "x265"]).is_err());
+
+        // Settings before or after the subcommand's name both count.
+        let c = Config::parse_from([
+            "oip-media",
+            "--derived-dir",
+            "/d",
+            "transcode",
+            "--formats",
+            "mp4,webm",
+            "--mp4-encoder",
+            "h264_nvenc",
+            "/media",
+        ]);
+        assert_eq!(c.derived_dir, PathBuf::from("/d"));
+        assert_eq!(c.transcode.mp4_encoder, "h264_nvenc");
+        let Some(Command::Transcode(cmd)) = c.command else {
+            panic!("transcode subcommand");
+        };
+        use crate::transcode::VariantFormat;
+        assert_eq!(cmd.formats, vec![VariantFormat::Mp4, VariantFormat::Webm]);
+        assert_eq!(cmd.dir, Some(PathBuf::from("/media")));
+        assert!(Config::try_parse_from(["oip-media", "transcode", "--formats", "gif"]).is_err());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! oip-media: the media service that takes over byte-serving routes from the OIP indexer.
 //!
 //! Data flows one way: `routes` → `http` (pure RFC decisions) → `store` (mapped files) →
-//! `body` (bounded zero-copy chunks). `server` owns sockets, connection limits and
-//! shutdown; `app` builds the shared state from the one [`Config`]. Every filesystem
-//! call a request needs runs on `fs_pool`, never on an async worker. Beside the byte
+//! `body` (bounded zero-copy chunks). `server` owns sockets (which send mapped body
+//! bytes with `sendfile`), connection limits and shutdown; `app` builds the shared state
+//! from the one [`Config`]. Every filesystem call a request needs runs on `fs_pool`,
+//! never on an async worker. Beside the byte
 //! path: `auth` (owner tokens), `manifest` (content-addressed media's manifests) and
 //! `gif` (metadata and stills, read with `read()`, never through a mapping).
 
@@ -13,6 +14,7 @@ pub mod body;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub(crate) mod flight;
 pub mod fs_pool;
 pub mod gif;
 pub mod gun;
@@ -20,6 +22,7 @@ pub mod http;
 pub mod limit;
 pub mod manifest;
 pub mod metrics;
+pub mod outbox;
 pub mod resolve;
 pub mod response;
 pub mod routes;
@@ -27,6 +30,7 @@ pub mod sample;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod transcode;
 
 pub use app::App;
 pub use config::Config;

@@ -19,8 +19,8 @@
 //! its wait is short; otherwise it gets a 503 with `Retry-After` at once.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
@@ -199,18 +199,23 @@ impl Limiter {
     /// Runs `handler` once a slot is taken and attaches the permit to the response body,
     /// so the slot stays taken until the body is finished or dropped; a shed request gets
     /// [`Limiter::shed_response`] and `handler` never runs. `handler` makes its future only
-    /// once admitted, so a request waiting in the queue holds no handler state.
+    /// once admitted, so a request waiting in the queue holds no handler state. It gets
+    /// the slot as a [`HeldPermit`], which it may give back while it waits for something
+    /// other than sending bytes (a transcode); a slot given back is not attached.
     pub async fn admit<F, Fut>(&self, handler: F) -> Response<Body>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(HeldPermit) -> Fut,
         Fut: Future<Output = Response<Body>>,
     {
         let permit = match self.acquire().await {
             Ok(permit) => permit,
             Err(why) => return self.shed_response(why),
         };
-        let mut response = handler().await;
-        response.body_mut().attach(permit);
+        let held = HeldPermit::new(permit);
+        let mut response = handler(held.clone()).await;
+        if let Some(permit) = held.take() {
+            response.body_mut().attach(permit);
+        }
         response
     }
 
@@ -255,6 +260,38 @@ pub fn shed_response(why: Shed, retry_after_secs: u64) -> Response<Body> {
     response
 }
 
+/// The slot of a request admitted by [`Limiter::admit`], handed to the handler (the
+/// router puts it in the request's extensions). A handler that must wait for something
+/// other than sending bytes — a transcode — [`releases`](HeldPermit::release) it, so
+/// waiting never holds a GIF-serving slot, and takes a new one with
+/// [`Limiter::acquire`] when it has bytes to send. Whatever is still held when the
+/// handler returns is attached to the body.
+#[derive(Debug, Clone)]
+pub struct HeldPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl HeldPermit {
+    fn new(permit: OwnedSemaphorePermit) -> HeldPermit {
+        HeldPermit(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Gives the slot back now; true if it was still held.
+    pub fn release(&self) -> bool {
+        self.take().is_some()
+    }
+
+    /// True while the slot is held.
+    pub fn is_held(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +309,7 @@ mod tests {
     /// A handler whose body is much larger than one chunk, admitted through `limiter`.
     async fn serve(limiter: Arc<Limiter>) -> Response<Body> {
         limiter
-            .admit(|| async {
+            .admit(|_| async {
                 Response::new(Body::from_segments(
                     vec![bytes::Bytes::from(vec![0u8; 100_000])],
                     1000,
@@ -372,6 +409,41 @@ mod tests {
             Shed::QueueTimeout,
             "more than the limit is never granted"
         );
+    }
+
+    #[tokio::test]
+    async fn a_handler_can_give_its_slot_back_while_it_waits() {
+        let limiter = Arc::new(Limiter::new(settings(1, 0, 10)));
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting = {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move {
+                limiter
+                    .admit(|held| async move {
+                        assert!(held.is_held());
+                        assert!(held.release());
+                        assert!(!held.release(), "only once");
+                        let _ = entered_tx.send(());
+                        let _ = go_rx.await;
+                        Response::new(Body::from_segments(
+                            vec![bytes::Bytes::from(vec![0u8; 10])],
+                            10,
+                        ))
+                    })
+                    .await
+            })
+        };
+        entered_rx.await.unwrap();
+        assert_eq!(limiter.in_flight(), 0, "the waiting handler holds no slot");
+        let other = serve(Arc::clone(&limiter)).await;
+        assert_eq!(other.status(), StatusCode::OK, "so another request gets it");
+        assert_eq!(limiter.in_flight(), 1);
+        drop(other);
+        go_tx.send(()).unwrap();
+        let released = waiting.await.unwrap();
+        assert_eq!(released.status(), StatusCode::OK);
+        assert_eq!(limiter.in_flight(), 0, "nothing attached after a release");
     }
 
     #[tokio::test]

@@ -1,12 +1,15 @@
-//! `oip-media`: configuration → tracing → run. Nothing else lives here.
+//! `oip-media`: configuration → tracing → run (or a one-off subcommand). Nothing else
+//! lives here.
 
 mod allocator;
 
 use clap::Parser;
 use oip_media::Config;
+use oip_media::config::Command;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
+    let command = config.command.take();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if config.log_format == "json" {
@@ -17,6 +20,9 @@ fn main() -> std::process::ExitCode {
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Some(Command::Transcode(transcode)) = command {
+        return oip_media::transcode::cli::run(config, transcode);
     }
 
     allocator::start();

@@ -268,9 +268,20 @@ pub fn register_process(registry: &mut Registry) {
     );
     registry.register(
         "process_open_fds",
-        "Open file descriptors",
+        "Open file descriptors (sockets, and one per mapped file: cached or being sent)",
         ReadAtScrape::gauge(open_fds),
     );
+    registry.register(
+        "process_fd_limit",
+        "Soft RLIMIT_NOFILE in force (raised to the hard limit at start-up)",
+        ReadAtScrape::gauge(fd_limit),
+    );
+}
+
+/// The soft open-file limit in force (`u64::MAX` when unlimited).
+pub fn fd_limit() -> u64 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current.unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

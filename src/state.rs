@@ -24,6 +24,7 @@ use crate::manifest::ManifestCache;
 use crate::metrics::by_kind;
 use crate::resolve::Resolver;
 use crate::store::{LazyRoot, Root, Store};
+use crate::transcode::Transcoder;
 
 /// Everything a handler may need, built once at start-up and shared by every connection.
 pub struct AppState {
@@ -45,6 +46,8 @@ pub struct AppState {
     pub jwt: Option<JwtVerifier>,
     /// GIF metadata and still posters.
     pub gifs: Gifs,
+    /// MP4/WebM/WebP variants of GIFs (ffmpeg), in the derived folder beside stills.
+    pub transcoder: Transcoder,
     /// The one GUN relay client of the process (its negative cache, breaker and counters
     /// are shared by every caller); `None` when `GUN_PEERS` is unset.
     pub gun: Option<Arc<GunClient>>,
@@ -114,6 +117,8 @@ impl AppState {
             source,
         })?;
         gifs.register(&mut metrics);
+        let transcoder = Transcoder::new(&config, gifs.shared_derived());
+        transcoder.metrics().register(&mut metrics);
         let gun = match config.gun.gun_peers {
             Some(_) => {
                 let client = GunClient::new(&config.gun).map_err(|error| match error {
@@ -153,6 +158,7 @@ impl AppState {
             manifests,
             jwt,
             gifs,
+            transcoder,
             gun,
             resolver,
             admissions,
@@ -171,13 +177,13 @@ impl AppState {
         ]
     }
 
-    /// The GUN relay's state for `/readyz`.
+    /// The GUN relay's state for `/readyz`: whether one is configured and its breaker,
+    /// never its URL (an internal address is the operator's to know, not a prober's).
     pub fn gun_status(&self) -> serde_json::Value {
         match &self.gun {
             None => serde_json::json!({ "configured": false }),
             Some(gun) => serde_json::json!({
                 "configured": true,
-                "relay": gun.base_url(),
                 "breaker": gun.breaker_state(),
             }),
         }
@@ -323,11 +329,22 @@ pub struct ConnCounters {
     pub idle_timeouts: Counter,
     /// Connections dropped because the client stopped reading the response.
     pub stall_timeouts: Counter,
+    /// Bytes of mapped files sent by `sendfile`, straight from the page cache.
+    pub sendfile_bytes: Counter,
+    /// `sendfile` calls that sent at least one byte.
+    pub sendfile_calls: Counter,
+    /// Bytes of mapped files sent by `writev` instead (runs under
+    /// `--sendfile-min-bytes`): copied into the socket buffer by the kernel.
+    pub copied_file_bytes: Counter,
+    /// Responses cut short because their file ended before them (truncated while
+    /// being sent): each closed its connection.
+    pub short_file_sends: Counter,
 }
 
 impl ConnCounters {
-    /// Registers `oip_media_connections_*`, `…_connection_timeouts_total{kind}` and
-    /// `…_connection_cap_reached_total`.
+    /// Registers `oip_media_connections_*`, `…_connection_timeouts_total{kind}`,
+    /// `…_connection_cap_reached_total`, and how body bytes left:
+    /// `…_file_body_bytes_total{kind}`, `…_sendfile_calls_total`, `…_short_file_sends_total`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "connections_accepted",
@@ -352,6 +369,24 @@ impl ConnCounters {
             "connection_cap_reached",
             "Times the connection cap paused accepting",
             self.cap_reached.clone(),
+        );
+        registry.register(
+            "file_body_bytes",
+            "Body bytes of mapped files sent, by how: sendfile (from the page cache) or copy (writev, short runs)",
+            by_kind([
+                ("sendfile", &self.sendfile_bytes),
+                ("copy", &self.copied_file_bytes),
+            ]),
+        );
+        registry.register(
+            "sendfile_calls",
+            "sendfile(2) calls that sent bytes",
+            self.sendfile_calls.clone(),
+        );
+        registry.register(
+            "short_file_sends",
+            "Responses cut short (connection closed) because their file ended early: truncated while sent",
+            self.short_file_sends.clone(),
         );
     }
 }

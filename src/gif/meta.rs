@@ -27,6 +27,30 @@ pub struct GifInfo {
     /// count of n (n > 0) repeats n times after the first play, so it plays n + 1 times;
     /// without the extension a GIF plays once.
     pub loop_count: u32,
+    /// The duration as browsers (and ffmpeg's GIF reader) play it: a delay under
+    /// 20 ms counts as 100 ms. Not in `/info` (which reports the delays as encoded);
+    /// the transcoder times the end of its variants with it.
+    #[serde(skip)]
+    pub played_ms: u64,
+    /// True when the GIF may show transparent pixels: a frame declares a transparent
+    /// colour, or the first frame does not cover the screen. Not in `/info`; the
+    /// transcoder picks a WebP encoding that keeps alpha for these.
+    #[serde(skip)]
+    pub transparent: bool,
+    /// How long the last frame shows, as played (see [`played_delay_ms`]). Not in
+    /// `/info`; the transcoder gives the last frame of a WebP its full delay with it.
+    #[serde(skip)]
+    pub last_delay_ms: u64,
+}
+
+/// The delay of one frame as browsers play it, in ms: `delay` (hundredths of a
+/// second) under 2 plays as 10 (Chrome, Firefox and ffmpeg's GIF reader agree).
+pub fn played_delay_ms(delay: u16) -> u64 {
+    if delay < 2 {
+        100
+    } else {
+        u64::from(delay) * 10
+    }
 }
 
 /// True when the file at `path` starts with a GIF signature. Reads six bytes; anything
@@ -69,6 +93,9 @@ pub fn read_info(
 
     let mut frames: usize = 0;
     let mut duration_ms: u64 = 0;
+    let mut played_ms: u64 = 0;
+    let mut transparent = false;
+    let mut last_delay_ms = 0;
     while let Some(frame) = decoder.next_frame_info().map_err(GifError::from_decoding)? {
         frames += 1;
         if frames > limits.max_frames {
@@ -79,6 +106,13 @@ pub fn read_info(
         }
         limits.check_area("frame", u32::from(frame.width), u32::from(frame.height))?;
         duration_ms += u64::from(frame.delay) * 10;
+        played_ms += played_delay_ms(frame.delay);
+        last_delay_ms = played_delay_ms(frame.delay);
+        let covers_screen = frame.left == 0
+            && frame.top == 0
+            && u32::from(frame.width) >= width
+            && u32::from(frame.height) >= height;
+        transparent |= frame.transparent.is_some() || (frames == 1 && !covers_screen);
     }
     if frames == 0 {
         return Err(GifError::Invalid("no frames".to_owned()));
@@ -93,6 +127,9 @@ pub fn read_info(
         frame_count: u32::try_from(frames).unwrap_or(u32::MAX),
         duration_ms,
         loop_count,
+        played_ms,
+        transparent,
+        last_delay_ms,
     })
 }
 
@@ -146,14 +183,17 @@ mod tests {
                 height: 10,
                 frame_count: 3,
                 duration_ms: 300,
-                loop_count: 0
+                loop_count: 0,
+                played_ms: 300,
+                transparent: false,
+                last_delay_ms: 150,
             }
         );
-        write_gif(&p, 4, 4, &[1], Some(gif::Repeat::Finite(2)));
-        assert_eq!(
-            read_info(&p, identity(&p), &limits()).unwrap().loop_count,
-            3
-        );
+        write_gif(&p, 4, 4, &[1, 0, 2], Some(gif::Repeat::Finite(2)));
+        let info = read_info(&p, identity(&p), &limits()).unwrap();
+        assert_eq!(info.loop_count, 3);
+        assert_eq!(info.duration_ms, 30, "as encoded");
+        assert_eq!(info.played_ms, 220, "as played: 1 and 0 count as 10");
         write_gif(&p, 4, 4, &[1], None);
         assert_eq!(
             read_info(&p, identity(&p), &limits()).unwrap().loop_count,

@@ -12,8 +12,9 @@
 //! filesystem pool ([`crate::fs_pool`]), within its bounds.
 //!
 //! - [`meta`]: width, height, frames, duration, loop count.
-//! - [`still`]: the first frame as a PNG, optionally resized.
-//! - [`derived`]: the bounded folder the PNGs are written to once.
+//! - [`still`]: the first frame as a PNG, WebP or JPEG, optionally resized.
+//! - [`derived`]: the bounded, private folder stills (and the transcoder's video
+//!   variants) are written to once.
 //!
 //! [`Gifs`] ties them together: the worker slots, a bounded cache of results (so a file
 //! is parsed once per version, and a hostile one is not re-parsed on every request),
@@ -38,6 +39,7 @@ use crate::limit::{LimitSettings, Limiter, Shed};
 use crate::store::{FileIdentity, OpenError, Root, open_regular};
 use derived::DerivedDir;
 use meta::GifInfo;
+use still::StillFormat;
 
 /// Bounds on what a GIF may cost to parse or render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +258,17 @@ impl Gifs {
         &self.derived
     }
 
+    /// The derived folder, shared: the transcoder writes its variants there, under the
+    /// same byte bound and eviction as stills.
+    pub fn shared_derived(&self) -> Arc<DerivedDir> {
+        Arc::clone(&self.derived)
+    }
+
+    /// The configured GIF limits (checked before any work, by the transcoder too).
+    pub fn limits(&self) -> GifLimits {
+        self.limits
+    }
+
     /// True when `name` is in the derived folder (a `stat`, on the filesystem pool).
     async fn derived_contains(&self, name: &str) -> Result<bool, GifError> {
         let derived = Arc::clone(&self.derived);
@@ -311,15 +324,16 @@ impl Gifs {
     }
 
     /// Makes sure the still of the GIF at `path` (identity `identity`) at `width`
-    /// (`None`: the GIF's own size) exists in the derived folder, rendering it if not.
-    /// Concurrent callers for the same still share one render.
+    /// (`None`: the GIF's own size) in `format` exists in the derived folder, rendering
+    /// it if not. Concurrent callers for the same still share one render.
     pub async fn still(
         &self,
         path: PathBuf,
         identity: FileIdentity,
         width: Option<u32>,
+        format: StillFormat,
     ) -> Result<Still, GifError> {
-        let name = derived::still_name(identity, width);
+        let name = derived::still_name(identity, width, format.extension());
         if self.derived_contains(&name).await? {
             return Ok(Still { name, fresh: None });
         }
@@ -342,7 +356,7 @@ impl Gifs {
                 let rendered = self
                     .blocking(move || {
                         counters.stills_rendered.inc();
-                        still::render(&path, identity, width, &limits).map(Bytes::from)
+                        still::render(&path, identity, width, format, &limits).map(Bytes::from)
                     })
                     .await;
                 // Writing (temp file, fsync, rename) and the eviction scan it may start

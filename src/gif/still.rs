@@ -1,26 +1,89 @@
-//! The first frame of a GIF as a PNG: a still poster for lists of exercises and for
-//! users who prefer reduced motion.
+//! The first frame of a GIF as a PNG, WebP or JPEG: a still poster for lists of
+//! exercises and for users who prefer reduced motion.
 //!
 //! The frame is drawn onto the GIF's logical screen (transparent where the frame does
 //! not cover it, or where its pixels are transparent), which is what a browser shows
 //! before the second frame. Limits are checked before each buffer is allocated.
+//!
+//! PNG and WebP keep transparency; both are lossless (the `image` crate's WebP encoder
+//! is lossless only, and a poster is small enough that exact pixels are affordable).
+//! JPEG has no alpha channel, so the frame is flattened onto white first — what a
+//! white page behind a transparent GIF shows.
 
 use std::io::BufReader;
 use std::path::Path;
 
 use image::imageops::FilterType;
-use image::{ExtendedColorType, ImageEncoder, RgbaImage};
+use image::{ExtendedColorType, ImageEncoder, RgbImage, RgbaImage};
 
 use super::{GifError, GifLimits, open_checked};
 use crate::store::FileIdentity;
 
+/// Quality of JPEG stills: 85 is where JPEG artefacts stop being visible on
+/// illustrations at poster sizes, at about a quarter of the PNG's bytes.
+const JPEG_QUALITY: u8 = 85;
+
+/// The encodings a still can be asked for with `&format=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StillFormat {
+    /// PNG (the default): lossless, with transparency.
+    Png,
+    /// Lossless WebP, with transparency: smaller than PNG.
+    Webp,
+    /// JPEG at quality 85, flattened onto white: the smallest.
+    Jpeg,
+}
+
+impl StillFormat {
+    /// Every format, in the order error messages list them.
+    pub const ALL: [StillFormat; 3] = [StillFormat::Png, StillFormat::Webp, StillFormat::Jpeg];
+
+    /// The format named `name` (as in `&format=`; `jpg` is accepted for `jpeg`).
+    pub fn parse(name: &str) -> Option<StillFormat> {
+        match name {
+            "png" => Some(StillFormat::Png),
+            "webp" => Some(StillFormat::Webp),
+            "jpeg" | "jpg" => Some(StillFormat::Jpeg),
+            _ => None,
+        }
+    }
+
+    /// Its name in URLs.
+    pub fn name(self) -> &'static str {
+        match self {
+            StillFormat::Png => "png",
+            StillFormat::Webp => "webp",
+            StillFormat::Jpeg => "jpeg",
+        }
+    }
+
+    /// The extension of its files in the derived folder.
+    pub fn extension(self) -> &'static str {
+        match self {
+            StillFormat::Png => "png",
+            StillFormat::Webp => "webp",
+            StillFormat::Jpeg => "jpg",
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            StillFormat::Png => "image/png",
+            StillFormat::Webp => "image/webp",
+            StillFormat::Jpeg => "image/jpeg",
+        }
+    }
+}
+
 /// Renders the first frame of the GIF at `path` (which must still be the file
-/// `expected`) as PNG bytes, `width` pixels wide (height kept in proportion) or at the
-/// GIF's own size for `None`. Blocking: run it on the blocking pool.
+/// `expected`) as a `format` image, `width` pixels wide (height kept in proportion) or
+/// at the GIF's own size for `None`. Blocking: run it on the blocking pool.
 pub fn render(
     path: &Path,
     expected: FileIdentity,
     width: Option<u32>,
+    format: StillFormat,
     limits: &GifLimits,
 ) -> Result<Vec<u8>, GifError> {
     let canvas = first_frame(path, expected, limits)?;
@@ -34,16 +97,41 @@ pub fn render(
         }
         _ => canvas,
     };
-    let mut png = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut png)
-        .write_image(
-            canvas.as_raw(),
-            canvas.width(),
-            canvas.height(),
-            ExtendedColorType::Rgba8,
-        )
-        .map_err(|e| GifError::Io(format!("cannot encode PNG: {e}")))?;
-    Ok(png)
+    encode(&canvas, format)
+}
+
+/// Encodes `canvas` as `format`.
+fn encode(canvas: &RgbaImage, format: StillFormat) -> Result<Vec<u8>, GifError> {
+    let (w, h) = canvas.dimensions();
+    let mut out = Vec::new();
+    let encoded =
+        match format {
+            StillFormat::Png => image::codecs::png::PngEncoder::new(&mut out).write_image(
+                canvas.as_raw(),
+                w,
+                h,
+                ExtendedColorType::Rgba8,
+            ),
+            StillFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
+                .write_image(canvas.as_raw(), w, h, ExtendedColorType::Rgba8),
+            StillFormat::Jpeg => {
+                let flat = on_white(canvas);
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY)
+                    .write_image(flat.as_raw(), w, h, ExtendedColorType::Rgb8)
+            }
+        };
+    encoded.map_err(|e| GifError::Io(format!("cannot encode {}: {e}", format.name())))?;
+    Ok(out)
+}
+
+/// `canvas` composited over white (alpha blended, straight alpha).
+pub fn on_white(canvas: &RgbaImage) -> RgbImage {
+    RgbImage::from_fn(canvas.width(), canvas.height(), |x, y| {
+        let [r, g, b, a] = canvas.get_pixel(x, y).0;
+        let a = u16::from(a);
+        let blend = |c: u8| ((u16::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([blend(r), blend(g), blend(b)])
+    })
 }
 
 /// Height of a `width`-wide image with the proportions of `src_w`×`src_h`, rounded,
@@ -115,6 +203,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn formats_parse_and_encode() {
+        assert_eq!(StillFormat::parse("jpg"), Some(StillFormat::Jpeg));
+        assert_eq!(StillFormat::parse("webp"), Some(StillFormat::Webp));
+        assert_eq!(StillFormat::parse("PNG"), None, "names are lowercase");
+        assert_eq!(StillFormat::parse("gif"), None);
+        // Half transparent, half red.
+        let canvas = RgbaImage::from_fn(4, 2, |x, _| {
+            if x < 2 {
+                image::Rgba([0, 0, 0, 0])
+            } else {
+                image::Rgba([255, 0, 0, 255])
+            }
+        });
+        let webp = encode(&canvas, StillFormat::Webp).unwrap();
+        let back = image::load_from_memory_with_format(&webp, image::ImageFormat::WebP)
+            .unwrap()
+            .to_rgba8();
+        assert_eq!(
+            back, canvas,
+            "lossless WebP keeps every pixel, alpha included"
+        );
+        let jpeg = encode(&canvas, StillFormat::Jpeg).unwrap();
+        let back = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+            .unwrap()
+            .to_rgb8();
+        let white = back.get_pixel(0, 0).0;
+        assert!(
+            white.iter().all(|c| *c > 240),
+            "transparent became white: {white:?}"
+        );
+        let red = back.get_pixel(3, 1).0;
+        assert!(red[0] > 200 && red[1] < 60, "red stayed red: {red:?}");
+    }
+
+    #[test]
     fn heights_keep_proportions() {
         assert_eq!(scaled_height(360, 360, 90), 90);
         assert_eq!(scaled_height(720, 405, 180), 101);
@@ -148,7 +271,7 @@ mod tests {
             max_pixels: 4096,
         };
         for (width, expected) in [(None, (8, 4)), (Some(4), (4, 2)), (Some(16), (16, 8))] {
-            let png = render(&p, identity, width, &limits).unwrap();
+            let png = render(&p, identity, width, StillFormat::Png, &limits).unwrap();
             let img = image::load_from_memory(&png).unwrap().to_rgba8();
             assert_eq!(img.dimensions(), expected);
             assert!(img.pixels().all(|px| px.0 == [255, 0, 0, 255]), "red frame");
@@ -158,7 +281,7 @@ mod tests {
             ..limits
         };
         assert!(matches!(
-            render(&p, identity, Some(16), &tight),
+            render(&p, identity, Some(16), StillFormat::Png, &tight),
             Err(GifError::TooLarge(_))
         ));
     }

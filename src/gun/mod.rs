@@ -15,7 +15,6 @@ mod cache;
 mod classify;
 mod counters;
 mod error;
-mod flight;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -30,12 +29,12 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::GunSettings;
+use crate::flight::{Role, SingleFlight};
 use backoff::backoff;
 use breaker::Breaker;
 use cache::NegativeCache;
 use classify::{GetAnswer, classify_get, classify_put};
 use counters::bump;
-use flight::{Role, SingleFlight};
 
 pub use breaker::BreakerState;
 pub use counters::{GunCounters, GunErrorCounters};

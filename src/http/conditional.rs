@@ -49,6 +49,16 @@ impl EntityTag {
         }
     }
 
+    /// A *strong* tag for a representation derived from this one and stored as one
+    /// file that is served byte for byte (a video variant of a GIF): the opaque text
+    /// with `suffix` appended. Strong even when the source's tag is weak, because
+    /// the variant's bytes are fixed once made, and a strong tag is what lets a player
+    /// resume with `If-Range` (RFC 9110 §13.1.5). `suffix` must name everything the
+    /// bytes depend on besides the source (format, encoder).
+    pub fn derived_strong(&self, suffix: &str) -> Self {
+        EntityTag::strong(format!("{}{suffix}", self.opaque))
+    }
+
     /// True for a weak tag.
     pub fn is_weak(&self) -> bool {
         self.weak

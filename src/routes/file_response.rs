@@ -10,6 +10,7 @@ use crate::http::{self as rfc, FileOutcome, Validators, multipart};
 use crate::response;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::fs_pool::FsPoolError;
 use crate::store::{MappedFile, Root, Store, StoreError};
@@ -25,6 +26,9 @@ pub struct FileHeaders {
     pub etag: EntityTag,
     /// Route-specific extras (e.g. `Content-Disposition`, `Vary`), sent on 200/206/304.
     pub extra: HeaderMap,
+    /// `Last-Modified` to send instead of the file's own modification time: a derived
+    /// file (a variant made again after an eviction) keeps its source's validators.
+    pub last_modified: Option<SystemTime>,
 }
 
 impl FileHeaders {
@@ -36,23 +40,25 @@ impl FileHeaders {
             cache_control: HeaderValue::from_static(cache_control),
             etag: EntityTag::for_file(file.len(), file.mtime_ms()),
             extra: HeaderMap::new(),
+            last_modified: None,
         }
     }
 }
 
 /// Answers GET or HEAD for `file`. HEAD gets GET's headers and no body, and never
-/// touches the file's bytes.
+/// touches the file's bytes. The body knows `file`, so the socket can send its bytes
+/// with `sendfile` (see `body` and `server::zero_copy`).
 pub fn respond(
     method: &Method,
     request_headers: &HeaderMap,
-    file: &MappedFile,
+    file: &Arc<MappedFile>,
     describe: FileHeaders,
     chunk: usize,
 ) -> Response<Body> {
     let len = file.len();
     let validators = Validators {
         etag: &describe.etag,
-        last_modified: file.modified,
+        last_modified: describe.last_modified.unwrap_or(file.modified),
     };
     let outcome = rfc::decide(method, request_headers, len, validators);
     let head = method == Method::HEAD;
@@ -117,7 +123,7 @@ pub fn respond(
     let body = if head {
         Body::empty()
     } else {
-        Body::from_segments(body_segments, chunk)
+        Body::from_file(Arc::clone(file), body_segments, chunk)
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -135,7 +141,8 @@ pub fn respond(
 /// Headers a cache needs on 200, 206 and 304 alike (RFC 9110 §15.4.5).
 fn validator_headers(headers: &mut HeaderMap, file: &MappedFile, describe: &FileHeaders) {
     headers.insert(header::ETAG, describe.etag.to_header_value());
-    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(file.modified)) {
+    let modified = describe.last_modified.unwrap_or(file.modified);
+    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
         headers.insert(header::LAST_MODIFIED, date);
     }
     headers.insert(header::CACHE_CONTROL, describe.cache_control.clone());

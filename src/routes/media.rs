@@ -1,11 +1,13 @@
 //! `GET|HEAD /media/<project>/<file>`: the exercise-GIF route (SPEC §1A), served from
 //! `MEDIA_DIR/web` with the indexer's headers and none of its defects. `?still=1`
-//! on a GIF hands over to [`super::still`] for a PNG poster.
+//! on a GIF hands over to [`super::still`] for a poster, `?format=` to
+//! [`super::variant`] for an MP4, WebM or WebP variant.
 
 use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use super::still::StillQuery;
+use super::variant::{self, Negotiated, VariantQuery};
 use crate::body::Body;
 use crate::http::path::safe_relative_path;
 use crate::response;
@@ -33,19 +35,26 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             return response::not_found();
         }
     };
-    // The query string is ignored, except for a still poster of a GIF (`?still=1`).
+    // The query string is ignored, except for a still poster of a GIF (`?still=1`) or
+    // a variant of one (`?format=`).
+    let is_gif = relative
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gif"));
     let still = match StillQuery::parse(request.uri().query(), state.gifs.widths()) {
         StillQuery::NotAsked => None,
         StillQuery::BadWidth => return super::still::bad_width(state.gifs.widths()),
-        StillQuery::Asked(width) => {
-            let is_gif = relative
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("gif"));
-            if !is_gif {
-                return super::still::not_a_gif();
-            }
-            Some(width)
-        }
+        StillQuery::BadFormat => return super::still::bad_format(),
+        StillQuery::Asked(_) if !is_gif => return super::still::not_a_gif(),
+        StillQuery::Asked(ask) => Some(ask),
+    };
+    let variant = match still.map_or_else(
+        || VariantQuery::parse(request.uri().query()),
+        |_| VariantQuery::NotAsked,
+    ) {
+        VariantQuery::NotAsked => None,
+        VariantQuery::BadFormat => return variant::bad_format(),
+        VariantQuery::Asked(_) if !is_gif => return variant::not_a_gif(),
+        VariantQuery::Asked(format) => Some(format),
     };
     let file = match file_response::open_or(
         &state.store,
@@ -59,22 +68,32 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         Err(refused) => return *refused,
     };
     let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
-    if let Some(width) = still {
-        let source = super::still::Source {
-            root: &state.web_root,
-            relative: &relative,
-            file: &file,
-            describe,
-        };
+    let source = super::still::Source {
+        root: &state.web_root,
+        relative: &relative,
+        file: &file,
+        describe,
+    };
+    let headers = request.headers();
+    if let Some(ask) = still {
         // Boxed: a still's render state would otherwise size every GIF request's future.
-        return Box::pin(super::still::respond(
-            state,
-            method,
-            request.headers(),
-            source,
-            width,
+        return Box::pin(super::still::respond(state, method, headers, source, ask)).await;
+    }
+    if let Some(format) = variant {
+        // Boxed for the same reason: a transcode wait is rare and large.
+        let extensions = request.extensions();
+        return Box::pin(variant::respond(
+            state, method, headers, extensions, source, format,
         ))
         .await;
     }
-    file_response::respond(method, request.headers(), &file, describe, state.chunk)
+    let describe = if is_gif {
+        match variant::negotiate(state, method, headers, &source).await {
+            Negotiated::Variant(webp) => return webp,
+            Negotiated::Gif(describe) => describe,
+        }
+    } else {
+        source.describe
+    };
+    file_response::respond(method, headers, &file, describe, state.chunk)
 }

@@ -17,10 +17,10 @@ pub fn healthz() -> Response<Body> {
 }
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
-/// GUN relay's state is reported too but does not fail readiness, since GIF serving
-/// does not depend on it. The directory checks run on the filesystem pool: when it
-/// cannot answer in time (a hung mount, a saturated pool) the service is not ready,
-/// and says so promptly instead of hanging the probe.
+/// GUN relay's and the transcoder's states are reported too but do not fail readiness,
+/// since GIF serving depends on neither. The directory checks run on the filesystem
+/// pool: when it cannot answer in time (a hung mount, a saturated pool) the service is
+/// not ready, and says so promptly instead of hanging the probe.
 pub async fn readyz(state: &AppState) -> Response<Body> {
     let roots: Vec<(&'static str, PathBuf)> = state
         .media_roots()
@@ -32,17 +32,25 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         .run(move || {
             roots
                 .into_iter()
-                .map(|(name, path)| (name, std::fs::read_dir(path).is_ok()))
+                .map(|(name, path)| {
+                    let read = std::fs::read_dir(&path).map(drop);
+                    (name, path, read)
+                })
                 .collect::<Vec<_>>()
         })
         .await;
+    // The body names a root by its role and says yes or no; its path and the I/O error
+    // go to the log only, where the operator looks.
     let mut roots = serde_json::Map::new();
     let (ready, filesystem) = match checked {
         Ok(checked) => {
             let mut ready = true;
-            for (name, readable) in checked {
-                ready &= readable;
-                roots.insert(name.to_owned(), serde_json::Value::Bool(readable));
+            for (name, path, read) in checked {
+                if let Err(error) = &read {
+                    tracing::warn!(root = name, path = %path.display(), %error, "media root not readable");
+                }
+                ready &= read.is_ok();
+                roots.insert(name.to_owned(), serde_json::Value::Bool(read.is_ok()));
             }
             (ready, None)
         }
@@ -52,6 +60,8 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         "status": if ready { "ready" } else { "not ready" },
         "mediaRoots": roots,
         "gun": state.gun_status(),
+        // Reported, never failing readiness: GIFs are served without it.
+        "transcoder": state.transcoder.status(),
     });
     if let Some(filesystem) = filesystem {
         body["filesystem"] = filesystem.into();

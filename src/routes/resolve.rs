@@ -63,8 +63,9 @@ pub enum InputError {
     /// The body did not arrive within `--resolve-body-timeout`.
     #[error("Request body not received within {0:?}")]
     Timeout(Duration),
-    /// The connection failed while the body was read.
-    #[error("Request body could not be read: {0}")]
+    /// The connection failed while the body was read. The reason (a socket or framing
+    /// error) is for the log only.
+    #[error("Request body could not be read")]
     Read(String),
     /// The process-wide budget of buffered bodies had no room in time (503).
     #[error("Server busy, retry shortly: {0}")]
@@ -162,7 +163,7 @@ fn internal_error() -> Response<Body> {
 }
 
 fn refused(error: &InputError) -> Response<Body> {
-    tracing::debug!(%error, "refused resolve request");
+    tracing::debug!(?error, "refused resolve request");
     if let InputError::Busy(why) = error {
         return crate::limit::shed_response(*why, 1);
     }

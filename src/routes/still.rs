@@ -1,8 +1,10 @@
-//! `?still=1[&w=<width>]` on the GIF routes: the first frame as a PNG, rendered once
-//! into the derived folder and then served through the same mapped path as any file,
-//! with an ETag derived from the source's and the source's caching headers.
+//! `?still=1[&w=<width>][&format=png|webp|jpeg]` on the GIF routes: the first frame as
+//! a PNG (default), lossless WebP or JPEG, rendered once into the derived folder and
+//! then served through the same mapped path as any file, with an ETag derived from the
+//! source's and the source's caching headers.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -11,20 +13,32 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use super::file_response::{self, FileHeaders};
 use crate::body::Body;
 use crate::gif::GifError;
+use crate::gif::still::StillFormat;
 use crate::http::query;
 use crate::response;
 use crate::state::AppState;
-use crate::store::{FileIdentity, MappedFile, Root, StoreError};
+use crate::store::{MappedFile, Root, StoreError};
+
+/// A still as asked for: its width (`None`: the GIF's own) and format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StillAsk {
+    /// An allowed width, or the GIF's own size.
+    pub width: Option<u32>,
+    /// The encoding (`&format=`, PNG by default).
+    pub format: StillFormat,
+}
 
 /// What the query string asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StillQuery {
     /// No `still=1` (or `still=true`): serve the file itself.
     NotAsked,
-    /// A still, at the GIF's own size (`None`) or at an allowed width.
-    Asked(Option<u32>),
+    /// A still.
+    Asked(StillAsk),
     /// A still at a width that is not on the allow-list: 400.
     BadWidth,
+    /// A still in a format that is not `png`, `webp` or `jpeg`: 400.
+    BadFormat,
 }
 
 /// True when `query` asks for a still (`still=1` or `still=true`), whatever else it
@@ -35,19 +49,41 @@ pub fn asks_for_still(query: Option<&str>) -> bool {
 }
 
 impl StillQuery {
-    /// Reads `still` and `w` from `query`; `w` only counts with `still`.
+    /// Reads `still`, `w` and `format` from `query`; `w` and `format` only count with
+    /// `still` (without it, `format` asks for a video variant).
     pub fn parse(query: Option<&str>, allowed: &[u32]) -> StillQuery {
         if !asks_for_still(query) {
             return StillQuery::NotAsked;
         }
-        match query::param(query, "w") {
-            None => StillQuery::Asked(None),
-            Some(w) => match w.parse::<u32>() {
-                Ok(w) if allowed.contains(&w) => StillQuery::Asked(Some(w)),
-                _ => StillQuery::BadWidth,
+        let format = match query::param(query, "format") {
+            None => StillFormat::Png,
+            Some(name) => match StillFormat::parse(&name) {
+                Some(format) => format,
+                None => return StillQuery::BadFormat,
             },
-        }
+        };
+        let width = match query::param(query, "w") {
+            None => None,
+            Some(w) => match w.parse::<u32>() {
+                Ok(w) if allowed.contains(&w) => Some(w),
+                _ => return StillQuery::BadWidth,
+            },
+        };
+        StillQuery::Asked(StillAsk { width, format })
     }
+}
+
+/// 400 naming the still formats that are allowed.
+pub fn bad_format() -> Response<Body> {
+    let list = StillFormat::ALL
+        .iter()
+        .map(|f| f.name())
+        .collect::<Vec<_>>()
+        .join(", ");
+    response::json_error(
+        StatusCode::BAD_REQUEST,
+        &format!("format must be one of: {list} (with still=1)"),
+    )
 }
 
 /// 400 naming the widths that are allowed.
@@ -113,14 +149,15 @@ pub struct Source<'a> {
     pub describe: FileHeaders,
 }
 
-/// Answers a still request for `source` at `width`.
+/// Answers a still request for `source`.
 pub async fn respond(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
     source: Source<'_>,
-    width: Option<u32>,
+    ask: StillAsk,
 ) -> Response<Body> {
+    let StillAsk { width, format } = ask;
     let (root, relative) = (source.root.clone(), source.relative.to_path_buf());
     let resolved = state.fs.run(move || root.resolve(&relative)).await;
     let path = match resolved {
@@ -132,15 +169,21 @@ pub async fn respond(
         }
         Ok(Err(_)) => return response::not_found(),
     };
-    let suffix = match width {
+    let mut suffix = match width {
         Some(w) => format!("-still-w{w}"),
         None => "-still".to_owned(),
     };
+    // PNG keeps the tags it always had; other formats are other representations.
+    if format != StillFormat::Png {
+        suffix.push('-');
+        suffix.push_str(format.name());
+    }
     let describe = FileHeaders {
-        content_type: HeaderValue::from_static("image/png"),
+        content_type: HeaderValue::from_static(format.content_type()),
         cache_control: source.describe.cache_control,
         etag: source.describe.etag.derived(&suffix),
         extra: source.describe.extra,
+        last_modified: None,
     };
     let chunk = state.chunk;
     // Twice at most: a still found on disk may be evicted before we map it; the second
@@ -148,7 +191,7 @@ pub async fn respond(
     for _ in 0..2 {
         let still = match state
             .gifs
-            .still(path.clone(), source.file.identity, width)
+            .still(path.clone(), source.file.identity, width, format)
             .await
         {
             Ok(still) => still,
@@ -169,10 +212,10 @@ pub async fn respond(
                 };
             }
             Err(StoreError::NotFound) => {
-                if let Some(png) = still.fresh {
+                if let Some(image) = still.fresh {
                     // Evicted the moment it was written (a derived bound smaller than
                     // one still): answer from the bytes we rendered.
-                    let file = in_memory(png);
+                    let file = in_memory(image);
                     return file_response::respond(method, headers, &file, describe, chunk);
                 }
             }
@@ -191,17 +234,8 @@ pub async fn respond(
     )
 }
 
-fn in_memory(png: Bytes) -> MappedFile {
-    MappedFile {
-        identity: FileIdentity {
-            dev: 0,
-            ino: 0,
-            len: png.len() as u64,
-            mtime_ns: 0,
-        },
-        bytes: png,
-        modified: SystemTime::now(),
-    }
+fn in_memory(png: Bytes) -> Arc<MappedFile> {
+    Arc::new(MappedFile::in_memory(png, SystemTime::now()))
 }
 
 #[cfg(test)]
@@ -212,15 +246,42 @@ mod tests {
     fn parses_still_and_width() {
         let allowed = [90, 180, 360];
         let p = |q: &str| StillQuery::parse(Some(q), &allowed);
+        let png = |width| {
+            StillQuery::Asked(StillAsk {
+                width,
+                format: StillFormat::Png,
+            })
+        };
         assert_eq!(StillQuery::parse(None, &allowed), StillQuery::NotAsked);
         assert_eq!(p("w=90"), StillQuery::NotAsked, "w alone changes nothing");
+        assert_eq!(
+            p("format=webp"),
+            StillQuery::NotAsked,
+            "a variant, not a still"
+        );
         assert_eq!(p("still=0"), StillQuery::NotAsked);
-        assert_eq!(p("still=1"), StillQuery::Asked(None));
-        assert_eq!(p("still=true&w=180"), StillQuery::Asked(Some(180)));
-        assert_eq!(p("w=360&still=1"), StillQuery::Asked(Some(360)));
+        assert_eq!(p("still=1"), png(None));
+        assert_eq!(p("still=true&w=180"), png(Some(180)));
+        assert_eq!(p("w=360&still=1"), png(Some(360)));
         assert_eq!(p("still=1&w=91"), StillQuery::BadWidth);
         assert_eq!(p("still=1&w="), StillQuery::BadWidth);
         assert_eq!(p("still=1&w=-90"), StillQuery::BadWidth);
-        assert_eq!(p("still=1&w=090"), StillQuery::Asked(Some(90)));
+        assert_eq!(p("still=1&w=090"), png(Some(90)));
+        assert_eq!(
+            p("still=1&w=90&format=jpeg"),
+            StillQuery::Asked(StillAsk {
+                width: Some(90),
+                format: StillFormat::Jpeg
+            })
+        );
+        assert_eq!(
+            p("still=1&format=webp"),
+            StillQuery::Asked(StillAsk {
+                width: None,
+                format: StillFormat::Webp
+            })
+        );
+        assert_eq!(p("still=1&format=mp4"), StillQuery::BadFormat);
+        assert_eq!(p("still=1&format="), StillQuery::BadFormat);
     }
 }

@@ -3,7 +3,9 @@
 //! HTTP/1.1 only: oip-media sits behind the indexer's proxy or a TLS-terminating front
 //! proxy, which speak HTTP/1.1 to their upstreams.
 
+pub mod fd_budget;
 pub mod timed_io;
+pub mod zero_copy;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +22,9 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::config::Config;
 use crate::error::StartError;
+use crate::outbox::Outbox;
 use timed_io::{ConnActivity, TimedIo, Timeouts};
+use zero_copy::ZeroCopyIo;
 
 /// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
@@ -57,7 +61,8 @@ impl RunningServer {
 }
 
 /// Binds the configured address, builds the application and starts serving on the
-/// current Tokio runtime. Returns once the socket accepts connections.
+/// current Tokio runtime. Returns once the socket accepts connections. Raises the
+/// open-file limit first and fits the descriptor bounds into it (see [`fd_budget`]).
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     start_with_shutdown(config, async move {
@@ -76,6 +81,8 @@ pub async fn start_with_shutdown(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, StartError> {
+    let mut config = config;
+    fd_budget::apply(&mut config)?;
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener
@@ -161,8 +168,17 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
             }
         }
         let activity = Arc::new(ConnActivity::default());
-        let io = TokioIo::new(TimedIo::new(
+        // Shared by this connection's response bodies and its socket: which mapped
+        // files may be sent with sendfile, and what to release once sent.
+        let outbox = Arc::new(Outbox::default());
+        let socket = ZeroCopyIo::new(
             stream,
+            Arc::clone(&outbox),
+            config.sendfile_min_bytes,
+            Arc::clone(&counters),
+        );
+        let io = TokioIo::new(TimedIo::new(
+            socket,
             Arc::clone(&activity),
             timeouts,
             Arc::clone(&counters),
@@ -173,9 +189,14 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
             // head is parsed, not when the handler is first polled.
             let in_flight = activity.begin();
             let app = conn_app.clone();
+            let outbox = Arc::clone(&outbox);
             async move {
                 let mut response = app.handle(request).await;
-                response.body_mut().attach(in_flight);
+                let body = response.body_mut();
+                body.attach(in_flight);
+                // Guards (the limiter permit, `in_flight`) now last until the body's
+                // last byte is written, and its file bytes may go out with sendfile.
+                body.send_through(outbox);
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
@@ -211,7 +232,8 @@ fn http1_builder() -> hyper::server::conn::http1::Builder {
         .timer(TokioTimer::new())
         // Our TimedIo enforces head and idle deadlines separately (see its docs).
         .header_read_timeout(None)
-        // Queue body chunks and hand them to writev: never copy mapped bytes.
+        // Queue body chunks and hand them to the socket as they are (never copied into
+        // hyper's buffer): `ZeroCopyIo` sends mapped ones with sendfile.
         .writev(true);
     builder
 }

@@ -8,9 +8,11 @@
 //! If someone breaks that rule and truncates a mapped file, any *user-space* read of a
 //! page past the new end raises SIGBUS and kills the process. oip-media therefore never
 //! reads mapped bytes itself: the response path hands `Bytes` slices of the mapping to
-//! the kernel (`writev`), which fails such a read with `EFAULT` — that one connection
-//! breaks, the process lives. Anything that parses file contents (GIF metadata, stills)
-//! uses `read()` on the file instead of the mapping.
+//! the socket, which sends them with `sendfile` from the file behind the mapping (a
+//! truncated file gives a short or zero count, and the connection is closed) or, for
+//! small bodies, with `writev` (the kernel fails the read with `EFAULT`) — either way
+//! that one connection breaks and the process lives. Anything that parses file contents
+//! (GIF metadata, stills) uses `read()` on the file instead of the mapping.
 
 use std::fs::File;
 use std::io;
@@ -40,8 +42,9 @@ pub fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
     // the mapping lives. Media roots are write-once (new files are renamed into place,
     // never rewritten), so this inode's bytes do not change. If that rule is broken by
     // truncation, the only accesses to these pages are the kernel's own (writev from
-    // the response body), which return EFAULT instead of faulting this process; no code
-    // in oip-media dereferences mapped bytes in user space.
+    // the response body), which return EFAULT instead of faulting this process, or
+    // none at all (sendfile reads the file, not the mapping); no code in oip-media
+    // dereferences mapped bytes in user space.
     let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
     Ok(Bytes::from_owner(MappedRegion(map)))
 }

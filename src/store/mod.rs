@@ -2,8 +2,10 @@
 //! cache bounded by entry count and mapped bytes, and revalidated against the file's
 //! identity so a replaced file is noticed.
 //!
-//! A mapping holds no file descriptor (the file is closed right after `mmap`), so open
-//! descriptors are bounded by connections, not by the cache.
+//! A mapped file keeps its descriptor open, so that response bodies can be sent from it
+//! with `sendfile(2)` (see `server::zero_copy`). Open descriptors are therefore bounded
+//! by the cache's entries plus the responses under way that still hold an evicted file;
+//! start-up checks that this fits `RLIMIT_NOFILE` (see `server::fd_budget`).
 //!
 //! # Nothing here blocks an async worker
 //! Every filesystem call — the confinement check (`canonicalize`), the open, the `fstat`,
@@ -80,7 +82,8 @@ impl FileIdentity {
     }
 }
 
-/// One mapped file: its bytes (a mapping, or empty) and what HTTP needs to describe it.
+/// One mapped file: its bytes (a mapping, or empty), the open file behind them (for
+/// `sendfile`), and what HTTP needs to describe it.
 #[derive(Debug)]
 pub struct MappedFile {
     /// The whole file. Slices of it are zero-copy; never read them in user space
@@ -90,6 +93,10 @@ pub struct MappedFile {
     pub identity: FileIdentity,
     /// Modification time (for `Last-Modified` and the indexer-compatible ETag).
     pub modified: SystemTime,
+    /// The file `bytes` maps, kept open so the socket can `sendfile` from it at the
+    /// offset a slice of `bytes` has in the mapping. `None` for bytes held in memory
+    /// (a still rendered and evicted at once) and for empty files (nothing to send).
+    file: Option<File>,
 }
 
 impl MappedFile {
@@ -100,10 +107,45 @@ impl MappedFile {
     pub fn map(file: File, meta: &Metadata) -> io::Result<MappedFile> {
         let bytes = mapping::map_file(&file, meta.len())?;
         Ok(MappedFile {
+            // Kept for sendfile; an empty file has no mapping, hence nothing to send
+            // from: close it now.
+            file: (!bytes.is_empty()).then_some(file),
             bytes,
             identity: FileIdentity::of(meta),
             modified: meta.modified().unwrap_or(UNIX_EPOCH),
         })
+    }
+
+    /// Bytes that live only in memory, described as a file of that length modified at
+    /// `modified` (sent with `writev`: there is no file to `sendfile` from).
+    pub fn in_memory(bytes: Bytes, modified: SystemTime) -> MappedFile {
+        MappedFile {
+            identity: FileIdentity {
+                dev: 0,
+                ino: 0,
+                len: bytes.len() as u64,
+                mtime_ns: 0,
+            },
+            bytes,
+            modified,
+            file: None,
+        }
+    }
+
+    /// The open file behind the mapping, if there is one to `sendfile` from.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// The open file and the offset in it of `slice`, when `slice` lies wholly inside
+    /// this file's mapping: the bytes a socket may `sendfile` instead of copying them.
+    /// Compares addresses only; never reads the bytes.
+    pub fn file_range_of(&self, slice: &[u8]) -> Option<(&File, u64)> {
+        let file = self.file.as_ref()?;
+        let base = self.bytes.as_ptr() as usize;
+        let start = slice.as_ptr() as usize;
+        let offset = start.checked_sub(base)?;
+        (offset.checked_add(slice.len())? <= self.bytes.len()).then_some((file, offset as u64))
     }
 
     /// Length in bytes.

@@ -188,8 +188,14 @@ impl ChildServer {
     /// Starts `oip-media` on 127.0.0.1:0 over `media_dir`; returns once it listens (the
     /// address comes from its "listening on" log line).
     pub fn start(media_dir: &Path) -> ChildServer {
+        ChildServer::start_with(media_dir, &[])
+    }
+
+    /// [`ChildServer::start`] with extra settings as environment variables.
+    pub fn start_with(media_dir: &Path, env: &[(&str, &str)]) -> ChildServer {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oip-media"))
+            .envs(env.iter().copied())
             .env("MEDIA_DIR", media_dir)
             .env("PORT", "0")
             .env("BIND", "127.0.0.1")

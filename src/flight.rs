@@ -1,4 +1,5 @@
-//! Single-flight: concurrent gets of one soul share one upstream call, whatever it ends in.
+//! Single-flight: concurrent callers for one key share one call, whatever it ends in —
+//! GUN gets of one soul (`gun`), transcodes of one (file version, format) (`transcode`).
 //!
 //! Hand-written (a map of shared futures) because the crates that do this either tie the
 //! call to the first caller — cancel that caller and the others wait on nothing — or keep
@@ -11,8 +12,8 @@
 //! - entries carry an id, so a task only ever removes its own entry, not a newer call's
 //!   that started after [`SingleFlight::forget`].
 //!
-//! The task is bounded by the client's call deadline, so a call nobody waits for any more
-//! still ends soon.
+//! The caller bounds the task (the GUN client's call deadline, the transcoder's job
+//! timeout), so a call nobody waits for any more still ends soon.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,0 +1,332 @@
+//! `oip-media transcode [--formats mp4,webm] [DIR]`: pre-makes the variants of every
+//! GIF under a media tree, so that no visitor waits for a first transcode.
+//!
+//! It uses the service's own transcoder (same recipes, limits, timeout, derived folder
+//! and file names), so what it makes is exactly what the service would have made and
+//! serves. Variants already there are skipped; Ctrl-C stops at once (ffmpeg processes
+//! are killed, their temp files removed) and a second run carries on where the first
+//! stopped.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{GifSource, Known, Transcoder, VariantError, VariantFormat, VariantJob, Wait};
+use crate::config::{Config, TranscodeCommand};
+use crate::gif::derived::DerivedDir;
+use crate::store::FileIdentity;
+
+/// Exit status after Ctrl-C, as shells report a SIGINT death.
+const INTERRUPTED: u8 = 130;
+
+/// One GIF found under the tree.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Its path (as walked, for messages).
+    pub path: PathBuf,
+    /// Its identity (names its variants).
+    pub identity: FileIdentity,
+}
+
+/// Runs the subcommand; returns the process's exit status.
+pub fn run(config: Config, command: TranscodeCommand) -> ExitCode {
+    let mut config = config;
+    if let Some(jobs) = command.jobs {
+        config.transcode.transcode_workers = jobs.max(1);
+    }
+    // Every job is waited for; the queue only ever holds what the workers take next.
+    config.transcode.transcode_queue = config.transcode.transcode_workers.max(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("oip-media transcode: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        tokio::select! {
+            code = transcode_tree(&config, &command) => code,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("oip-media transcode: interrupted; run it again to carry on");
+                ExitCode::from(INTERRUPTED)
+            }
+        }
+    });
+    // Dropping the runtime drops every job still running: `kill_on_drop` kills its
+    // ffmpeg and the job's temp file is removed.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    code
+}
+
+async fn transcode_tree(config: &Config, command: &TranscodeCommand) -> ExitCode {
+    let dir = command
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.media_dir.clone());
+    let derived = match DerivedDir::open(&config.derived_dir, config.derived_max_bytes) {
+        Ok(derived) => Arc::new(derived),
+        Err(error) => {
+            eprintln!(
+                "oip-media transcode: cannot use the derived folder {} (--derived-dir): {error}",
+                config.derived_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let transcoder = {
+        let config = config.clone();
+        let derived = Arc::clone(&derived);
+        match tokio::task::spawn_blocking(move || Transcoder::new(&config, derived)).await {
+            Ok(transcoder) => Arc::new(transcoder),
+            Err(error) => {
+                eprintln!("oip-media transcode: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let mut formats = command.formats.clone();
+    formats.sort();
+    formats.dedup();
+    for format in &formats {
+        if let Err(error) = transcoder.recipe(*format) {
+            eprintln!("oip-media transcode: cannot make {format}: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let walked = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || find_gifs(&dir)).await
+    };
+    let gifs = match walked {
+        Ok(Ok(gifs)) => gifs,
+        Ok(Err(error)) => {
+            eprintln!(
+                "oip-media transcode: cannot read {}: {error}",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("oip-media transcode: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let todo: Vec<(Found, VariantFormat)> = gifs
+        .iter()
+        .flat_map(|gif| formats.iter().map(move |f| (gif.clone(), *f)))
+        .collect();
+    println!(
+        "{} GIFs under {}, {} variants ({}) into {}",
+        gifs.len(),
+        dir.display(),
+        todo.len(),
+        formats
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        derived.root().path().display()
+    );
+
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta} left) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let workers = config.transcode.transcode_workers.max(1);
+    let mut tally = Tally::default();
+    let mut results = futures_util::stream::iter(todo)
+        .map(|(gif, format)| {
+            let transcoder = Arc::clone(&transcoder);
+            async move {
+                let outcome = one(&transcoder, &gif, format).await;
+                (gif, format, outcome)
+            }
+        })
+        .buffer_unordered(workers);
+    while let Some((gif, format, outcome)) = results.next().await {
+        bar.set_message(
+            gif.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        match outcome {
+            Outcome::UpToDate => tally.up_to_date += 1,
+            Outcome::Made(len) => {
+                tally.made += 1;
+                tally.source_bytes += gif.identity.len;
+                tally.variant_bytes += len;
+            }
+            Outcome::Failed(reason) => {
+                tally.failed += 1;
+                bar.println(format!(
+                    "failed: {} ({format}): {reason}",
+                    gif.path.display()
+                ));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let ratio = if tally.source_bytes > 0 {
+        tally.variant_bytes as f64 / tally.source_bytes as f64
+    } else {
+        0.0
+    };
+    println!(
+        "made {} ({} bytes from {} bytes of GIF, {ratio:.2}x), {} up to date, {} failed, in {:.1?}",
+        tally.made,
+        tally.variant_bytes,
+        tally.source_bytes,
+        tally.up_to_date,
+        tally.failed,
+        started.elapsed()
+    );
+    let used = derived.used_bytes().unwrap_or(0);
+    println!(
+        "derived folder: {used} of {} bytes (--derived-max-bytes), {} files evicted",
+        derived.max_bytes(),
+        derived.evicted_files()
+    );
+    if derived.evicted_files() > 0 {
+        println!(
+            "warning: the derived folder is too small to hold every variant; raise --derived-max-bytes"
+        );
+    }
+    if tally.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    made: u64,
+    up_to_date: u64,
+    failed: u64,
+    source_bytes: u64,
+    variant_bytes: u64,
+}
+
+enum Outcome {
+    UpToDate,
+    Made(u64),
+    Failed(String),
+}
+
+async fn one(transcoder: &Transcoder, gif: &Found, format: VariantFormat) -> Outcome {
+    match transcoder.known(gif.identity, format) {
+        Ok(Known::Ready { .. }) => return Outcome::UpToDate,
+        Ok(Known::Failed(reason)) => return Outcome::Failed(reason.to_string()),
+        Ok(Known::Missing { .. }) => {}
+        Err(error) => return Outcome::Failed(error.to_string()),
+    }
+    let job = VariantJob {
+        source: GifSource::Path(gif.path.clone()),
+        identity: gif.identity,
+        format,
+        info: None,
+    };
+    match transcoder.make(job, Wait::UntilDone).await {
+        Ok(made) => Outcome::Made(made.len),
+        Err(VariantError::SourceChanged) => {
+            Outcome::Failed("the file changed while it was read; run again".to_owned())
+        }
+        Err(error) => Outcome::Failed(error.to_string()),
+    }
+}
+
+/// Every GIF under `dir`: `*.gif` files (any case) and `original` files (the
+/// content-addressed store's) that start with a GIF signature. Hidden files and
+/// folders (the derived folder, temp files) are skipped, and symlinked folders are not
+/// followed (no cycles). Sorted by path, so runs are repeatable. Blocking.
+pub fn find_gifs(dir: &Path) -> std::io::Result<Vec<Found>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let by_name = path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gif"))
+                || name == "original";
+            if !by_name || !crate::gif::meta::looks_like_gif(&path).unwrap_or(false) {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_file() {
+                found.push(Found {
+                    path,
+                    identity: FileIdentity::of(&meta),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_gifs_by_name_and_signature_and_skips_hidden_things() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let gif = b"GIF89a\x01\x00\x01\x00";
+        for (path, bytes) in [
+            ("web/p/a.gif", &gif[..]),
+            ("web/p/B.GIF", &gif[..]),
+            ("web/p/fake.gif", b"\x89PNG...."),
+            ("web/p/c.png", &gif[..]),
+            ("0123/original", &gif[..]),
+            ("4567/original", b"ID3 mp3"),
+            (".oip-media-derived/variant.gif", &gif[..]),
+            ("web/.hidden.gif", &gif[..]),
+        ] {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let found: Vec<String> = find_gifs(root)
+            .unwrap()
+            .iter()
+            .map(|f| {
+                f.path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(found, ["0123/original", "web/p/B.GIF", "web/p/a.gif"]);
+    }
+}

@@ -1,0 +1,210 @@
+//! `oip-media transcode [--formats …] [DIR]`, run as a user would: it pre-makes the
+//! variants of every GIF under a media tree into the derived folder the service serves
+//! from, skips what is up to date, and can be interrupted (Ctrl-C) and run again.
+
+mod transcode_support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use transcode_support::{clip, fake_pids, fake_runs, ffmpeg_or_skip, slow_ffmpeg};
+
+const BIN: &str = env!("CARGO_BIN_EXE_oip-media");
+
+/// A media tree: two web GIFs, one content-addressed GIF, one MP3 (not a GIF).
+fn media_tree(root: &Path) {
+    let gif = clip(24, 16, &[10, 20, 30], false, gif::Repeat::Infinite);
+    for (path, bytes) in [
+        ("web/fitnessally/a_180.gif", &gif[..]),
+        ("web/fitnessally/b_(wall)_360.gif", &gif[..]),
+        (&format!("{}/original", "ab".repeat(32)), &gif[..]),
+        (
+            &format!("{}/original", "cd".repeat(32)),
+            b"ID3\x03 not a gif",
+        ),
+    ] {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+fn variants(derived: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(derived)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn transcode(args: &[&str], ffmpeg: &str) -> (i32, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("FFMPEG", ffmpeg)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn premakes_every_variant_once_and_skips_what_is_up_to_date() {
+    if !ffmpeg_or_skip("premakes_every_variant_once") {
+        return;
+    }
+    let media = tempfile::tempdir().unwrap();
+    media_tree(media.path());
+    let derived = media.path().join(".derived");
+    let derived_arg = derived.to_string_lossy().into_owned();
+    let dir = media.path().to_string_lossy().into_owned();
+
+    let (code, out) = transcode(
+        &[
+            "transcode",
+            "--formats",
+            "mp4,webm",
+            "--derived-dir",
+            &derived_arg,
+            &dir,
+        ],
+        "ffmpeg",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 GIFs under"), "{out}");
+    assert!(out.contains("made 6 "), "{out}");
+    let made = variants(&derived);
+    assert_eq!(made.len(), 6, "{made:?}");
+    assert_eq!(made.iter().filter(|n| n.ends_with("-x264.mp4")).count(), 3);
+    assert_eq!(made.iter().filter(|n| n.ends_with("-vp9.webm")).count(), 3);
+    assert_eq!(
+        std::fs::metadata(&derived).unwrap().mode() & 0o777,
+        0o700,
+        "the derived folder is private"
+    );
+    for name in &made {
+        let mode = std::fs::metadata(derived.join(name)).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+
+    // Again, with one more format and the settings after the subcommand's name: only
+    // the new format is made.
+    let (code, out) = transcode(
+        &[
+            "transcode",
+            "--derived-dir",
+            &derived_arg,
+            "--formats",
+            "webp,mp4",
+            &dir,
+        ],
+        "ffmpeg",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("made 3 "), "{out}");
+    assert!(out.contains("3 up to date"), "{out}");
+    assert_eq!(variants(&derived).len(), 9);
+
+    // A bad format is refused by the argument parser, naming the choices.
+    let (code, out) = transcode(&["transcode", "--formats", "gif", &dir], "ffmpeg");
+    assert_eq!(code, 2);
+    assert!(out.contains("mp4") && out.contains("webm"), "{out}");
+}
+
+#[test]
+fn without_ffmpeg_it_says_why_and_fails() {
+    let media = tempfile::tempdir().unwrap();
+    media_tree(media.path());
+    let derived = media.path().join(".derived").to_string_lossy().into_owned();
+    let dir = media.path().to_string_lossy().into_owned();
+    let (code, out) = transcode(
+        &["transcode", "--derived-dir", &derived, &dir],
+        "/nonexistent/ffmpeg",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot make mp4"), "{out}");
+    assert!(out.contains("/nonexistent/ffmpeg"), "{out}");
+}
+
+#[test]
+fn an_interrupted_run_leaves_nothing_half_done_and_the_next_one_carries_on() {
+    if !ffmpeg_or_skip("an_interrupted_run_leaves_nothing_half_done") {
+        return;
+    }
+    let media = tempfile::tempdir().unwrap();
+    media_tree(media.path());
+    let fakes = tempfile::tempdir().unwrap();
+    let slow = slow_ffmpeg(fakes.path(), 1.0);
+    let derived = media.path().join(".derived");
+    let derived_arg = derived.to_string_lossy().into_owned();
+    let dir = media.path().to_string_lossy().into_owned();
+
+    let mut child = Command::new(BIN)
+        .args(["transcode", "--formats", "mp4", "--jobs", "1"])
+        .args(["--derived-dir", &derived_arg, &dir])
+        .env("FFMPEG", &slow)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the second job runs (the first is done), then press Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake_runs(fakes.path()) < 2 {
+        assert!(Instant::now() < deadline, "the second job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status of an interrupted run"
+    );
+    // SIGKILL was sent to every ffmpeg as the run stopped; give the kernel a moment.
+    for pid in fake_pids(fakes.path()) {
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while alive() {
+            assert!(Instant::now() < deadline, "ffmpeg {pid} was left running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let left = variants(&derived);
+    assert_eq!(
+        left.len(),
+        1,
+        "one finished variant, no temp file: {left:?}"
+    );
+    assert!(!left[0].starts_with('.'));
+
+    let (code, out) = transcode(
+        &[
+            "transcode",
+            "--formats",
+            "mp4",
+            "--derived-dir",
+            &derived_arg,
+            &dir,
+        ],
+        "ffmpeg",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("made 2 "), "{out}");
+    assert!(out.contains("1 up to date"), "{out}");
+    assert_eq!(variants(&derived).len(), 3);
+}
