@@ -879,7 +879,63 @@ pub fn bursts(corpus: &Corpus, scale: f64) -> Vec<Burst> {
             head_bytes: 400 << 10,
         },
     });
+    // Last, because ffmpeg keeps working through the jobs these requests queued after
+    // they gave up waiting, and it would take CPU from the bursts after it.
+    list.push(variants_burst(&gifs, &hostile, n));
     list
+}
+
+/// Variants (`?format=`) that do not exist yet, on `/media` GIFs and on the hostile
+/// `/api/media` items, and formats that do not exist. Each new one queues an ffmpeg run
+/// (`--transcode-workers` at once, `--transcode-queue` queued); its request waits at
+/// most `--transcode-wait` among `--transcode-max-waiting` others, holding no GIF-serving
+/// slot, then gets `503`. Hostile GIFs are refused (`422`) by the GIF limits before
+/// ffmpeg; unknown formats get `400`. ffmpeg's own memory is its process's, not the
+/// server's: what is measured is what waiting costs the server.
+fn variants_burst(
+    gifs: &Arc<Vec<String>>,
+    hostile: &Arc<Vec<(&'static str, String)>>,
+    n: impl Fn(usize) -> usize,
+) -> Burst {
+    const FORMATS: [&str; 3] = ["mp4", "webm", "webp"];
+    let (g, hi) = (Arc::clone(gifs), Arc::clone(hostile));
+    let plain = g.len() * FORMATS.len();
+    let bad = 16;
+    let total = plain + hi.len() * FORMATS.len() + bad;
+    Burst::requests(
+        "/media/<file>?format=, /api/media/<id>?format=",
+        format!(
+            "first-time variants of {} GIFs in 3 formats, of the {} hostile GIFs, and unknown formats",
+            g.len(),
+            hi.len()
+        ),
+        n(total),
+        64,
+        move |i| {
+            let i = i % total;
+            let format = FORMATS[i % FORMATS.len()];
+            if i < plain {
+                get(
+                    &format!(
+                        "/media/fitnessally/{}?format={format}",
+                        g[i / FORMATS.len()]
+                    ),
+                    &[],
+                )
+            } else if i < total - bad {
+                let item = &hi[(i - plain) / FORMATS.len()].1;
+                get(&format!("/api/media/{item}?format={format}"), &[])
+            } else if i % 2 == 0 {
+                get("/media/fitnessally/exercise-0.gif?format=avif", &[])
+            } else {
+                let long = "x".repeat(4 << 10);
+                get(
+                    &format!("/media/fitnessally/exercise-0.gif?format={long}"),
+                    &[],
+                )
+            }
+        },
+    )
 }
 
 // ---------------------------------------------------------------- measuring
