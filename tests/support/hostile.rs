@@ -925,7 +925,7 @@ fn variants_burst(
             } else if i < total - bad {
                 let item = &hi[(i - plain) / FORMATS.len()].1;
                 get(&format!("/api/media/{item}?format={format}"), &[])
-            } else if i % 2 == 0 {
+            } else if i.is_multiple_of(2) {
                 get("/media/fitnessally/exercise-0.gif?format=avif", &[])
             } else {
                 let long = "x".repeat(4 << 10);
