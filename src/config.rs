@@ -552,6 +552,10 @@ impl Config {
                 "--gun-put-max-in-flight/GUN_PUT_MAX_IN_FLIGHT",
                 self.gun.gun_put_max_in_flight,
             ),
+            (
+                "--gun-get-max-in-flight/GUN_GET_MAX_IN_FLIGHT",
+                self.gun.gun_get_max_in_flight,
+            ),
         ] {
             if value == 0 {
                 return invalid(option, "must be at least 1");
@@ -603,6 +607,10 @@ impl Config {
             (
                 "--gun-put-queue-timeout/GUN_PUT_QUEUE_TIMEOUT",
                 self.gun.gun_put_queue_timeout,
+            ),
+            (
+                "--gun-get-queue-timeout/GUN_GET_QUEUE_TIMEOUT",
+                self.gun.gun_get_queue_timeout,
             ),
             (
                 "--request-body-queue-timeout/REQUEST_BODY_QUEUE_TIMEOUT",
@@ -759,6 +767,21 @@ pub struct GunSettings {
     /// at most the body timeout plus `--gun-deadline`, so a short wait is the fair one.
     #[arg(long, env = "GUN_PUT_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub gun_put_queue_timeout: Duration,
+
+    /// `GET /gun-relay/get` requests admitted at once, from the request to its answer. A
+    /// get is answered from the miss cache in microseconds or waits on the relay (a miss
+    /// takes it ~3 s) for one of `--gun-pool-size` connections, within `--gun-deadline`:
+    /// this bounds how many such waits there are. 256 is eight gets per relay connection.
+    #[arg(long, env = "GUN_GET_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub gun_get_max_in_flight: usize,
+
+    /// Gets allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "GUN_GET_MAX_QUEUE", default_value_t = 1024)]
+    pub gun_get_max_queue: usize,
+
+    /// Longest a get waits for a slot; then 503 + `Retry-After`.
+    #[arg(long, env = "GUN_GET_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub gun_get_queue_timeout: Duration,
 
     /// Largest response body read from the relay; a larger answer is an error, not a record.
     /// Bounds what one answer can make us buffer; records are KiB, not MiB.
@@ -1112,6 +1135,14 @@ mod tests {
             ),
             (16, 64, Duration::from_secs(2))
         );
+        assert_eq!(
+            (
+                g.gun_get_max_in_flight,
+                g.gun_get_max_queue,
+                g.gun_get_queue_timeout
+            ),
+            (256, 1024, Duration::from_secs(2))
+        );
         let refused = |tweak: fn(&mut Config), option: &str| {
             let mut c = Config::for_media_dir("/tmp/x");
             tweak(&mut c);
@@ -1140,6 +1171,14 @@ mod tests {
         refused(
             |c| c.gun.gun_put_queue_timeout = Duration::ZERO,
             "--gun-put-queue-timeout",
+        );
+        refused(
+            |c| c.gun.gun_get_max_in_flight = 0,
+            "--gun-get-max-in-flight",
+        );
+        refused(
+            |c| c.gun.gun_get_queue_timeout = Duration::ZERO,
+            "--gun-get-queue-timeout",
         );
         assert_eq!(
             (

@@ -199,8 +199,8 @@ impl AppState {
 /// lines that name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// No bound beyond the connection's own (health, metrics, GUN gets and the resolver
-    /// bound their work inside their components; `/api/resolve` takes
+    /// No bound beyond the connection's own (health and metrics answer from memory;
+    /// `/api/resolve` takes
     /// [`Admissions::resolve`] itself, after reading the body).
     Open,
     /// The media limiter: requests that send file bytes and wait on nothing else
@@ -215,6 +215,10 @@ pub enum Admission {
     /// `POST /gun-relay/put`: a buffered body and a relay call (`--gun-put-max-in-flight`,
     /// `--gun-put-max-queue`, `--gun-put-queue-timeout`), metrics `oip_media_gun_put_*`.
     GunPut,
+    /// `GET /gun-relay/get`: an answer from the miss cache, or a wait for the relay
+    /// (`--gun-get-max-in-flight`, `--gun-get-max-queue`, `--gun-get-queue-timeout`),
+    /// metrics `oip_media_gun_get_*`.
+    GunGet,
 }
 
 /// The limiters behind [`Admission`]s, one per bounded admission, each registering its
@@ -229,6 +233,8 @@ pub struct Admissions {
     pub info: Arc<Limiter>,
     /// [`Admission::GunPut`].
     pub gun_put: Arc<Limiter>,
+    /// [`Admission::GunGet`].
+    pub gun_get: Arc<Limiter>,
     /// Resolutions at once and their queue (`--resolve-max-in-flight`,
     /// `--resolve-max-queue`, `--resolve-queue-timeout`), metrics `oip_media_resolve_*`.
     /// Taken by `/api/resolve`'s handler itself once the body has been read, not by
@@ -281,6 +287,12 @@ impl Admissions {
                 gun.gun_put_max_queue,
                 gun.gun_put_queue_timeout,
             ),
+            gun_get: bounded(
+                "gun_get",
+                gun.gun_get_max_in_flight,
+                gun.gun_get_max_queue,
+                gun.gun_get_queue_timeout,
+            ),
             resolve: bounded(
                 "resolve",
                 config.resolver.resolve_max_in_flight,
@@ -309,6 +321,7 @@ impl Admissions {
             Admission::Still => Some(&self.still),
             Admission::Info => Some(&self.info),
             Admission::GunPut => Some(&self.gun_put),
+            Admission::GunGet => Some(&self.gun_get),
         }
     }
 }

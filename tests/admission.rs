@@ -1,7 +1,8 @@
-//! Each admission point has its own bound: stills, `/info` and GUN puts wait in their own
-//! bounded queues and never hold a GIF-serving (media) slot while they wait, and the GIF
-//! decoding workers' own wait is bounded in length and time. Past any bound: `503`,
-//! `Retry-After`, `Cache-Control: no-store` and a JSON body, counted in `/metrics`.
+//! Each admission point has its own bound: stills, `/info`, GUN puts and GUN gets wait in
+//! their own bounded queues and never hold a GIF-serving (media) slot while they wait,
+//! and the GIF decoding workers' own wait is bounded in length and time. Past any bound:
+//! `503`, `Retry-After`, `Cache-Control: no-store` and a JSON body, counted in
+//! `/metrics`.
 //!
 //! Slow decodes are simulated with the GIF workers' stall hook (a render of a sane GIF
 //! is too quick to hold a worker deterministically). Loopback only; every wait bounded.
@@ -466,5 +467,74 @@ async fn request_bodies_share_one_budget_taken_before_they_are_read() {
         assert_eq!(finish(stream, Duration::from_secs(10)).await.status, 408);
     }
     until_metric(&server, "oip_media_request_body_kib_in_flight", 0.0).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gun_gets_have_their_own_bounded_admission() {
+    let relay = RelayStub::start().await;
+    relay.set_default(Some(Reply::Hang));
+    relay.store("known", json!({"a": 1}));
+    let server = TestServer::start(|c| {
+        c.gun.gun_peers = Some(relay.base_url());
+        c.gun.gun_attempts = 1;
+        c.gun.gun_attempt_timeout = Duration::from_secs(3);
+        c.gun.gun_deadline = Duration::from_secs(3);
+        c.gun.gun_summary_interval = Duration::ZERO;
+        c.gun.gun_get_max_in_flight = 2;
+        c.gun.gun_get_max_queue = 1;
+        c.gun.gun_get_queue_timeout = Duration::from_millis(400);
+    })
+    .await;
+    // Two gets wait on a relay that does not answer: both slots are taken.
+    let first = send_get(server.addr, "/gun-relay/get?soul=slow-1").await;
+    let second = send_get(server.addr, "/gun-relay/get?soul=slow-2").await;
+    until_metric(&server, "oip_media_gun_get_in_flight", 2.0).await;
+    let queued = send_get(server.addr, "/gun-relay/get?soul=slow-3").await;
+    let sent = Instant::now();
+    until_metric(&server, "oip_media_gun_get_queue_waiting", 1.0).await;
+    let started = Instant::now();
+    let full = finish(
+        send_get(server.addr, "/gun-relay/get?soul=slow-4").await,
+        PROMPT,
+    )
+    .await;
+    assert_shed(&full, "wait queue full");
+    assert!(started.elapsed() < PROMPT);
+    let timed_out = finish(queued, Duration::from_secs(10)).await;
+    assert_shed(&timed_out, "waited too long for a slot");
+    assert!(sent.elapsed() >= Duration::from_millis(350));
+    assert_eq!(relay.requests(), 2, "shed gets never reached the relay");
+
+    // Nothing else waits behind the get bound: health and puts are answered, and no
+    // GIF-serving slot was taken.
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    let put = finish(
+        send_put(server.addr, r#"{"soul":"p","data":{"x":1}}"#).await,
+        PROMPT,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{:?}", String::from_utf8_lossy(&put.body));
+    let text = metrics(&server).await;
+    assert_eq!(metric(&text, "oip_media_media_in_flight"), Some(0.0));
+    assert_eq!(
+        metric(&text, "oip_media_gun_get_shed_total{kind=\"queue_full\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "oip_media_gun_get_in_flight_limit"),
+        Some(2.0)
+    );
+
+    // The slots come back within the relay's deadline (504), then gets go through.
+    assert_eq!(finish(first, Duration::from_secs(10)).await.status, 504);
+    assert_eq!(finish(second, Duration::from_secs(10)).await.status, 504);
+    until_metric(&server, "oip_media_gun_get_in_flight", 0.0).await;
+    let got = finish(
+        send_get(server.addr, "/gun-relay/get?soul=known").await,
+        PROMPT,
+    )
+    .await;
+    assert_eq!(got.status, 200);
     server.stop().await;
 }

@@ -274,6 +274,7 @@ use RouteFamily as F;
 const MEDIA_LIMIT: Admit = Admit::Always(Admission::Media);
 const OPEN: Admit = Admit::Always(Admission::Open);
 const GUN_PUT: Admit = Admit::Always(Admission::GunPut);
+const GUN_GET: Admit = Admit::Always(Admission::GunGet);
 
 /// Every route of the service. Paths matching none get the JSON 404 (family `other`).
 /// Prefix forms are listed twice (`/x/` and `/x/{*rest}`) because a catch-all matches
@@ -326,7 +327,7 @@ pub const ROUTES: &[Route] = &[
         "/gun-relay/get",
         F::GunRelay,
         Methods::GET,
-        OPEN,
+        GUN_GET,
         Handler::GunGet,
     ),
     route(
@@ -498,7 +499,7 @@ mod tests {
             ("/api/media?id=a.mp3&still=1", Admission::Media),
             ("/api/generate/media/a.mp3?still=1", Admission::Media),
             ("/gun-relay/put", Admission::GunPut),
-            ("/gun-relay/get?soul=x", Admission::Open),
+            ("/gun-relay/get?soul=x", Admission::GunGet),
             ("/api/resolve", Admission::Open),
             ("/metrics", Admission::Open),
         ] {
