@@ -234,7 +234,11 @@ impl Corpus {
 
 /// A GUN relay stand-in that costs nothing per request: gets are misses (404
 /// `{"error":"Not found"}`), puts are drained and acknowledged. The relay itself is not
-/// what is measured.
+/// what is measured. A get for a soul that starts with `slow-` is answered after
+/// [`SLOW_MISS`], as a real relay answers a miss only after waiting for its peers.
+/// How long the stand-in takes to answer a get for a `slow-` soul.
+pub const SLOW_MISS: Duration = Duration::from_secs(3);
+
 pub struct RelaySink {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -253,12 +257,19 @@ impl RelaySink {
                     let service = hyper::service::service_fn(
                         |request: hyper::Request<hyper::body::Incoming>| async move {
                             let put = request.uri().path().ends_with("/put");
+                            let slow = request
+                                .uri()
+                                .query()
+                                .is_some_and(|q| q.contains("soul=slow-"));
                             // Drained without keeping it.
                             let mut body = request.into_body();
                             while let Some(frame) = body.frame().await {
                                 if frame.is_err() {
                                     break;
                                 }
+                            }
+                            if slow {
+                                tokio::time::sleep(SLOW_MISS).await;
                             }
                             let (status, text) = if put {
                                 (200, r#"{"success":true}"#)
@@ -824,6 +835,13 @@ pub fn bursts(corpus: &Corpus, scale: f64) -> Vec<Burst> {
                 &[],
             )
         },
+    ));
+    list.push(Burst::requests(
+        "/gun-relay/get",
+        "distinct souls on a relay that takes 3 s per miss, 1,024 at once (the get admission)",
+        n(2048),
+        1024,
+        |i| get(&format!("/gun-relay/get?soul=slow-{i}"), &[]),
     ));
     let resolve_body = {
         let record = r#"{"data":{"basic":{"name":"x"}}}"#;
