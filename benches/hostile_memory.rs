@@ -13,7 +13,9 @@
 //!
 //! Settings: `HOSTILE_SCALE` (default 1.0) multiplies every burst's count;
 //! `HOSTILE_SETTLE_MS` (default 3000) is the wait before the retained reading;
-//! `HOSTILE_ONLY=<text>` runs only the bursts whose route or input contains it.
+//! `HOSTILE_ONLY=<text>` runs only the bursts whose route or input contains it;
+//! `HOSTILE_SERVER_ENV="NAME=value NAME=value"` adds settings to the server's environment
+//! (to compare a bound with it turned up, say).
 
 #[path = "../tests/support/child_server.rs"]
 mod child_server;
@@ -62,7 +64,16 @@ fn main() {
         );
         let relay = RelaySink::start().await;
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_oip-media"));
-        let server = ChildServer::start(&binary, &corpus.env(Some(relay.addr)));
+        let mut env = corpus.env(Some(relay.addr));
+        let extra = std::env::var("HOSTILE_SERVER_ENV").unwrap_or_default();
+        for setting in extra.split_whitespace() {
+            let (name, value) = setting
+                .split_once('=')
+                .expect("HOSTILE_SERVER_ENV: NAME=value pairs");
+            // Names live as long as the run: leaked once, a few bytes.
+            env.push((&*name.to_owned().leak(), value.to_owned()));
+        }
+        let server = ChildServer::start(&binary, &env);
         // Warm up: every normal GIF mapped once, the allocator's arenas made.
         let warm = hostile::bursts(&corpus, 0.05);
         let _ = warm[0].run(server.addr, Duration::from_secs(30)).await;
