@@ -62,6 +62,12 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
 /// place is served within a second.
 pub const MAX_REVALIDATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// Smallest `--max-request-head`: a browser's ordinary head with cookies fits in 8 KiB.
+pub const MIN_REQUEST_HEAD: u64 = 8 * 1024;
+
+/// Largest `--max-request-head`: past this a head costs more than a GIF.
+pub const MAX_REQUEST_HEAD: u64 = 1024 * 1024;
+
 /// Every setting of the service. Built by clap from flags and environment variables in
 /// `main`, or by tests and benches with [`Config::for_media_dir`] and plain field updates.
 #[derive(Debug, Clone, Parser)]
@@ -99,6 +105,13 @@ pub struct Config {
     /// limiter. 256KiB still fills a 40 Mbit/s link at 50 ms RTT.
     #[arg(long, env = "SEND_BUFFER", default_value = "0", value_parser = parse_bytes)]
     pub send_buffer: u64,
+
+    /// Most bytes of one request head (request line and header lines). hyper buffers a head
+    /// until it is complete, and its own ceiling is ~408 KiB per connection: 1,000
+    /// connections trickling an unfinished head held 211 MiB. nginx allows 4 × 8 KiB by
+    /// default; 64KiB leaves room for large cookies and tokens. Past it: `431`.
+    #[arg(long, env = "MAX_REQUEST_HEAD", default_value = "64KiB", value_parser = parse_bytes)]
+    pub max_request_head: u64,
 
     /// Time a client has to send a complete request head once it has sent its first byte.
     /// Defeats slowloris clients that trickle header bytes.
@@ -565,6 +578,12 @@ impl Config {
             return invalid(
                 "--revalidate-window/REVALIDATE_WINDOW",
                 "must be at most 1s (a replaced file must be noticed within a second)",
+            );
+        }
+        if !(MIN_REQUEST_HEAD..=MAX_REQUEST_HEAD).contains(&self.max_request_head) {
+            return invalid(
+                "--max-request-head/MAX_REQUEST_HEAD",
+                "must be between 8KiB and 1MiB",
             );
         }
         if self.map_cache_entries == 0 || self.map_cache_bytes == 0 {
@@ -1238,6 +1257,8 @@ mod tests {
                 |c| c.revalidate_window = Duration::from_millis(1001),
                 "--revalidate-window",
             ),
+            (|c| c.max_request_head = 4 * 1024, "--max-request-head"),
+            (|c| c.max_request_head = 2 << 20, "--max-request-head"),
         ] {
             let mut c = Config::for_media_dir("/tmp/x");
             tweak(&mut c);
