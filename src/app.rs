@@ -144,7 +144,10 @@ impl App {
         if let Some(refused) = route.methods.gate(request.method()) {
             return refused;
         }
-        match state.admissions.limiter(route.admission) {
+        match state
+            .admissions
+            .limiter(route.admit.admission(request.uri()))
+        {
             Some(limiter) => {
                 let mut request = request;
                 limiter
