@@ -236,6 +236,7 @@ impl Admissions {
                     max_queue: config.max_queue,
                     queue_timeout: config.queue_timeout,
                     retry_after_secs: 1,
+                    max_stalled: config.max_stalled,
                 },
             ),
             resolve: bounded(
@@ -245,6 +246,8 @@ impl Admissions {
                     max_queue: config.resolver.resolve_max_queue,
                     queue_timeout: config.resolver.resolve_queue_timeout,
                     retry_after_secs: 1,
+                    // An answer being sent holds its JSON in memory: it keeps its slot.
+                    max_stalled: 0,
                 },
             ),
         }

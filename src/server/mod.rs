@@ -4,6 +4,7 @@
 //! proxy, which speak HTTP/1.1 to their upstreams.
 
 pub mod fd_budget;
+pub mod tcp_progress;
 pub mod timed_io;
 pub mod zero_copy;
 
@@ -119,6 +120,7 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
         header_read: config.header_read_timeout,
         keep_alive: config.keep_alive_timeout,
         write_stall: config.write_stall_timeout,
+        stalled_after: config.stalled_after,
     };
     let counters = Arc::clone(&app.state().connections);
     let summary = crate::app::spawn_summary(&app, config.summary_interval);
