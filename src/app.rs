@@ -3,7 +3,8 @@
 //! call [`App::handle`] directly.
 //!
 //! Per request, in order: the request id (the caller's, or a fresh one), a `debug` span,
-//! a CORS preflight answered before any route, one `matchit` lookup that yields the
+//! the RFC 9112 head checks (`Host`, transfer codings: [`request_head`]), a CORS preflight
+//! answered before any route, one `matchit` lookup that yields the
 //! route family, method gate, admission bound and handler; then the response gets its
 //! CORS headers, `X-Request-Id` and `nosniff`, is counted by family and status class, and
 //! its body counts the bytes it hands to the socket.
@@ -33,9 +34,10 @@ use tracing::Instrument;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::StartError;
+use crate::http::request_head::{self, HeadError};
 use crate::metrics::{HttpMetrics, ProcessMemory};
 use crate::response::{self, NOSNIFF, X_REQUEST_ID};
-use crate::routes::{ROUTES, Route, RouteFamily, Router};
+use crate::routes::{self, ROUTES, Route, RouteFamily, Router};
 use crate::state::AppState;
 
 /// The router with its state. Cheap to clone (three `Arc`s), one clone per connection.
@@ -113,10 +115,20 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let state = &*self.state;
+        // A body hyper knows to be empty has no transfer coding (see `request_head`).
+        let may_have_body = !http_body::Body::is_end_stream(request.body());
+        if let Err(refused) =
+            request_head::check(request.version(), request.headers(), may_have_body)
+        {
+            return refuse_head(refused);
+        }
         if let Some(preflight) = state.cors.preflight(request.method(), request.headers()) {
             return preflight.map(|()| Body::empty());
         }
         let Some(route) = route else {
+            if request.uri().path() == "*" {
+                return routes::asterisk(request.method());
+            }
             return response::not_found();
         };
         if let Some(refused) = route.methods.gate(request.method()) {
@@ -137,6 +149,19 @@ impl App {
             None => route.handler.call(state, request).await,
         }
     }
+}
+
+/// The answer to a request head RFC 9112 refuses (see [`request_head`]): `400` or `501`,
+/// closing the connection when the body's framing is in doubt.
+fn refuse_head(error: HeadError) -> Response<Body> {
+    tracing::debug!(%error, "request head refused");
+    let mut response = response::json_error(error.status(), &error.to_string());
+    if error.closes_connection() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Fresh ids per block: one allocation and one fill for this many requests.

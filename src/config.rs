@@ -194,8 +194,11 @@ pub struct Config {
     // ---------------------------------------------------------------- operation
     /// Origins allowed to read responses cross-origin (comma list). Entries are exact
     /// origins (`https://fitnessally.io`), subdomain wildcards (`https://*.fitnessally.io`)
-    /// or whole schemes (`chrome-extension://*` for the browser extensions). Other origins
-    /// get normal responses without CORS headers, never an error. Empty turns CORS off.
+    /// or whole schemes (`chrome-extension://*` for the browser extensions); a wildcard
+    /// matches only a real origin (`scheme://host[:port]`: no path, query, fragment or
+    /// userinfo), and a subdomain wildcard only on its own port (`…:8443` to name one).
+    /// Other origins get normal responses without CORS headers, never an error. Empty
+    /// turns CORS off.
     #[arg(
         long,
         env = "CORS_ORIGINS",
@@ -260,9 +263,10 @@ pub struct Config {
     #[arg(long, env = "GENERATED_MEDIA_DIR")]
     pub generated_media_dir: Option<PathBuf>,
 
-    /// Secret of the HS256 tokens the indexer issues; private `/api/media` items are
-    /// served only to their owner's token. Unset: private media is never served (401),
-    /// and a warning says so at start-up. Never printed, not even by `--help`.
+    /// Secret of the tokens the indexer issues (HMAC: HS256, HS384 or HS512, checked as
+    /// the indexer's jsonwebtoken checks them); private `/api/media` items are served only
+    /// to their owner's token. Unset: private media is never served (401), and a warning
+    /// says so at start-up. Never printed, not even by `--help`.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 

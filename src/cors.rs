@@ -11,15 +11,101 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-/// One allowed-origin rule.
+/// One allowed-origin rule. Schemes and hosts are kept lowercase; requests are compared
+/// case-insensitively (RFC 6454 §4: both are case-insensitive), without allocating.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum OriginRule {
     /// An exact origin, e.g. `https://fitnessally.io`.
-    Exact(String),
+    Exact {
+        scheme: String,
+        host: String,
+        port: Option<u16>,
+    },
     /// Any origin of a scheme, e.g. `chrome-extension://*`.
     Scheme(String),
-    /// Any subdomain of a host over a scheme, e.g. `https://*.fitnessally.io`.
-    Subdomain { scheme: String, suffix: String },
+    /// Any subdomain of a host over a scheme, on the rule's port (none: the scheme's
+    /// default, which browsers leave out of `Origin`), e.g. `https://*.fitnessally.io`.
+    Subdomain {
+        scheme: String,
+        /// `.` + the domain.
+        suffix: String,
+        port: Option<u16>,
+    },
+}
+
+/// A serialized origin (RFC 6454 §6.2): `scheme "://" host [ ":" port ]` and nothing
+/// else — no path (not even `/`), query, fragment or userinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Origin<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: Option<u16>,
+}
+
+impl<'a> Origin<'a> {
+    /// Parses `text` as an origin; `None` for anything that is not one: a wildcard
+    /// must never match `https://evil.example/.fitnessally.io` or
+    /// `https://fitnessally.io@evil.example`.
+    fn parse(text: &'a str) -> Option<Origin<'a>> {
+        let (scheme, rest) = text.split_once("://")?;
+        if !is_scheme(scheme) {
+            return None;
+        }
+        let (host, tail) = if rest.starts_with('[') {
+            // An IPv6 literal: `[...]`, then an optional port.
+            let close = rest.find(']')?;
+            rest[1..close].parse::<std::net::Ipv6Addr>().ok()?;
+            rest.split_at(close + 1)
+        } else {
+            match rest.find(':') {
+                Some(colon) => rest.split_at(colon),
+                None => (rest, ""),
+            }
+        };
+        let port = tail_port(tail)?;
+        if !host.starts_with('[') && !is_dns_host(host) {
+            return None;
+        }
+        Some(Origin { scheme, host, port })
+    }
+}
+
+/// `""` → no port; `":" 1*5DIGIT` up to 65535 → that port; anything else → not an origin.
+fn tail_port(tail: &str) -> Option<Option<u16>> {
+    if tail.is_empty() {
+        return Some(None);
+    }
+    let digits = tail.strip_prefix(':')?;
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u16>().ok().map(Some)
+}
+
+/// RFC 3986 `scheme`: a letter, then letters, digits, `+`, `-`, `.`.
+fn is_scheme(scheme: &str) -> bool {
+    let mut bytes = scheme.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// A host name as browsers serialize it (IDNs in punycode): dot-separated labels of
+/// 1–63 letters, digits, `-` or `_`, at most 253 characters; an IPv4 address is one too.
+fn is_dns_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// True when `text` ends with `suffix` (lowercase), compared case-insensitively.
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len()
+        && text.as_bytes()[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// The allow-list, parsed once from `--cors-origins`.
@@ -38,34 +124,41 @@ const ALLOW_HEADERS: &str = "Authorization, Content-Type, Range, If-None-Match, 
 
 impl CorsPolicy {
     /// Parses a comma list of origins (`https://a.example`, `https://*.a.example`,
-    /// `chrome-extension://*`). Returns the offending entry when one is malformed.
+    /// `https://*.a.example:8443`, `chrome-extension://*`). Returns the offending entry
+    /// when one is not an origin or a supported wildcard.
     pub fn parse(list: &str) -> Result<CorsPolicy, String> {
         let mut rules = Vec::new();
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let entry = entry.trim_end_matches('/').to_ascii_lowercase();
-            let Some((scheme, rest)) = entry.split_once("://") else {
-                return Err(format!(
-                    "`{entry}` is not an origin (expected scheme://host)"
-                ));
+            let not_an_origin = || {
+                format!(
+                    "`{entry}` is not an origin (expected scheme://host[:port], \
+                     scheme://*.domain[:port] or scheme://*)"
+                )
             };
-            if scheme.is_empty() || rest.is_empty() {
-                return Err(format!(
-                    "`{entry}` is not an origin (expected scheme://host)"
-                ));
-            }
-            let rule = if rest == "*" {
+            let rule = if let Some(scheme) = entry.strip_suffix("://*") {
+                if !is_scheme(scheme) {
+                    return Err(not_an_origin());
+                }
                 OriginRule::Scheme(scheme.to_owned())
-            } else if let Some(suffix) = rest.strip_prefix("*.") {
+            } else if let Some((scheme, domain)) = entry.split_once("://*.") {
+                // The domain, as an origin of the same scheme, must parse.
+                let candidate = format!("{scheme}://{domain}");
+                let origin = Origin::parse(&candidate)
+                    .filter(|o| !o.host.starts_with('['))
+                    .ok_or_else(not_an_origin)?;
                 OriginRule::Subdomain {
                     scheme: scheme.to_owned(),
-                    suffix: format!(".{suffix}"),
+                    suffix: format!(".{}", origin.host),
+                    port: origin.port,
                 }
-            } else if rest.contains('*') || rest.contains('/') {
-                return Err(format!(
-                    "`{entry}`: only `scheme://*` and `scheme://*.domain` wildcards are supported"
-                ));
             } else {
-                OriginRule::Exact(entry.clone())
+                let origin = Origin::parse(&entry).ok_or_else(not_an_origin)?;
+                OriginRule::Exact {
+                    scheme: origin.scheme.to_owned(),
+                    host: origin.host.to_owned(),
+                    port: origin.port,
+                }
             };
             rules.push(rule);
         }
@@ -77,17 +170,27 @@ impl CorsPolicy {
         self.rules.is_empty()
     }
 
-    /// Whether `origin` (the request's `Origin` value) is on the list.
+    /// Whether `origin` (the request's `Origin` value) is a real origin on the list.
     pub fn allows(&self, origin: &str) -> bool {
-        let origin = origin.to_ascii_lowercase();
-        let Some((scheme, host)) = origin.split_once("://") else {
+        let Some(origin) = Origin::parse(origin) else {
             return false;
         };
         self.rules.iter().any(|rule| match rule {
-            OriginRule::Exact(o) => *o == origin,
-            OriginRule::Scheme(s) => s == scheme && !host.is_empty(),
-            OriginRule::Subdomain { scheme: s, suffix } => {
-                s == scheme && host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            OriginRule::Exact { scheme, host, port } => {
+                origin.scheme.eq_ignore_ascii_case(scheme)
+                    && origin.host.eq_ignore_ascii_case(host)
+                    && origin.port == *port
+            }
+            OriginRule::Scheme(scheme) => origin.scheme.eq_ignore_ascii_case(scheme),
+            OriginRule::Subdomain {
+                scheme,
+                suffix,
+                port,
+            } => {
+                origin.scheme.eq_ignore_ascii_case(scheme)
+                    && origin.host.len() > suffix.len()
+                    && ends_with_ignore_case(origin.host, suffix)
+                    && origin.port == *port
             }
         })
     }
@@ -108,8 +211,8 @@ impl CorsPolicy {
         }
         let mut response = Response::new(());
         *response.status_mut() = StatusCode::NO_CONTENT;
+        // `Vary: Origin` is added by `decorate`, as on every response: once.
         let out = response.headers_mut();
-        out.append(header::VARY, HeaderValue::from_static("Origin"));
         if let Some(origin) = self.allowed_origin(headers.get(header::ORIGIN)) {
             out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             out.insert(
@@ -155,33 +258,127 @@ mod tests {
     }
 
     #[test]
-    fn matching_rules() {
-        let p = policy();
-        assert!(p.allows("https://fitnessally.io"));
-        assert!(p.allows("HTTPS://FitnessAlly.io"));
-        assert!(p.allows("https://app.fitnessally.io"));
-        assert!(p.allows("chrome-extension://abcdefghijklmnop"));
-        assert!(p.allows("moz-extension://1234-5678"));
-        assert!(!p.allows("http://fitnessally.io"), "scheme matters");
-        assert!(
-            !p.allows("https://evilfitnessally.io"),
-            "suffix must be a subdomain"
-        );
-        assert!(!p.allows("https://fitnessally.io.evil.com"));
-        assert!(
-            !p.allows("https://.fitnessally.io"),
-            "an empty label is no subdomain"
-        );
-        assert!(!p.allows("chrome-extension://"));
-        assert!(!p.allows("null"));
-        assert!(!p.allows("https://example.com"));
+    fn only_real_origins_match_the_wildcards() {
+        let p = CorsPolicy::parse(
+            "https://fitnessally.io, https://*.fitnessally.io, https://*.staging.example:8443, \
+             chrome-extension://*, moz-extension://*, http://localhost:3000, http://[::1]:8080",
+        )
+        .unwrap();
+        let cases: &[(&str, bool)] = &[
+            // Exact.
+            ("https://fitnessally.io", true),
+            ("HTTPS://FitnessAlly.io", true),
+            ("http://fitnessally.io", false),
+            ("https://fitnessally.io:443", false),
+            ("https://fitnessally.io/", false),
+            ("http://localhost:3000", true),
+            ("http://localhost:3001", false),
+            ("http://localhost", false),
+            ("http://[::1]:8080", true),
+            ("http://[::1]", false),
+            // Subdomain wildcard: a real host under the domain, nothing after it.
+            ("https://app.fitnessally.io", true),
+            ("https://a.b.fitnessally.io", true),
+            ("https://APP.FitnessAlly.IO", true),
+            ("https://app.fitnessally.io:8443", false),
+            ("https://app.fitnessally.io/", false),
+            ("https://app.fitnessally.io/x", false),
+            ("https://evil.example/.fitnessally.io", false),
+            ("https://evil.example?.fitnessally.io", false),
+            ("https://evil.example#.fitnessally.io", false),
+            ("https://user@app.fitnessally.io", false),
+            ("https://fitnessally.io@evil.example", false),
+            ("https://evil.example\\.fitnessally.io", false),
+            ("https://evil%2eexample.fitnessally.io", false),
+            ("https://evil example.fitnessally.io", false),
+            ("https://.fitnessally.io", false),
+            ("https://a..fitnessally.io", false),
+            ("https://app.fitnessally.io.", false),
+            ("https://evilfitnessally.io", false),
+            ("https://fitnessally.io.evil.com", false),
+            ("http://app.fitnessally.io", false),
+            ("https://app.fitnessally.io:", false),
+            ("https://app.fitnessally.io:99999", false),
+            // A wildcard with a port matches that port only.
+            ("https://x.staging.example:8443", true),
+            ("https://x.staging.example", false),
+            ("https://x.staging.example:443", false),
+            // Scheme wildcard: any real host of the scheme.
+            ("chrome-extension://abcdefghijklmnop", true),
+            ("moz-extension://1234-5678-9abc", true),
+            ("chrome-extension://abc:1", true),
+            ("chrome-extension://", false),
+            ("chrome-extension://abc/", false),
+            ("chrome-extension://abc/x", false),
+            ("chrome-extension://a@b", false),
+            ("chrome-extension://abc?x", false),
+            ("safari-web-extension://abc", false),
+            // Not origins at all.
+            ("null", false),
+            ("", false),
+            ("https://", false),
+            ("://fitnessally.io", false),
+            ("1https://fitnessally.io", false),
+            ("https://fitnessally.io https://app.fitnessally.io", false),
+        ];
+        for (origin, allowed) in cases {
+            assert_eq!(p.allows(origin), *allowed, "{origin}");
+        }
     }
 
     #[test]
     fn malformed_entries_are_errors() {
-        assert!(CorsPolicy::parse("fitnessally.io").is_err());
-        assert!(CorsPolicy::parse("https://a*.b").is_err());
+        for bad in [
+            "fitnessally.io",
+            "https://a*.b",
+            "https://*.",
+            "https://*.a/b",
+            "https://a.b/path",
+            "https://user@a.b",
+            "https://a.b:port",
+            "*://a.b",
+            "1x://*",
+        ] {
+            assert!(CorsPolicy::parse(bad).is_err(), "{bad}");
+        }
         assert!(CorsPolicy::parse("").unwrap().is_empty());
+        assert!(
+            CorsPolicy::parse("https://a.b/").is_ok(),
+            "a trailing slash is trimmed"
+        );
+    }
+
+    #[test]
+    fn vary_origin_once_on_a_preflight_and_on_any_response() {
+        let p = policy();
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://fitnessally.io"),
+        );
+        req.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("GET"),
+        );
+        let mut preflight = p.preflight(&Method::OPTIONS, &req).unwrap();
+        // The app decorates every response, preflights included.
+        p.decorate(req.get(header::ORIGIN), preflight.headers_mut());
+        assert_eq!(
+            preflight.headers().get_all(header::VARY).iter().count(),
+            1,
+            "{:?}",
+            preflight.headers()
+        );
+        let mut other = HeaderMap::new();
+        other.insert(header::VARY, HeaderValue::from_static("Authorization"));
+        p.decorate(req.get(header::ORIGIN), &mut other);
+        let vary: Vec<_> = other.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["Authorization", "Origin"]);
+        // CORS off: no Vary at all.
+        let off = CorsPolicy::parse("").unwrap();
+        let mut preflight = off.preflight(&Method::OPTIONS, &req).unwrap();
+        off.decorate(req.get(header::ORIGIN), preflight.headers_mut());
+        assert!(preflight.headers().get(header::VARY).is_none());
     }
 
     #[test]

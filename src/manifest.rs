@@ -9,6 +9,9 @@
 //! bounded amount of CPU, not a wait. When the pool cannot answer, the lookup fails with
 //! [`ManifestError::Busy`] rather than trusting a possibly outdated access level.
 //!
+//! Only a path with nothing at it is "no manifest" (`Ok(None)`); a manifest that is there
+//! but cannot be read, parsed or trusted is an error, and the route fails closed on it.
+//!
 //! The manifest's `mimeType` came from the uploader. [`ServedType`] is the one place
 //! that decides what of it may reach a `Content-Type` header.
 
@@ -207,9 +210,12 @@ pub enum ManifestError {
     /// The path is a FIFO, socket, device or directory.
     #[error("manifest is not a regular file")]
     NotRegular,
-    /// The file exists but cannot be read.
+    /// The file exists but cannot be read (a dangling link included).
     #[error("cannot read manifest: {0}")]
     Io(#[source] std::io::Error),
+    /// It resolves outside the media root (a link), or vanished while it was read.
+    #[error("manifest resolves outside the media root")]
+    Unconfined,
     /// The filesystem pool refused the read or it timed out: nothing is known, try again.
     #[error("filesystem busy: {0}")]
     Busy(#[source] FsPoolError),
@@ -234,7 +240,7 @@ struct Cached {
 
 /// What the filesystem said about a manifest, from the pool thread.
 enum Found {
-    /// No manifest (or a link out of the root).
+    /// Nothing at the manifest's path.
     Absent,
     /// The same file as the cached one.
     Unchanged,
@@ -343,16 +349,24 @@ impl ManifestCache {
     }
 }
 
-/// The filesystem half of [`ManifestCache::get`]: `stat`, and if the file is not the
+/// The filesystem half of [`ManifestCache::get`]: `lstat`, and if the file is not the
 /// one `known` describes, confine, open (regular files only) and read it. Blocking:
 /// runs on the filesystem pool.
+///
+/// Only "nothing at the path" is an absent manifest. Once something is there — a file,
+/// a directory, a FIFO, a link — whatever stops us reading it is an error, so the caller
+/// fails closed: a dangling link, a link out of the media root or a file that vanishes
+/// between two calls is never taken for "no manifest, public".
 fn read_manifest(
     root: &Root,
     relative: &Path,
     full: &Path,
     known: Option<FileIdentity>,
 ) -> Result<Found, ManifestError> {
-    let meta = match std::fs::metadata(full) {
+    let meta = match std::fs::symlink_metadata(full) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            std::fs::metadata(full).map_err(ManifestError::Io)?
+        }
         Ok(meta) => meta,
         Err(error) if is_absent(&error) => return Ok(Found::Absent),
         Err(error) => return Err(ManifestError::Io(error)),
@@ -363,13 +377,11 @@ fn read_manifest(
     let real = match root.resolve(relative) {
         Ok(real) => real,
         Err(StoreError::Io(error)) => return Err(ManifestError::Io(error)),
-        // Gone since the stat, or a link out of the root: no manifest.
-        Err(_) => return Ok(Found::Absent),
+        Err(_) => return Err(ManifestError::Unconfined),
     };
     let (mut file, meta) = match open_regular(&real) {
         Ok(opened) => opened,
         Err(OpenError::NotRegular) => return Err(ManifestError::NotRegular),
-        Err(OpenError::Io(error)) if is_absent(&error) => return Ok(Found::Absent),
         Err(OpenError::Io(error)) => return Err(ManifestError::Io(error)),
     };
     if meta.len() > MAX_MANIFEST_BYTES {
@@ -535,6 +547,49 @@ mod tests {
                 .unwrap();
             assert!(cache.len() <= 4, "{}", cache.len());
         }
+    }
+
+    #[tokio::test]
+    async fn only_nothing_at_the_path_is_no_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let id = MediaId::parse(ID).unwrap();
+        std::fs::create_dir(dir.path().join(ID)).unwrap();
+        let path = dir.path().join(ID).join("manifest.json");
+        let cache = ManifestCache::new(4, vec![], pool(), Duration::ZERO);
+        assert!(cache.get(&root, &id).await.unwrap().is_none());
+
+        // A link to a manifest inside the root is followed.
+        std::fs::write(dir.path().join("real.json"), br#"{"accessLevel":"public"}"#).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real.json"), &path).unwrap();
+        let found = cache.get(&root, &id).await.unwrap().unwrap();
+        assert_eq!(found.access, AccessLevel::Public);
+        std::fs::remove_file(&path).unwrap();
+
+        // Dangling, out of the root, a directory: there, unreadable, so errors.
+        std::os::unix::fs::symlink(dir.path().join("gone.json"), &path).unwrap();
+        assert!(matches!(
+            cache.get(&root, &id).await,
+            Err(ManifestError::Io(_))
+        ));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(
+            outside.path().join("m.json"),
+            br#"{"accessLevel":"public"}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("m.json"), &path).unwrap();
+        assert!(matches!(
+            cache.get(&root, &id).await,
+            Err(ManifestError::Unconfined)
+        ));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(matches!(
+            cache.get(&root, &id).await,
+            Err(ManifestError::NotRegular)
+        ));
     }
 
     #[tokio::test]

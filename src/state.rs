@@ -177,13 +177,13 @@ impl AppState {
         ]
     }
 
-    /// The GUN relay's state for `/readyz`.
+    /// The GUN relay's state for `/readyz`: whether one is configured and its breaker,
+    /// never its URL (an internal address is the operator's to know, not a prober's).
     pub fn gun_status(&self) -> serde_json::Value {
         match &self.gun {
             None => serde_json::json!({ "configured": false }),
             Some(gun) => serde_json::json!({
                 "configured": true,
-                "relay": gun.base_url(),
                 "breaker": gun.breaker_state(),
             }),
         }

@@ -77,9 +77,12 @@ fn classify_failure(url: &str, status: StatusCode, body: &[u8]) -> GunError {
             body: snippet(body),
         }
     } else if status.is_client_error() {
+        // The relay's own `{"error": …}` is its protocol and reaches the caller; any other
+        // body (an HTML page of whatever answered) is not quoted to the caller.
         GunError::BadRequest {
             status: code,
-            message: error_message(body).unwrap_or_else(|| snippet(body)),
+            message: error_message(body)
+                .unwrap_or_else(|| format!("GUN relay refused the request (HTTP {code})")),
         }
     } else if status.is_server_error() {
         GunError::Unavailable {
@@ -168,6 +171,17 @@ mod tests {
             Err(GunError::BadRequest {
                 status: 400,
                 message: "Soul parameter required".into()
+            })
+        );
+        // Anything else is not quoted: it may be a page of whatever answered the URL.
+        assert_eq!(
+            get(
+                400,
+                "<pre>SyntaxError at /srv/relay/node_modules/x.js:1</pre>"
+            ),
+            Err(GunError::BadRequest {
+                status: 400,
+                message: "GUN relay refused the request (HTTP 400)".into()
             })
         );
     }

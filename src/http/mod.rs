@@ -8,6 +8,7 @@ pub mod path;
 pub mod query;
 pub mod range;
 pub mod request_body;
+pub mod request_head;
 
 use std::time::SystemTime;
 

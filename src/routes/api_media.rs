@@ -8,7 +8,6 @@
 //! type a browser will not run (see [`ServedType`]).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -67,23 +66,24 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     let Some(id) = MediaId::parse(raw_id) else {
         return response::not_found();
     };
+    if !auth::single_authorization(request.headers()) {
+        return two_authorizations();
+    }
 
+    // Fail closed: a manifest that exists but cannot be trusted says nothing about who
+    // may see the item, so nothing is served from it — not the bytes, not `/info`, not a
+    // still or a variant. Only a manifest that is absent means "public", as the indexer
+    // treats an item it has no manifest for.
     let manifest = match state.manifests.get(&state.media_root, &id).await {
         Ok(manifest) => manifest,
-        // Nothing is known about the item, its access level included: never serve it
-        // on a guess.
         Err(ManifestError::Busy(busy)) => return file_response::filesystem_unavailable(busy),
         Err(error) => {
-            // The indexer serves an item whose manifest cannot be read as public
-            // octet-stream, and the issue keeps that behaviour. It is logged at error
-            // level because a broken manifest of a private item exposes it: fix the
-            // manifest, don't ignore this line.
             tracing::error!(
                 media_id = id.as_str(),
                 %error,
-                "unreadable manifest: serving as public octet-stream"
+                "manifest exists but cannot be used: refusing to serve the item"
             );
-            None
+            return manifest_unusable();
         }
     };
     let private = manifest
@@ -106,16 +106,13 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         };
 
     if info {
-        return match manifest {
-            // Boxed, like stills: rare, and large enough to size every request's future.
-            Some(manifest) => {
-                Box::pin(info_response(
-                    state, &id, &manifest, private, &original, &file,
-                ))
-                .await
-            }
-            None => media_not_found(),
-        };
+        // Boxed, like stills: rare, and large enough to size every request's future.
+        // An item GET serves, `/info` describes: with no manifest, what is known of it.
+        let manifest = manifest.as_deref();
+        return Box::pin(info_response(
+            state, &id, manifest, private, &original, &file,
+        ))
+        .await;
     }
 
     let describe = describe(&id, manifest.as_deref(), private);
@@ -225,17 +222,29 @@ fn is_gif_mime(mime: &str) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("image/gif"))
 }
 
-/// `/info`: the manifest (paths on this host removed), plus GIF metadata for GIFs.
+/// `/info`: the manifest (paths on this host removed), plus GIF metadata for GIFs. An
+/// item without a manifest (which GET serves as public octet-stream) is described by
+/// what the file says: `{"mediaId", "fileSize"}`, and `gif` when it is one.
 async fn info_response(
     state: &AppState,
     id: &MediaId,
-    manifest: &Arc<Manifest>,
+    manifest: Option<&Manifest>,
     private: bool,
     original: &Path,
     file: &MappedFile,
 ) -> Response<Body> {
-    let mut body = manifest.fields.clone();
-    let declared_gif = manifest.mime_type.as_deref().is_some_and(is_gif_mime);
+    let mut body = match manifest {
+        Some(manifest) => manifest.fields.clone(),
+        None => {
+            let mut known = serde_json::Map::new();
+            known.insert("mediaId".to_owned(), id.as_str().into());
+            known.insert("fileSize".to_owned(), file.len().into());
+            known
+        }
+    };
+    let declared_gif = manifest
+        .and_then(|m| m.mime_type.as_deref())
+        .is_some_and(is_gif_mime);
     // The confinement check and the sniff are filesystem calls: one pool job for both.
     let (root, job_original) = (state.media_root.clone(), original.to_path_buf());
     let resolved = state
@@ -303,6 +312,32 @@ async fn info_response(
 
 fn media_not_found() -> Response<Body> {
     response::json_error(StatusCode::NOT_FOUND, "Media not found")
+}
+
+/// 500 for an item whose manifest exists but cannot be read, parsed or trusted: the
+/// log says which and why; the client learns only that the item cannot be served now,
+/// and no cache keeps the answer (an operator fixing the manifest fixes the item).
+fn manifest_unusable() -> Response<Body> {
+    let mut response = response::json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Media temporarily unavailable",
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// 400 for two `Authorization` lines: which one would count is not ours to guess.
+fn two_authorizations() -> Response<Body> {
+    let mut response = response::json_error(
+        StatusCode::BAD_REQUEST,
+        "Send one Authorization header, not several",
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// 401/403 with the indexer's messages; never stored by a cache, and 401 says how to

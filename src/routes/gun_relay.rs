@@ -166,6 +166,11 @@ async fn put(gun: &GunClient, body: &[u8], retry_after: Duration) -> RelayAnswer
 
 /// The relay-compatible answer to a client error (`retry_after`: when an open breaker lets
 /// requests through again, at the latest).
+///
+/// The messages name the kind of trouble, never its details: an unavailable relay's
+/// error carries the relay's URL and the socket error, a misconfigured one the URL and
+/// the start of whatever answered. Those go to the log (here, at `warn`; the client
+/// logs a misconfiguration at `error` itself); the caller learns what it can act on.
 fn from_error(error: &GunError, retry_after: Duration) -> RelayAnswer {
     let (status, message) = match error {
         GunError::InvalidSoul => (StatusCode::BAD_REQUEST, "Soul parameter required".into()),
@@ -178,12 +183,24 @@ fn from_error(error: &GunError, retry_after: Duration) -> RelayAnswer {
         GunError::Rejected { message } => (StatusCode::INTERNAL_SERVER_ERROR, message.clone()),
         GunError::Unavailable {
             timed_out: true, ..
-        } => (
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("GUN relay timed out: {error}"),
-        ),
-        GunError::Unavailable { .. } | GunError::InvalidResponse { .. } => {
-            (StatusCode::BAD_GATEWAY, error.to_string())
+        } => {
+            tracing::warn!(%error, "GUN relay call failed");
+            (StatusCode::GATEWAY_TIMEOUT, "GUN relay timed out".into())
+        }
+        GunError::Unavailable { status, .. } => {
+            tracing::warn!(%error, "GUN relay call failed");
+            let message = match status {
+                Some(code) => format!("GUN relay unavailable (it answered HTTP {code})"),
+                None => "GUN relay unavailable".into(),
+            };
+            (StatusCode::BAD_GATEWAY, message)
+        }
+        GunError::InvalidResponse { .. } => {
+            tracing::warn!(%error, "GUN relay call failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                "GUN relay answered with an invalid body".into(),
+            )
         }
         GunError::Misconfigured { .. } => (
             StatusCode::BAD_GATEWAY,
@@ -198,7 +215,10 @@ fn from_error(error: &GunError, retry_after: Duration) -> RelayAnswer {
         }
         GunError::Config { .. } | GunError::Internal { .. } => {
             tracing::error!(%error, "GUN relay call failed");
-            (StatusCode::BAD_GATEWAY, error.to_string())
+            (
+                StatusCode::BAD_GATEWAY,
+                "GUN relay call failed (see the oip-media log)".into(),
+            )
         }
     };
     RelayAnswer::error(status, message)

@@ -140,6 +140,23 @@ impl Methods {
     }
 }
 
+/// Every method some route answers: the `Allow` of `OPTIONS *`.
+pub const SERVER_ALLOW: &str = "GET, HEAD, POST, OPTIONS";
+
+/// The answer to the asterisk-form target `*` (RFC 9112 §3.2.4), which names the server
+/// rather than a resource and exists for `OPTIONS` only: `204` with the methods the
+/// server answers somewhere ([`SERVER_ALLOW`]); any other method with `*` is a `400`.
+pub fn asterisk(method: &Method) -> Response<Body> {
+    if *method == Method::OPTIONS {
+        response::options(SERVER_ALLOW)
+    } else {
+        response::json_error(
+            http::StatusCode::BAD_REQUEST,
+            "The target * is for OPTIONS only",
+        )
+    }
+}
+
 /// What answers a route, once its method is allowed and its admission granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handler {
@@ -462,6 +479,30 @@ mod tests {
         assert_eq!(options.status(), http::StatusCode::NO_CONTENT);
         let options = Methods::GET_HEAD.gate(&Method::OPTIONS).expect("refused");
         assert_eq!(options.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn options_star_allows_what_some_route_answers() {
+        let mut union = 0;
+        for route in ROUTES.iter().filter(|r| r.methods != Methods::ANY) {
+            union |= route.methods.mask;
+        }
+        let named: Vec<&str> = SERVER_ALLOW.split(", ").collect();
+        for (bit, name) in [
+            (GET, "GET"),
+            (HEAD, "HEAD"),
+            (POST, "POST"),
+            (OPTIONS, "OPTIONS"),
+        ] {
+            assert_eq!(union & bit != 0, named.contains(&name), "{name}");
+        }
+        let star = asterisk(&Method::OPTIONS);
+        assert_eq!(star.status(), http::StatusCode::NO_CONTENT);
+        assert_eq!(star.headers()[http::header::ALLOW], SERVER_ALLOW);
+        assert_eq!(
+            asterisk(&Method::GET).status(),
+            http::StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

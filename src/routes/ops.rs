@@ -32,17 +32,25 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         .run(move || {
             roots
                 .into_iter()
-                .map(|(name, path)| (name, std::fs::read_dir(path).is_ok()))
+                .map(|(name, path)| {
+                    let read = std::fs::read_dir(&path).map(drop);
+                    (name, path, read)
+                })
                 .collect::<Vec<_>>()
         })
         .await;
+    // The body names a root by its role and says yes or no; its path and the I/O error
+    // go to the log only, where the operator looks.
     let mut roots = serde_json::Map::new();
     let (ready, filesystem) = match checked {
         Ok(checked) => {
             let mut ready = true;
-            for (name, readable) in checked {
-                ready &= readable;
-                roots.insert(name.to_owned(), serde_json::Value::Bool(readable));
+            for (name, path, read) in checked {
+                if let Err(error) = &read {
+                    tracing::warn!(root = name, path = %path.display(), %error, "media root not readable");
+                }
+                ready &= read.is_ok();
+                roots.insert(name.to_owned(), serde_json::Value::Bool(read.is_ok()));
             }
             (ready, None)
         }

@@ -62,8 +62,9 @@ pub enum InputError {
     /// The body did not arrive within `--resolve-body-timeout`.
     #[error("Request body not received within {0:?}")]
     Timeout(Duration),
-    /// The connection failed while the body was read.
-    #[error("Request body could not be read: {0}")]
+    /// The connection failed while the body was read. The reason (a socket or framing
+    /// error) is for the log only.
+    #[error("Request body could not be read")]
     Read(String),
     /// The body is not JSON.
     #[error("Request body is not valid JSON: {0}")]
@@ -156,7 +157,7 @@ fn internal_error() -> Response<Body> {
 }
 
 fn refused(error: &InputError) -> Response<Body> {
-    tracing::debug!(%error, "refused resolve request");
+    tracing::debug!(?error, "refused resolve request");
     response::json_error(error.status(), &error.to_string())
 }
 

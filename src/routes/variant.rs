@@ -85,14 +85,25 @@ pub fn not_a_gif() -> Response<Body> {
 }
 
 /// The answer for a variant that cannot be had.
+///
+/// Why ffmpeg is unusable or why it failed is logged by the transcoder when it happens
+/// (at start-up, and once per failed variant); the body says only what kind of trouble
+/// it is, because ffmpeg's words name paths on this host (the GIF's, the derived
+/// folder's, ffmpeg's own) and I/O errors. A timeout's reason is ours and says nothing
+/// more than the bound, so it is kept.
 pub fn variant_error(error: &VariantError) -> Response<Body> {
     let (status, message, reason) = match error {
-        VariantError::Unavailable(reason) => (
+        VariantError::Unavailable(_) => (
             StatusCode::NOT_IMPLEMENTED,
             "Variants are not available on this server",
-            Some(reason.to_string()),
+            None,
         ),
-        VariantError::Failed(reason) | VariantError::TimedOut(reason) => (
+        VariantError::Failed(_) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "This GIF cannot be transcoded",
+            None,
+        ),
+        VariantError::TimedOut(reason) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             "This GIF cannot be transcoded",
             Some(reason.to_string()),

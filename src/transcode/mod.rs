@@ -364,9 +364,15 @@ impl Transcoder {
             "waitingRequests": self.waiting.load(Ordering::Relaxed),
         });
         match &self.engine {
+            // The discovery error names ffmpeg's path and an I/O error: the start-up log
+            // has it; `/readyz` says which kind of "no".
             Err(reason) => serde_json::json!({
                 "available": false,
-                "reason": reason.as_ref(),
+                "reason": if reason.as_ref() == TURNED_OFF {
+                    "transcoding is turned off"
+                } else {
+                    "ffmpeg cannot be used (see the oip-media log)"
+                },
             }),
             Ok(engine) => {
                 let mut formats = serde_json::Map::new();
@@ -599,10 +605,13 @@ fn from_gif_error(error: GifError) -> VariantError {
     }
 }
 
+/// Why there is no engine when `--ffmpeg` is empty.
+const TURNED_OFF: &str = "transcoding is turned off (--ffmpeg/FFMPEG is empty)";
+
 /// Finds ffmpeg and decides the recipe of each format.
 fn discover(program: &str, mp4_encoder: &str) -> Result<Engine, Arc<str>> {
     if program.trim().is_empty() {
-        return Err("transcoding is turned off (--ffmpeg/FFMPEG is empty)".into());
+        return Err(TURNED_OFF.into());
     }
     let ffmpeg = Ffmpeg::discover(program).map_err(|e| Arc::from(e.to_string()))?;
     let mut notes = Vec::new();
@@ -623,11 +632,16 @@ fn discover(program: &str, mp4_encoder: &str) -> Result<Engine, Arc<str>> {
         } else {
             match ffmpeg.probe(ffmpeg::H264_NVENC) {
                 Ok(()) => mp4 = ffmpeg::H264_NVENC,
-                Err(error) => notes.push(format!(
-                    "--mp4-encoder h264_nvenc: ffmpeg lists it but a test encode failed \
-                     (no NVIDIA GPU or driver?); using {}: {error}",
-                    ffmpeg::LIBX264
-                )),
+                Err(error) => {
+                    // The note is shown by `/readyz`; ffmpeg's path and words go to the
+                    // log only.
+                    tracing::warn!(%error, "h264_nvenc test encode failed");
+                    notes.push(format!(
+                        "--mp4-encoder h264_nvenc: ffmpeg lists it but a test encode failed \
+                         (no NVIDIA GPU or driver?); using {}",
+                        ffmpeg::LIBX264
+                    ));
+                }
             }
         }
     }
