@@ -455,6 +455,140 @@ mod tests {
         assert_eq!(ended.elapsed(), Duration::from_secs(30));
     }
 
+    /// A socket that never takes a byte but whose peer acknowledges what the test says
+    /// (as a kernel's send queue drains to a slow reader), recording what it is told.
+    #[derive(Default, Clone)]
+    struct Draining {
+        acked: Arc<std::sync::atomic::AtomicU64>,
+        stalls: Arc<std::sync::atomic::AtomicUsize>,
+        resumes: Arc<std::sync::atomic::AtomicUsize>,
+        evicted: Arc<std::sync::atomic::AtomicBool>,
+        evict_waker: Arc<futures_util::task::AtomicWaker>,
+    }
+
+    impl Draining {
+        fn acked_more(&self, n: u64) {
+            self.acked
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn stalls(&self) -> usize {
+            self.stalls.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn resumes(&self) -> usize {
+            self.resumes.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn evict(&self) {
+            self.evicted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.evict_waker.wake();
+        }
+    }
+
+    impl AsyncWrite for Draining {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Draining {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl SendProgress for Draining {
+        fn bytes_acked(&self) -> Option<u64> {
+            Some(self.acked.load(std::sync::atomic::Ordering::Relaxed))
+        }
+        fn stalled(&self) {
+            self.stalls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn resumed(&self) -> bool {
+            self.resumes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            true
+        }
+        fn poll_evicted(&self, cx: &mut Context<'_>) -> bool {
+            self.evict_waker.register(cx.waker());
+            self.evicted.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    fn busy_writer(socket: &Draining) -> TimedIo<Draining> {
+        let activity = Arc::new(ConnActivity::default());
+        // A request in flight for the whole test: only the write side's rules apply.
+        std::mem::forget(activity.begin());
+        TimedIo::new(socket.clone(), activity, timeouts(), Arc::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_waits_while_the_peer_acknowledges_bytes_is_never_timed_out() {
+        let socket = Draining::default();
+        let mut io = busy_writer(&socket);
+        let write = tokio::spawn(async move { io.write_all(&[0u8; 16]).await });
+        // The socket stays unwritable for a minute (twelve write-stall timeouts) while the
+        // peer acknowledges 1 KB every 400 ms: steady progress, never a stall.
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            socket.acked_more(1024);
+        }
+        assert!(!write.is_finished(), "not cut off while making progress");
+        assert_eq!(socket.stalls(), 0, "never reported stalled");
+        // The peer stops acknowledging: stalled after `stalled_after`, dropped after
+        // `write_stall`, both counted from the last progress.
+        let stopped = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(socket.stalls() >= 1, "reported stalled");
+        let err = write.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = stopped.elapsed();
+        assert!(
+            took >= Duration::from_millis(4600) && took <= Duration::from_millis(5400),
+            "write-stall timeout from the last progress ({took:?})"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_send_is_resumed_by_progress_and_fails_at_once_when_evicted() {
+        let socket = Draining::default();
+        let mut io = busy_writer(&socket);
+        let write = tokio::spawn(async move { io.write_all(&[0u8; 16]).await });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            socket.stalls() >= 1,
+            "stalled after a second without progress"
+        );
+        assert_eq!(socket.resumes(), 0);
+        socket.acked_more(1);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(socket.resumes(), 1, "progress resumes the send");
+        let stalls = socket.stalls();
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert!(socket.stalls() > stalls, "stalled again");
+        // The stalled pool drops this connection: the write fails without waiting for
+        // the write-stall timeout.
+        let evicted = Instant::now();
+        socket.evict();
+        let err = write.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(evicted.elapsed() < Duration::from_millis(10), "at once");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn stalled_writer_times_out() {
         let (_client, server) = tokio::io::duplex(16);
