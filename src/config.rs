@@ -122,8 +122,8 @@ pub struct Config {
     /// `--max-in-flight` slot back and waits in the stalled pool (`--max-stalled`), so
     /// clients that never read cannot hold every slot; it takes a slot back when its
     /// client reads again. Shorter than `--queue-timeout`, so a request queued behind
-    /// non-reading clients gets a slot before it is shed. Also how often a waiting send
-    /// checks its progress (one `getsockopt` per check).
+    /// non-reading clients gets a slot before it is shed. A waiting send checks its
+    /// progress four times per this interval (one `getsockopt` per check).
     #[arg(long, env = "STALLED_AFTER", default_value = "500ms", value_parser = parse_duration)]
     pub stalled_after: Duration,
 

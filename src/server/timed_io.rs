@@ -13,11 +13,18 @@
 //! it has drained, which for a client reading steadily at 128 KiB/s takes seconds. So the
 //! write-stall deadline runs from the last *progress*, measured as bytes the peer
 //! acknowledged (`tcp_progress`, read through [`SendProgress::bytes_acked`]), and a
-//! write that waits checks that progress every `stalled_after`:
+//! write that waits checks that progress four times per `stalled_after` (once per
+//! `stalled_after` once it is reported stalled):
 //!
 //! - the check costs one `getsockopt` when a write starts waiting and one per check
 //!   while it waits; a write that completes costs nothing more than before (no syscall
 //!   per write, no timer per write: the timer is re-armed only while a write waits);
+//! - why four: a check sees *that* the peer acknowledged bytes since the one before,
+//!   not when, so progress counts from the check that saw it. A client that stops
+//!   reading has its last bytes acknowledged just after the write starts waiting; with
+//!   one check per `stalled_after` it would be reported stalled only after twice that
+//!   (1 s by default, as long as a queued request waits before it is shed), with four
+//!   after at most 1.25 times;
 //! - progress since the last check moves the deadline (`write_stall` after it): a
 //!   client that keeps accepting bytes, however slowly, is never cut off;
 //! - no progress for `stalled_after` tells the socket the send is stalled
@@ -252,7 +259,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
 impl<T: AsyncWrite + SendProgress + Unpin> TimedIo<T> {
     /// Time between progress checks of a waiting write.
     fn check_every(&self) -> Duration {
-        self.timeouts.stalled_after.min(self.timeouts.write_stall)
+        let every = if self.stalled {
+            // Out of the bound already: only resuming and the write-stall deadline are
+            // left to see, and a write that completes resumes without a check.
+            self.timeouts.stalled_after
+        } else {
+            self.timeouts.stalled_after / 4
+        };
+        every
+            .min(self.timeouts.write_stall)
+            .max(Duration::from_millis(1))
     }
 
     /// Passes a completed write through (it ends any wait; `took_bytes` says the socket
