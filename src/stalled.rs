@@ -12,8 +12,9 @@
 //! body costs a connection's kernel send buffer and possibly a file descriptor, no CPU).
 //! When the pool is full, the body that has been stalled longest — the one least likely
 //! to ever finish — is dropped: its connection is closed. A normal request therefore
-//! waits at most about `--stalled-after` behind non-reading clients, and an attacker
-//! must keep opening connections faster than the pool turns over to hold any slot.
+//! waits at most about 1.25 × `--stalled-after` behind non-reading clients (the socket
+//! checks progress four times per interval), and an attacker must keep opening
+//! connections faster than the pool turns over to hold any slot.
 //!
 //! # Coming back
 //! A stalled body whose client reads again re-enters the in-flight bound if a slot is
@@ -21,6 +22,12 @@
 //! young end), so a client that reads, however slowly, is not the one dropped for room.
 //! The write-stall timeout (`--write-stall-timeout`) still drops a body that makes no
 //! progress at all, in the pool or not.
+//!
+//! A client that stopped reading may still see a few more segments accepted just after
+//! its body was first reported stalled (its kernel grows the receive window as data
+//! arrives): the body then comes back for a moment and stalls again, with a younger
+//! ticket. That churn ends once the window is full, and it costs a slot for at most
+//! `--stalled-after` each time.
 //!
 //! # Who calls what
 //! The limiter attaches a [`Slot`] (as an `Arc<dyn Yielding>`) to each media body; the
