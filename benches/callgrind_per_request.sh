@@ -57,6 +57,11 @@ EOF
 idle="$(run 0)"
 busy="$(run "$n")"
 per=$(( (busy - idle) / n ))
+if [ -n "${CALLGRIND_OUT:-}" ]; then
+    mkdir -p "$CALLGRIND_OUT"
+    cp "$work/cg.0" "$CALLGRIND_OUT/idle.callgrind"
+    cp "$work/cg.$n" "$CALLGRIND_OUT/busy.callgrind"
+fi
 echo "binary: $bin (RUST_LOG=${RUST_LOG:-info})"
 echo "idle run: $idle instructions; $n-request run: $busy instructions"
 echo "instructions per GIF request: $per"

@@ -2,7 +2,8 @@
 //! the per-request wrapper every request goes through. Kept free of sockets so tests can
 //! call [`App::handle`] directly.
 //!
-//! Per request, in order: the request id (the caller's, or a fresh one), a `debug` span,
+//! Per request, in order: the request id (the caller's, or a fresh one; carried in a
+//! task-local so that `WARN`/`ERROR` lines name it, see [`crate::request_log`]), a `debug` span,
 //! the RFC 9112 head checks (`Host`, transfer codings: [`request_head`]), a CORS preflight
 //! answered before any route, one `matchit` lookup that yields the
 //! route family, method gate, admission bound and handler; then the response gets its
@@ -36,6 +37,7 @@ use crate::config::Config;
 use crate::error::StartError;
 use crate::http::request_head::{self, HeadError};
 use crate::metrics::{HttpMetrics, ProcessMemory};
+use crate::request_log;
 use crate::response::{self, NOSNIFF, X_REQUEST_ID};
 use crate::routes::{self, ROUTES, Route, RouteFamily, Router};
 use crate::state::AppState;
@@ -94,7 +96,17 @@ impl App {
         );
         // Only the Origin is needed after the request is consumed: keep just that.
         let origin = request.headers().get(header::ORIGIN).cloned();
-        let mut response = self.dispatch(route, request).instrument(span.clone()).await;
+        // The id rides along in a task-local, so that a warning or an error logged by
+        // the handler names it at any log level (see `request_log`).
+        let mut handled = std::pin::pin!(request_log::scope(
+            id,
+            self.dispatch(route, request).instrument(span.clone())
+        ));
+        let mut response = handled.as_mut().await;
+        let id = handled
+            .as_mut()
+            .take_value()
+            .unwrap_or_else(|| HeaderValue::from_static("unknown"));
 
         let state = &self.state;
         self.http.record(family.index(), response.status());
@@ -103,9 +115,7 @@ impl App {
         state.cors.decorate(origin.as_ref(), headers);
         headers.insert(X_REQUEST_ID.clone(), id);
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
-        response
-            .body_mut()
-            .count_into(Arc::clone(&self.http.bytes_sent));
+        response.body_mut().count_into(self.http.bytes_sent);
         response
     }
 
@@ -134,7 +144,10 @@ impl App {
         if let Some(refused) = route.methods.gate(request.method()) {
             return refused;
         }
-        match state.admissions.limiter(route.admission) {
+        match state
+            .admissions
+            .limiter(route.admit.admission(request.uri()))
+        {
             Some(limiter) => {
                 let mut request = request;
                 limiter
@@ -219,7 +232,7 @@ pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::J
         loop {
             ticker.tick().await;
             let requests = http.total();
-            let bytes = http.bytes_sent.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = http.bytes_sent.sum();
             let media = &state.admissions.media;
             let shed =
                 media.counters().shed_queue_full.get() + media.counters().shed_queue_timeout.get();

@@ -28,12 +28,12 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use crate::metrics::Sharded;
 use crate::outbox::{Guard, Outbox, Yielding};
 use crate::store::MappedFile;
 
@@ -47,7 +47,7 @@ pub struct Body {
     remaining: u64,
     chunk: usize,
     guards: Vec<Guard>,
-    sent: Option<Arc<AtomicU64>>,
+    sent: Option<&'static Sharded>,
     /// The file the segments' mapped slices come from (other segments are memory).
     file: Option<Arc<MappedFile>>,
     /// The connection's outbox, once the server has attached it.
@@ -116,7 +116,7 @@ impl Body {
 
     /// Adds every chunk handed to hyper to `counter` (the "bytes sent" metric counts what
     /// left, not what was promised: an aborted download counts only its part).
-    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+    pub fn count_into(&mut self, counter: &'static Sharded) {
         self.sent = Some(counter);
     }
 
@@ -140,7 +140,7 @@ impl Body {
         };
         self.remaining -= chunk.len() as u64;
         if let Some(sent) = &self.sent {
-            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            sent.add(chunk.len() as u64);
         }
         Some(chunk)
     }
@@ -224,6 +224,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
 
     #[tokio::test]
     async fn yields_bounded_chunks_in_order() {

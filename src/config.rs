@@ -62,6 +62,12 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
 /// place is served within a second.
 pub const MAX_REVALIDATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// Smallest `--max-request-head`: a browser's ordinary head with cookies fits in 8 KiB.
+pub const MIN_REQUEST_HEAD: u64 = 8 * 1024;
+
+/// Largest `--max-request-head`: past this a head costs more than a GIF.
+pub const MAX_REQUEST_HEAD: u64 = 1024 * 1024;
+
 /// Every setting of the service. Built by clap from flags and environment variables in
 /// `main`, or by tests and benches with [`Config::for_media_dir`] and plain field updates.
 #[derive(Debug, Clone, Parser)]
@@ -99,6 +105,13 @@ pub struct Config {
     /// limiter. 256KiB still fills a 40 Mbit/s link at 50 ms RTT.
     #[arg(long, env = "SEND_BUFFER", default_value = "0", value_parser = parse_bytes)]
     pub send_buffer: u64,
+
+    /// Most bytes of one request head (request line and header lines). hyper buffers a head
+    /// until it is complete, and its own ceiling is ~408 KiB per connection: 1,000
+    /// connections trickling an unfinished head held 211 MiB. nginx allows 4 × 8 KiB by
+    /// default; 64KiB leaves room for large cookies and tokens. Past it: `431`.
+    #[arg(long, env = "MAX_REQUEST_HEAD", default_value = "64KiB", value_parser = parse_bytes)]
+    pub max_request_head: u64,
 
     /// Time a client has to send a complete request head once it has sent its first byte.
     /// Defeats slowloris clients that trickle header bytes.
@@ -157,6 +170,24 @@ pub struct Config {
     /// 0 keeps stalled bodies in the in-flight bound until `--write-stall-timeout`.
     #[arg(long, env = "MAX_STALLED", default_value_t = 2048)]
     pub max_stalled: usize,
+
+    // ---------------------------------------------------------------- request bodies
+    /// Bytes of request bodies (`POST /gun-relay/put`, `POST /api/resolve`) buffered at
+    /// once, across every connection. Each route bounds one body (`--gun-put-body-limit`,
+    /// `--resolve-body-limit`); this bounds all of them together, which the connection
+    /// cap alone would let reach gigabytes. A body takes its share before its first byte
+    /// is read: its `Content-Length`, or twice its route's limit when chunked (pieces,
+    /// then one joined copy), so the budget must hold twice the largest limit.
+    #[arg(long, env = "REQUEST_BODY_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
+    pub request_body_budget: u64,
+
+    /// Bodies allowed to wait for room in the budget; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "REQUEST_BODY_QUEUE", default_value_t = 256)]
+    pub request_body_queue: usize,
+
+    /// Longest a body waits for room in the budget; then 503 + `Retry-After`.
+    #[arg(long, env = "REQUEST_BODY_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub request_body_queue_timeout: Duration,
 
     // ---------------------------------------------------------------- filesystem calls
     /// Threads that make every filesystem call of a request (open, stat, manifest and
@@ -294,8 +325,9 @@ pub struct Config {
     pub gif_max_dimension: u32,
 
     /// Most pixels in one GIF frame (and in its screen) that is parsed or rendered;
-    /// larger → 422. 4 Mpx is 16 MiB of RGBA per buffer, and a render holds two, so this
-    /// times `--still-workers` bounds the memory stills can take.
+    /// larger → 422. 4 Mpx is 16 MiB of RGBA per buffer; a render at the limit holds the
+    /// frame, the screen, the resize's intermediate buffer and the PNG, about 70 MiB
+    /// measured, so this times `--still-workers` bounds the memory stills can take.
     #[arg(long, env = "GIF_MAX_PIXELS", default_value_t = 4 * 1024 * 1024, global = true)]
     pub gif_max_pixels: u64,
 
@@ -313,6 +345,48 @@ pub struct Config {
     /// a burst of first-time stills from starving the GIF route of CPU on a small host.
     #[arg(long, env = "STILL_WORKERS", default_value_t = 2)]
     pub still_workers: usize,
+
+    /// Decodes (still renders and `/info` parses) allowed to wait for one of the
+    /// `--still-workers`; past it the request gets 503 + `Retry-After` at once. A render
+    /// of an exercise GIF takes milliseconds, so 64 waiting is well under a second of
+    /// work on two workers, and a flood of hostile GIFs cannot pile up behind them.
+    #[arg(long, env = "STILL_WORKER_QUEUE", default_value_t = 64)]
+    pub still_worker_queue: usize,
+
+    /// Longest a decode waits for one of the `--still-workers`; then 503 +
+    /// `Retry-After`. Generous (a first page of new stills is rendered in a burst), yet
+    /// bounded: a request never waits on an unbounded line of renders.
+    #[arg(long, env = "STILL_WORKER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub still_worker_timeout: Duration,
+
+    /// `?still=1` requests admitted at once, rendered or served from the derived folder
+    /// (the admission slot is held until the still's bytes are sent). Stills have their
+    /// own admission, never a GIF-serving slot (`--max-in-flight`), so waiting for a
+    /// render never keeps a GIF from being served.
+    #[arg(long, env = "STILL_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub still_max_in_flight: usize,
+
+    /// `?still=1` requests allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "STILL_MAX_QUEUE", default_value_t = 128)]
+    pub still_max_queue: usize,
+
+    /// Longest a `?still=1` request waits for a slot; then 503 + `Retry-After`.
+    #[arg(long, env = "STILL_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub still_queue_timeout: Duration,
+
+    /// `/api/media/<id>/info` requests admitted at once. `/info` parses GIFs (on the
+    /// `--still-workers`) and answers small JSON; its own admission keeps a flood of it
+    /// off the GIF-serving slots.
+    #[arg(long, env = "INFO_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub info_max_in_flight: usize,
+
+    /// `/info` requests allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "INFO_MAX_QUEUE", default_value_t = 64)]
+    pub info_max_queue: usize,
+
+    /// Longest an `/info` request waits for a slot; then 503 + `Retry-After`.
+    #[arg(long, env = "INFO_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub info_queue_timeout: Duration,
 
     /// Folder of derived files (stills, and the MP4/WebM/WebP variants of GIFs), written
     /// once and served like media. Created if missing, and made private (`0700`, files
@@ -479,10 +553,57 @@ impl Config {
         if self.fs_threads == 0 {
             return invalid("--fs-threads/FS_THREADS", "must be at least 1");
         }
+        let largest_body = self
+            .resolver
+            .resolve_body_limit
+            .max(self.gun.gun_put_body_limit);
+        if self.request_body_budget < largest_body.saturating_mul(2) {
+            let message = format!(
+                "must be at least twice the largest body limit (--resolve-body-limit, \
+                 --gun-put-body-limit): {} bytes",
+                largest_body.saturating_mul(2)
+            );
+            return invalid("--request-body-budget/REQUEST_BODY_BUDGET", &message);
+        }
+        if self.request_body_budget / crate::http::request_body::BUDGET_UNIT > u64::from(u32::MAX) {
+            return invalid(
+                "--request-body-budget/REQUEST_BODY_BUDGET",
+                "must be under 4 TiB",
+            );
+        }
+        for (option, value) in [
+            ("--still-workers/STILL_WORKERS", self.still_workers),
+            (
+                "--still-max-in-flight/STILL_MAX_IN_FLIGHT",
+                self.still_max_in_flight,
+            ),
+            (
+                "--info-max-in-flight/INFO_MAX_IN_FLIGHT",
+                self.info_max_in_flight,
+            ),
+            (
+                "--gun-put-max-in-flight/GUN_PUT_MAX_IN_FLIGHT",
+                self.gun.gun_put_max_in_flight,
+            ),
+            (
+                "--gun-get-max-in-flight/GUN_GET_MAX_IN_FLIGHT",
+                self.gun.gun_get_max_in_flight,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(option, "must be at least 1");
+            }
+        }
         if self.revalidate_window > MAX_REVALIDATE_WINDOW {
             return invalid(
                 "--revalidate-window/REVALIDATE_WINDOW",
                 "must be at most 1s (a replaced file must be noticed within a second)",
+            );
+        }
+        if !(MIN_REQUEST_HEAD..=MAX_REQUEST_HEAD).contains(&self.max_request_head) {
+            return invalid(
+                "--max-request-head/MAX_REQUEST_HEAD",
+                "must be between 8KiB and 1MiB",
             );
         }
         if self.map_cache_entries == 0 || self.map_cache_bytes == 0 {
@@ -511,6 +632,30 @@ impl Config {
                 self.resolver.resolve_queue_timeout,
             ),
             ("--fs-timeout/FS_TIMEOUT", self.fs_timeout),
+            (
+                "--still-worker-timeout/STILL_WORKER_TIMEOUT",
+                self.still_worker_timeout,
+            ),
+            (
+                "--still-queue-timeout/STILL_QUEUE_TIMEOUT",
+                self.still_queue_timeout,
+            ),
+            (
+                "--info-queue-timeout/INFO_QUEUE_TIMEOUT",
+                self.info_queue_timeout,
+            ),
+            (
+                "--gun-put-queue-timeout/GUN_PUT_QUEUE_TIMEOUT",
+                self.gun.gun_put_queue_timeout,
+            ),
+            (
+                "--gun-get-queue-timeout/GUN_GET_QUEUE_TIMEOUT",
+                self.gun.gun_get_queue_timeout,
+            ),
+            (
+                "--request-body-queue-timeout/REQUEST_BODY_QUEUE_TIMEOUT",
+                self.request_body_queue_timeout,
+            ),
             ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
         ] {
             if value.is_zero() {
@@ -645,6 +790,38 @@ pub struct GunSettings {
     /// a slow sender holds a connection and its buffer for a bounded time.
     #[arg(long, env = "GUN_PUT_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub gun_put_body_timeout: Duration,
+
+    /// `POST /gun-relay/put` requests admitted at once, from the first body byte to the
+    /// relay's answer. Admission comes before the body is read, so buffered put bodies
+    /// take at most this times `--gun-put-body-limit` (16 MiB at the defaults) however
+    /// many clients send at once; half of `--gun-pool-size`, so puts never take every
+    /// relay connection from gets.
+    #[arg(long, env = "GUN_PUT_MAX_IN_FLIGHT", default_value_t = 16)]
+    pub gun_put_max_in_flight: usize,
+
+    /// Puts allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "GUN_PUT_MAX_QUEUE", default_value_t = 64)]
+    pub gun_put_max_queue: usize,
+
+    /// Longest a put waits for a slot; then 503 + `Retry-After`. A put holds its slot for
+    /// at most the body timeout plus `--gun-deadline`, so a short wait is the fair one.
+    #[arg(long, env = "GUN_PUT_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub gun_put_queue_timeout: Duration,
+
+    /// `GET /gun-relay/get` requests admitted at once, from the request to its answer. A
+    /// get is answered from the miss cache in microseconds or waits on the relay (a miss
+    /// takes it ~3 s) for one of `--gun-pool-size` connections, within `--gun-deadline`:
+    /// this bounds how many such waits there are. 256 is eight gets per relay connection.
+    #[arg(long, env = "GUN_GET_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub gun_get_max_in_flight: usize,
+
+    /// Gets allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    #[arg(long, env = "GUN_GET_MAX_QUEUE", default_value_t = 1024)]
+    pub gun_get_max_queue: usize,
+
+    /// Longest a get waits for a slot; then 503 + `Retry-After`.
+    #[arg(long, env = "GUN_GET_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub gun_get_queue_timeout: Duration,
 
     /// Largest response body read from the relay; a larger answer is an error, not a record.
     /// Bounds what one answer can make us buffer; records are KiB, not MiB.
@@ -987,6 +1164,110 @@ mod tests {
     }
 
     #[test]
+    fn admission_settings_have_their_documented_defaults_and_bounds() {
+        let c = Config::for_media_dir("/tmp/x");
+        assert_eq!(
+            (
+                c.still_workers,
+                c.still_worker_queue,
+                c.still_worker_timeout
+            ),
+            (2, 64, Duration::from_secs(5))
+        );
+        assert_eq!(
+            (
+                c.still_max_in_flight,
+                c.still_max_queue,
+                c.still_queue_timeout
+            ),
+            (64, 128, Duration::from_secs(1))
+        );
+        assert_eq!(
+            (c.info_max_in_flight, c.info_max_queue, c.info_queue_timeout),
+            (32, 64, Duration::from_secs(1))
+        );
+        let g = &c.gun;
+        assert_eq!(
+            (
+                g.gun_put_max_in_flight,
+                g.gun_put_max_queue,
+                g.gun_put_queue_timeout
+            ),
+            (16, 64, Duration::from_secs(2))
+        );
+        assert_eq!(
+            (
+                g.gun_get_max_in_flight,
+                g.gun_get_max_queue,
+                g.gun_get_queue_timeout
+            ),
+            (256, 1024, Duration::from_secs(2))
+        );
+        let refused = |tweak: fn(&mut Config), option: &str| {
+            let mut c = Config::for_media_dir("/tmp/x");
+            tweak(&mut c);
+            let error = c.validate().expect_err(option).to_string();
+            assert!(error.contains(option), "{error}");
+        };
+        refused(|c| c.still_workers = 0, "--still-workers");
+        refused(|c| c.still_max_in_flight = 0, "--still-max-in-flight");
+        refused(|c| c.info_max_in_flight = 0, "--info-max-in-flight");
+        refused(
+            |c| c.gun.gun_put_max_in_flight = 0,
+            "--gun-put-max-in-flight",
+        );
+        refused(
+            |c| c.still_worker_timeout = Duration::ZERO,
+            "--still-worker-timeout",
+        );
+        refused(
+            |c| c.still_queue_timeout = Duration::ZERO,
+            "--still-queue-timeout",
+        );
+        refused(
+            |c| c.info_queue_timeout = Duration::ZERO,
+            "--info-queue-timeout",
+        );
+        refused(
+            |c| c.gun.gun_put_queue_timeout = Duration::ZERO,
+            "--gun-put-queue-timeout",
+        );
+        refused(
+            |c| c.gun.gun_get_max_in_flight = 0,
+            "--gun-get-max-in-flight",
+        );
+        refused(
+            |c| c.gun.gun_get_queue_timeout = Duration::ZERO,
+            "--gun-get-queue-timeout",
+        );
+        assert_eq!(
+            (
+                c.request_body_budget,
+                c.request_body_queue,
+                c.request_body_queue_timeout
+            ),
+            (64 << 20, 256, Duration::from_secs(2))
+        );
+        refused(
+            |c| c.request_body_budget = 15 << 20,
+            "--request-body-budget",
+        );
+        refused(
+            |c| c.request_body_queue_timeout = Duration::ZERO,
+            "--request-body-queue-timeout",
+        );
+        let c = Config::parse_from([
+            "oip-media",
+            "--still-max-queue",
+            "0",
+            "--gun-put-queue-timeout",
+            "250ms",
+        ]);
+        assert_eq!(c.still_max_queue, 0, "no queue: shed at once when full");
+        assert_eq!(c.gun.gun_put_queue_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
     fn filesystem_settings_have_their_documented_defaults_and_bounds() {
         let c = Config::for_media_dir("/tmp/x");
         assert_eq!(c.fs_threads, 8);
@@ -1017,6 +1298,8 @@ mod tests {
                 |c| c.revalidate_window = Duration::from_millis(1001),
                 "--revalidate-window",
             ),
+            (|c| c.max_request_head = 4 * 1024, "--max-request-head"),
+            (|c| c.max_request_head = 2 << 20, "--max-request-head"),
         ] {
             let mut c = Config::for_media_dir("/tmp/x");
             tweak(&mut c);

@@ -131,15 +131,17 @@ struct Shared {
 }
 
 /// The test hook: while set, each job sleeps before it runs, as if the filesystem were
-/// hung. Cleared, sleeping jobs wake at once, so tests end promptly.
+/// hung. Cleared, sleeping jobs wake at once, so tests end promptly. Also the GIF
+/// workers' hook (slow renders), hence `pub(crate)`.
 #[derive(Debug, Default)]
-struct Stall {
+pub(crate) struct Stall {
     until_cleared: Mutex<Option<Duration>>,
     changed: Condvar,
 }
 
 impl Stall {
-    fn set(&self, stall: Option<Duration>) {
+    /// Sets (`Some`, the longest a job sleeps) or clears (`None`, waking sleepers) it.
+    pub(crate) fn set(&self, stall: Option<Duration>) {
         let mut current = self
             .until_cleared
             .lock()
@@ -149,7 +151,7 @@ impl Stall {
     }
 
     /// Sleeps while a stall is set, for at most its duration.
-    fn wait(&self) {
+    pub(crate) fn wait(&self) {
         let mut current = self
             .until_cleared
             .lock()

@@ -1,8 +1,12 @@
 //! A bounded admission point: a concurrency limiter whose permit lives as long as the
 //! response **body**, with a wait queue bounded in length and in time. The router runs a
 //! route's handler through [`Limiter::admit`] when the route table declares the route
-//! behind this limiter (see `state::Admission`); one limiter per admission point, each
-//! registering its own metrics under its prefix.
+//! behind this limiter (see `state::Admission`); one limiter per admission point (GIF
+//! bytes, stills, `/info`, GUN puts, …), each registering its own metrics under its
+//! prefix with the same shape (`<prefix>_in_flight`, `_queue_waiting`, `_in_flight_limit`,
+//! `_queue_limit`, `_admitted_total{kind}`, `_shed_total{kind}`). A component whose work
+//! is not a request (the GIF decoding workers) bounds itself with the same type through
+//! [`Limiter::acquire`], holding the permit for as long as the work runs.
 //!
 //! Why not `tower::limit::ConcurrencyLimit`: it releases its permit when the handler's
 //! future completes, i.e. when the headers are ready — before a single body byte was
@@ -37,7 +41,7 @@ use crate::stalled::{Slot, StalledPool};
 /// Bounds of the limiter, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct LimitSettings {
-    /// Media bodies in flight at once.
+    /// Admitted at once (for the media limiter: bodies in flight).
     pub max_in_flight: usize,
     /// Requests allowed to wait for a slot.
     pub max_queue: usize,
@@ -136,6 +140,12 @@ impl Limiter {
             "Configured limit of bodies in flight",
             ReadAtScrape::gauge(move || max_in_flight),
         );
+        let max_queue = self.settings.max_queue as u64;
+        registry.register(
+            "queue_limit",
+            "Configured limit of requests waiting for a slot",
+            ReadAtScrape::gauge(move || max_queue),
+        );
         let c = &self.counters;
         registry.register(
             "admitted",
@@ -198,27 +208,31 @@ impl Limiter {
     /// Takes a slot: at once if one is free, else after a bounded wait in a FIFO queue
     /// (tokio's semaphore is fair), else sheds.
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Shed> {
-        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+        self.acquire_many(1).await
+    }
+
+    /// Takes `n` slots at once (a limiter whose slots are units of something, such as
+    /// KiB of buffered request bodies), with the same bounded wait as [`Limiter::acquire`];
+    /// more than the limit is never granted (shed as a timeout). One permit holds all `n`;
+    /// permits of one holder can be [merged](OwnedSemaphorePermit::merge). Each call
+    /// counts once in the admission counters.
+    pub async fn acquire_many(&self, n: u32) -> Result<OwnedSemaphorePermit, Shed> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_many_owned(n) {
             self.counters.admitted_at_once.inc();
             return Ok(permit);
         }
-        // Reserve a place in the queue, or shed if there is none.
-        let reserved = self
-            .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                (w < self.settings.max_queue).then_some(w + 1)
-            })
-            .is_ok();
-        if !reserved {
+        // Reserve a place in the queue, or shed if there is none. The place is given
+        // back when this future ends or is dropped (a client that goes away while it
+        // waits must not keep its place forever).
+        let Some(_place) = QueuePlace::take(&self.waiting, self.settings.max_queue) else {
             self.counters.shed_queue_full.inc();
             return Err(Shed::QueueFull);
-        }
+        };
         let waited = tokio::time::timeout(
             self.settings.queue_timeout,
-            Arc::clone(&self.slots).acquire_owned(),
+            Arc::clone(&self.slots).acquire_many_owned(n),
         )
         .await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => {
                 self.counters.admitted_after_wait.inc();
@@ -269,18 +283,43 @@ impl Limiter {
 
     /// The 503 a shed request gets: JSON, `Retry-After`, never cached.
     pub fn shed_response(&self, why: Shed) -> Response<Body> {
-        let mut response = crate::response::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "error": "Server busy, retry shortly", "reason": why.to_string() }),
-        );
-        let headers = response.headers_mut();
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(self.settings.retry_after_secs),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        shed_response(why, self.settings.retry_after_secs)
     }
+}
+
+/// A place in a limiter's wait queue, given back when dropped.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    /// A place if fewer than `max` are taken.
+    fn take(waiting: &'a AtomicUsize, max: usize) -> Option<QueuePlace<'a>> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w < max).then_some(w + 1)
+            })
+            .ok()
+            .map(|_| QueuePlace(waiting))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The 503 for work shed by a limiter (`retry_after_secs` in `Retry-After`): JSON
+/// naming the reason, never cached. Also what a handler answers when work it waits
+/// on inside a component (a GIF decoding slot) was shed.
+pub fn shed_response(why: Shed, retry_after_secs: u64) -> Response<Body> {
+    let mut response = crate::response::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({ "error": "Server busy, retry shortly", "reason": why.to_string() }),
+    );
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The slot of a request admitted by [`Limiter::admit`], handed to the handler (the
@@ -392,6 +431,47 @@ mod tests {
         let response = waiter.await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(limiter.counters().admitted_after_wait.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_goes_away_gives_its_place_back() {
+        let limiter = Arc::new(Limiter::new(settings(1, 1, 60_000)));
+        let held = serve(Arc::clone(&limiter)).await;
+        let waiter = tokio::spawn(serve(Arc::clone(&limiter)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(limiter.waiting(), 1);
+        // The client goes away (its connection and request future are dropped).
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(limiter.waiting(), 0, "the place is free again");
+        let next = tokio::spawn(serve(Arc::clone(&limiter)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(limiter.waiting(), 1, "and the next request may wait in it");
+        drop(held);
+        assert_eq!(next.await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_slots_are_taken_and_given_back_together() {
+        let limiter = Limiter::new(settings(10, 1, 500));
+        let six = limiter.acquire_many(6).await.expect("free");
+        assert_eq!(limiter.in_flight(), 6);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            limiter.acquire_many(5).await.unwrap_err(),
+            Shed::QueueTimeout
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        let mut four = limiter.acquire_many(4).await.expect("fits");
+        four.merge(six);
+        assert_eq!(limiter.in_flight(), 10);
+        drop(four);
+        assert_eq!(limiter.in_flight(), 0);
+        assert_eq!(
+            limiter.acquire_many(11).await.unwrap_err(),
+            Shed::QueueTimeout,
+            "more than the limit is never granted"
+        );
     }
 
     #[tokio::test]

@@ -6,20 +6,29 @@ mod allocator;
 use clap::Parser;
 use oip_media::Config;
 use oip_media::config::Command;
+use oip_media::request_log::RequestIdFormat;
 
 fn main() -> std::process::ExitCode {
     let mut config = Config::parse();
     let command = config.command.take();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Both formats add the request id to WARN and ERROR lines (`request_log`).
     if config.log_format == "json" {
+        let format = tracing_subscriber::fmt::format()
+            .json()
+            .with_current_span(true);
         tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
             .with_env_filter(filter)
+            .event_format(RequestIdFormat::json(format))
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .event_format(RequestIdFormat::human(tracing_subscriber::fmt::format()))
+            .init();
     }
     if let Some(Command::Transcode(transcode)) = command {
         return oip_media::transcode::cli::run(config, transcode);

@@ -10,14 +10,99 @@
 //! imports nothing of the crate, so every component may register through it.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+/// A `u64` counter split into cache-line-padded shards, one picked per thread: workers
+/// on different cores add to different lines, so a counter bumped on every request does
+/// not bounce one line between them. Reading sums the shards, so the value stays exact
+/// (each add lands in exactly one shard); only the scrape pays for the sum.
+///
+/// Used through [`ShardedCounter`] wherever the request path counts (responses, body
+/// bytes, mapping-cache lookups). Shards: twice the available parallelism rounded up to
+/// a power of two (at most 128), 128 bytes each (a pair of lines, which adjacent-line
+/// prefetchers fetch together).
+#[derive(Debug)]
+pub struct Sharded {
+    shards: Box<[CachePadded<AtomicU64>]>,
+}
+
+/// The count of shards a new [`Sharded`] gets, decided once per process.
+fn shard_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores * 2).next_power_of_two().min(128)
+    })
+}
+
+/// This thread's shard number, before masking: threads are numbered in the order they
+/// first count, so the first `shard_count()` threads (the runtime's workers, which count
+/// first and most) each get their own shard.
+fn thread_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SHARD.with(|shard| *shard)
+}
+
+impl Default for Sharded {
+    fn default() -> Self {
+        Sharded {
+            shards: (0..shard_count())
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+}
+
+impl Sharded {
+    /// Adds `v` to this thread's shard.
+    pub fn add(&self, v: u64) {
+        // `shards.len()` is a power of two.
+        let shard = thread_shard() & (self.shards.len() - 1);
+        self.shards[shard].fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// The exact total of every add so far (adds racing with the read may or may not
+    /// be in it, as with a single atomic).
+    pub fn sum(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+impl prometheus_client::metrics::counter::Atomic<u64> for Sharded {
+    /// Returns the shard's previous value, not the counter's: the total is known only
+    /// by summing, and nothing reads the result.
+    fn inc(&self) -> u64 {
+        self.inc_by(1)
+    }
+
+    fn inc_by(&self, v: u64) -> u64 {
+        let shard = thread_shard() & (self.shards.len() - 1);
+        self.shards[shard].fetch_add(v, Ordering::Relaxed)
+    }
+
+    fn get(&self) -> u64 {
+        self.sum()
+    }
+}
+
+/// A prometheus-client counter over [`Sharded`]: registered, encoded and cloned like a
+/// [`Counter`], but cheap to bump from every worker at once.
+pub type ShardedCounter = Counter<u64, Sharded>;
 
 /// The registry every component registers in, with the `oip_media` prefix.
 pub fn registry() -> Registry {
@@ -43,10 +128,10 @@ struct KindLabel {
 /// component keeps the [`Counter`]s in its own fields and bumps them directly; this view
 /// holds clones of the same atomics, so a scrape reads the live values.
 #[derive(Debug)]
-pub struct ByKind(Vec<(&'static str, Counter)>);
+pub struct ByKind<A = AtomicU64>(Vec<(&'static str, Counter<u64, A>)>);
 
 /// A [`ByKind`] view of `(kind, counter)` pairs, every kind shown even at zero.
-pub fn by_kind<const N: usize>(kinds: [(&'static str, &Counter); N]) -> ByKind {
+pub fn by_kind<A, const N: usize>(kinds: [(&'static str, &Counter<u64, A>); N]) -> ByKind<A> {
     ByKind(
         kinds
             .into_iter()
@@ -55,11 +140,13 @@ pub fn by_kind<const N: usize>(kinds: [(&'static str, &Counter); N]) -> ByKind {
     )
 }
 
-impl TypedMetric for ByKind {
+impl<A> TypedMetric for ByKind<A> {
     const TYPE: MetricType = MetricType::Counter;
 }
 
-impl EncodeMetric for ByKind {
+impl<A: prometheus_client::metrics::counter::Atomic<u64> + std::fmt::Debug> EncodeMetric
+    for ByKind<A>
+{
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         for (kind, counter) in &self.0 {
             let labels = KindLabel { kind };
@@ -135,31 +222,35 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// The route families are the labels of the route table, given once at start-up; a
 /// response is counted by index, so the hot path is an array lookup and one atomic add.
 /// A series appears on its first response (as before: no zero lines for every pair).
+///
+/// Every counter here is [sharded](Sharded). `bytes_sent` is one per `HttpMetrics`
+/// and lives as long as the process (leaked on purpose, a few hundred bytes per
+/// server started): each response body holds a `&'static` to it rather than an `Arc`,
+/// whose clone and drop per request would bounce the `Arc`'s count between workers.
 #[derive(Debug)]
 pub struct HttpMetrics {
     labels: &'static [&'static str],
-    family: Family<RouteLabels, Counter>,
-    cells: Vec<[OnceLock<Counter>; 5]>,
+    family: Family<RouteLabels, ShardedCounter>,
+    cells: Vec<[OnceLock<ShardedCounter>; 5]>,
     /// Body bytes handed to hyper, shared with every response body.
-    pub bytes_sent: Arc<AtomicU64>,
+    pub bytes_sent: &'static Sharded,
 }
 
 impl HttpMetrics {
     /// Accounting for the route families `labels` (indexed as the route table indexes
     /// them), registered in `registry`.
     pub fn new(labels: &'static [&'static str], registry: &mut Registry) -> HttpMetrics {
-        let family = Family::<RouteLabels, Counter>::default();
+        let family = Family::<RouteLabels, ShardedCounter>::default();
         registry.register(
             "http_responses",
             "Responses by route family and status class",
             family.clone(),
         );
-        let bytes_sent = Arc::new(AtomicU64::new(0));
-        let read = Arc::clone(&bytes_sent);
+        let bytes_sent: &'static Sharded = Box::leak(Box::default());
         registry.register(
             "body_bytes_sent",
             "Response body bytes handed to sockets",
-            ReadAtScrape::counter(move || read.load(Ordering::Relaxed)),
+            ReadAtScrape::counter(|| bytes_sent.sum()),
         );
         HttpMetrics {
             labels,
@@ -173,7 +264,7 @@ impl HttpMetrics {
         usize::from((status.as_u16() / 100).clamp(1, 5)) - 1
     }
 
-    fn cell(&self, route: usize, class: usize) -> Option<&Counter> {
+    fn cell(&self, route: usize, class: usize) -> Option<&ShardedCounter> {
         let cell = self.cells.get(route)?.get(class)?;
         Some(cell.get_or_init(|| {
             let labels = RouteLabels {
@@ -197,7 +288,7 @@ impl HttpMetrics {
         self.cells
             .get(route)
             .and_then(|cells| cells[class].get())
-            .map_or(0, Counter::get)
+            .map_or(0, ShardedCounter::get)
     }
 
     /// All responses so far.
@@ -206,7 +297,7 @@ impl HttpMetrics {
             .iter()
             .flatten()
             .filter_map(OnceLock::get)
-            .map(Counter::get)
+            .map(ShardedCounter::get)
             .sum()
     }
 }
@@ -287,6 +378,7 @@ pub fn fd_limit() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn status_classes() {
@@ -316,7 +408,7 @@ mod tests {
     #[test]
     fn counters_by_kind_and_values_read_at_scrape() {
         let mut registry = registry();
-        let (hit, miss) = (Counter::default(), Counter::default());
+        let (hit, miss) = (ShardedCounter::default(), ShardedCounter::default());
         registry.register(
             "lookups",
             "Lookups",
@@ -342,6 +434,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("oip_media_size 7"), "{text}");
+    }
+
+    #[test]
+    fn sharded_counters_are_exact_across_threads() {
+        let counter = ShardedCounter::default();
+        let bytes = Sharded::default();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..10_000 {
+                        counter.inc();
+                        bytes.add(3);
+                    }
+                });
+            }
+        });
+        assert_eq!(counter.get(), 80_000);
+        assert_eq!(bytes.sum(), 240_000);
+        assert!(bytes.shards.len().is_power_of_two());
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl AppState {
             path: config.derived_dir.clone(),
             source,
         })?;
-        gifs.counters().register(&mut metrics);
+        gifs.register(&mut metrics);
         let transcoder = Transcoder::new(&config, gifs.shared_derived());
         transcoder.metrics().register(&mut metrics);
         let gun = match config.gun.gun_peers {
@@ -190,20 +190,35 @@ impl AppState {
     }
 }
 
-/// Which bounded admission a route goes through; declared per route in the route table.
+/// Which bounded admission a request goes through; declared per route in the route
+/// table (which may pick one by the request's query string or path, see
+/// `routes::Admit`).
 ///
-/// A new admission point (stills, `/info`, puts, resolves, transcodes…) is a variant
-/// here, a field of [`Admissions`] built from its settings in [`Admissions::new`], and
-/// the route-table lines that name it.
+/// A new admission point (resolves, transcodes…) is a variant here, a field of
+/// [`Admissions`] built from its settings in [`Admissions::new`], and the route-table
+/// lines that name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// No bound beyond the connection's own (health, metrics, GUN and resolver routes
-    /// bound their work inside their components; `/api/resolve` takes
+    /// No bound beyond the connection's own (health and metrics answer from memory;
+    /// `/api/resolve` takes
     /// [`Admissions::resolve`] itself, after reading the body).
     Open,
-    /// The media limiter: every route that sends file bytes (`--max-in-flight`,
-    /// `--max-queue`, `--queue-timeout`), metrics `oip_media_media_*`.
+    /// The media limiter: requests that send file bytes and wait on nothing else
+    /// (`--max-in-flight`, `--max-queue`, `--queue-timeout`), metrics `oip_media_media_*`.
     Media,
+    /// Still posters (`?still=1`), which may wait for a render (`--still-max-in-flight`,
+    /// `--still-max-queue`, `--still-queue-timeout`), metrics `oip_media_still_*`.
+    Still,
+    /// `/api/media/<id>/info`, which may wait for a GIF parse (`--info-max-in-flight`,
+    /// `--info-max-queue`, `--info-queue-timeout`), metrics `oip_media_info_*`.
+    Info,
+    /// `POST /gun-relay/put`: a buffered body and a relay call (`--gun-put-max-in-flight`,
+    /// `--gun-put-max-queue`, `--gun-put-queue-timeout`), metrics `oip_media_gun_put_*`.
+    GunPut,
+    /// `GET /gun-relay/get`: an answer from the miss cache, or a wait for the relay
+    /// (`--gun-get-max-in-flight`, `--gun-get-max-queue`, `--gun-get-queue-timeout`),
+    /// metrics `oip_media_gun_get_*`.
+    GunGet,
 }
 
 /// The limiters behind [`Admission`]s, one per bounded admission, each registering its
@@ -212,43 +227,98 @@ pub enum Admission {
 pub struct Admissions {
     /// [`Admission::Media`].
     pub media: Arc<Limiter>,
+    /// [`Admission::Still`].
+    pub still: Arc<Limiter>,
+    /// [`Admission::Info`].
+    pub info: Arc<Limiter>,
+    /// [`Admission::GunPut`].
+    pub gun_put: Arc<Limiter>,
+    /// [`Admission::GunGet`].
+    pub gun_get: Arc<Limiter>,
     /// Resolutions at once and their queue (`--resolve-max-in-flight`,
     /// `--resolve-max-queue`, `--resolve-queue-timeout`), metrics `oip_media_resolve_*`.
     /// Taken by `/api/resolve`'s handler itself once the body has been read, not by
     /// the route table before it: a client trickling its body must hold no slot. So
     /// the route is declared [`Admission::Open`].
     pub resolve: Arc<Limiter>,
+    /// The budget of buffered request bodies, in KiB (`--request-body-budget`,
+    /// `--request-body-queue`, `--request-body-queue-timeout`), metrics
+    /// `oip_media_request_body_kib_*`. Charged by the shared body reader
+    /// (`http::request_body::read_bounded`) as bytes arrive, not by the route table.
+    pub request_body: Arc<Limiter>,
 }
 
 impl Admissions {
     /// Builds every limiter from its settings and registers its metrics.
     pub fn new(config: &Config, registry: &mut Registry) -> Admissions {
-        let mut bounded = |prefix: &str, settings: LimitSettings| {
-            let limiter = Arc::new(Limiter::new(settings));
+        // Only media bodies may leave their slot for the stalled pool: every other
+        // admission's work holds memory (a rendered still, an answer) until it is sent.
+        let mut bounded = |prefix: &str, max_in_flight, max_queue, queue_timeout, max_stalled| {
+            let limiter = Arc::new(Limiter::new(LimitSettings {
+                max_in_flight,
+                max_queue,
+                queue_timeout,
+                retry_after_secs: 1,
+                max_stalled,
+            }));
             limiter.register(registry.sub_registry_with_prefix(prefix));
             limiter
         };
+        let gun = &config.gun;
         Admissions {
             media: bounded(
                 "media",
-                LimitSettings {
-                    max_in_flight: config.max_in_flight,
-                    max_queue: config.max_queue,
-                    queue_timeout: config.queue_timeout,
-                    retry_after_secs: 1,
-                    max_stalled: config.max_stalled,
-                },
+                config.max_in_flight,
+                config.max_queue,
+                config.queue_timeout,
+                config.max_stalled,
+            ),
+            still: bounded(
+                "still",
+                config.still_max_in_flight,
+                config.still_max_queue,
+                config.still_queue_timeout,
+                0,
+            ),
+            info: bounded(
+                "info",
+                config.info_max_in_flight,
+                config.info_max_queue,
+                config.info_queue_timeout,
+                0,
+            ),
+            gun_put: bounded(
+                "gun_put",
+                gun.gun_put_max_in_flight,
+                gun.gun_put_max_queue,
+                gun.gun_put_queue_timeout,
+                0,
+            ),
+            gun_get: bounded(
+                "gun_get",
+                gun.gun_get_max_in_flight,
+                gun.gun_get_max_queue,
+                gun.gun_get_queue_timeout,
+                0,
             ),
             resolve: bounded(
                 "resolve",
-                LimitSettings {
-                    max_in_flight: config.resolver.resolve_max_in_flight,
-                    max_queue: config.resolver.resolve_max_queue,
-                    queue_timeout: config.resolver.resolve_queue_timeout,
-                    retry_after_secs: 1,
-                    // An answer being sent holds its JSON in memory: it keeps its slot.
-                    max_stalled: 0,
-                },
+                config.resolver.resolve_max_in_flight,
+                config.resolver.resolve_max_queue,
+                config.resolver.resolve_queue_timeout,
+                0,
+            ),
+            request_body: bounded(
+                "request_body_kib",
+                usize::try_from(
+                    config
+                        .request_body_budget
+                        .div_ceil(crate::http::request_body::BUDGET_UNIT),
+                )
+                .unwrap_or(usize::MAX),
+                config.request_body_queue,
+                config.request_body_queue_timeout,
+                0,
             ),
         }
     }
@@ -258,6 +328,10 @@ impl Admissions {
         match admission {
             Admission::Open => None,
             Admission::Media => Some(&self.media),
+            Admission::Still => Some(&self.still),
+            Admission::Info => Some(&self.info),
+            Admission::GunPut => Some(&self.gun_put),
+            Admission::GunGet => Some(&self.gun_get),
         }
     }
 }

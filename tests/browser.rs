@@ -208,7 +208,7 @@ fn media_counts(fx: &Fixture) -> (u64, u64, u64) {
     (
         http.responses(RouteFamily::Media as usize, 2),
         http.responses(RouteFamily::Media as usize, 3),
-        http.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+        http.bytes_sent.sum(),
     )
 }
 

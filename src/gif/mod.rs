@@ -4,7 +4,9 @@
 //! while we parse it must cost an error, not a SIGBUS (SPEC §2). Files are opened with
 //! [`crate::store::open_regular`], so a FIFO swapped in for a GIF is refused rather than
 //! waited on. Decoding and encoding run on Tokio's blocking pool behind a semaphore
-//! (`--still-workers`), with the frame, dimension and pixel limits checked before
+//! (`--still-workers`, a [`Limiter`] whose wait is bounded in length by
+//! `--still-worker-queue` and in time by `--still-worker-timeout`, past which the request
+//! gets 503), with the frame, dimension and pixel limits checked before
 //! anything is allocated, so a hostile GIF costs bounded CPU and memory and never stalls
 //! the async workers. The derived folder's checks, writes and eviction scans run on the
 //! filesystem pool ([`crate::fs_pool`]), within its bounds.
@@ -14,7 +16,7 @@
 //! - [`derived`]: the bounded, private folder stills (and the transcoder's video
 //!   variants) are written to once.
 //!
-//! [`Gifs`] ties them together: the semaphore, a bounded cache of results (so a file
+//! [`Gifs`] ties them together: the worker slots, a bounded cache of results (so a file
 //! is parsed once per version, and a hostile one is not re-parsed on every request),
 //! and single-flight rendering (concurrent requests for the same still wait for one
 //! render instead of starting their own).
@@ -26,13 +28,14 @@ pub mod still;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::fs_pool::{FsPool, FsPoolError};
+use crate::fs_pool::{FsPool, FsPoolError, Stall};
+use crate::limit::{LimitSettings, Limiter, Shed};
 use crate::store::{FileIdentity, OpenError, Root, open_regular};
 use derived::DerivedDir;
 use meta::GifInfo;
@@ -95,6 +98,10 @@ pub enum GifError {
     /// The filesystem pool refused the call or it timed out: 503, try again.
     #[error("filesystem busy: {0}")]
     Busy(FsPoolError),
+    /// No decoding worker was free within `--still-worker-queue` and
+    /// `--still-worker-timeout`: 503, try again.
+    #[error("GIF workers busy: {0}")]
+    WorkersBusy(Shed),
 }
 
 impl GifError {
@@ -172,7 +179,9 @@ pub struct Gifs {
     counters: Arc<GifCounters>,
     limits: GifLimits,
     widths: Vec<u32>,
-    workers: Arc<Semaphore>,
+    workers: Limiter,
+    /// Test hook: slow decodes (see [`Gifs::inject_decode_stall`]).
+    stall: Arc<Stall>,
     info: quick_cache::sync::Cache<FileIdentity, Result<GifInfo, GifError>>,
     renders: quick_cache::sync::Cache<String, Result<(), GifError>>,
     derived: Arc<DerivedDir>,
@@ -189,7 +198,14 @@ impl Gifs {
             counters: Arc::default(),
             limits: GifLimits::from_config(config),
             widths: config.still_widths.clone(),
-            workers: Arc::new(Semaphore::new(config.still_workers.max(1))),
+            workers: Limiter::new(LimitSettings {
+                max_in_flight: config.still_workers.max(1),
+                max_queue: config.still_worker_queue,
+                queue_timeout: config.still_worker_timeout,
+                retry_after_secs: 1,
+                max_stalled: 0,
+            }),
+            stall: Arc::default(),
             info: quick_cache::sync::Cache::new(entries),
             renders: quick_cache::sync::Cache::new(entries),
             derived: Arc::new(DerivedDir::open(
@@ -203,6 +219,29 @@ impl Gifs {
     /// Work done so far.
     pub fn counters(&self) -> &GifCounters {
         &self.counters
+    }
+
+    /// Registers the work counters (`oip_media_gif_work_total{kind}`) and the decoding
+    /// workers' admission (`oip_media_gif_workers_*`: slots in use, waiting decodes,
+    /// admitted and shed).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.counters.register(registry);
+        self.workers
+            .register(registry.sub_registry_with_prefix("gif_workers"));
+    }
+
+    /// The decoding workers' admission (slots in use, waiting decodes).
+    pub fn workers(&self) -> &Limiter {
+        &self.workers
+    }
+
+    /// Test hook: from now on every decode (still render or `/info` parse) holds its
+    /// worker up to `stall` longer before it starts, as if the GIF were slow to decode;
+    /// `None` ends the stall and wakes stalled decodes at once. Not a setting: it lets
+    /// tests fill the workers deterministically, which no GIF of a sane size can.
+    #[doc(hidden)]
+    pub fn inject_decode_stall(&self, stall: Option<Duration>) {
+        self.stall.set(stall);
     }
 
     /// Widths a still may be asked for.
@@ -241,17 +280,21 @@ impl Gifs {
             .map_err(GifError::Busy)
     }
 
-    /// Runs `work` on the blocking pool once a worker slot is free.
+    /// Runs `work` on the blocking pool once a worker slot is free; waits for one in a
+    /// queue bounded in length and time, else fails with [`GifError::WorkersBusy`].
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, GifError> + Send + 'static,
     ) -> Result<T, GifError> {
-        let permit = Arc::clone(&self.workers)
-            .acquire_owned()
+        let permit = self
+            .workers
+            .acquire()
             .await
-            .map_err(|_| GifError::Io("GIF workers are shut down".to_owned()))?;
+            .map_err(GifError::WorkersBusy)?;
+        let stall = Arc::clone(&self.stall);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            stall.wait();
             work()
         })
         .await

@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -164,10 +165,19 @@ impl GunClient {
     /// decide what a null write means). On success — and when the outcome is unknown because
     /// the relay did not answer — the soul leaves the negative cache at once, so the next get
     /// asks the relay.
-    pub async fn put(&self, soul: &str, data: Value) -> Result<(), GunError> {
+    ///
+    /// `data` is anything that serializes to JSON: a `Value`, or the JSON text a client
+    /// sent (`&serde_json::value::RawValue`), which `/gun-relay/put` passes on without
+    /// ever building a tree of it. It is serialized once, before the first request.
+    pub async fn put(&self, soul: &str, data: impl Serialize) -> Result<(), GunError> {
         let counters = &self.inner.counters;
         bump(&counters.puts);
-        let result = self.store(soul, data).await;
+        let result = match serde_json::to_vec(&PutRequest { soul, data }) {
+            Ok(body) => self.store(soul, Bytes::from(body)).await,
+            Err(e) => Err(GunError::Internal {
+                reason: format!("cannot serialise the put body: {e}"),
+            }),
+        };
         if let Err(error) = &result {
             counters.error(error);
         }
@@ -241,15 +251,11 @@ impl GunClient {
         })
     }
 
-    async fn store(&self, soul: &str, data: Value) -> Result<(), GunError> {
+    /// Sends one put whose serialized `{"soul","data"}` is `body`.
+    async fn store(&self, soul: &str, body: Bytes) -> Result<(), GunError> {
         if soul.is_empty() {
             return Err(GunError::InvalidSoul);
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "soul": soul, "data": data }))
-            .map(Bytes::from)
-            .map_err(|e| GunError::Internal {
-                reason: format!("cannot serialise the put body: {e}"),
-            })?;
         let inner = &self.inner;
         let url = format!("{}/put", inner.base);
         let result = inner
@@ -271,6 +277,13 @@ impl GunClient {
         }
         result
     }
+}
+
+/// The relay's put body, `{"soul": …, "data": …}`, in that order.
+#[derive(Serialize)]
+struct PutRequest<'a, D> {
+    soul: &'a str,
+    data: D,
 }
 
 impl Drop for GunClient {

@@ -4,32 +4,49 @@
 //! on `,` is wrong, and the grammar is three lines. Dates go through `httpdate`.
 //! Unparsable validator headers are ignored, as §13.1 asks, never turned into errors.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, header};
 
 /// An entity tag: opaque quoted text, weak or strong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Cheap to clone (the text is shared), and its header value is rendered at most once
+/// per tag, on first use: a file's tag lives as long as its mapping (see
+/// `store::MappedFile::validators`), so a GIF's `ETag` is formatted once per file
+/// version rather than once per request.
+#[derive(Debug, Clone)]
 pub struct EntityTag {
     weak: bool,
-    opaque: String,
+    opaque: Arc<str>,
+    rendered: OnceLock<HeaderValue>,
 }
 
+impl PartialEq for EntityTag {
+    fn eq(&self, other: &Self) -> bool {
+        self.weak == other.weak && self.opaque == other.opaque
+    }
+}
+
+impl Eq for EntityTag {}
+
 impl EntityTag {
-    /// A strong tag with the given opaque text (no quotes).
-    pub fn strong(opaque: impl Into<String>) -> Self {
+    fn new(weak: bool, opaque: impl Into<Arc<str>>) -> Self {
         EntityTag {
-            weak: false,
+            weak,
             opaque: opaque.into(),
+            rendered: OnceLock::new(),
         }
     }
 
+    /// A strong tag with the given opaque text (no quotes).
+    pub fn strong(opaque: impl Into<Arc<str>>) -> Self {
+        EntityTag::new(false, opaque)
+    }
+
     /// A weak tag with the given opaque text (no quotes).
-    pub fn weak(opaque: impl Into<String>) -> Self {
-        EntityTag {
-            weak: true,
-            opaque: opaque.into(),
-        }
+    pub fn weak(opaque: impl Into<Arc<str>>) -> Self {
+        EntityTag::new(true, opaque)
     }
 
     /// The indexer's (Express `etag`/serve-static) weak format for a file:
@@ -43,10 +60,7 @@ impl EntityTag {
     /// strength, the opaque text with `suffix` appended. It changes whenever the
     /// source's tag does, and differs from it, so caches never mix the two.
     pub fn derived(&self, suffix: &str) -> Self {
-        EntityTag {
-            weak: self.weak,
-            opaque: format!("{}{suffix}", self.opaque),
-        }
+        EntityTag::new(self.weak, format!("{}{suffix}", self.opaque))
     }
 
     /// A *strong* tag for a representation derived from this one and stored as one
@@ -74,14 +88,18 @@ impl EntityTag {
         self.opaque == other.opaque
     }
 
-    /// The header value (`"…"` or `W/"…"`).
+    /// The header value (`"…"` or `W/"…"`), rendered on the first call and cloned after.
     pub fn to_header_value(&self) -> HeaderValue {
-        let text = if self.weak {
-            format!("W/\"{}\"", self.opaque)
-        } else {
-            format!("\"{}\"", self.opaque)
-        };
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+        self.rendered
+            .get_or_init(|| {
+                let text = if self.weak {
+                    format!("W/\"{}\"", self.opaque)
+                } else {
+                    format!("\"{}\"", self.opaque)
+                };
+                HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+            })
+            .clone()
     }
 }
 
@@ -144,10 +162,7 @@ fn parse_tags(text: &str) -> Vec<EntityTag> {
         let Some(close) = after_quote.find('"') else {
             return tags;
         };
-        tags.push(EntityTag {
-            weak,
-            opaque: after_quote[..close].to_owned(),
-        });
+        tags.push(EntityTag::new(weak, &after_quote[..close]));
         rest = &after_quote[close + 1..];
     }
 }

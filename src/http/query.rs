@@ -12,9 +12,38 @@ pub fn param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
+/// True when the first value of `name` in `query` is one of `values`, decoded as
+/// [`param`] decodes it. Copies nothing unless a key or the value is percent- or
+/// `+`-encoded: the router asks this of GIF requests before admitting them.
+pub fn param_is_one_of(query: Option<&str>, name: &str, values: &[&str]) -> bool {
+    let Some(query) = query else {
+        return false;
+    };
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .is_some_and(|(_, value)| values.contains(&value.as_ref()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matches_the_first_value_like_param_reads_it() {
+        let q = Some("w=90&still=%31&still=0");
+        assert!(param_is_one_of(q, "still", &["1", "true"]), "decoded");
+        assert!(!param_is_one_of(q, "w", &["1"]));
+        assert!(!param_is_one_of(q, "missing", &[""]));
+        assert!(!param_is_one_of(None, "still", &["1"]));
+        assert!(param_is_one_of(Some("flag"), "flag", &[""]));
+        for q in ["still=1", "x=1&still=true", "still=0&still=1", "still="] {
+            assert_eq!(
+                param_is_one_of(Some(q), "still", &["1", "true"]),
+                matches!(param(Some(q), "still").as_deref(), Some("1" | "true")),
+                "{q}"
+            );
+        }
+    }
 
     #[test]
     fn finds_and_decodes_the_first_value() {

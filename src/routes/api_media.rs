@@ -50,18 +50,38 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'|')
     .remove(b'~');
 
+/// What the path after [`PREFIX`] names: the item (`<id>`), its `/info`, or nothing
+/// this route serves. `None` when `path` is not under the prefix.
+fn split_tail(path: &str) -> Option<(&str, Tail)> {
+    let tail = path.strip_prefix(PREFIX)?;
+    Some(match tail.split_once('/') {
+        None => (tail, Tail::Item),
+        Some((id, "info")) => (id, Tail::Info),
+        Some((id, _)) => (id, Tail::Other),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    Item,
+    Info,
+    Other,
+}
+
+/// True when `path` is an `/api/media/<id>/info` request (whether or not `<id>` is
+/// valid). The route table admits such a request as `/info` work
+/// ([`crate::state::Admission::Info`]) and [`handle`] answers it as one.
+pub fn is_info(path: &str) -> bool {
+    matches!(split_tail(path), Some((_, Tail::Info)))
+}
+
 /// Answers one `/api/media/…` request (GET or HEAD: the route table gates methods).
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     let method = request.method();
-    let tail = request
-        .uri()
-        .path()
-        .strip_prefix(PREFIX)
-        .unwrap_or_default();
-    let (raw_id, info) = match tail.split_once('/') {
-        None => (tail, false),
-        Some((id, "info")) => (id, true),
-        Some(_) => return response::not_found(),
+    let (raw_id, info) = match split_tail(request.uri().path()) {
+        Some((id, Tail::Item)) => (id, false),
+        Some((id, Tail::Info)) => (id, true),
+        Some((_, Tail::Other)) | None => return response::not_found(),
     };
     let Some(id) = MediaId::parse(raw_id) else {
         return response::not_found();
@@ -376,6 +396,21 @@ mod tests {
         assert_eq!(
             attachment(Some("café.xml")),
             "attachment; filename=\"caf_.xml\"; filename*=UTF-8''caf%C3%A9.xml"
+        );
+    }
+
+    #[test]
+    fn info_paths() {
+        let id = "a".repeat(64);
+        assert!(is_info(&format!("/api/media/{id}/info")));
+        assert!(is_info("/api/media/not-an-id/info"));
+        assert!(!is_info(&format!("/api/media/{id}")));
+        assert!(!is_info(&format!("/api/media/{id}/info/x")));
+        assert!(!is_info(&format!("/api/media/{id}/other")));
+        assert!(!is_info("/media/fitnessally/info"));
+        assert_eq!(
+            split_tail(&format!("/api/media/{id}/info/x")).map(|(_, t)| t),
+            Some(Tail::Other)
         );
     }
 

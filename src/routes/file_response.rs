@@ -33,12 +33,14 @@ pub struct FileHeaders {
 
 impl FileHeaders {
     /// How a plain file on disk is described: type by extension, the indexer's weak
-    /// ETag from size and mtime, and the route's `Cache-Control`.
+    /// ETag from size and mtime (the file version's, shared), and the route's
+    /// `Cache-Control`.
     pub fn for_plain_file(relative: &Path, file: &MappedFile, cache_control: &'static str) -> Self {
         FileHeaders {
             content_type: content_type_for(relative),
             cache_control: HeaderValue::from_static(cache_control),
-            etag: EntityTag::for_file(file.len(), file.mtime_ms()),
+            // Rendered once per file version (see `MappedFile::validators`).
+            etag: file.validators().etag.clone(),
             extra: HeaderMap::new(),
             last_modified: None,
         }
@@ -128,9 +130,17 @@ pub fn respond(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
+    // One allocation for every header this response will carry, including those
+    // `App::handle` adds (CORS, `X-Request-Id`, `nosniff`), instead of growing 4 → 8 → 16.
+    *headers = HeaderMap::with_capacity(RESPONSE_HEADERS);
     validator_headers(headers, file, &describe);
     headers.insert(header::CONTENT_TYPE, content_type);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content_len));
+    let content_len = if content_len == len {
+        file.validators().content_length.clone()
+    } else {
+        HeaderValue::from(content_len)
+    };
+    headers.insert(header::CONTENT_LENGTH, content_len);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Some(range) = content_range.and_then(|r| HeaderValue::from_str(&r).ok()) {
         headers.insert(header::CONTENT_RANGE, range);
@@ -138,11 +148,20 @@ pub fn respond(
     response
 }
 
-/// Headers a cache needs on 200, 206 and 304 alike (RFC 9110 §15.4.5).
+/// Headers a response of a file can carry (a full GIF carries 10 with CORS); a
+/// `HeaderMap` of this capacity never grows for one.
+const RESPONSE_HEADERS: usize = 16;
+
+/// Headers a cache needs on 200, 206 and 304 alike (RFC 9110 §15.4.5). The file's own
+/// `Last-Modified` is rendered once per file version; a route's override (a variant
+/// keeps its source's) is rendered here.
 fn validator_headers(headers: &mut HeaderMap, file: &MappedFile, describe: &FileHeaders) {
     headers.insert(header::ETAG, describe.etag.to_header_value());
-    let modified = describe.last_modified.unwrap_or(file.modified);
-    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+    let date = match describe.last_modified {
+        None => file.validators().last_modified.clone(),
+        Some(modified) => HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok(),
+    };
+    if let Some(date) = date {
         headers.insert(header::LAST_MODIFIED, date);
     }
     headers.insert(header::CACHE_CONTROL, describe.cache_control.clone());
@@ -205,7 +224,15 @@ pub fn filesystem_unavailable(error: FsPoolError) -> Response<Body> {
 }
 
 /// `Content-Type` by file extension, case-insensitively; unknown → octet-stream.
+/// `.gif`, nearly every request, is answered before `mime_guess`'s table search (a
+/// case-insensitive binary search, ~1,800 instructions per request under callgrind).
 pub fn content_type_for(path: &std::path::Path) -> HeaderValue {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gif"))
+    {
+        return HeaderValue::from_static("image/gif");
+    }
     let guess = mime_guess::from_path(path)
         .first_raw()
         .unwrap_or("application/octet-stream");

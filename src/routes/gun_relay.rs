@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::body::Body;
@@ -90,9 +93,11 @@ where
     let settings = &state.config.gun;
     let (parts, body) = request.into_parts();
     let limit = settings.gun_put_body_limit;
-    let body = match read_bounded(&parts.headers, body, limit, settings.gun_put_body_timeout).await
-    {
+    let budget = &state.admissions.request_body;
+    let timeout = settings.gun_put_body_timeout;
+    let body = match read_bounded(&parts.headers, body, limit, timeout, budget).await {
         Ok(body) => body,
+        Err(BodyError::Busy(why)) => return crate::limit::shed_response(why, 1),
         Err(error) => return respond(body_error(&error)),
     };
     let answer = put(gun, &body, settings.gun_breaker_cooldown).await;
@@ -130,6 +135,11 @@ fn body_error(error: &BodyError) -> RelayAnswer {
             tracing::debug!(%reason, "put body could not be read");
             RelayAnswer::error(StatusCode::BAD_REQUEST, "Body could not be read")
         }
+        BodyError::Busy(why) => RelayAnswer::Error {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("Server busy, retry shortly ({why})"),
+            retry_after: Some(1),
+        },
     }
 }
 
@@ -145,22 +155,79 @@ async fn get(gun: &GunClient, soul: Option<&str>, retry_after: Duration) -> Rela
 }
 
 async fn put(gun: &GunClient, body: &[u8], retry_after: Duration) -> RelayAnswer {
-    let Ok(body) = serde_json::from_slice::<Value>(body) else {
-        return RelayAnswer::error(StatusCode::BAD_REQUEST, "Invalid JSON");
+    let (soul, data) = match PutFields::read(body) {
+        Ok(fields) => fields,
+        Err(refused) => return refused,
     };
-    let Value::Object(mut fields) = body else {
-        return RelayAnswer::error(StatusCode::BAD_REQUEST, "Soul parameter required");
-    };
-    let soul = match fields.remove("soul") {
-        Some(Value::String(soul)) if !soul.is_empty() => soul,
-        _ => return RelayAnswer::error(StatusCode::BAD_REQUEST, "Soul parameter required"),
-    };
-    // `data: null` is a delete: passed on, unlike the indexer's proxy did. A body without
-    // `data` at all is the same as null, as it is for the relay (`const {soul, data} = …`).
-    let data = fields.remove("data").unwrap_or(Value::Null);
     match gun.put(&soul, data).await {
         Ok(()) => RelayAnswer::Stored(soul),
         Err(error) => from_error(&error, retry_after),
+    }
+}
+
+/// The two fields of a put body, as JSON text: checked by the parser, never built into a
+/// tree. The record is passed on to the relay as it was sent, so a put costs its body
+/// and one copy of it, whatever the JSON holds (a 1 MiB body of `[0,0,…]` is ~16 MiB as
+/// a `serde_json::Value`, and more while its array grows).
+///
+/// Read like the relay's `const {soul, data} = req.body` reads it: other fields are
+/// ignored, and a field sent twice counts with its last value.
+#[derive(Debug, Default)]
+struct PutFields<'a> {
+    soul: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+}
+
+impl<'a> PutFields<'a> {
+    /// The soul (a non-empty string) and the data (`null` when absent) of `body`, or
+    /// the relay's 400: `Invalid JSON`, or `Soul parameter required` for JSON that is
+    /// not an object with a non-empty string `soul`.
+    fn read(body: &'a [u8]) -> Result<(String, &'a RawValue), RelayAnswer> {
+        let soul_required =
+            || RelayAnswer::error(StatusCode::BAD_REQUEST, "Soul parameter required");
+        let fields = match serde_json::from_slice::<PutFields<'a>>(body) {
+            Ok(fields) => fields,
+            // Well-formed JSON of another shape (an array, a string…).
+            Err(error) if error.is_data() => return Err(soul_required()),
+            Err(_) => return Err(RelayAnswer::error(StatusCode::BAD_REQUEST, "Invalid JSON")),
+        };
+        let soul = fields
+            .soul
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .filter(|soul| !soul.is_empty())
+            .ok_or_else(soul_required)?;
+        // `data: null` is a delete: passed on, unlike the indexer's proxy did. A body
+        // without `data` at all is the same as null, as it is for the relay.
+        let data = fields.data.unwrap_or(RawValue::NULL);
+        Ok((soul, data))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for PutFields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Fields<'a> {
+            type Value = PutFields<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with `soul` and `data`")
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<PutFields<'a>, M::Error> {
+                let mut fields = PutFields::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "soul" => fields.soul = Some(map.next_value()?),
+                        "data" => fields.data = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(fields)
+            }
+        }
+        deserializer.deserialize_map(Fields(std::marker::PhantomData))
     }
 }
 
@@ -267,6 +334,57 @@ mod tests {
         assert_eq!(soul_from_query(Some("soul=")), None);
         assert_eq!(soul_from_query(Some("other=1")), None);
         assert_eq!(soul_from_query(None), None);
+    }
+
+    #[test]
+    fn put_fields_are_read_like_the_relay_reads_them() {
+        let read = |body: &str| match PutFields::read(body.as_bytes()) {
+            Ok((soul, data)) => Ok((soul, data.get().to_owned())),
+            Err(RelayAnswer::Error {
+                status, message, ..
+            }) => Err((status.as_u16(), message)),
+            Err(other) => panic!("{other:?}"),
+        };
+        let stored = |soul: &str, data: &str| Ok((soul.to_owned(), data.to_owned()));
+        assert_eq!(
+            read(r#"{"soul":"a:1","data":{"x":[1, 2]}}"#),
+            stored("a:1", r#"{"x":[1, 2]}"#),
+            "passed on as sent"
+        );
+        assert_eq!(read(r#"{"soul":"a:1","data":null}"#), stored("a:1", "null"));
+        assert_eq!(read(r#"{"soul":"a:1"}"#), stored("a:1", "null"));
+        assert_eq!(
+            read(r#"{"data":1,"other":{"deep":[]},"soul":"a\u003a1"}"#),
+            stored("a:1", "1"),
+            "other fields ignored, escapes decoded"
+        );
+        assert_eq!(
+            read(r#"{"soul":7,"soul":"b","data":1,"data":2}"#),
+            stored("b", "2"),
+            "the last value counts, as in JSON.parse"
+        );
+        let invalid = Err((400, "Invalid JSON".to_owned()));
+        let required = Err((400, "Soul parameter required".to_owned()));
+        for body in [
+            "{not json",
+            "",
+            r#"{"soul":"a"} x"#,
+            r#"{"soul":"a","data":[}"#,
+        ] {
+            assert_eq!(read(body), invalid, "{body}");
+        }
+        for body in [
+            "[]",
+            r#"["a", null]"#,
+            r#""soul""#,
+            "null",
+            r#"{"data":{}}"#,
+            r#"{"soul":"","data":{}}"#,
+            r#"{"soul":7,"data":{}}"#,
+            r#"{"soul":null}"#,
+        ] {
+            assert_eq!(read(body), required, "{body}");
+        }
     }
 
     #[test]

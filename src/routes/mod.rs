@@ -209,6 +209,34 @@ impl Handler {
     }
 }
 
+/// How a route picks the admission its handler runs behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Always this one.
+    Always(Admission),
+    /// A GIF route (`/media/…`, `/api/media/<id>`): [`Admission::Media`] for the file's
+    /// bytes, but [`Admission::Still`] when the query asks for a still
+    /// ([`still::asks_for_still`]) and [`Admission::Info`] for `/api/media/<id>/info`
+    /// ([`api_media::is_info`]). A still or `/info` may wait for a render or a parse: it
+    /// runs behind its own bound and never holds a GIF-serving slot while it waits. The
+    /// handler makes the same choice from the same two functions, so the admission a
+    /// request gets is the work it does.
+    GifWork,
+}
+
+impl Admit {
+    /// The admission of a request for `uri` on a route declared with `self`. Pure:
+    /// reads the path and the query string, allocates nothing.
+    pub fn admission(self, uri: &http::Uri) -> Admission {
+        match self {
+            Admit::Always(admission) => admission,
+            Admit::GifWork if api_media::is_info(uri.path()) => Admission::Info,
+            Admit::GifWork if still::asks_for_still(uri.query()) => Admission::Still,
+            Admit::GifWork => Admission::Media,
+        }
+    }
+}
+
 /// One route: everything the router needs to know about a path pattern.
 #[derive(Debug, Clone, Copy)]
 pub struct Route {
@@ -219,7 +247,7 @@ pub struct Route {
     /// Methods answered; others get `405` + `Allow`.
     pub methods: Methods,
     /// The admission bound the handler runs behind.
-    pub admission: Admission,
+    pub admit: Admit,
     /// What answers it.
     pub handler: Handler,
 }
@@ -228,122 +256,121 @@ const fn route(
     pattern: &'static str,
     family: RouteFamily,
     methods: Methods,
-    admission: Admission,
+    admit: Admit,
     handler: Handler,
 ) -> Route {
     Route {
         pattern,
         family,
         methods,
-        admission,
+        admit,
         handler,
     }
 }
 
-use Admission::{Media as MediaLimit, Open};
+use Admit::GifWork;
 use RouteFamily as F;
+
+const MEDIA_LIMIT: Admit = Admit::Always(Admission::Media);
+const OPEN: Admit = Admit::Always(Admission::Open);
+const GUN_PUT: Admit = Admit::Always(Admission::GunPut);
+const GUN_GET: Admit = Admit::Always(Admission::GunGet);
 
 /// Every route of the service. Paths matching none get the JSON 404 (family `other`).
 /// Prefix forms are listed twice (`/x/` and `/x/{*rest}`) because a catch-all matches
 /// one character at least; the handler refuses an empty tail itself.
 pub const ROUTES: &[Route] = &[
-    route(
-        "/media/",
-        F::Media,
-        Methods::READ,
-        MediaLimit,
-        Handler::Media,
-    ),
+    route("/media/", F::Media, Methods::READ, GifWork, Handler::Media),
     route(
         "/media/{*file}",
         F::Media,
         Methods::READ,
-        MediaLimit,
+        GifWork,
         Handler::Media,
     ),
     route(
         "/api/media",
         F::ApiMedia,
         Methods::READ,
-        MediaLimit,
+        MEDIA_LIMIT,
         Handler::GeneratedById,
     ),
     route(
         "/api/media/",
         F::ApiMedia,
         Methods::READ,
-        MediaLimit,
+        GifWork,
         Handler::ApiMedia,
     ),
     route(
         "/api/media/{*id}",
         F::ApiMedia,
         Methods::READ,
-        MediaLimit,
+        GifWork,
         Handler::ApiMedia,
     ),
     route(
         "/api/generate/media",
         F::Generate,
         Methods::READ,
-        MediaLimit,
+        MEDIA_LIMIT,
         Handler::Generate,
     ),
     route(
         "/api/generate/media/{*path}",
         F::Generate,
         Methods::READ,
-        MediaLimit,
+        MEDIA_LIMIT,
         Handler::Generate,
     ),
     route(
         "/gun-relay/get",
         F::GunRelay,
         Methods::GET,
-        Open,
+        GUN_GET,
         Handler::GunGet,
     ),
     route(
         "/gun-relay/put",
         F::GunRelay,
         Methods::POST,
-        Open,
+        GUN_PUT,
         Handler::GunPut,
     ),
     route(
         "/gun-relay/",
         F::GunRelay,
         Methods::ANY,
-        Open,
+        OPEN,
         Handler::GunUnknown,
     ),
     route(
         "/gun-relay/{*endpoint}",
         F::GunRelay,
         Methods::ANY,
-        Open,
+        OPEN,
         Handler::GunUnknown,
     ),
     route(
         "/api/resolve",
         F::Resolve,
         Methods::POST,
-        Open,
+        OPEN,
         Handler::Resolve,
     ),
     route(
         "/healthz",
         F::Ops,
         Methods::GET_HEAD,
-        Open,
+        OPEN,
         Handler::Healthz,
     ),
-    route("/readyz", F::Ops, Methods::GET_HEAD, Open, Handler::Readyz),
+    route("/readyz", F::Ops, Methods::GET_HEAD, OPEN, Handler::Readyz),
     route(
         "/metrics",
         F::Ops,
         Methods::GET_HEAD,
-        Open,
+        OPEN,
         Handler::Metrics,
     ),
 ];
@@ -429,14 +456,54 @@ mod tests {
 
     #[test]
     fn byte_serving_routes_and_only_they_are_behind_the_media_limiter() {
+        let plain: http::Uri = "/x".parse().unwrap();
         for route in ROUTES {
             let bytes = matches!(route.family, F::Media | F::ApiMedia | F::Generate);
             assert_eq!(
-                route.admission == Admission::Media,
+                route.admit.admission(&plain) == Admission::Media,
                 bytes,
                 "{}",
                 route.pattern
             );
+        }
+        let put = router().at("/gun-relay/put").map(|r| r.admit);
+        assert_eq!(put, Some(Admit::Always(Admission::GunPut)));
+    }
+
+    /// The admission a request gets, by the route it matched and its path and query.
+    fn admission_of(target: &str) -> Admission {
+        let uri: http::Uri = target.parse().unwrap();
+        router()
+            .at(uri.path())
+            .map_or(Admission::Open, |r| r.admit.admission(&uri))
+    }
+
+    #[test]
+    fn stills_and_info_never_take_a_gif_serving_slot() {
+        let id = "a".repeat(64);
+        for (target, expected) in [
+            ("/media/fitnessally/a.gif", Admission::Media),
+            ("/media/fitnessally/a.gif?w=90", Admission::Media),
+            ("/media/fitnessally/a.gif?still=0", Admission::Media),
+            ("/media/fitnessally/a.gif?still=1", Admission::Still),
+            ("/media/fitnessally/a.gif?w=90&still=true", Admission::Still),
+            ("/media/fitnessally/a.gif?still=1&w=91", Admission::Still),
+            ("/media/fitnessally/a.png?still=1", Admission::Still),
+            // A file named `info` under /media is a file, not /info.
+            ("/media/fitnessally/info", Admission::Media),
+            (&format!("/api/media/{id}"), Admission::Media),
+            (&format!("/api/media/{id}?still=1"), Admission::Still),
+            (&format!("/api/media/{id}/info"), Admission::Info),
+            (&format!("/api/media/{id}/info?still=1"), Admission::Info),
+            (&format!("/api/media/{id}/other"), Admission::Media),
+            ("/api/media?id=a.mp3&still=1", Admission::Media),
+            ("/api/generate/media/a.mp3?still=1", Admission::Media),
+            ("/gun-relay/put", Admission::GunPut),
+            ("/gun-relay/get?soul=x", Admission::GunGet),
+            ("/api/resolve", Admission::Open),
+            ("/metrics", Admission::Open),
+        ] {
+            assert_eq!(admission_of(target), expected, "{target}");
         }
     }
 

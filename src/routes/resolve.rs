@@ -33,7 +33,8 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde_json::Value;
 
 use crate::body::Body;
-use crate::http::request_body::{BodyError, read_bounded};
+use crate::http::request_body::{BodyError, BoundedBody, read_bounded};
+use crate::limit::{Limiter, Shed};
 use crate::resolve::bounded_parse::{BoundedParseError, parse_within};
 use crate::resolve::{OptionsError, Resolution, ResolveOptions};
 use crate::response;
@@ -66,6 +67,9 @@ pub enum InputError {
     /// error) is for the log only.
     #[error("Request body could not be read")]
     Read(String),
+    /// The process-wide budget of buffered bodies had no room in time (503).
+    #[error("Server busy, retry shortly: {0}")]
+    Busy(Shed),
     /// The body is not JSON.
     #[error("Request body is not valid JSON: {0}")]
     NotJson(#[source] serde_json::Error),
@@ -91,6 +95,7 @@ impl InputError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             InputError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            InputError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             InputError::Read(_)
             | InputError::NotJson(_)
             | InputError::Shape(_)
@@ -110,6 +115,7 @@ where
         request,
         settings.resolve_body_limit,
         settings.resolve_body_timeout,
+        &state.admissions.request_body,
     )
     .await
     {
@@ -158,27 +164,33 @@ fn internal_error() -> Response<Body> {
 
 fn refused(error: &InputError) -> Response<Body> {
     tracing::debug!(?error, "refused resolve request");
+    if let InputError::Busy(why) = error {
+        return crate::limit::shed_response(*why, 1);
+    }
     response::json_error(error.status(), &error.to_string())
 }
 
-/// Reads the body (at most `limit` bytes, within `timeout`); returns it with the
-/// query string, which may carry options.
+/// Reads the body (at most `limit` bytes, within `timeout`, charged to the body
+/// `budget` until it is dropped); returns it with the query string, which may carry
+/// options.
 pub async fn read_body<B>(
     request: Request<B>,
     limit: u64,
     timeout: Duration,
-) -> Result<(Option<String>, Bytes), InputError>
+    budget: &Limiter,
+) -> Result<(Option<String>, BoundedBody), InputError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = request.into_parts();
-    let bytes = read_bounded(&parts.headers, body, limit, timeout)
+    let bytes = read_bounded(&parts.headers, body, limit, timeout, budget)
         .await
         .map_err(|error| match error {
             BodyError::TooLarge { limit } => InputError::TooLarge { limit },
             BodyError::Timeout(timeout) => InputError::Timeout(timeout),
             BodyError::Read(reason) => InputError::Read(reason),
+            BodyError::Busy(why) => InputError::Busy(why),
         })?;
     Ok((parts.uri.query().map(str::to_owned), bytes))
 }

@@ -41,11 +41,18 @@ pub enum StillQuery {
     BadFormat,
 }
 
+/// True when `query` asks for a still (`still=1` or `still=true`), whatever else it
+/// says. The route table admits such a request as a still ([`crate::state::Admission::Still`])
+/// and [`StillQuery::parse`] answers it as one: one test, so the two never disagree.
+pub fn asks_for_still(query: Option<&str>) -> bool {
+    query::param_is_one_of(query, "still", &["1", "true"])
+}
+
 impl StillQuery {
     /// Reads `still`, `w` and `format` from `query`; `w` and `format` only count with
     /// `still` (without it, `format` asks for a video variant).
     pub fn parse(query: Option<&str>, allowed: &[u32]) -> StillQuery {
-        if !matches!(query::param(query, "still").as_deref(), Some("1" | "true")) {
+        if !asks_for_still(query) {
             return StillQuery::NotAsked;
         }
         let format = match query::param(query, "format") {
@@ -125,6 +132,7 @@ pub fn gif_error(error: &GifError) -> Response<Body> {
             response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
         }
         GifError::Busy(busy) => file_response::filesystem_unavailable(*busy),
+        GifError::WorkersBusy(why) => crate::limit::shed_response(*why, 1),
     }
 }
 

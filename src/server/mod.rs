@@ -125,7 +125,7 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
     let counters = Arc::clone(&app.state().connections);
     let summary = crate::app::spawn_summary(&app, config.summary_interval);
     let graceful = GracefulShutdown::new();
-    let builder = http1_builder();
+    let builder = http1_builder(config.max_request_head);
     tokio::pin!(shutdown);
 
     loop {
@@ -227,10 +227,16 @@ async fn accept_loop(listener: TcpListener, app: App, shutdown: impl Future<Outp
     }
 }
 
-/// hyper's HTTP/1 settings for every connection.
-fn http1_builder() -> hyper::server::conn::http1::Builder {
+/// hyper's HTTP/1 settings for every connection. `max_request_head` was checked by
+/// `Config::validate`; hyper's own ceiling (~408 KiB of read buffer) would otherwise let
+/// every connection hold that much of an unfinished head.
+fn http1_builder(max_request_head: u64) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
+        // Bounds both a complete head and the read buffer of an unfinished one (`431`).
+        // Not `max_buf_size`: that one also bounds the write queue, and hyper checks it only
+        // while a head is incomplete, so a head that arrives whole in one read slips past it.
+        .max_header_size(usize::try_from(max_request_head).unwrap_or(usize::MAX))
         .timer(TokioTimer::new())
         // Our TimedIo enforces head and idle deadlines separately (see its docs).
         .header_read_timeout(None)

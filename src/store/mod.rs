@@ -41,17 +41,18 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
+use http::HeaderValue;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 use crate::fs_pool::{FsPool, FsPoolError};
-use crate::metrics::{ReadAtScrape, by_kind};
+use crate::http::conditional::EntityTag;
+use crate::metrics::{ReadAtScrape, ShardedCounter, by_kind};
 pub use regular::{OpenError, open_regular};
 
 /// What makes a file "the same file": if any of these change, the path now names a
@@ -97,6 +98,24 @@ pub struct MappedFile {
     /// offset a slice of `bytes` has in the mapping. `None` for bytes held in memory
     /// (a still rendered and evicted at once) and for empty files (nothing to send).
     file: Option<File>,
+    /// The header values that describe this version, rendered on first use.
+    validators: OnceLock<FileValidators>,
+}
+
+/// The header values of one file version that every response of it repeats, rendered
+/// once per mapping (a replaced file gets a new mapping, hence new values) instead of
+/// once per request: the indexer's weak ETag, `Last-Modified`, and the whole file's
+/// `Content-Length`. Cloning a value shares its bytes.
+#[derive(Debug)]
+pub struct FileValidators {
+    /// `W/"<size hex>-<mtime ms hex>"`, the indexer's tag (its header value is cached
+    /// inside it as well).
+    pub etag: EntityTag,
+    /// `Last-Modified` of the file's own modification time (`None` for a time HTTP
+    /// dates cannot express).
+    pub last_modified: Option<HeaderValue>,
+    /// `Content-Length` of the whole file.
+    pub content_length: HeaderValue,
 }
 
 impl MappedFile {
@@ -113,6 +132,7 @@ impl MappedFile {
             bytes,
             identity: FileIdentity::of(meta),
             modified: meta.modified().unwrap_or(UNIX_EPOCH),
+            validators: OnceLock::new(),
         })
     }
 
@@ -129,6 +149,7 @@ impl MappedFile {
             bytes,
             modified,
             file: None,
+            validators: OnceLock::new(),
         }
     }
 
@@ -146,6 +167,20 @@ impl MappedFile {
         let start = slice.as_ptr() as usize;
         let offset = start.checked_sub(base)?;
         (offset.checked_add(slice.len())? <= self.bytes.len()).then_some((file, offset as u64))
+    }
+
+    /// This version's header values, rendered by the first request that asks.
+    pub fn validators(&self) -> &FileValidators {
+        self.validators.get_or_init(|| {
+            let etag = EntityTag::for_file(self.len(), self.mtime_ms());
+            // Rendered now, so that later requests only clone it.
+            drop(etag.to_header_value());
+            FileValidators {
+                etag,
+                last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(self.modified)).ok(),
+                content_length: HeaderValue::from(self.len()),
+            }
+        })
     }
 
     /// Length in bytes.
@@ -320,16 +355,16 @@ impl quick_cache::Weighter<PathBuf, Arc<Entry>> for MapWeighter {
 #[derive(Debug, Default)]
 pub struct StoreCounters {
     /// Lookups answered by a cached mapping within its window: no syscall.
-    pub hits: Counter,
+    pub hits: ShardedCounter,
     /// Lookups past the window whose `stat` found the same file.
-    pub revalidated: Counter,
+    pub revalidated: ShardedCounter,
     /// Files opened and mapped (first use, eviction, or replaced file).
-    pub maps: Counter,
+    pub maps: ShardedCounter,
     /// Cached mappings found stale (file replaced) and remapped.
-    pub replaced: Counter,
+    pub replaced: ShardedCounter,
     /// Cached mappings served unchecked because the filesystem did not answer the
     /// revalidating `stat` in time.
-    pub stale: Counter,
+    pub stale: ShardedCounter,
 }
 
 /// The bounded mapping cache shared by every route.
@@ -536,7 +571,7 @@ mod tests {
         std::fs::rename(dir.join("replacing.tmp"), dir.join(name)).unwrap();
     }
 
-    fn count(counter: &Counter) -> u64 {
+    fn count(counter: &ShardedCounter) -> u64 {
         counter.get()
     }
 

@@ -602,6 +602,7 @@ fn from_gif_error(error: GifError) -> VariantError {
         GifError::SourceChanged => VariantError::SourceChanged,
         GifError::Io(reason) => VariantError::Io(reason.into()),
         GifError::Busy(_) => VariantError::Busy("storage busy"),
+        GifError::WorkersBusy(_) => VariantError::Busy("GIF workers busy"),
     }
 }
 
