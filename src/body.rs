@@ -34,7 +34,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use crate::metrics::Sharded;
-use crate::outbox::{Guard, Outbox};
+use crate::outbox::{Guard, Outbox, Yielding};
 use crate::store::MappedFile;
 
 /// Default chunk size used by bodies built without an explicit one (JSON answers and
@@ -94,9 +94,16 @@ impl Body {
     }
 
     /// Sends this body through the connection's `outbox`: its file is registered there
-    /// for `sendfile`, and its guards are released only once its last byte was written.
-    /// Called by the server for every response.
+    /// for `sendfile`, its guards are released only once its last byte was written, and
+    /// those that may leave their bound while the client reads nothing (attached as an
+    /// `Arc<dyn Yielding>`: the media limiter's slot) are told of stalls by the socket.
+    /// Called by the server for every response, after the handler attached its guards.
     pub fn send_through(&mut self, outbox: Arc<Outbox>) {
+        for guard in &self.guards {
+            if let Some(yielding) = (**guard).downcast_ref::<Arc<dyn Yielding>>() {
+                outbox.watch(Arc::downgrade(yielding));
+            }
+        }
         self.outbox = Some(outbox);
     }
 

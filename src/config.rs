@@ -150,9 +150,21 @@ pub struct Config {
     pub keep_alive_timeout: Duration,
 
     /// A client that accepts no response bytes for this long is dropped and its limiter
-    /// permit released. A GIF of 2 MB over a 256 kbit/s phone link never stalls this long.
+    /// permit released. "Accepts" is measured as bytes its TCP stack acknowledged, not as
+    /// writes that completed, so a client that keeps reading, however slowly, is never
+    /// dropped, whatever the kernel's buffer sizes. A GIF of 2 MB over a 256 kbit/s phone
+    /// link never stalls this long.
     #[arg(long, env = "WRITE_STALL_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub write_stall_timeout: Duration,
+
+    /// A media body whose client has accepted no bytes for this long gives its
+    /// `--max-in-flight` slot back and waits in the stalled pool (`--max-stalled`), so
+    /// clients that never read cannot hold every slot; it takes a slot back when its
+    /// client reads again. Shorter than `--queue-timeout`, so a request queued behind
+    /// non-reading clients gets a slot before it is shed. A waiting send checks its
+    /// progress four times per this interval (one `getsockopt` per check).
+    #[arg(long, env = "STALLED_AFTER", default_value = "500ms", value_parser = parse_duration)]
+    pub stalled_after: Duration,
 
     /// On SIGTERM/SIGINT, how long responses under way may take to finish before the
     /// process exits anyway.
@@ -176,6 +188,14 @@ pub struct Config {
     /// purpose: a browser retrying in a second does better than one waiting in a line.
     #[arg(long, env = "QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
+
+    /// Media bodies whose clients stopped reading (`--stalled-after`) that may wait out of
+    /// the in-flight bound; when the pool is full, the one stalled longest is dropped
+    /// (its connection closed). A stalled body costs its connection's kernel send buffer
+    /// and at most one descriptor, no CPU, so the pool is several times `--max-in-flight`;
+    /// 0 keeps stalled bodies in the in-flight bound until `--write-stall-timeout`.
+    #[arg(long, env = "MAX_STALLED", default_value_t = 2048)]
+    pub max_stalled: usize,
 
     // ---------------------------------------------------------------- request bodies
     /// Bytes of request bodies (`POST /gun-relay/put`, `POST /api/resolve`) buffered at
@@ -649,6 +669,7 @@ impl Config {
                 "--write-stall-timeout/WRITE_STALL_TIMEOUT",
                 self.write_stall_timeout,
             ),
+            ("--stalled-after/STALLED_AFTER", self.stalled_after),
             ("--queue-timeout/QUEUE_TIMEOUT", self.queue_timeout),
             (
                 "--resolve-queue-timeout/RESOLVE_QUEUE_TIMEOUT",
@@ -1164,6 +1185,26 @@ mod tests {
         );
         assert!(Config::try_parse_from(["oip-media", "--port", "http"]).is_err());
         assert!(Config::try_parse_from(["oip-media", "--queue-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn stall_settings_have_their_documented_defaults() {
+        let c = Config::for_media_dir("/tmp/x");
+        assert_eq!(c.write_stall_timeout, Duration::from_secs(20));
+        assert_eq!(c.stalled_after, Duration::from_millis(500));
+        assert_eq!(c.max_stalled, 2048);
+        assert!(c.stalled_after < c.queue_timeout);
+        let c = Config::parse_from(["oip-media", "--stalled-after", "2s", "--max-stalled", "0"]);
+        assert_eq!(c.stalled_after, Duration::from_secs(2));
+        assert_eq!(c.max_stalled, 0);
+        let mut c = Config::for_media_dir("/tmp/x");
+        c.stalled_after = Duration::ZERO;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--stalled-after")
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod response;
 pub mod routes;
 pub mod sample;
 pub mod server;
+pub mod stalled;
 pub mod state;
 pub mod store;
 pub mod transcode;

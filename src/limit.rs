@@ -17,6 +17,12 @@
 //! Why a bounded queue with shedding: the Node app queued without bound and its latency
 //! and memory grew together. Here a request waits only while both the queue has room and
 //! its wait is short; otherwise it gets a 503 with `Retry-After` at once.
+//!
+//! Why a pool of stalled bodies (`max_stalled`, the media limiter's): a body whose client
+//! reads nothing would hold its slot until the write-stall timeout, and a few hundred
+//! such clients would hold them all. With a pool, the body's slot is a [`Slot`] that the
+//! socket moves out of the in-flight bound into the bounded pool once the send makes no
+//! progress, and back when it moves again; see `stalled`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
 use crate::metrics::{ReadAtScrape, by_kind};
+use crate::stalled::{Slot, StalledPool};
 
 /// Bounds of the limiter, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +49,10 @@ pub struct LimitSettings {
     pub queue_timeout: Duration,
     /// `Retry-After` seconds sent with a 503.
     pub retry_after_secs: u64,
+    /// Bodies whose clients read nothing that may wait out of the in-flight bound (see
+    /// `stalled`); past it the longest stalled is dropped. 0: a body keeps its slot
+    /// until it is done (for admissions whose bodies cost memory, as resolves' do).
+    pub max_stalled: usize,
 }
 
 /// Why a request was not admitted.
@@ -75,6 +86,7 @@ pub struct Limiter {
     waiting: Arc<AtomicUsize>,
     settings: LimitSettings,
     counters: LimiterCounters,
+    stalled: Arc<StalledPool>,
 }
 
 impl Limiter {
@@ -85,12 +97,25 @@ impl Limiter {
             waiting: Arc::new(AtomicUsize::new(0)),
             settings,
             counters: LimiterCounters::default(),
+            stalled: Arc::new(StalledPool::new(settings.max_stalled)),
         }
     }
 
-    /// Bodies in flight now (permits held).
+    /// Bodies admitted and not finished: those holding a slot and those waiting in the
+    /// stalled pool. (A body the pool dropped for room is not counted while its
+    /// connection closes.)
     pub fn in_flight(&self) -> usize {
+        self.slots_in_use() + self.stalled.len()
+    }
+
+    /// Slots held now: bodies in the in-flight bound (and handlers still running).
+    pub fn slots_in_use(&self) -> usize {
         self.settings.max_in_flight.max(1) - self.slots.available_permits()
+    }
+
+    /// The pool of bodies whose clients read nothing.
+    pub fn stalled(&self) -> &StalledPool {
+        &self.stalled
     }
 
     /// Registers this limiter's metrics in `registry` (a sub-registry named after the
@@ -136,6 +161,31 @@ impl Limiter {
             by_kind([
                 ("queue_full", &c.shed_queue_full),
                 ("queue_timeout", &c.shed_queue_timeout),
+            ]),
+        );
+        if self.settings.max_stalled == 0 {
+            return;
+        }
+        let pool = Arc::clone(&self.stalled);
+        registry.register(
+            "stalled_bodies",
+            "Bodies whose clients read nothing, out of the in-flight bound in the stalled pool",
+            ReadAtScrape::gauge(move || pool.len() as u64),
+        );
+        let max_stalled = self.settings.max_stalled as u64;
+        registry.register(
+            "stalled_limit",
+            "Configured bound of the stalled pool",
+            ReadAtScrape::gauge(move || max_stalled),
+        );
+        let s = self.stalled.counters();
+        registry.register(
+            "stalled_events",
+            "Bodies that entered the stalled pool, resumed into the in-flight bound, or were dropped because the pool was full (oldest first)",
+            by_kind([
+                ("entered", &s.entered),
+                ("resumed", &s.resumed),
+                ("dropped", &s.dropped),
             ]),
         );
     }
@@ -214,9 +264,21 @@ impl Limiter {
         let held = HeldPermit::new(permit);
         let mut response = handler(held.clone()).await;
         if let Some(permit) = held.take() {
-            response.body_mut().attach(permit);
+            self.attach(response.body_mut(), permit);
         }
         response
+    }
+
+    /// Attaches `permit` (taken from this limiter) to `body`, so the slot stays taken
+    /// until the body is finished or dropped; with a stalled pool, as a [`Slot`] the
+    /// body's connection can move out of the bound while its client reads nothing.
+    pub fn attach(&self, body: &mut Body, permit: OwnedSemaphorePermit) {
+        if self.settings.max_stalled == 0 {
+            body.attach(permit);
+        } else {
+            let slot = Slot::new(permit, Arc::clone(&self.slots), Arc::clone(&self.stalled));
+            body.attach(slot.into_guard());
+        }
     }
 
     /// The 503 a shed request gets: JSON, `Retry-After`, never cached.
@@ -303,6 +365,7 @@ mod tests {
             max_queue,
             queue_timeout: Duration::from_millis(queue_ms),
             retry_after_secs: 1,
+            max_stalled: 0,
         }
     }
 

@@ -21,12 +21,41 @@
 //! its guards and its registration here, and the socket releases them on the next
 //! `poll_flush`: hyper calls its socket's `poll_flush` only once its write buffer is
 //! empty, i.e. once every byte it was given has been written.
+//!
+//! # Why stalls are told here
+//! A response whose client stops reading keeps its admission slot (the media limiter's
+//! permit) until the write-stall timeout drops the connection; hundreds of clients that
+//! ask for a large file and never read would hold every slot that long. The socket
+//! (`server::timed_io`) is what sees a send make no progress, and the slot lives in a
+//! body or in this outbox, so the outbox is where the two meet: a body hands its
+//! [`Yielding`] guards to the outbox ([`Outbox::watch`], from `Body::send_through`), the
+//! socket calls [`Outbox::stalled`] when the send has made no progress for a while and
+//! [`Outbox::resumed`] when it moves again, and a guard moved to the limiter's bounded
+//! pool of stalled bodies may ask the connection to close ([`Outbox::evict`]) when the
+//! pool needs room for a newer one. The socket learns of that with
+//! [`Outbox::poll_evicted`] and fails its write, so hyper closes the connection.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Context;
+
+use futures_util::task::AtomicWaker;
 
 use crate::store::MappedFile;
+
+/// A guard that may step out of its admission bound while its connection makes no
+/// progress (the media limiter's slot, `limit::Slot`). Attached to a body like any
+/// guard (as an `Arc<dyn Yielding>`); the outbox keeps only a weak reference, so the
+/// guard still goes when the body's guards go.
+pub trait Yielding: Send + Sync {
+    /// The connection has sent nothing for a while: leave the bound (idempotent).
+    /// `connection` is what to [`Outbox::evict`] if the guard's new place needs it.
+    fn stall(&self, connection: &Weak<Outbox>);
+    /// The connection moves again: come back into the bound if there is room. True when
+    /// the guard is in its bound (or never left it).
+    fn resume(&self) -> bool;
+}
 
 /// A guard whose drop frees something (a limiter permit, a connection-activity token).
 pub type Guard = Box<dyn Any + Send + Sync>;
@@ -40,12 +69,27 @@ pub struct Outbox {
     has_parked: AtomicBool,
     // `files.len()`, so a write with nothing registered takes no lock.
     registered: AtomicUsize,
+    // Set once the stalled pool dropped this connection; `evict_waker` wakes its task.
+    evicted: AtomicBool,
+    evict_waker: AtomicWaker,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     files: Vec<Arc<MappedFile>>,
     parked: Vec<Parked>,
+    // Guards of this connection's responses that may leave their bound on a stall.
+    watched: Vec<Weak<dyn Yielding>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("files", &self.files.len())
+            .field("parked", &self.parked)
+            .field("watched", &self.watched.len())
+            .finish()
+    }
 }
 
 struct Parked {
@@ -134,17 +178,70 @@ impl Outbox {
 
     /// The connection is gone: drop every registration and release every guard.
     pub fn clear(&self) {
-        let (files, parked) = {
+        let (files, parked, watched) = {
             let mut state = self.state();
             self.has_parked.store(false, Ordering::Release);
             self.registered.store(0, Ordering::Release);
             (
                 std::mem::take(&mut state.files),
                 std::mem::take(&mut state.parked),
+                std::mem::take(&mut state.watched),
             )
         };
         drop(files);
         drop(parked);
+        drop(watched);
+    }
+
+    /// Lets the socket tell `guard` about stalls (see the module docs). Called by a body
+    /// when it is given this outbox, for each [`Yielding`] guard it holds.
+    pub fn watch(&self, guard: Weak<dyn Yielding>) {
+        let mut state = self.state();
+        // Forget the guards of finished responses (at most a couple live at a time).
+        state.watched.retain(|w| w.strong_count() > 0);
+        state.watched.push(guard);
+    }
+
+    fn watched(&self) -> Vec<Arc<dyn Yielding>> {
+        let state = self.state();
+        state.watched.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The socket has sent nothing for `--stalled-after`: every watched guard leaves its
+    /// bound. Called once per stall check, never on the write path.
+    pub fn stalled(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        // Outside the lock: a guard's own lock and its pool's are taken below.
+        for guard in self.watched() {
+            guard.stall(&me);
+        }
+    }
+
+    /// The socket sends again: watched guards come back into their bound if there is
+    /// room. True when all of them are in it (nothing is left in a stalled pool).
+    pub fn resumed(&self) -> bool {
+        let mut all_back = true;
+        for guard in self.watched() {
+            all_back &= guard.resume();
+        }
+        all_back
+    }
+
+    /// Asks the connection to close: a stalled pool dropped it to make room. Its socket
+    /// fails its next write (see [`Outbox::poll_evicted`]).
+    pub fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.evict_waker.wake();
+    }
+
+    /// True once [`Outbox::evict`] was called; otherwise arranges for `cx` to be woken
+    /// when it is. The socket asks only while its send is stalled.
+    pub fn poll_evicted(&self, cx: &mut Context<'_>) -> bool {
+        if self.evicted.load(Ordering::Acquire) {
+            return true;
+        }
+        self.evict_waker.register(cx.waker());
+        self.evicted.load(Ordering::Acquire)
     }
 
     /// Mappings registered now (for tests).

@@ -253,12 +253,15 @@ pub struct Admissions {
 impl Admissions {
     /// Builds every limiter from its settings and registers its metrics.
     pub fn new(config: &Config, registry: &mut Registry) -> Admissions {
-        let mut bounded = |prefix: &str, max_in_flight, max_queue, queue_timeout| {
+        // Only media bodies may leave their slot for the stalled pool: every other
+        // admission's work holds memory (a rendered still, an answer) until it is sent.
+        let mut bounded = |prefix: &str, max_in_flight, max_queue, queue_timeout, max_stalled| {
             let limiter = Arc::new(Limiter::new(LimitSettings {
                 max_in_flight,
                 max_queue,
                 queue_timeout,
                 retry_after_secs: 1,
+                max_stalled,
             }));
             limiter.register(registry.sub_registry_with_prefix(prefix));
             limiter
@@ -270,36 +273,42 @@ impl Admissions {
                 config.max_in_flight,
                 config.max_queue,
                 config.queue_timeout,
+                config.max_stalled,
             ),
             still: bounded(
                 "still",
                 config.still_max_in_flight,
                 config.still_max_queue,
                 config.still_queue_timeout,
+                0,
             ),
             info: bounded(
                 "info",
                 config.info_max_in_flight,
                 config.info_max_queue,
                 config.info_queue_timeout,
+                0,
             ),
             gun_put: bounded(
                 "gun_put",
                 gun.gun_put_max_in_flight,
                 gun.gun_put_max_queue,
                 gun.gun_put_queue_timeout,
+                0,
             ),
             gun_get: bounded(
                 "gun_get",
                 gun.gun_get_max_in_flight,
                 gun.gun_get_max_queue,
                 gun.gun_get_queue_timeout,
+                0,
             ),
             resolve: bounded(
                 "resolve",
                 config.resolver.resolve_max_in_flight,
                 config.resolver.resolve_max_queue,
                 config.resolver.resolve_queue_timeout,
+                0,
             ),
             request_body: bounded(
                 "request_body_kib",
@@ -311,6 +320,7 @@ impl Admissions {
                 .unwrap_or(usize::MAX),
                 config.request_body_queue,
                 config.request_body_queue_timeout,
+                0,
             ),
         }
     }

@@ -268,6 +268,8 @@ fn help_documents_every_option_with_its_default() {
         "--header-read-timeout",
         "--keep-alive-timeout",
         "--write-stall-timeout",
+        "--stalled-after",
+        "--max-stalled",
         "--max-connections",
         "--cors-origins",
         "--log-format",
@@ -276,6 +278,11 @@ fn help_documents_every_option_with_its_default() {
     }
     assert!(help.contains("[env: MEDIA_DIR="), "env twins shown");
     assert!(help.contains("[default: 8080]"));
+    assert!(help.contains("[env: STALLED_AFTER"));
+    assert!(
+        help.contains("[default: 500ms]"),
+        "--stalled-after's default"
+    );
 }
 
 #[test]

@@ -203,6 +203,7 @@ impl Gifs {
                 max_queue: config.still_worker_queue,
                 queue_timeout: config.still_worker_timeout,
                 retry_after_secs: 1,
+                max_stalled: 0,
             }),
             stall: Arc::default(),
             info: quick_cache::sync::Cache::new(entries),

@@ -221,6 +221,7 @@ mod tests {
             max_queue: queue,
             queue_timeout: Duration::from_millis(200),
             retry_after_secs: 1,
+            max_stalled: 0,
         })
     }
 

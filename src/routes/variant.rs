@@ -200,7 +200,7 @@ pub async fn respond(
                     // The slot was given back to wait: take one again to send bytes.
                     let limiter = &state.admissions.media;
                     match limiter.acquire().await {
-                        Ok(permit) => response.body_mut().attach(permit),
+                        Ok(permit) => limiter.attach(response.body_mut(), permit),
                         Err(why) => return limiter.shed_response(why),
                     }
                 }

@@ -12,6 +12,7 @@
 mod cores;
 pub mod fd_budget;
 mod listen;
+pub mod tcp_progress;
 pub mod timed_io;
 pub mod zero_copy;
 
@@ -176,6 +177,7 @@ impl Shared {
                 header_read: config.header_read_timeout,
                 keep_alive: config.keep_alive_timeout,
                 write_stall: config.write_stall_timeout,
+                stalled_after: config.stalled_after,
             },
             app: app.clone(),
             config,

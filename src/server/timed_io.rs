@@ -6,6 +6,36 @@
 //! "idle" from "trickling a header". Here the two are separate, and a connection with a
 //! request in flight (its handler running or its body streaming) is never read-timed-out;
 //! only the write-stall deadline applies to it.
+//!
+//! # "Stalled" means no progress
+//! A write that waits on a full socket is not a stall in itself: with the send buffer
+//! the kernel autotunes (up to 4 MiB), a socket reports writable only once a good part of
+//! it has drained, which for a client reading steadily at 128 KiB/s takes seconds. So the
+//! write-stall deadline runs from the last *progress*, measured as bytes the peer
+//! acknowledged (`tcp_progress`, read through [`SendProgress::bytes_acked`]), and a
+//! write that waits checks that progress four times per `stalled_after` (once per
+//! `stalled_after` once it is reported stalled):
+//!
+//! - the check costs one `getsockopt` when a write starts waiting and one per check
+//!   while it waits; a write that completes costs nothing more than before (no syscall
+//!   per write, no timer per write: the timer is re-armed only while a write waits);
+//! - why four: a check sees *that* the peer acknowledged bytes since the one before,
+//!   not when, so progress counts from the check that saw it. A client that stops
+//!   reading has its last bytes acknowledged just after the write starts waiting; with
+//!   one check per `stalled_after` it would be reported stalled only after twice that
+//!   (1 s by default, as long as a queued request waits before it is shed), with four
+//!   after at most 1.25 times;
+//! - progress since the last check moves the deadline (`write_stall` after it): a
+//!   client that keeps accepting bytes, however slowly, is never cut off;
+//! - no progress for `stalled_after` tells the socket the send is stalled
+//!   ([`SendProgress::stalled`]): the response's media slot leaves the in-flight bound
+//!   for the bounded pool of stalled bodies (`crate::stalled`), and comes back on the
+//!   next progress ([`SendProgress::resumed`]). A stalled connection also watches for
+//!   being dropped from that pool ([`SendProgress::poll_evicted`]);
+//! - no progress for `write_stall` fails the write with `TimedOut`, as before.
+//!
+//! Where the transport cannot tell acknowledged bytes (`None`), only a write that
+//! completes counts as progress: the old rule.
 
 use std::future::Future;
 use std::io;
@@ -29,8 +59,47 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// Nothing in flight and nothing received.
     pub keep_alive: Duration,
-    /// The socket accepts no bytes while a response is being written.
+    /// The peer accepts no bytes while a response is being written: dropped.
     pub write_stall: Duration,
+    /// The peer accepted no bytes for this long: the send is stalled (its slot leaves the
+    /// in-flight bound). Also the interval between progress checks of a waiting write.
+    pub stalled_after: Duration,
+}
+
+/// What [`TimedIo`] asks of the socket under it about a write that waits (see the module
+/// docs). The defaults describe a transport that can tell nothing: no progress counter,
+/// no slots to move, never evicted.
+pub trait SendProgress {
+    /// A counter that grows as the peer accepts bytes (TCP: bytes acknowledged), or
+    /// `None` when the transport cannot tell.
+    fn bytes_acked(&self) -> Option<u64> {
+        None
+    }
+
+    /// The send has made no progress for `stalled_after` (called once per check while
+    /// it lasts; must be idempotent).
+    fn stalled(&self) {}
+
+    /// The send made progress after [`SendProgress::stalled`]. True when nothing of the
+    /// connection is left out of its bound.
+    fn resumed(&self) -> bool {
+        true
+    }
+
+    /// True once the connection must close (dropped from the pool of stalled bodies);
+    /// otherwise arranges for `cx` to be woken when it must.
+    fn poll_evicted(&self, _cx: &mut Context<'_>) -> bool {
+        false
+    }
+}
+
+/// A write waiting on the socket, and the progress seen since it started waiting.
+#[derive(Debug, Clone, Copy)]
+struct WaitingWrite {
+    /// When the peer last accepted bytes (or the write started waiting).
+    last_progress: Instant,
+    /// The acknowledged-bytes counter at `last_progress`.
+    acked: Option<u64>,
 }
 
 /// What the connection's service tells its socket: how many requests are in flight, and
@@ -89,7 +158,10 @@ pub struct TimedIo<T> {
     idle_since: Instant,
     head_started: Option<Instant>,
     write_timer: Pin<Box<Sleep>>,
-    write_armed: bool,
+    // Some while a write waits on the socket.
+    waiting: Option<WaitingWrite>,
+    // The send was reported stalled and its slots are not all back in their bound.
+    stalled: bool,
 }
 
 impl<T> TimedIo<T> {
@@ -112,7 +184,8 @@ impl<T> TimedIo<T> {
             idle_since: now,
             head_started: Some(now),
             write_timer: Box::pin(tokio::time::sleep_until(now + timeouts.write_stall)),
-            write_armed: false,
+            waiting: None,
+            stalled: false,
         }
     }
 }
@@ -183,38 +256,98 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> TimedIo<T> {
-    /// Arms the stall timer when the socket stops taking bytes, disarms it when it
-    /// takes some, and fails the write when the timer fires.
+impl<T: AsyncWrite + SendProgress + Unpin> TimedIo<T> {
+    /// Time between progress checks of a waiting write.
+    fn check_every(&self) -> Duration {
+        let every = if self.stalled {
+            // Out of the bound already: only resuming and the write-stall deadline are
+            // left to see, and a write that completes resumes without a check.
+            self.timeouts.stalled_after
+        } else {
+            self.timeouts.stalled_after / 4
+        };
+        every
+            .min(self.timeouts.write_stall)
+            .max(Duration::from_millis(1))
+    }
+
+    /// Passes a completed write through (it ends any wait; `took_bytes` says the socket
+    /// took some, which brings stalled slots back), or watches a waiting one.
     fn on_write<R>(
         &mut self,
         cx: &mut Context<'_>,
         result: Poll<io::Result<R>>,
+        took_bytes: bool,
     ) -> Poll<io::Result<R>> {
         match result {
             Poll::Ready(r) => {
-                self.write_armed = false;
+                self.waiting = None;
+                if self.stalled && took_bytes {
+                    self.stalled = !self.io.resumed();
+                }
                 Poll::Ready(r)
             }
-            Poll::Pending => {
-                if !self.write_armed {
-                    self.write_armed = true;
-                    let deadline = Instant::now() + self.timeouts.write_stall;
-                    self.write_timer.as_mut().reset(deadline);
-                }
-                match self.write_timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        self.counters.stall_timeouts.inc();
-                        Poll::Ready(Err(timed_out("client stopped reading")))
-                    }
-                    Poll::Pending => Poll::Pending,
+            Poll::Pending => self.watch_waiting_write(cx),
+        }
+    }
+
+    /// A write waits on the socket: check the peer's progress every `check_every`, report
+    /// a stall, and fail the write when nothing moved for `write_stall` or the stalled
+    /// pool dropped the connection.
+    fn watch_waiting_write<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let mut waiting = match self.waiting {
+            Some(waiting) => waiting,
+            None => {
+                let now = Instant::now();
+                let started = WaitingWrite {
+                    last_progress: now,
+                    acked: self.io.bytes_acked(),
+                };
+                let first_check = now + self.check_every();
+                self.write_timer.as_mut().reset(first_check);
+                started
+            }
+        };
+        let result = loop {
+            if self.stalled && self.io.poll_evicted(cx) {
+                break Poll::Ready(Err(timed_out(
+                    "client stalled longest: dropped to make room in the stalled pool",
+                )));
+            }
+            if self.write_timer.as_mut().poll(cx).is_pending() {
+                break Poll::Pending;
+            }
+            // A check is due.
+            let now = Instant::now();
+            let acked = self.io.bytes_acked();
+            if let (Some(before), Some(after)) = (waiting.acked, acked)
+                && after > before
+            {
+                waiting.last_progress = now;
+                if self.stalled {
+                    self.stalled = !self.io.resumed();
                 }
             }
-        }
+            waiting.acked = acked.or(waiting.acked);
+            let idle = now.saturating_duration_since(waiting.last_progress);
+            if idle >= self.timeouts.write_stall {
+                self.counters.stall_timeouts.inc();
+                break Poll::Ready(Err(timed_out("client stopped reading")));
+            }
+            if idle >= self.timeouts.stalled_after {
+                self.io.stalled();
+                self.stalled = true;
+            }
+            let next =
+                (now + self.check_every()).min(waiting.last_progress + self.timeouts.write_stall);
+            self.write_timer.as_mut().reset(next);
+        };
+        self.waiting = Some(waiting);
+        result
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
+impl<T: AsyncWrite + SendProgress + Unpin> AsyncWrite for TimedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -222,7 +355,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.on_write(cx, result)
+        let took = matches!(result, Poll::Ready(Ok(n)) if n > 0);
+        this.on_write(cx, result, took)
     }
 
     fn poll_write_vectored(
@@ -232,7 +366,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.on_write(cx, result)
+        let took = matches!(result, Poll::Ready(Ok(n)) if n > 0);
+        this.on_write(cx, result, took)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -245,7 +380,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_flush(cx);
-        this.on_write(cx, result)
+        this.on_write(cx, result, false)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -263,8 +398,12 @@ mod tests {
             header_read: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),
             write_stall: Duration::from_secs(5),
+            stalled_after: Duration::from_secs(1),
         }
     }
+
+    // The duplex pipe of the tests tells no progress: the old rule applies to it.
+    impl SendProgress for tokio::io::DuplexStream {}
 
     #[tokio::test(start_paused = true)]
     async fn silent_connection_times_out_after_header_timeout() {
@@ -330,6 +469,140 @@ mod tests {
         let err = read.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(ended.elapsed(), Duration::from_secs(30));
+    }
+
+    /// A socket that never takes a byte but whose peer acknowledges what the test says
+    /// (as a kernel's send queue drains to a slow reader), recording what it is told.
+    #[derive(Default, Clone)]
+    struct Draining {
+        acked: Arc<std::sync::atomic::AtomicU64>,
+        stalls: Arc<std::sync::atomic::AtomicUsize>,
+        resumes: Arc<std::sync::atomic::AtomicUsize>,
+        evicted: Arc<std::sync::atomic::AtomicBool>,
+        evict_waker: Arc<futures_util::task::AtomicWaker>,
+    }
+
+    impl Draining {
+        fn acked_more(&self, n: u64) {
+            self.acked
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn stalls(&self) -> usize {
+            self.stalls.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn resumes(&self) -> usize {
+            self.resumes.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn evict(&self) {
+            self.evicted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.evict_waker.wake();
+        }
+    }
+
+    impl AsyncWrite for Draining {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Draining {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl SendProgress for Draining {
+        fn bytes_acked(&self) -> Option<u64> {
+            Some(self.acked.load(std::sync::atomic::Ordering::Relaxed))
+        }
+        fn stalled(&self) {
+            self.stalls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn resumed(&self) -> bool {
+            self.resumes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            true
+        }
+        fn poll_evicted(&self, cx: &mut Context<'_>) -> bool {
+            self.evict_waker.register(cx.waker());
+            self.evicted.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    fn busy_writer(socket: &Draining) -> TimedIo<Draining> {
+        let activity = Arc::new(ConnActivity::default());
+        // A request in flight for the whole test: only the write side's rules apply.
+        std::mem::forget(activity.begin());
+        TimedIo::new(socket.clone(), activity, timeouts(), Arc::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_waits_while_the_peer_acknowledges_bytes_is_never_timed_out() {
+        let socket = Draining::default();
+        let mut io = busy_writer(&socket);
+        let write = tokio::spawn(async move { io.write_all(&[0u8; 16]).await });
+        // The socket stays unwritable for a minute (twelve write-stall timeouts) while the
+        // peer acknowledges 1 KB every 400 ms: steady progress, never a stall.
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            socket.acked_more(1024);
+        }
+        assert!(!write.is_finished(), "not cut off while making progress");
+        assert_eq!(socket.stalls(), 0, "never reported stalled");
+        // The peer stops acknowledging: stalled after `stalled_after`, dropped after
+        // `write_stall`, both counted from the last progress.
+        let stopped = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(socket.stalls() >= 1, "reported stalled");
+        let err = write.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = stopped.elapsed();
+        assert!(
+            took >= Duration::from_millis(4600) && took <= Duration::from_millis(5400),
+            "write-stall timeout from the last progress ({took:?})"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_send_is_resumed_by_progress_and_fails_at_once_when_evicted() {
+        let socket = Draining::default();
+        let mut io = busy_writer(&socket);
+        let write = tokio::spawn(async move { io.write_all(&[0u8; 16]).await });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            socket.stalls() >= 1,
+            "stalled after a second without progress"
+        );
+        assert_eq!(socket.resumes(), 0);
+        socket.acked_more(1);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(socket.resumes(), 1, "progress resumes the send");
+        let stalls = socket.stalls();
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert!(socket.stalls() > stalls, "stalled again");
+        // The stalled pool drops this connection: the write fails without waiting for
+        // the write-stall timeout.
+        let evicted = Instant::now();
+        socket.evict();
+        let err = write.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(evicted.elapsed() < Duration::from_millis(10), "at once");
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,8 +31,11 @@
 //!   reached, and the client sees a short body. Small runs sent by `writev` fail with
 //!   `EFAULT` instead, as before.
 //! - **The stall timeout applies.** A full socket makes `sendfile` return `EAGAIN`,
-//!   which is `Pending` here; [`super::timed_io::TimedIo`], which wraps this type, arms
-//!   its write-stall timer on `Pending` exactly as for `writev`.
+//!   which is `Pending` here; [`super::timed_io::TimedIo`], which wraps this type, watches
+//!   the waiting write exactly as for `writev`. This type answers its questions
+//!   ([`SendProgress`]): bytes the client acknowledged (`TCP_INFO`, see
+//!   [`super::tcp_progress`]), and, through the [`Outbox`], moving the response's media
+//!   slot to the stalled pool and back, and whether that pool dropped the connection.
 //! - **Permits last until the last byte.** [`Outbox::flushed`] is called from
 //!   `poll_flush`, which hyper calls only once its write buffer is empty.
 //! - **Page-cache misses.** `sendfile` of a page not in the page cache reads it from disk
@@ -43,9 +46,10 @@
 //!
 //! # Extending
 //! Every write goes through [`ZeroCopyIo::poll_write_vectored`] one step at a time
-//! ([`next_step`] decides, `poll_send_*` perform); progress and `Pending` are visible per
-//! step, which is where a "no progress" stall rule or a hand-off of stalled bodies to
-//! another pool can hook in.
+//! ([`next_step`] decides, `poll_send_*` perform). The "no progress" stall rule and the
+//! hand-off of stalled bodies to their pool hook in above it, in `TimedIo`, which sees
+//! every `Pending`, and through [`SendProgress`] here, which owns the socket and the
+//! outbox.
 //!
 //! No `unsafe`: `rustix` wraps `sendfile` and `sendmsg` safely.
 
@@ -58,6 +62,8 @@ use rustix::net::{SendAncillaryBuffer, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::tcp_progress;
+use super::timed_io::SendProgress;
 use crate::outbox::Outbox;
 use crate::state::ConnCounters;
 use crate::store::MappedFile;
@@ -362,6 +368,24 @@ impl AsyncWrite for ZeroCopyIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl SendProgress for ZeroCopyIo {
+    fn bytes_acked(&self) -> Option<u64> {
+        tcp_progress::bytes_acked(&self.stream)
+    }
+
+    fn stalled(&self) {
+        self.outbox.stalled();
+    }
+
+    fn resumed(&self) -> bool {
+        self.outbox.resumed()
+    }
+
+    fn poll_evicted(&self, cx: &mut Context<'_>) -> bool {
+        self.outbox.poll_evicted(cx)
     }
 }
 
