@@ -187,13 +187,35 @@ async fn wait_for_media(client: &fantoccini::Client, limit: Duration) -> Value {
           widths: vids.map(v => v.videoWidth),
         };
     "#;
-    let deadline = Instant::now() + limit;
+    // Chromium may leave a muted autoplaying video at readyState 1 (metadata only, its
+    // bytes all received) when it is off screen or the box is busy: it has decided not to
+    // decode a frame yet. What a user does then — scroll to it — makes it decode. Seen
+    // under load in about one run in four, always with every response already a 2xx and
+    // nothing in flight at the server, so this nudges the browser, not the server.
+    const NUDGE: &str = r#"
+        const stuck = [...document.querySelectorAll('video')]
+          .filter(v => v.readyState < 2 && !v.error && v.networkState !== 2);
+        for (const v of stuck) { v.scrollIntoView({block: 'center'}); v.play().catch(() => {}); }
+        window.scrollTo(0, 0);
+        return stuck.map(v => v.id);
+    "#;
+    let start = Instant::now();
+    let deadline = start + limit;
+    let mut next_nudge = start + Duration::from_secs(10);
     loop {
         let report = client.execute(REPORT, vec![]).await.unwrap();
         let done =
             report["imgsComplete"] == report["imgs"] && report["vidsReady"] == report["vids"];
         if done || !report["errors"].as_array().unwrap().is_empty() {
             return report;
+        }
+        if Instant::now() >= next_nudge {
+            let nudged = client.execute(NUDGE, vec![]).await.unwrap();
+            eprintln!(
+                "after {:?}: nudged videos idle at readyState < 2: {nudged}",
+                start.elapsed()
+            );
+            next_nudge = Instant::now() + Duration::from_secs(10);
         }
         assert!(
             Instant::now() < deadline,
