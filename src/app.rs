@@ -240,7 +240,9 @@ pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::J
             tracing::info!(
                 requests = requests - last_requests,
                 mib_sent = (bytes - last_bytes) / (1 << 20),
-                in_flight = media.in_flight(),
+                // Same meanings as the metrics: slots taken, and bodies in the stalled pool.
+                in_flight = media.slots_in_use(),
+                stalled = media.stalled().len(),
                 shed_total = shed,
                 connections = state.connections.open.get(),
                 mapped_files = state.store.cached_entries(),

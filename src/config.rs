@@ -567,6 +567,22 @@ impl Config {
         Config::command().mut_args(|arg| arg.env(None::<&str>))
     }
 
+    /// Settings that are valid but work against each other: logged as warnings at start.
+    /// A normal request waits up to 1.25 × `--stalled-after` for non-readers' slots to be
+    /// given back; past `--queue-timeout` it would get `503` behind them instead.
+    pub fn advisories(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.max_stalled > 0 && self.stalled_after.mul_f64(1.25) >= self.queue_timeout {
+            notes.push(format!(
+                "--stalled-after ({:?}) × 1.25 is not below --queue-timeout ({:?}): requests \
+                 waiting behind clients that stopped reading may get 503 before their slots \
+                 move to the stalled pool",
+                self.stalled_after, self.queue_timeout
+            ));
+        }
+        notes
+    }
+
     /// Checks values clap cannot: each error names the option to fix. Returns what it
     /// had to parse to check (the CORS allow-list), so nothing is parsed twice.
     pub fn validate(&self) -> Result<Checked, crate::StartError> {
@@ -1185,6 +1201,24 @@ mod tests {
         );
         assert!(Config::try_parse_from(["oip-media", "--port", "http"]).is_err());
         assert!(Config::try_parse_from(["oip-media", "--queue-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn stall_and_queue_timeouts_that_work_against_each_other_are_reported() {
+        let c = Config::for_media_dir("/tmp/x");
+        assert!(c.advisories().is_empty(), "{:?}", c.advisories());
+        let c = Config::parse_from(["oip-media", "--stalled-after", "900ms"]);
+        let notes = c.advisories();
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("--stalled-after"), "{notes:?}");
+        let c = Config::parse_from([
+            "oip-media",
+            "--stalled-after",
+            "900ms",
+            "--max-stalled",
+            "0",
+        ]);
+        assert!(c.advisories().is_empty(), "no pool, nothing to wait for");
     }
 
     #[test]

@@ -66,6 +66,9 @@ fn main() -> std::process::ExitCode {
 async fn run(config: Config) -> Result<(), oip_media::StartError> {
     let sample = oip_media::app::sample_url_path(&config);
     tracing::info!(config = ?config, allocator = allocator::NAME, "effective configuration");
+    for note in config.advisories() {
+        tracing::warn!("{note}");
+    }
     let server = oip_media::server::start_with_shutdown(config, shutdown_signal()).await?;
     let addr = server.local_addr();
     match sample {
