@@ -31,75 +31,12 @@ use conn_memory::Settings;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// The system allocator, counting live blocks and bytes by size (power-of-two classes),
-/// for the heap census.
-mod census {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::sync::atomic::{AtomicI64, Ordering};
+#[path = "support/census.rs"]
+mod census;
 
-    /// Classes: block sizes up to 2^0 .. 2^31 bytes.
-    pub const CLASSES: usize = 32;
-    pub static BYTES: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
-    pub static BLOCKS: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
-
-    fn class(size: usize) -> usize {
-        (usize::BITS - size.max(1).saturating_sub(1).leading_zeros()).min(CLASSES as u32 - 1)
-            as usize
-    }
-
-    pub struct Counting;
-
-    fn count(size: usize, sign: i64) {
-        let c = class(size);
-        BYTES[c].fetch_add(sign * size as i64, Ordering::Relaxed);
-        BLOCKS[c].fetch_add(sign, Ordering::Relaxed);
-    }
-
-    // SAFETY: every call is forwarded to `System` with the same arguments; the counting
-    // only touches atomics and never allocates.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: forwarded as is.
-            let p = unsafe { System.alloc(layout) };
-            if !p.is_null() {
-                count(layout.size(), 1);
-            }
-            p
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            count(layout.size(), -1);
-            // SAFETY: forwarded as is.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            // SAFETY: forwarded as is.
-            let p = unsafe { System.realloc(ptr, layout, new_size) };
-            if !p.is_null() {
-                count(layout.size(), -1);
-                count(new_size, 1);
-            }
-            p
-        }
-    }
-
-    /// (bytes, blocks) live now, per class.
-    pub fn snapshot() -> [(i64, i64); CLASSES] {
-        std::array::from_fn(|c| {
-            (
-                BYTES[c].load(Ordering::Relaxed),
-                BLOCKS[c].load(Ordering::Relaxed),
-            )
-        })
-    }
-
-    /// The largest size of class `c`.
-    pub fn class_limit(c: usize) -> u64 {
-        1u64 << c
-    }
-}
-
+/// The system allocator, counted, for the heap census.
 #[global_allocator]
-static ALLOCATOR: census::Counting = census::Counting;
+static ALLOCATOR: census::Counting<std::alloc::System> = census::Counting(std::alloc::System);
 
 struct Server {
     child: Child,

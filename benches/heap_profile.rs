@@ -32,100 +32,17 @@ use std::time::{Duration, SystemTime};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// The binary's allocator (jemalloc unless built without the `jemalloc` feature),
-/// counting live blocks and bytes by size (power-of-two classes).
-mod census {
-    use std::alloc::{GlobalAlloc, Layout};
-    use std::sync::atomic::{AtomicI64, Ordering};
+#[path = "support/census.rs"]
+mod census;
 
-    #[cfg(not(feature = "jemalloc"))]
-    use std::alloc::System as Inner;
-    #[cfg(feature = "jemalloc")]
-    use tikv_jemallocator::Jemalloc as Inner;
-
-    /// Classes: block sizes up to 2^0 .. 2^31 bytes.
-    pub const CLASSES: usize = 32;
-    pub static BYTES: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
-    pub static BLOCKS: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
-
-    fn class(size: usize) -> usize {
-        (usize::BITS - size.max(1).saturating_sub(1).leading_zeros()).min(CLASSES as u32 - 1)
-            as usize
-    }
-
-    /// Live blocks of 2 KiB and more, by exact size rounded up to 16 B (up to 16 KiB):
-    /// the per-connection buffers and task cells, told apart.
-    pub const EXACT_FROM: usize = 2048;
-    pub const EXACT_TO: usize = 16384;
-    pub static EXACT: [AtomicI64; EXACT_TO / 16 + 1] =
-        [const { AtomicI64::new(0) }; EXACT_TO / 16 + 1];
-
-    pub struct Counting;
-
-    fn count(size: usize, sign: i64) {
-        let c = class(size);
-        BYTES[c].fetch_add(sign * size as i64, Ordering::Relaxed);
-        BLOCKS[c].fetch_add(sign, Ordering::Relaxed);
-        if (EXACT_FROM..=EXACT_TO).contains(&size) {
-            EXACT[size.div_ceil(16)].fetch_add(sign, Ordering::Relaxed);
-        }
-    }
-
-    /// Live blocks per exact size (rounded up to 16 B) from 2 KiB to 16 KiB.
-    pub fn exact() -> Vec<i64> {
-        EXACT.iter().map(|n| n.load(Ordering::Relaxed)).collect()
-    }
-
-    // SAFETY: every call is forwarded to `Inner` with the same arguments; the counting
-    // only touches atomics and never allocates.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: forwarded as is.
-            let p = unsafe { Inner.alloc(layout) };
-            if !p.is_null() {
-                count(layout.size(), 1);
-            }
-            p
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            count(layout.size(), -1);
-            // SAFETY: forwarded as is.
-            unsafe { Inner.dealloc(ptr, layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            // SAFETY: forwarded as is.
-            let p = unsafe { Inner.realloc(ptr, layout, new_size) };
-            if !p.is_null() {
-                count(layout.size(), -1);
-                count(new_size, 1);
-            }
-            p
-        }
-    }
-
-    /// (bytes, blocks) live now, per class.
-    pub fn snapshot() -> [(i64, i64); CLASSES] {
-        std::array::from_fn(|c| {
-            (
-                BYTES[c].load(Ordering::Relaxed),
-                BLOCKS[c].load(Ordering::Relaxed),
-            )
-        })
-    }
-
-    /// Live bytes now, all classes.
-    pub fn live() -> i64 {
-        BYTES.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The largest size of class `c`.
-    pub fn class_limit(c: usize) -> u64 {
-        1u64 << c
-    }
-}
-
+/// The binary's allocator (jemalloc unless built without the `jemalloc` feature), counted.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static ALLOCATOR: census::Counting = census::Counting;
+static ALLOCATOR: census::Counting<tikv_jemallocator::Jemalloc> =
+    census::Counting(tikv_jemallocator::Jemalloc);
+#[cfg(not(feature = "jemalloc"))]
+#[global_allocator]
+static ALLOCATOR: census::Counting<std::alloc::System> = census::Counting(std::alloc::System);
 
 /// The load bench's request mix (its `WRK_SCRIPT`, `bench` mix).
 const WRK_SCRIPT: &str = r#"
