@@ -1,4 +1,6 @@
-//! The only `unsafe` in oip-media: mapping a file into memory.
+//! The store's only `unsafe`: mapping a file into memory. (The other two blocks of the
+//! crate are a `TCP_INFO` read in `server::tcp_progress` and jemalloc's `malloc_conf`
+//! symbol in `allocator`, each with its own SAFETY comment.)
 //!
 //! # The storage rule this relies on
 //! Files under the media roots are **write-once**: writers create a temp file and
