@@ -22,6 +22,10 @@
 //! against this one) and measures the writev/sendfile crossover with files of one size
 //! (`BENCH_FILE_SIZE`, `BENCH_MIX=get`): what `benches/cpu_per_request.sh` did before it
 //! was folded in here.
+//!
+//! On another machine (the 16-core run in `BENCHMARKS.md`): build with
+//! `cargo bench --bench load --no-run`, carry the bench binary and `target/release/oip-media`
+//! there, and point `OIP_MEDIA_BIN` at the latter.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -416,7 +420,7 @@ impl ServerSpec {
     fn layout(runtime: &str) -> ServerSpec {
         ServerSpec::Oip {
             label: format!("oip-media/{runtime}"),
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_oip-media")),
+            binary: this_build(),
             env: vec![("RUNTIME".to_owned(), runtime.to_owned())],
         }
     }
@@ -469,6 +473,16 @@ impl ServerSpec {
             ),
         }
     }
+}
+
+/// The oip-media binary this bench measures: Cargo's build of this checkout, or
+/// `OIP_MEDIA_BIN` when the prebuilt bench runs on another machine (the 16-core run in
+/// BENCHMARKS.md carried both binaries there; Cargo's absolute path does not travel).
+fn this_build() -> PathBuf {
+    std::env::var_os("OIP_MEDIA_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oip-media")))
 }
 
 /// A server process under test.
@@ -531,11 +545,11 @@ fn start_oip_media(
     placement: &Placement,
     pinned: bool,
 ) -> BenchResult<ServerProc> {
-    let binary = Path::new(env!("CARGO_BIN_EXE_oip-media"));
+    let binary = this_build();
     let cmd = if pinned {
-        placement.server_command(binary)
+        placement.server_command(&binary)
     } else {
-        placement.unpinned_command(binary)
+        placement.unpinned_command(&binary)
     };
     start_oip_media_with(cmd, media, workers, env)
 }

@@ -223,18 +223,63 @@ pub fn filesystem_unavailable(error: FsPoolError) -> Response<Body> {
     response
 }
 
+/// Whether `path`'s extension is `gif`, case-insensitively, as `Path::extension` would
+/// say, from the last bytes alone: `Path::extension` parses the path's components
+/// (~540 instructions per call under callgrind, twice per GIF request). A name that is
+/// only `.gif` is a dotfile with no extension, as for `Path::extension`.
+pub fn is_gif(path: &Path) -> bool {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    bytes.len() > 4
+        && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b".gif")
+        && bytes[bytes.len() - 5] != b'/'
+}
+
 /// `Content-Type` by file extension, case-insensitively; unknown → octet-stream.
 /// `.gif`, nearly every request, is answered before `mime_guess`'s table search (a
 /// case-insensitive binary search, ~1,800 instructions per request under callgrind).
 pub fn content_type_for(path: &std::path::Path) -> HeaderValue {
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gif"))
-    {
+    if is_gif(path) {
         return HeaderValue::from_static("image/gif");
     }
     let guess = mime_guess::from_path(path)
         .first_raw()
         .unwrap_or("application/octet-stream");
     HeaderValue::from_static(guess)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_gif_agrees_with_path_extension() {
+        for name in [
+            "p/a.gif",
+            "p/a.GIF",
+            "a.Gif",
+            "p/a..gif",
+            "p/.gif",
+            ".gif",
+            "gif",
+            "p/agif",
+            "p/a.gif.mp4",
+            "p/a.gi",
+            "x.gif",
+            "p/caf\u{e9}.gif",
+        ] {
+            let path = Path::new(name);
+            let by_extension = path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gif"));
+            assert_eq!(is_gif(path), by_extension, "{name}");
+        }
+        assert_eq!(
+            content_type_for(Path::new("p/a.GIF")),
+            HeaderValue::from_static("image/gif")
+        );
+        assert_eq!(
+            content_type_for(Path::new("p/a.mp4")),
+            HeaderValue::from_static("video/mp4")
+        );
+    }
 }

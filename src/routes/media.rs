@@ -3,13 +3,15 @@
 //! on a GIF hands over to [`super::still`] for a poster, `?format=` to
 //! [`super::variant`] for an MP4, WebM or WebP variant.
 
+use std::path::Path;
+
 use http::{Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use super::still::StillQuery;
 use super::variant::{self, Negotiated, VariantQuery};
 use crate::body::Body;
-use crate::http::path::safe_relative_path;
+use crate::http::path::safe_relative;
 use crate::response;
 use crate::state::AppState;
 
@@ -28,18 +30,18 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         .path()
         .strip_prefix(PREFIX)
         .unwrap_or_default();
-    let relative = match safe_relative_path(tail) {
+    // Borrowed from the URI for every name with nothing percent-encoded in it.
+    let relative = match safe_relative(tail) {
         Ok(relative) => relative,
         Err(reason) => {
             tracing::debug!(path = request.uri().path(), %reason, "refused media path");
             return response::not_found();
         }
     };
+    let relative = Path::new(relative.as_ref());
     // The query string is ignored, except for a still poster of a GIF (`?still=1`) or
     // a variant of one (`?format=`).
-    let is_gif = relative
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gif"));
+    let is_gif = file_response::is_gif(relative);
     let still = match StillQuery::parse(request.uri().query(), state.gifs.widths()) {
         StillQuery::NotAsked => None,
         StillQuery::BadWidth => return super::still::bad_width(state.gifs.widths()),
@@ -56,21 +58,17 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         VariantQuery::Asked(_) if !is_gif => return variant::not_a_gif(),
         VariantQuery::Asked(format) => Some(format),
     };
-    let file = match file_response::open_or(
-        &state.store,
-        &state.web_root,
-        &relative,
-        response::not_found,
-    )
-    .await
-    {
-        Ok(file) => file,
-        Err(refused) => return *refused,
-    };
-    let describe = FileHeaders::for_plain_file(&relative, &file, CACHE_CONTROL);
+    let file =
+        match file_response::open_or(&state.store, &state.web_root, relative, response::not_found)
+            .await
+        {
+            Ok(file) => file,
+            Err(refused) => return *refused,
+        };
+    let describe = FileHeaders::for_plain_file(relative, &file, CACHE_CONTROL);
     let source = super::still::Source {
         root: &state.web_root,
-        relative: &relative,
+        relative,
         file: &file,
         describe,
     };
