@@ -153,8 +153,12 @@ impl App {
                 limiter
                     .admit(|held| {
                         // The handler may give its slot back while it waits for a
-                        // transcode (`routes::variant`).
-                        request.extensions_mut().insert(held);
+                        // transcode (`routes::variant`), which only a query string
+                        // (`?format=`) asks for: the extensions' map is allocated on
+                        // first insert, and a plain GIF request needs none.
+                        if request.uri().query().is_some() {
+                            request.extensions_mut().insert(held);
+                        }
                         route.handler.call(state, request)
                     })
                     .await
@@ -310,5 +314,59 @@ mod tests {
         assert_eq!(request_id(&headers).len(), 16);
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
         assert_eq!(request_id(&headers).len(), 16);
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    //! hyper keeps one request future per connection (allocated with the connection)
+    //! and moves it by value, so its size is memory per connection, idle ones included,
+    //! and bytes copied per request. Rare routes box their state; these bounds keep a
+    //! new inline await on a GIF route from growing it again unnoticed (it was 4,224
+    //! bytes before the still, variant, negotiation and generated-audio states were
+    //! boxed).
+    use super::*;
+    use std::path::Path;
+
+    fn request() -> Request<http_body_util::Empty<Bytes>> {
+        Request::new(http_body_util::Empty::new())
+    }
+
+    #[test]
+    fn request_futures_stay_small() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("web")).unwrap();
+        let app = App::new(Config::for_media_dir(dir.path())).unwrap();
+        let state = app.state();
+        let sizes = [
+            (
+                "App::handle",
+                std::mem::size_of_val(&app.handle(request())),
+                3072,
+            ),
+            (
+                "Handler::call",
+                std::mem::size_of_val(&routes::Handler::Media.call(state, request())),
+                1536,
+            ),
+            (
+                "media::handle",
+                std::mem::size_of_val(&routes::media::handle(state, request())),
+                1152,
+            ),
+            (
+                "api_media::handle",
+                std::mem::size_of_val(&routes::api_media::handle(state, request())),
+                1152,
+            ),
+            (
+                "Store::open",
+                std::mem::size_of_val(&state.store.open(&state.web_root, Path::new("a.gif"))),
+                512,
+            ),
+        ];
+        for (future, size, bound) in sizes {
+            assert!(size <= bound, "{future}: {size} bytes, bound {bound}");
+        }
     }
 }

@@ -169,8 +169,9 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     }
     // Negotiation only for items the manifest says are GIFs: no sniffing per request.
     let declared_gif = mime.is_some_and(is_gif_mime);
-    let describe = if declared_gif {
-        match variant::negotiate(state, method, headers, &source).await {
+    // Boxed, as on the media route: only with `--auto-format`.
+    let describe = if declared_gif && state.config.transcode.auto_format {
+        match Box::pin(variant::negotiate(state, method, headers, &source)).await {
             Negotiated::Variant(webp) => return webp,
             Negotiated::Gif(describe) => describe,
         }

@@ -85,8 +85,10 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         ))
         .await;
     }
-    let describe = if is_gif {
-        match variant::negotiate(state, method, headers, &source).await {
+    // Boxed and only with `--auto-format`: its wait on a variant's mapping would
+    // otherwise size every GIF request's future (~1,000 bytes, copied as hyper moves it).
+    let describe = if is_gif && state.config.transcode.auto_format {
+        match Box::pin(variant::negotiate(state, method, headers, &source)).await {
             Negotiated::Variant(webp) => return webp,
             Negotiated::Gif(describe) => describe,
         }

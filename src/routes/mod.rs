@@ -188,6 +188,9 @@ impl Handler {
     /// Runs the handler. The GUN and resolver handlers, which wait on the network and
     /// hold large states, are boxed: inline, their state would size every connection's
     /// request future, GIF requests included (one allocation on those routes instead).
+    /// So are the generated-audio routes, rare and ~1,600 bytes of state: hyper keeps
+    /// one request future per connection and moves it by value, so its size is both
+    /// memory per connection and bytes copied per request (`app::future_size`).
     pub async fn call<B>(self, state: &AppState, request: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -196,8 +199,8 @@ impl Handler {
         match self {
             Handler::Media => media::handle(state, request).await,
             Handler::ApiMedia => api_media::handle(state, request).await,
-            Handler::GeneratedById => generate::handle_query(state, request).await,
-            Handler::Generate => generate::handle(state, request).await,
+            Handler::GeneratedById => Box::pin(generate::handle_query(state, request)).await,
+            Handler::Generate => Box::pin(generate::handle(state, request)).await,
             Handler::GunGet => Box::pin(gun_relay::handle_get(state, request)).await,
             Handler::GunPut => Box::pin(gun_relay::handle_put(state, request)).await,
             Handler::GunUnknown => gun_relay::handle_unknown(state),

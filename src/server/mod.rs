@@ -275,12 +275,15 @@ async fn accept_loop(
             timeouts,
             Arc::clone(&counters),
         ));
-        let conn_app = app.clone();
+        // This connection's own handle on the app: a request clones it (one count in a
+        // line only this connection touches) rather than the app's three shared `Arc`s,
+        // whose counts every core would bounce between them on every request.
+        let conn_app = Arc::new(app.clone());
         let service = service_fn(move |request| {
             // Begin before the future runs: the socket must see "busy" as soon as the
             // head is parsed, not when the handler is first polled.
             let in_flight = activity.begin();
-            let app = conn_app.clone();
+            let app = Arc::clone(&conn_app);
             let outbox = Arc::clone(&outbox);
             async move {
                 let mut response = app.handle(request).await;
