@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use http::request::Parts;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use crate::body::Body;
@@ -23,7 +23,7 @@ pub const PREFIX: &str = "/api/generate/media";
 
 /// Generated files keep their names when regenerated, so clients must revalidate every
 /// time; the ETag and `Last-Modified` make that a 304. The indexer sent the same.
-const CACHE_CONTROL: &str = "public, max-age=0";
+const CACHE_CONTROL: HeaderValue = HeaderValue::from_static("public, max-age=0");
 
 /// Answers `/api/generate/media…`.
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 
 use super::file_response::{self, FileHeaders};
 use super::still::StillQuery;
@@ -20,7 +20,7 @@ pub const PREFIX: &str = "/media/";
 
 /// The GIFs never change under a name (new content gets a new file name), so a year and
 /// `immutable`, exactly as the indexer sent.
-const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+const CACHE_CONTROL: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 
 /// Answers one `/media/…` request (GET or HEAD: the route table gates methods).
 pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> {
