@@ -433,20 +433,24 @@ async fn info_returns_the_manifest_without_paths_and_gif_metadata() {
     assert!(info.get("gif").is_none());
     assert_eq!(info["mimeType"], json!("image/png"));
 
-    // A GIF by its bytes, whatever the manifest says.
-    let sniffed = media_id(0x42);
-    fx.put_media(
-        &sniffed,
-        &bytes,
-        Some(public_manifest(&sniffed, "application/octet-stream")),
-    );
-    let info: Value = fx
-        .get(&format!("/api/media/{sniffed}/info"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(info["gif"]["frameCount"], json!(3));
+    // GIF bytes under a manifest that names another type: the manifest decides, as it
+    // does for `?still=` and `?format=` (both 400 for such an item), so no GIF metadata.
+    for (n, mime) in [(0x42, "image/png"), (0x44, "application/octet-stream")] {
+        let other = media_id(n);
+        fx.put_media(&other, &bytes, Some(public_manifest(&other, mime)));
+        let info: Value = fx
+            .get(&format!("/api/media/{other}/info"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(info.get("gif").is_none(), "{mime}: {info}");
+        assert!(info.get("variants").is_none(), "{mime}: {info}");
+        assert_eq!(info["mimeType"], json!(mime));
+        let still = fx.get(&format!("/api/media/{other}?still=1")).await;
+        assert_eq!(still.status(), 400, "{mime}");
+    }
+    assert_eq!(parsed(&fx), 1, "no GIF parsed for them");
 
     // No manifest: what GET serves, /info describes (tests/private_media.rs has the
     // other directions).

@@ -263,16 +263,19 @@ async fn info_response(
             known
         }
     };
-    let declared_gif = manifest
-        .and_then(|m| m.mime_type.as_deref())
-        .is_some_and(is_gif_mime);
+    // The manifest's type decides, as it does for `?still=` and `?format=`: bytes that
+    // look like a GIF under a manifest saying `image/png` are not described as a GIF.
+    // Only an item whose manifest names no type (or that has no manifest) is sniffed.
+    let declared = manifest.and_then(|m| m.mime_type.as_deref());
+    let declared_gif = declared.is_some_and(is_gif_mime);
+    let sniff = declared.is_none();
     // The confinement check and the sniff are filesystem calls: one pool job for both.
     let (root, job_original) = (state.media_root.clone(), original.to_path_buf());
     let resolved = state
         .fs
         .run(move || {
             let real = root.resolve(&job_original)?;
-            let sniffed = (!declared_gif).then(|| crate::gif::meta::looks_like_gif(&real));
+            let sniffed = sniff.then(|| crate::gif::meta::looks_like_gif(&real));
             Ok::<_, StoreError>((real, sniffed))
         })
         .await;
