@@ -75,7 +75,12 @@ async fn run(config: Config) -> Result<(), oip_media::StartError> {
         Some(path) => tracing::info!("listening on http://{addr} — try http://{addr}{path}"),
         None => tracing::info!("listening on http://{addr}"),
     }
+    // Kept past `wait` (which consumes the server) to stop the transcoder after the
+    // last connection: every running ffmpeg's process group is killed and waited for,
+    // its temp file removed, before the process exits.
+    let state = std::sync::Arc::clone(server.app().state());
     server.wait().await;
+    state.transcoder.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,6 +11,7 @@ mod support;
 mod transcode_support;
 
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oip_media::transcode::VariantFormat;
@@ -18,7 +19,10 @@ use oip_media::transcode::metrics::Outcome;
 use serde_json::json;
 use support::TestServer as Fixture;
 use support::media::{header, in_an_hour, media_id, pattern_gif, token};
-use transcode_support::{fake_ffmpeg, fake_pids, fake_runs, ffmpeg_or_skip, slow_ffmpeg};
+use transcode_support::{
+    FORKS_REAL_FFMPEG, FORKS_SLEEPERS, assert_plays, clip, fake_ffmpeg, fake_groups_alive,
+    fake_pids, fake_runs, ffmpeg_or_skip, same_frames, slow_ffmpeg,
+};
 
 const SECRET: &str = "variant-test-secret";
 const OWNER: &str = "owner-public-key";
@@ -318,24 +322,36 @@ async fn failures_are_remembered_and_answered_422_and_the_gif_is_unaffected() {
 }
 
 #[tokio::test]
-async fn a_job_past_its_timeout_is_killed_and_remembered() {
+async fn a_job_past_its_timeout_is_killed_and_remembered_briefly_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let fake = fake_ffmpeg(dir.path(), "exec sleep 30");
     let fx = Fixture::start(|c| {
         c.transcode.ffmpeg = fake.to_string_lossy().into_owned();
         c.transcode.transcode_timeout = Duration::from_millis(400);
+        // Timeouts are remembered for at most this (and at most 10 s).
+        c.transcode.transcode_failure_ttl = Duration::from_millis(1500);
     })
     .await;
     fx.put_web("a.gif", &pattern_gif(8, 8));
     let started = Instant::now();
     let r = fx.get("/media/fitnessally/a.gif?format=webp").await;
-    assert_eq!(r.status(), 422);
+    assert_eq!(r.status(), 503, "not the GIF's fault for sure: retry later");
+    assert_eq!(header(&r, "retry-after"), Some("10"));
+    assert_eq!(header(&r, "cache-control"), Some("no-store"));
     assert!(started.elapsed() < Duration::from_secs(5));
     let body: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        body["reason"].as_str().unwrap().contains("was stopped"),
-        "{body}"
-    );
+    let reason = body["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("was stopped"), "{body}");
+    // Every answer while it is remembered carries the same reason, and ffmpeg does not
+    // run again.
+    for _ in 0..2 {
+        let r = fx.get("/media/fitnessally/a.gif?format=webp").await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(header(&r, "retry-after"), Some("10"));
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["reason"], reason.as_str(), "{body}");
+    }
+    assert_eq!(fake_runs(dir.path()), 1);
     let pids = fake_pids(dir.path());
     assert_eq!(pids.len(), 1);
     assert!(
@@ -344,6 +360,325 @@ async fn a_job_past_its_timeout_is_killed_and_remembered() {
     );
     assert_eq!(jobs(&fx, VariantFormat::Webp, Outcome::timeout), 1);
     assert!(fx.derived_files().0.is_empty(), "its temp file was removed");
+    // Only briefly: then ffmpeg is tried again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let r = fx.get("/media/fitnessally/a.gif?format=webp").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(fake_runs(dir.path()), 2, "tried again once forgotten");
+    fx.shutdown().await;
+}
+
+/// Starts a variant request for `name` in the background.
+fn request(fx: &Fixture, path: &str) -> tokio::task::JoinHandle<reqwest::Response> {
+    let client = fx.client.clone();
+    let url = fx.url(path);
+    tokio::spawn(async move { client.get(url).send().await.unwrap() })
+}
+
+/// `/readyz`'s count of running ffmpeg jobs.
+async fn running(fx: &Fixture) -> u64 {
+    let ready: serde_json::Value = fx.get("/readyz").await.json().await.unwrap();
+    ready["transcoder"]["jobs"]["running"].as_u64().unwrap()
+}
+
+/// With `encode` as the stand-in's work (it forks and hangs), three timed-out jobs on
+/// one worker: after each, no process of its group is left, and `/readyz` never says
+/// `running: 0` while one is.
+async fn timed_out_jobs_leave_nothing_running(encode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_ffmpeg(dir.path(), encode);
+    let fx = Fixture::start(|c| {
+        c.transcode.ffmpeg = fake.to_string_lossy().into_owned();
+        c.transcode.transcode_workers = 1;
+        c.transcode.transcode_timeout = Duration::from_millis(700);
+    })
+    .await;
+    let state = fx.server.app().state().clone();
+    // Watches, every millisecond, for a moment when the gauge says no job runs while a
+    // process of a job's group is alive.
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (state, watching) = (state.clone(), Arc::clone(&watching));
+        let dir = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let mut broken = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let alive = fake_groups_alive(&dir);
+                // Read the gauge after the processes: a job whose gauge drops between
+                // the two reads would be counted as alive and gone, not as a break.
+                if alive > 0 && state.transcoder.metrics().running().get() == 0 {
+                    let alive_again = fake_groups_alive(&dir);
+                    if alive_again > 0 {
+                        broken += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            broken
+        })
+    };
+    for name in ["a.gif", "b.gif", "c.gif"] {
+        fx.put_web(name, &pattern_gif(8, 8));
+        let pending = request(&fx, &format!("/media/fitnessally/{name}?format=mp4"));
+        let r = pending.await.unwrap();
+        assert_eq!(r.status(), 503, "{name}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["reason"].as_str().unwrap().contains("was stopped"),
+            "{body}"
+        );
+        assert_eq!(
+            fake_groups_alive(dir.path()),
+            0,
+            "{name}: no process of the job is left after its timeout"
+        );
+        assert_eq!(running(&fx).await, 0);
+    }
+    assert_eq!(fake_pids(dir.path()).len(), 3);
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        watcher.join().unwrap(),
+        0,
+        "running was 0 while a job's processes were alive"
+    );
+    assert!(fx.derived_files().0.is_empty(), "no temp file left");
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_timed_out_wrapper_leaves_none_of_its_forked_processes() {
+    timed_out_jobs_leave_nothing_running(FORKS_SLEEPERS).await;
+}
+
+#[tokio::test]
+async fn a_timed_out_wrapper_leaves_no_real_encoder_running() {
+    if !ffmpeg_or_skip("a_timed_out_wrapper_leaves_no_real_encoder_running") {
+        return;
+    }
+    timed_out_jobs_leave_nothing_running(FORKS_REAL_FFMPEG).await;
+}
+
+#[tokio::test]
+async fn stopping_the_transcoder_kills_every_running_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_ffmpeg(dir.path(), FORKS_SLEEPERS);
+    let fx = Fixture::start(|c| {
+        c.transcode.ffmpeg = fake.to_string_lossy().into_owned();
+        c.transcode.transcode_workers = 2;
+        c.transcode.transcode_timeout = Duration::from_secs(60);
+        c.transcode.transcode_wait = Duration::from_millis(200);
+    })
+    .await;
+    let state = fx.server.app().state().clone();
+    for name in ["a.gif", "b.gif"] {
+        fx.put_web(name, &pattern_gif(8, 8));
+        let r = fx
+            .get(&format!("/media/fitnessally/{name}?format=webm"))
+            .await;
+        assert_eq!(r.status(), 503, "still working");
+    }
+    media_fixtures_wait(|| fake_groups_alive(dir.path()) == 6).await;
+    assert_eq!(state.transcoder.metrics().running().get(), 2);
+    let started = Instant::now();
+    state.transcoder.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(fake_groups_alive(dir.path()), 0, "every group killed");
+    assert_eq!(state.transcoder.metrics().running().get(), 0);
+    assert!(fx.derived_files().0.is_empty(), "their temp files removed");
+    // Nothing starts after a stop.
+    fx.put_web("c.gif", &pattern_gif(8, 8));
+    let r = fx.get("/media/fitnessally/c.gif?format=webm").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(fake_runs(dir.path()), 2);
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hosts_faults_are_503_not_remembered_and_gone_once_fixed() {
+    if !ffmpeg_or_skip("the_hosts_faults_are_503_not_remembered") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("disk-is-full");
+    let killed = dir.path().join("oom-killer");
+    // The real ffmpeg, writing into a full device (/dev/full: every write is ENOSPC)
+    // while `full` exists, or killed as the OOM killer would while `killed` exists.
+    let fake = fake_ffmpeg(
+        dir.path(),
+        &format!(
+            r#"[ -e '{killed}' ] && kill -9 $$
+[ -e '{full}' ] && exec bash -c 'exec ffmpeg "${{@:1:$#-1}}" /dev/full' bash "$@"
+exec ffmpeg "$@""#,
+            full = full.display(),
+            killed = killed.display()
+        ),
+    );
+    let fx = Fixture::start(|c| c.transcode.ffmpeg = fake.to_string_lossy().into_owned()).await;
+    fx.put_web("a.gif", &pattern_gif(16, 16));
+    std::fs::write(&full, b"").unwrap();
+    let mut runs = 0;
+    // ffmpeg 5.1 exits 0 for WebP and WebM on a full disk (its error output says what
+    // happened), 1 for MP4: both are the disk's fault.
+    for format in ["webp", "webm", "mp4"] {
+        for _ in 0..2 {
+            let r = fx
+                .get(&format!("/media/fitnessally/a.gif?format={format}"))
+                .await;
+            runs += 1;
+            assert_eq!(r.status(), 503, "{format}");
+            assert_eq!(header(&r, "retry-after"), Some("2"));
+            assert_eq!(header(&r, "cache-control"), Some("no-store"));
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(
+                body["reason"], "the server's storage for variants is full",
+                "{format}: {body}"
+            );
+            assert!(!body.to_string().contains('/'), "no path: {body}");
+            assert_eq!(fake_runs(dir.path()), runs, "{format}: not remembered");
+        }
+    }
+    assert_eq!(jobs(&fx, VariantFormat::Webp, Outcome::host_error), 2);
+    assert!(fx.derived_files().0.is_empty(), "no truncated variant kept");
+    std::fs::remove_file(&full).unwrap();
+    std::fs::write(&killed, b"").unwrap();
+    let r = fx.get("/media/fitnessally/a.gif?format=webp").await;
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "the encoder was stopped from outside");
+    // Fixed: the very next request makes the variant.
+    std::fs::remove_file(&killed).unwrap();
+    for format in ["webp", "webm", "mp4"] {
+        let r = fx
+            .get(&format!("/media/fitnessally/a.gif?format={format}"))
+            .await;
+        assert_eq!(r.status(), 200, "{format}");
+    }
+    assert_eq!(fake_runs(dir.path()), runs + 4);
+    fx.shutdown().await;
+}
+
+/// A tmpfs of `size` bytes mounted at `path` for as long as it lives (needs
+/// CAP_SYS_ADMIN; `None` where mounting is not allowed).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| SmallDisk(path.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_derived_folder_is_503_until_space_is_freed() {
+    if !ffmpeg_or_skip("a_full_derived_folder_is_503") {
+        return;
+    }
+    let place = tempfile::tempdir().unwrap();
+    let derived = place.path().join("derived");
+    let Some(_disk) = SmallDisk::mount(&derived, 256 * 1024) else {
+        eprintln!("skipped a_full_derived_folder_is_503: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    // Every byte taken by something else.
+    let filler = derived.join("filler");
+    let error = std::fs::write(&filler, vec![1u8; 512 * 1024]).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(28), "ENOSPC: {error}");
+    let fx = with_ffmpeg(|c| c.derived_dir = derived.clone()).await;
+    fx.put_web(
+        "a.gif",
+        &clip(160, 120, &[4; 30], false, gif::Repeat::Infinite),
+    );
+    for format in ["webm", "webp"] {
+        let r = fx
+            .get(&format!("/media/fitnessally/a.gif?format={format}"))
+            .await;
+        assert_eq!(
+            r.status(),
+            503,
+            "{format}: a full disk is not the GIF's fault"
+        );
+        assert_eq!(header(&r, "retry-after"), Some("2"));
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["reason"], "the server's storage for variants is full");
+    }
+    let names: Vec<String> = std::fs::read_dir(&derived)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["filler"], "no truncated variant or temp file kept");
+    std::fs::remove_file(&filler).unwrap();
+    for format in ["webm", "webp"] {
+        let r = fx
+            .get(&format!("/media/fitnessally/a.gif?format={format}"))
+            .await;
+        assert_eq!(r.status(), 200, "{format}: made once space is freed");
+        let bytes = r.bytes().await.unwrap();
+        let copy = place.path().join(format!("copy.{format}"));
+        std::fs::write(&copy, &bytes).unwrap();
+        assert_plays(&copy, format);
+    }
+    assert_eq!(jobs(&fx, VariantFormat::Webm, Outcome::ok), 1);
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_frame_and_same_frame_gifs_make_every_format() {
+    if !ffmpeg_or_skip("one_frame_and_same_frame_gifs_make_every_format") {
+        return;
+    }
+    let fx = with_ffmpeg(|_| {}).await;
+    fx.put_web(
+        "one.gif",
+        &clip(20, 14, &[50], false, gif::Repeat::Infinite),
+    );
+    fx.put_web(
+        "one-zero-delay.gif",
+        &clip(20, 14, &[0], true, gif::Repeat::Infinite),
+    );
+    fx.put_web("same.gif", &same_frames(20, 14, 6, 10));
+    let out = tempfile::tempdir().unwrap();
+    for name in ["one.gif", "one-zero-delay.gif", "same.gif"] {
+        for (format, kind) in [
+            ("webp", "image/webp"),
+            ("mp4", "video/mp4"),
+            ("webm", "video/webm"),
+        ] {
+            let r = fx
+                .get(&format!("/media/fitnessally/{name}?format={format}"))
+                .await;
+            assert_eq!(r.status(), 200, "{name} {format}");
+            assert_eq!(header(&r, "content-type"), Some(kind));
+            let copy = out.path().join(format!("{name}.{format}"));
+            std::fs::write(&copy, r.bytes().await.unwrap()).unwrap();
+            assert_plays(&copy, format);
+        }
+    }
+    for format in VariantFormat::ALL {
+        assert_eq!(jobs(&fx, format, Outcome::failed), 0, "{format}");
+        assert_eq!(jobs(&fx, format, Outcome::ok), 3, "{format}");
+    }
     fx.shutdown().await;
 }
 
@@ -529,7 +864,7 @@ async fn waiting_requests_are_bounded_in_number() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "too many requests waiting for transcodes");
     for w in waiters {
-        assert_eq!(w.await.unwrap(), 422, "then the job timed out");
+        assert_eq!(w.await.unwrap(), 503, "then the job timed out");
     }
     fx.shutdown().await;
 }

@@ -20,7 +20,9 @@
 //! | unknown `format` | `400`, listing `mp4, webm, webp` |
 //! | not a GIF | `400` |
 //! | no ffmpeg, or no encoder for the format | `501` + JSON reason |
-//! | the GIF is invalid or over a `--gif-max-*` limit, or ffmpeg failed (remembered) | `422` + reason |
+//! | the GIF is invalid or over a `--gif-max-*` limit, or ffmpeg cannot encode it (remembered) | `422` |
+//! | ffmpeg ran past `--transcode-timeout` (remembered for 10 s, the reason on every answer) | `503` + `Retry-After` + reason |
+//! | the host's trouble: disk full, no permission, a missing folder, a killed encoder, ffmpeg cannot start (not remembered) | `503` + `Retry-After` + reason |
 //! | too many transcodes queued or requests waiting, or still transcoding after `--transcode-wait` | `503` + `Retry-After` |
 
 use std::path::Path;
@@ -39,6 +41,9 @@ use crate::transcode::{GifSource, VariantError, VariantFormat, VariantJob, Wait}
 
 /// `Retry-After` of a 503: a transcode takes about a second.
 const RETRY_AFTER_SECS: u64 = 2;
+
+/// `Retry-After` of a timeout's 503: how long the timeout is remembered.
+const TIMEOUT_RETRY_AFTER_SECS: u64 = crate::transcode::TIMEOUT_REMEMBERED.as_secs();
 
 /// What the query string asks for (when it does not ask for a still).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +95,12 @@ pub fn not_a_gif() -> Response<Body> {
 /// (at start-up, and once per failed variant); the body says only what kind of trouble
 /// it is, because ffmpeg's words name paths on this host (the GIF's, the derived
 /// folder's, ffmpeg's own) and I/O errors. A timeout's reason is ours and says nothing
-/// more than the bound, so it is kept.
+/// more than the bound, so it is kept; the host's trouble is named by its kind.
+///
+/// Every `503` carries `Retry-After` and `Cache-Control: no-store`: what failed was not
+/// the GIF, and the next try may well succeed.
 pub fn variant_error(error: &VariantError) -> Response<Body> {
+    let mut retry_after = RETRY_AFTER_SECS;
     let (status, message, reason) = match error {
         VariantError::Unavailable(_) => (
             StatusCode::NOT_IMPLEMENTED,
@@ -103,10 +112,18 @@ pub fn variant_error(error: &VariantError) -> Response<Body> {
             "This GIF cannot be transcoded",
             None,
         ),
-        VariantError::TimedOut(reason) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "This GIF cannot be transcoded",
-            Some(reason.to_string()),
+        VariantError::TimedOut(reason) => {
+            retry_after = TIMEOUT_RETRY_AFTER_SECS;
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The transcode took too long, retry later",
+                Some(reason.to_string()),
+            )
+        }
+        VariantError::Host { fault, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cannot make the variant now, retry shortly",
+            Some(fault.public_reason().to_owned()),
         ),
         VariantError::Busy(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -140,7 +157,7 @@ pub fn variant_error(error: &VariantError) -> Response<Body> {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     }
     no_store(&mut response);
     response
@@ -210,8 +227,8 @@ pub async fn respond(
             Err(ServeError::Evicted) if attempt == 2 => break,
             Err(ServeError::Evicted) => {}
         }
-        if let Some(reason) = transcoder.failure(&name) {
-            return variant_error(&VariantError::Failed(reason));
+        if let Some(error) = transcoder.failure(&name) {
+            return variant_error(&error);
         }
         // Waiting for ffmpeg must not hold a GIF-serving slot.
         if let Some(held) = extensions.get::<HeldPermit>() {
@@ -518,6 +535,16 @@ mod tests {
             status(VariantError::StillWorking),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        let full = variant_error(&VariantError::Host {
+            fault: crate::transcode::Fault::DiskFull,
+            reason: "cannot store the variant: /var/lib/x: No space left on device".into(),
+        });
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(full.headers()[header::CACHE_CONTROL], "no-store");
+        let timeout = variant_error(&VariantError::TimedOut("took longer than 1s".into()));
+        assert_eq!(timeout.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(timeout.headers()[header::RETRY_AFTER], "10");
         assert_eq!(bad_format().status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -3,11 +3,15 @@
 //!
 //! It uses the service's own transcoder (same recipes, limits, timeout, derived folder
 //! and file names), so what it makes is exactly what the service would have made and
-//! serves. Variants already there are skipped; Ctrl-C stops at once (ffmpeg processes
-//! are killed, their temp files removed) and a second run carries on where the first
-//! stopped.
+//! serves. Variants already there are skipped; Ctrl-C (SIGINT) or SIGTERM stops at
+//! once: every ffmpeg process group is killed and waited for, the temp files are
+//! removed, it says it was interrupted and exits 130 (143 for SIGTERM); a second run
+//! carries on where the first stopped. Each variant that could not be made is one
+//! `failed: <path> (<format>): <reason>` line on stderr, with or without a terminal.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +24,28 @@ use crate::config::{Config, TranscodeCommand};
 use crate::gif::derived::DerivedDir;
 use crate::store::FileIdentity;
 
-/// Exit status after Ctrl-C, as shells report a SIGINT death.
-const INTERRUPTED: u8 = 130;
+/// A signal that stops the run: its name and the exit status a shell would report for
+/// a death by it (128 + n).
+#[derive(Debug, Clone, Copy)]
+struct Interrupt {
+    name: &'static str,
+    status: u8,
+}
+
+/// Resolves on the first SIGINT or SIGTERM. The handlers are installed before this
+/// returns (not when the future is first polled), so a signal that comes at any point
+/// of the run is seen.
+fn interrupts() -> std::io::Result<impl Future<Output = Interrupt>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => Interrupt { name: "SIGINT", status: 130 },
+            _ = term.recv() => Interrupt { name: "SIGTERM", status: 143 },
+        }
+    })
+}
 
 /// One GIF found under the tree.
 #[derive(Debug, Clone)]
@@ -52,77 +76,46 @@ pub fn run(config: Config, command: TranscodeCommand) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        tokio::select! {
-            code = transcode_tree(&config, &command) => code,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("oip-media transcode: interrupted; run it again to carry on");
-                ExitCode::from(INTERRUPTED)
+        let interrupt = match interrupts() {
+            Ok(interrupt) => interrupt,
+            Err(error) => {
+                eprintln!("oip-media transcode: cannot handle signals: {error}");
+                return ExitCode::FAILURE;
             }
-        }
+        };
+        let mut interrupt = std::pin::pin!(interrupt);
+        transcode_tree(&config, &command, interrupt.as_mut()).await
     });
-    // Dropping the runtime drops every job still running: `kill_on_drop` kills its
-    // ffmpeg and the job's temp file is removed.
+    // Every job has ended by now (on an interrupt, `Transcoder::stop` waited for them);
+    // dropping the runtime drops anything left, and a dropped run still kills its group.
     runtime.shutdown_timeout(Duration::from_secs(5));
     code
 }
 
-async fn transcode_tree(config: &Config, command: &TranscodeCommand) -> ExitCode {
-    let dir = command
-        .dir
-        .clone()
-        .unwrap_or_else(|| config.media_dir.clone());
-    let derived = match DerivedDir::open(&config.derived_dir, config.derived_max_bytes) {
-        Ok(derived) => Arc::new(derived),
-        Err(error) => {
-            eprintln!(
-                "oip-media transcode: cannot use the derived folder {} (--derived-dir): {error}",
-                config.derived_dir.display()
-            );
-            return ExitCode::FAILURE;
-        }
+/// The message and status of an interrupted run.
+fn interrupted(interrupt: Interrupt) -> ExitCode {
+    eprintln!(
+        "oip-media transcode: interrupted ({}); ffmpeg stopped, temp files removed; \
+         run it again to carry on",
+        interrupt.name
+    );
+    ExitCode::from(interrupt.status)
+}
+
+async fn transcode_tree(
+    config: &Config,
+    command: &TranscodeCommand,
+    mut interrupt: Pin<&mut impl Future<Output = Interrupt>>,
+) -> ExitCode {
+    // Before any job runs, an interrupt has nothing to stop.
+    let transcoder = tokio::select! {
+        ready = prepare(config, command) => ready,
+        which = interrupt.as_mut() => return interrupted(which),
     };
-    let transcoder = {
-        let config = config.clone();
-        let derived = Arc::clone(&derived);
-        match tokio::task::spawn_blocking(move || Transcoder::new(&config, derived)).await {
-            Ok(transcoder) => Arc::new(transcoder),
-            Err(error) => {
-                eprintln!("oip-media transcode: {error}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let (transcoder, derived, dir, gifs, todo, formats) = match transcoder {
+        Ok(ready) => ready,
+        Err(code) => return code,
     };
-    let mut formats = command.formats.clone();
-    formats.sort();
-    formats.dedup();
-    for format in &formats {
-        if let Err(error) = transcoder.recipe(*format) {
-            eprintln!("oip-media transcode: cannot make {format}: {error}");
-            return ExitCode::FAILURE;
-        }
-    }
-    let walked = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || find_gifs(&dir)).await
-    };
-    let gifs = match walked {
-        Ok(Ok(gifs)) => gifs,
-        Ok(Err(error)) => {
-            eprintln!(
-                "oip-media transcode: cannot read {}: {error}",
-                dir.display()
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(error) => {
-            eprintln!("oip-media transcode: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let todo: Vec<(Found, VariantFormat)> = gifs
-        .iter()
-        .flat_map(|gif| formats.iter().map(move |f| (gif.clone(), *f)))
-        .collect();
     println!(
         "{} GIFs under {}, {} variants ({}) into {}",
         gifs.len(),
@@ -155,7 +148,21 @@ async fn transcode_tree(config: &Config, command: &TranscodeCommand) -> ExitCode
             }
         })
         .buffer_unordered(workers);
-    while let Some((gif, format, outcome)) = results.next().await {
+    loop {
+        let next = tokio::select! {
+            next = results.next() => next,
+            which = interrupt.as_mut() => {
+                bar.abandon();
+                // Kill every job's process group, wait until they are gone and their
+                // temp files removed, then say so.
+                drop(results);
+                transcoder.stop().await;
+                return interrupted(which);
+            }
+        };
+        let Some((gif, format, outcome)) = next else {
+            break;
+        };
         bar.set_message(
             gif.path
                 .file_name()
@@ -171,15 +178,94 @@ async fn transcode_tree(config: &Config, command: &TranscodeCommand) -> ExitCode
             }
             Outcome::Failed(reason) => {
                 tally.failed += 1;
-                bar.println(format!(
-                    "failed: {} ({format}): {reason}",
-                    gif.path.display()
-                ));
+                // Printed directly: the bar's own `println` prints nothing when stderr
+                // is not a terminal, and these lines matter most in logs and CI.
+                bar.suspend(|| {
+                    eprintln!("failed: {} ({format}): {reason}", gif.path.display());
+                });
             }
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
+    summary(&tally, started, &derived)
+}
+
+/// What [`prepare`] hands over: the transcoder, the derived folder, the tree, its GIFs,
+/// the variants to make and the formats.
+type Prepared = (
+    Arc<Transcoder>,
+    Arc<DerivedDir>,
+    PathBuf,
+    Vec<Found>,
+    Vec<(Found, VariantFormat)>,
+    Vec<VariantFormat>,
+);
+
+/// Opens the derived folder, finds ffmpeg and the GIFs: everything before the first
+/// job. An error has been printed when it returns one.
+async fn prepare(config: &Config, command: &TranscodeCommand) -> Result<Prepared, ExitCode> {
+    let dir = command
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.media_dir.clone());
+    let derived = match DerivedDir::open(&config.derived_dir, config.derived_max_bytes) {
+        Ok(derived) => Arc::new(derived),
+        Err(error) => {
+            eprintln!(
+                "oip-media transcode: cannot use the derived folder {} (--derived-dir): {error}",
+                config.derived_dir.display()
+            );
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let transcoder = {
+        let config = config.clone();
+        let derived = Arc::clone(&derived);
+        match tokio::task::spawn_blocking(move || Transcoder::new(&config, derived)).await {
+            Ok(transcoder) => Arc::new(transcoder),
+            Err(error) => {
+                eprintln!("oip-media transcode: {error}");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    };
+    let mut formats = command.formats.clone();
+    formats.sort();
+    formats.dedup();
+    for format in &formats {
+        if let Err(error) = transcoder.recipe(*format) {
+            eprintln!("oip-media transcode: cannot make {format}: {error}");
+            return Err(ExitCode::FAILURE);
+        }
+    }
+    let walked = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || find_gifs(&dir)).await
+    };
+    let gifs = match walked {
+        Ok(Ok(gifs)) => gifs,
+        Ok(Err(error)) => {
+            eprintln!(
+                "oip-media transcode: cannot read {}: {error}",
+                dir.display()
+            );
+            return Err(ExitCode::FAILURE);
+        }
+        Err(error) => {
+            eprintln!("oip-media transcode: {error}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let todo: Vec<(Found, VariantFormat)> = gifs
+        .iter()
+        .flat_map(|gif| formats.iter().map(move |f| (gif.clone(), *f)))
+        .collect();
+    Ok((transcoder, derived, dir, gifs, todo, formats))
+}
+
+/// Prints the totals and the derived folder's state; the exit status.
+fn summary(tally: &Tally, started: Instant, derived: &DerivedDir) -> ExitCode {
     let ratio = if tally.source_bytes > 0 {
         tally.variant_bytes as f64 / tally.source_bytes as f64
     } else {
@@ -230,7 +316,7 @@ enum Outcome {
 async fn one(transcoder: &Transcoder, gif: &Found, format: VariantFormat) -> Outcome {
     match transcoder.known(gif.identity, format) {
         Ok(Known::Ready { .. }) => return Outcome::UpToDate,
-        Ok(Known::Failed(reason)) => return Outcome::Failed(reason.to_string()),
+        Ok(Known::Failed(error)) => return Outcome::Failed(error.to_string()),
         Ok(Known::Missing { .. }) => {}
         Err(error) => return Outcome::Failed(error.to_string()),
     }

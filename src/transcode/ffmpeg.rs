@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::VariantFormat;
@@ -81,7 +81,12 @@ impl Ffmpeg {
     /// Runs `program -version` and `program -encoders`. Blocking (two short child
     /// processes, each bounded by a timeout): called once at start-up.
     pub fn discover(program: &str) -> Result<Ffmpeg, DiscoveryError> {
-        let version = run_bounded(program, &["-hide_banner", "-version"])?;
+        Ffmpeg::discover_within(program, DISCOVERY_TIMEOUT)
+    }
+
+    /// [`Ffmpeg::discover`] with each child process bounded by `timeout`.
+    pub fn discover_within(program: &str, timeout: Duration) -> Result<Ffmpeg, DiscoveryError> {
+        let version = run_bounded(program, &["-hide_banner", "-version"], timeout)?;
         let version = version
             .lines()
             .next()
@@ -89,7 +94,7 @@ impl Ffmpeg {
             .and_then(|l| l.split_whitespace().next())
             .unwrap_or("unknown")
             .to_owned();
-        let listing = run_bounded(program, &["-hide_banner", "-encoders"])?;
+        let listing = run_bounded(program, &["-hide_banner", "-encoders"], timeout)?;
         Ok(Ffmpeg {
             program: program.to_owned(),
             version,
@@ -139,14 +144,18 @@ impl Ffmpeg {
                 "null",
                 "-",
             ],
+            DISCOVERY_TIMEOUT,
         )
         .map(|_| ())
     }
 }
 
-/// Runs `program args`, returns its standard output; kills it past [`DISCOVERY_TIMEOUT`].
-fn run_bounded(program: &str, args: &[&str]) -> Result<String, DiscoveryError> {
-    let mut child = Command::new(program)
+/// Runs `program args`, returns its standard output; past `timeout`, kills it and
+/// every process it started (its own process group, [`super::group`]). Returns only
+/// once no process of that group is left (or after [`super::group::GONE_WITHIN`], with
+/// an error in the log), whether it answered, failed or hung.
+fn run_bounded(program: &str, args: &[&str], timeout: Duration) -> Result<String, DiscoveryError> {
+    let mut child = super::group::command(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -156,16 +165,20 @@ fn run_bounded(program: &str, args: &[&str]) -> Result<String, DiscoveryError> {
             program: program.to_owned(),
             source,
         })?;
+    let group = super::group::Group::led_by(child.id());
     // Drain both pipes on threads, so a long listing cannot fill a pipe and stall the
-    // child while we wait for it.
+    // child while we wait for it. Their text comes back on a channel, waited for with
+    // a bound: a pipe is at its end once the group is gone.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut text = String::new();
+            let mut text = Vec::new();
             if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
+                let _ = pipe.read_to_end(&mut text);
             }
-            text
-        })
+            let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+        });
+        rx
     };
     let stdout = drain(
         child
@@ -179,23 +192,39 @@ fn run_bounded(program: &str, args: &[&str]) -> Result<String, DiscoveryError> {
             .take()
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
-    let deadline = Instant::now() + DISCOVERY_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break status,
+            Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             Ok(None) | Err(_) => {
+                // The group first, while its leader is unreaped; then the leader.
+                if let Some(group) = &group {
+                    group.kill();
+                }
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(DiscoveryError::Timeout {
-                    program: program.to_owned(),
-                    timeout: DISCOVERY_TIMEOUT,
-                });
+                break None;
             }
         }
     };
-    let out = stdout.join().unwrap_or_default();
-    let err = stderr.join().unwrap_or_default();
+    if let Some(mut group) = group
+        && !group.kill_and_wait(super::group::GONE_WITHIN)
+    {
+        tracing::error!(
+            pgid = group.id(),
+            "processes started by `{program}` survived SIGKILL"
+        );
+    }
+    let Some(status) = status else {
+        return Err(DiscoveryError::Timeout {
+            program: program.to_owned(),
+            timeout,
+        });
+    };
+    let bound = Duration::from_secs(1);
+    let out = stdout.recv_timeout(bound).unwrap_or_default();
+    let err = stderr.recv_timeout(bound).unwrap_or_default();
     if !status.success() {
         return Err(DiscoveryError::Failed {
             program: program.to_owned(),
@@ -432,6 +461,10 @@ pub fn args(
 /// stretched. The field is three bytes at a fixed place in the last `ANMF` chunk
 /// (WebP container spec, "Animation"): walking the RIFF chunks and rewriting them in
 /// place is exact and cheaper than any re-encode. Blocking.
+///
+/// A still WebP (no `ANMF` chunk, one `VP8 `/`VP8L` image) is left as it is: ffmpeg
+/// writes one for a GIF of one frame, or whose frames are all the same (libwebp's
+/// animation encoder merges identical frames), and it shows exactly what the GIF does.
 pub fn set_last_webp_frame_duration(path: &Path, ms: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let invalid =
@@ -448,6 +481,7 @@ pub fn set_last_webp_frame_duration(path: &Path, ms: u64) -> std::io::Result<()>
     }
     let mut at: u64 = 12;
     let mut last_anmf = None;
+    let mut still_image = false;
     while at + 8 <= len {
         let mut chunk = [0u8; 8];
         file.read_exact_at(&mut chunk, at)?;
@@ -458,9 +492,16 @@ pub fn set_last_webp_frame_duration(path: &Path, ms: u64) -> std::io::Result<()>
             }
             last_anmf = Some(at + 8);
         }
+        still_image |= &chunk[..4] == b"VP8 " || &chunk[..4] == b"VP8L";
         at += 8 + size + (size & 1);
     }
-    let payload = last_anmf.ok_or_else(|| invalid("no ANMF chunk"))?;
+    let Some(payload) = last_anmf else {
+        return if still_image {
+            Ok(())
+        } else {
+            Err(invalid("neither an ANMF chunk nor an image"))
+        };
+    };
     let ms = u32::try_from(ms.min(0xFF_FFFF)).unwrap_or(0xFF_FFFF);
     file.write_all_at(&ms.to_le_bytes()[..3], payload + 12)?;
     Ok(())
@@ -501,6 +542,15 @@ mod tests {
         assert_eq!(&patched[first..first + 3], &100u32.to_le_bytes()[..3]);
         assert_eq!(patched.len(), file.len());
         std::fs::write(&path, b"RIFF\0\0\0\0WAVE").unwrap();
+        assert!(set_last_webp_frame_duration(&path, 400).is_err());
+        // A still WebP (one VP8L image, as ffmpeg writes for a one-frame GIF) is kept
+        // as it is; a WebP with no image at all is refused.
+        let mut still = b"RIFF\x12\0\0\0WEBPVP8L\x06\0\0\0".to_vec();
+        still.extend_from_slice(&[0x2f, 0, 0, 0, 0, 0]);
+        std::fs::write(&path, &still).unwrap();
+        set_last_webp_frame_duration(&path, 400).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), still);
+        std::fs::write(&path, b"RIFF\x04\0\0\0WEBP").unwrap();
         assert!(set_last_webp_frame_duration(&path, 400).is_err());
     }
 
@@ -597,6 +647,54 @@ mod tests {
         assert!(opaque.contains("-lossless 0 -q:v 75"));
         assert!(joined(Recipe::new(VariantFormat::Webp, LIBX264), 0).contains("-loop 0"));
         assert!(joined(Recipe::new(VariantFormat::Webp, LIBX264), 1 << 20).contains("-loop 65535"));
+    }
+
+    /// A stand-in for ffmpeg in `dir` whose `-version` runs `version` (shell).
+    fn fake(dir: &Path, version: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("ffmpeg");
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho $$ > '{}/pid'\n{version}\n", dir.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    fn group_of(dir: &Path) -> i32 {
+        std::fs::read_to_string(dir.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_hanging_probe_is_killed_with_everything_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = fake(dir.path(), "sleep 1000 & sleep 1000");
+        let started = Instant::now();
+        let error = Ffmpeg::discover_within(&program, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(error, DiscoveryError::Timeout { .. }), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(super::super::group::live_members(group_of(dir.path())), 0);
+    }
+
+    #[test]
+    fn a_probe_that_answers_but_leaves_a_process_behind_does_not_hang() {
+        // The sleeper keeps the output pipe open: without the group kill, reading the
+        // answer to its end would wait for it.
+        let dir = tempfile::tempdir().unwrap();
+        let program = fake(
+            dir.path(),
+            "sleep 1000 & echo 'ffmpeg version 9.9-test Copyright'; exit 0",
+        );
+        let started = Instant::now();
+        let answer = run_bounded(&program, &["-version"], Duration::from_secs(30)).unwrap();
+        assert!(answer.starts_with("ffmpeg version 9.9-test"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(super::super::group::live_members(group_of(dir.path())), 0);
     }
 
     #[test]

@@ -16,10 +16,14 @@ use super::VariantFormat;
 pub enum Outcome {
     /// The variant was made.
     ok,
-    /// ffmpeg failed, or the GIF is over a limit: remembered, answered 422.
+    /// The GIF's fault (invalid, over a limit, ffmpeg cannot encode it): remembered,
+    /// answered 422.
     failed,
-    /// ffmpeg ran past the job timeout and was killed.
+    /// ffmpeg ran past the job timeout and was killed (remembered briefly, 503).
     timeout,
+    /// Not the GIF's fault: disk full, no permission, a missing folder, a killed
+    /// encoder, ffmpeg that cannot start (not remembered, 503).
+    host_error,
     /// Not started: the queue was full (503).
     rejected,
     /// Not started: already made by someone else (another process, a previous job).

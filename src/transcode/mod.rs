@@ -3,6 +3,8 @@
 //!
 //! - [`ffmpeg`]: finding ffmpeg, its encoders, and each variant's command line.
 //! - [`run`]: one ffmpeg child process with a timeout that kills it.
+//! - [`group`]: the process group each run lives in, killed and waited for as a whole.
+//! - [`fault`]: whose fault a failure is (the GIF's, remembered; or the host's, not).
 //! - [`metrics`]: jobs by outcome, queue depth, encode seconds, bytes vs the GIFs.
 //! - [`cli`]: `oip-media transcode`, which pre-makes variants for a whole media tree.
 //!
@@ -14,13 +16,19 @@
 //! - **bounded workers** (`--transcode-workers` ffmpeg processes at once) and a **bounded
 //!   queue** of jobs waiting for one (`--transcode-queue`); a job that does not fit is
 //!   refused at once (503), never queued;
-//! - a **per-job timeout** (`--transcode-timeout`) that kills ffmpeg;
+//! - a **per-job timeout** (`--transcode-timeout`) that kills ffmpeg and everything it
+//!   started (its own process group); a worker is given back only once no process of
+//!   its job is left, and [`Transcoder::stop`] (shutdown, an interrupted CLI) kills
+//!   every running job's group the same way;
 //! - **bounded waiting**: at most `--transcode-max-waiting` requests wait, each at most
 //!   `--transcode-wait`; past either, 503 + `Retry-After` while the job goes on;
 //! - **limits first**: the GIF's frame, dimension and pixel limits (`--gif-max-*`) are
 //!   checked before ffmpeg starts;
-//! - **failures remembered** for `--transcode-failure-ttl` (422 with the reason), so a
-//!   GIF ffmpeg cannot read is not re-encoded on every request;
+//! - **the GIF's own failures remembered** for `--transcode-failure-ttl` (422), so a
+//!   GIF ffmpeg cannot read is not re-encoded on every request; the host's failures
+//!   (disk full, no permission, a missing folder, a killed encoder, no ffmpeg to start)
+//!   are not remembered (503 + `Retry-After`), and a timeout only for
+//!   [`TIMEOUT_REMEMBERED`] (503, with its reason on every answer meanwhile);
 //! - the output goes to a `0600` temp file in the derived folder and is renamed into
 //!   place, under the byte bound and eviction shared with stills
 //!   ([`crate::gif::derived`]).
@@ -29,8 +37,10 @@
 //! format and the encoder's tag, so a replaced GIF or a change of encoder never serves
 //! an old variant.
 pub mod cli;
+pub mod fault;
 pub mod ffmpeg;
 mod format;
+pub mod group;
 pub mod metrics;
 pub mod run;
 
@@ -45,6 +55,7 @@ use crate::gif::derived::{self, DerivedDir};
 use crate::gif::meta::GifInfo;
 use crate::gif::{GifError, GifLimits};
 use crate::store::FileIdentity;
+pub use fault::Fault;
 pub use ffmpeg::{EncodeSettings, Ffmpeg, Recipe};
 pub use format::VariantFormat;
 use metrics::{Outcome, TranscodeMetrics};
@@ -55,13 +66,23 @@ pub enum VariantError {
     /// No ffmpeg, or it lacks the format's encoder: 501.
     #[error("{0}")]
     Unavailable(Arc<str>),
-    /// ffmpeg failed, or the GIF is invalid or over a limit; remembered for a while:
-    /// 422.
+    /// The GIF's own fault: it is invalid or over a limit, or ffmpeg could not encode
+    /// it; remembered for `--transcode-failure-ttl`: 422.
     #[error("{0}")]
     Failed(Arc<str>),
-    /// ffmpeg ran past the job timeout and was killed; remembered like a failure: 422.
+    /// ffmpeg ran past the job timeout and was killed; remembered for
+    /// [`TIMEOUT_REMEMBERED`] only, with this reason: 503 + `Retry-After`.
     #[error("{0}")]
     TimedOut(Arc<str>),
+    /// The host's fault, for now (disk full, no permission, a missing folder, a killed
+    /// encoder, ffmpeg that cannot start): not remembered; 503 + `Retry-After`.
+    #[error("{reason}")]
+    Host {
+        /// Which kind of trouble (its public wording is [`Fault::public_reason`]).
+        fault: Fault,
+        /// What happened, for the log (may name paths).
+        reason: Arc<str>,
+    },
     /// Too many transcodes queued or requests waiting: 503 + `Retry-After`.
     #[error("transcoder busy: {0}")]
     Busy(&'static str),
@@ -71,10 +92,50 @@ pub enum VariantError {
     /// The GIF changed while it was being read: 503, try again.
     #[error("the file changed while it was being read")]
     SourceChanged,
-    /// The derived folder could not be written: 500.
+    /// An internal error (a job's task failed, no runtime): 500.
     #[error("{0}")]
     Io(Arc<str>),
 }
+
+impl VariantError {
+    /// Whose fault it is, for failures of a job.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            VariantError::Failed(_) => Some(Fault::Source),
+            VariantError::TimedOut(_) => Some(Fault::TimedOut),
+            VariantError::Host { fault, .. } => Some(*fault),
+            _ => None,
+        }
+    }
+
+    /// True when the failure is the GIF's own, and may be remembered with its identity.
+    pub fn is_source_fault(&self) -> bool {
+        self.fault().is_some_and(Fault::is_source_fault)
+    }
+
+    /// A failure of `what` with the I/O `error`, classified by its kind.
+    fn io(what: &str, error: &std::io::Error) -> VariantError {
+        VariantError::of(Fault::of_io(error), format!("{what}: {error}"))
+    }
+
+    /// A failure of kind `fault`: the GIF's (`Failed`) or the host's.
+    fn of(fault: Fault, reason: String) -> VariantError {
+        match fault {
+            Fault::Source => VariantError::Failed(reason.into()),
+            Fault::TimedOut => VariantError::TimedOut(reason.into()),
+            fault => VariantError::Host {
+                fault,
+                reason: reason.into(),
+            },
+        }
+    }
+}
+
+/// How long a timeout is remembered (at most; never longer than
+/// `--transcode-failure-ttl`): long enough that a burst of requests for a GIF that
+/// takes too long does not start a burst of jobs, short enough that a timeout caused by
+/// a busy host is not held against the GIF.
+pub const TIMEOUT_REMEMBERED: Duration = Duration::from_secs(10);
 
 /// What is known about a variant without doing any work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +147,8 @@ pub enum Known {
         /// Its size.
         len: u64,
     },
-    /// It failed recently (the reason is remembered).
-    Failed(Arc<str>),
+    /// It failed recently: the GIF's fault, or a timeout (remembered briefly).
+    Failed(VariantError),
     /// Not made yet (`name` is where it will be).
     Missing {
         /// Its future file name.
@@ -160,10 +221,27 @@ struct Inner {
     timeout: Duration,
     derived: Arc<DerivedDir>,
     workers: Arc<tokio::sync::Semaphore>,
+    /// How many workers there are (the semaphore's permits).
+    worker_count: u32,
     max_queue: usize,
     queued: AtomicUsize,
+    /// The GIF's own failures, by variant name.
     failures: moka::sync::Cache<String, Arc<str>>,
+    /// Timeouts, by variant name, for [`TIMEOUT_REMEMBERED`].
+    timeouts: moka::sync::Cache<String, Arc<str>>,
+    /// Turns true when the transcoder stops: every run kills its group and ends.
+    stop: tokio::sync::watch::Sender<bool>,
     metrics: TranscodeMetrics,
+}
+
+impl Inner {
+    /// A failure remembered for the variant `name`.
+    fn remembered(&self, name: &str) -> Option<VariantError> {
+        if let Some(reason) = self.failures.get(name) {
+            return Some(VariantError::Failed(reason));
+        }
+        self.timeouts.get(name).map(VariantError::TimedOut)
+    }
 }
 
 /// The transcoder of the process: one per service (and one per `oip-media transcode`).
@@ -209,6 +287,9 @@ impl Transcoder {
                 "transcoder unavailable: GIFs are served as usual, ?format= variants answer 501"
             ),
         }
+        // `stop` takes every permit at once, which tokio counts in u32.
+        let worker_count = u32::try_from(t.transcode_workers.max(1)).unwrap_or(u32::MAX);
+        let failure_ttl = t.transcode_failure_ttl.max(Duration::from_millis(1));
         let settings = EncodeSettings {
             mp4_crf: t.mp4_crf,
             threads: t.transcode_threads.max(1),
@@ -222,13 +303,19 @@ impl Transcoder {
                 limits: GifLimits::from_config(config),
                 timeout: t.transcode_timeout,
                 derived,
-                workers: Arc::new(tokio::sync::Semaphore::new(t.transcode_workers.max(1))),
+                workers: Arc::new(tokio::sync::Semaphore::new(worker_count as usize)),
+                worker_count,
                 max_queue: t.transcode_queue,
                 queued: AtomicUsize::new(0),
                 failures: moka::sync::Cache::builder()
                     .max_capacity(4096)
-                    .time_to_live(t.transcode_failure_ttl.max(Duration::from_millis(1)))
+                    .time_to_live(failure_ttl)
                     .build(),
+                timeouts: moka::sync::Cache::builder()
+                    .max_capacity(4096)
+                    .time_to_live(failure_ttl.min(TIMEOUT_REMEMBERED))
+                    .build(),
+                stop: tokio::sync::watch::Sender::new(false),
                 metrics: TranscodeMetrics::default(),
             }),
             flights: SingleFlight::new(),
@@ -286,15 +373,28 @@ impl Transcoder {
         if let Some(len) = self.inner.derived.len_of(&name) {
             return Ok(Known::Ready { name, len });
         }
-        if let Some(reason) = self.inner.failures.get(&name) {
-            return Ok(Known::Failed(reason));
+        if let Some(error) = self.inner.remembered(&name) {
+            return Ok(Known::Failed(error));
         }
         Ok(Known::Missing { name })
     }
 
-    /// The reason the variant `name` failed, while that is remembered.
-    pub fn failure(&self, name: &str) -> Option<Arc<str>> {
-        self.inner.failures.get(name)
+    /// How the variant `name` failed, while that is remembered (the GIF's fault, or a
+    /// recent timeout).
+    pub fn failure(&self, name: &str) -> Option<VariantError> {
+        self.inner.remembered(name)
+    }
+
+    /// Stops the transcoder: no job starts ffmpeg any more, every running ffmpeg's
+    /// process group is killed, and this returns once every job has ended (its
+    /// processes gone, its temp file removed), or after [`STOP_WITHIN`].
+    pub async fn stop(&self) {
+        self.inner.stop.send_replace(true);
+        let all = self.inner.worker_count;
+        match tokio::time::timeout(STOP_WITHIN, self.inner.workers.acquire_many(all)).await {
+            Ok(_) => {}
+            Err(_) => tracing::error!("transcode jobs still running {STOP_WITHIN:?} after stop"),
+        }
     }
 
     /// Makes the variant `job` asks for unless it exists, and waits for it as `wait`
@@ -302,8 +402,8 @@ impl Transcoder {
     pub async fn make(&self, job: VariantJob, wait: Wait) -> Result<Made, VariantError> {
         let name = self.variant_name(job.identity, job.format)?;
         let recipe = self.recipe(job.format)?;
-        if let Some(reason) = self.inner.failures.get(&name) {
-            return Err(VariantError::Failed(reason));
+        if let Some(error) = self.inner.remembered(&name) {
+            return Err(error);
         }
         let _waiting = match wait {
             Wait::Bounded => Some(self.reserve_waiting()?),
@@ -334,7 +434,7 @@ impl Transcoder {
         ) else {
             return false;
         };
-        if self.inner.failures.contains_key(&name) {
+        if self.inner.remembered(&name).is_some() {
             return false;
         }
         self.flights
@@ -398,6 +498,10 @@ impl Transcoder {
     }
 }
 
+/// How long [`Transcoder::stop`] waits for the jobs to end: their groups' bound, and
+/// a little for removing their temp files.
+pub const STOP_WITHIN: Duration = Duration::from_secs(group::GONE_WITHIN.as_secs() + 2);
+
 /// Releases a waiting request's place when its wait ends, however it ends.
 struct WaitingSlot<'a>(&'a Transcoder);
 
@@ -452,21 +556,32 @@ fn start_job(
     async move {
         let permit = Arc::clone(&inner.workers).acquire_owned().await;
         drop(slot);
-        let _permit =
-            permit.map_err(|_| VariantError::Io("the transcoder is shutting down".into()))?;
+        let stopping = || VariantError::Host {
+            fault: Fault::Stopping,
+            reason: "the transcoder is stopping".into(),
+        };
+        let _permit = permit.map_err(|_| stopping())?;
+        if *inner.stop.borrow() {
+            return Err(stopping());
+        }
         let format = job.format;
         let result = run_job(&inner, job, recipe, &name).await;
         match &result {
             Ok((_, false)) => inner.metrics.job(format, Outcome::already_there),
             Ok((_, true)) => inner.metrics.job(format, Outcome::ok),
-            Err(error @ (VariantError::Failed(reason) | VariantError::TimedOut(reason))) => {
+            Err(VariantError::Failed(reason)) => {
                 inner.failures.insert(name.clone(), Arc::clone(reason));
-                let outcome = match error {
-                    VariantError::TimedOut(_) => Outcome::timeout,
-                    _ => Outcome::failed,
-                };
-                inner.metrics.job(format, outcome);
-                tracing::warn!(variant = %name, %reason, "transcode failed");
+                inner.metrics.job(format, Outcome::failed);
+                tracing::warn!(variant = %name, %reason, "transcode failed: the GIF's fault");
+            }
+            Err(VariantError::TimedOut(reason)) => {
+                inner.timeouts.insert(name.clone(), Arc::clone(reason));
+                inner.metrics.job(format, Outcome::timeout);
+                tracing::warn!(variant = %name, %reason, "transcode timed out");
+            }
+            Err(VariantError::Host { fault, reason }) => {
+                inner.metrics.job(format, Outcome::host_error);
+                tracing::error!(variant = %name, ?fault, %reason, "transcode failed: not the GIF's fault, not remembered");
             }
             Err(error) => tracing::error!(variant = %name, %error, "transcode failed"),
         }
@@ -517,9 +632,10 @@ async fn run_job(
                 None => crate::gif::meta::read_info(&path, identity, &inner.limits)
                     .map_err(from_gif_error)?,
             };
-            let pending = inner.derived.begin(&name).map_err(|e| {
-                VariantError::Io(format!("cannot create a derived file: {e}").into())
-            })?;
+            let pending = inner
+                .derived
+                .begin(&name)
+                .map_err(|e| VariantError::io("cannot create a derived file", &e))?;
             Ok(Prepared::Go(path, info, pending))
         })
         .await
@@ -539,7 +655,7 @@ async fn run_job(
     inner.metrics.running().inc();
     let running = Running(&inner.metrics);
     let started = Instant::now();
-    let ran = run::run(&inner.program, &args, inner.timeout).await;
+    let ran = run::run(&inner.program, &args, inner.timeout, inner.stop.subscribe()).await;
     let seconds = started.elapsed().as_secs_f64();
     drop(running);
     let max = inner.settings.max_output_bytes;
@@ -547,15 +663,36 @@ async fn run_job(
     let webp_last_delay = (job.format == VariantFormat::Webp).then_some(info.last_delay_ms);
     let committed = tokio::task::spawn_blocking(move || {
         // Dropping an uncommitted file removes it: on this thread, not the runtime's.
-        ran.map_err(|error| match error {
-            run::RunError::Spawn(e) => VariantError::Io(format!("cannot start ffmpeg: {e}").into()),
-            timed_out @ run::RunError::TimedOut(_) => {
-                VariantError::TimedOut(timed_out.to_string().into())
-            }
-            other => VariantError::Failed(other.to_string().into()),
+        // ffmpeg's words, without the two paths it was given: a GIF named "No space left
+        // on device.gif" is not a full disk.
+        let without_paths = |stderr: &str| {
+            stderr
+                .replace(&*path.to_string_lossy(), "")
+                .replace(&*pending.path().to_string_lossy(), "")
+        };
+        let said = ran.map_err(|error| {
+            let fault = match &error {
+                run::RunError::Spawn(_) => Fault::Spawn,
+                run::RunError::TimedOut(_) => Fault::TimedOut,
+                run::RunError::Stopped => Fault::Stopping,
+                run::RunError::Killed { signal } => Fault::of_signal(*signal),
+                run::RunError::Failed { stderr, .. } => {
+                    Fault::of_ffmpeg_output(&without_paths(stderr))
+                }
+            };
+            VariantError::of(fault, error.to_string())
         })?;
+        // ffmpeg 5.1 exits 0 when the disk fills up under it, with a truncated file and
+        // the system's words on its error output: that file must not be kept.
+        let fault = Fault::of_ffmpeg_output(&without_paths(&said));
+        if !fault.is_source_fault() {
+            return Err(VariantError::of(
+                fault,
+                format!("ffmpeg could not write its output: {said}"),
+            ));
+        }
         let len = std::fs::metadata(pending.path())
-            .map_err(|e| VariantError::Io(format!("cannot read ffmpeg's output: {e}").into()))?
+            .map_err(|e| VariantError::io("cannot read ffmpeg's output", &e))?
             .len();
         if len == 0 || len >= max {
             return Err(VariantError::Failed(
@@ -568,7 +705,11 @@ async fn run_job(
         }
         if let Some(ms) = webp_last_delay {
             ffmpeg::set_last_webp_frame_duration(pending.path(), ms).map_err(|e| {
-                VariantError::Failed(format!("ffmpeg's WebP cannot be read: {e}").into())
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    VariantError::Failed(format!("ffmpeg's WebP cannot be read: {e}").into())
+                } else {
+                    VariantError::io("cannot finish ffmpeg's WebP", &e)
+                }
             })?;
         }
         // ffmpeg opened the GIF by path: had it been replaced since the route looked it
@@ -580,7 +721,7 @@ async fn run_job(
         }
         pending
             .commit()
-            .map_err(|e| VariantError::Io(format!("cannot store the variant: {e}").into()))
+            .map_err(|e| VariantError::io("cannot store the variant", &e))
     })
     .await
     .map_err(|e| io("transcode task failed", &e))??;
@@ -600,7 +741,10 @@ fn from_gif_error(error: GifError) -> VariantError {
             VariantError::Failed(error.to_string().into())
         }
         GifError::SourceChanged => VariantError::SourceChanged,
-        GifError::Io(reason) => VariantError::Io(reason.into()),
+        GifError::Io(reason) => VariantError::Host {
+            fault: Fault::Io,
+            reason: reason.into(),
+        },
         GifError::Busy(_) => VariantError::Busy("storage busy"),
         GifError::WorkersBusy(_) => VariantError::Busy("GIF workers busy"),
     }

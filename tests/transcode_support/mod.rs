@@ -72,6 +72,89 @@ pub fn fake_pids(dir: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// How many processes of the groups [`fake_ffmpeg`] runs led are alive (not zombies):
+/// each run is the leader of its job's process group, so this counts everything the
+/// jobs started, forked children included.
+pub fn fake_groups_alive(dir: &Path) -> usize {
+    fake_pids(dir)
+        .into_iter()
+        .map(|pgid| oip_media::transcode::group::live_members(pgid as i32))
+        .sum()
+}
+
+/// Waits up to 10 s until `done`.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The `encode` of a [`fake_ffmpeg`] that forks two processes that never end and waits
+/// for them (a wrapper script whose encoder hangs).
+pub const FORKS_SLEEPERS: &str = "sleep 1000 & sleep 1000 & wait";
+
+/// The `encode` of a [`fake_ffmpeg`] that forks a real ffmpeg which encodes for a long
+/// time (`-re`: at the input's own pace), and waits for it.
+pub const FORKS_REAL_FFMPEG: &str = "ffmpeg -nostdin -loglevel error -re -f lavfi \
+    -i color=c=black:s=32x32:r=25 -t 1000 -f null - & wait";
+
+/// A GIF of `frames` identical frames (one colour), `delay` hundredths each.
+pub fn same_frames(width: u16, height: u16, frames: usize, delay: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = gif::Encoder::new(&mut out, width, height, &PALETTE).unwrap();
+        encoder.set_repeat(gif::Repeat::Infinite).unwrap();
+        for _ in 0..frames {
+            let frame = gif::Frame {
+                width,
+                height,
+                delay,
+                buffer: vec![1u8; usize::from(width) * usize::from(height)].into(),
+                ..gif::Frame::default()
+            };
+            encoder.write_frame(&frame).unwrap();
+        }
+    }
+    out
+}
+
+/// Checks that `path` is a valid, fully decodable `format` variant: ffprobe reads it as
+/// that codec, and ffmpeg decodes every frame without a word of error. WebP, which
+/// ffmpeg 5.1 cannot decode when animated, is decoded by the `image` crate instead.
+pub fn assert_plays(path: &Path, format: &str) {
+    if format == "webp" {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(&bytes[..4], b"RIFF");
+        assert_eq!(&bytes[8..12], b"WEBP");
+        image::load_from_memory_with_format(&bytes, image::ImageFormat::WebP)
+            .unwrap_or_else(|e| panic!("{}: not a valid WebP: {e}", path.display()));
+        return;
+    }
+    let probe = ffprobe(path, false);
+    let codec = probe["streams"][0]["codec_name"]
+        .as_str()
+        .unwrap_or_default();
+    let expected = if format == "mp4" { "h264" } else { "vp9" };
+    assert_eq!(codec, expected, "{}: {probe}", path.display());
+    let decoded = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{} does not decode cleanly: {}",
+        path.display(),
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}
+
 /// A stand-in that sleeps `secs` and then runs the real ffmpeg with the same arguments.
 pub fn slow_ffmpeg(dir: &Path, secs: f64) -> PathBuf {
     fake_ffmpeg(dir, &format!("sleep {secs}\nexec ffmpeg \"$@\""))
