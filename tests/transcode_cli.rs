@@ -9,7 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use transcode_support::{clip, fake_pids, fake_runs, ffmpeg_or_skip, slow_ffmpeg};
+use transcode_support::{
+    FORKS_SLEEPERS, assert_plays, clip, fake_ffmpeg, fake_groups_alive, fake_pids, fake_runs,
+    ffmpeg_or_skip, same_frames, slow_ffmpeg, wait_until,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_oip-media");
 
@@ -207,4 +210,128 @@ fn an_interrupted_run_leaves_nothing_half_done_and_the_next_one_carries_on() {
     assert!(out.contains("made 2 "), "{out}");
     assert!(out.contains("1 up to date"), "{out}");
     assert_eq!(variants(&derived).len(), 3);
+}
+
+/// Interrupts a run whose two jobs hang in wrappers that forked processes: every
+/// process of every job is gone when it exits, no temp file is left, and it says so.
+fn interrupted_by(signal: rustix::process::Signal, name: &str, status: i32) {
+    let media = tempfile::tempdir().unwrap();
+    media_tree(media.path());
+    let fakes = tempfile::tempdir().unwrap();
+    let fake = fake_ffmpeg(fakes.path(), FORKS_SLEEPERS);
+    let derived = media.path().join(".derived");
+    let derived_arg = derived.to_string_lossy().into_owned();
+    let dir = media.path().to_string_lossy().into_owned();
+    let child = Command::new(BIN)
+        .args(["transcode", "--formats", "webm", "--jobs", "2"])
+        .args(["--derived-dir", &derived_arg, &dir])
+        .env("FFMPEG", &fake)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two jobs, each a shell and its two sleepers.
+    wait_until("both jobs running", || fake_groups_alive(fakes.path()) == 6);
+    let temps = variants(&derived);
+    assert_eq!(temps.len(), 2, "each job has its temp file: {temps:?}");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(status), "{stderr}");
+    assert!(
+        stderr.contains(&format!("interrupted ({name})")),
+        "it says it was interrupted: {stderr}"
+    );
+    assert_eq!(
+        fake_groups_alive(fakes.path()),
+        0,
+        "no process of any job is left once it has exited"
+    );
+    assert_eq!(
+        variants(&derived),
+        Vec::<String>::new(),
+        "no temp file left"
+    );
+}
+
+#[test]
+fn sigterm_stops_every_job_and_its_forked_processes() {
+    interrupted_by(rustix::process::Signal::TERM, "SIGTERM", 143);
+}
+
+#[test]
+fn sigint_stops_every_job_and_its_forked_processes() {
+    interrupted_by(rustix::process::Signal::INT, "SIGINT", 130);
+}
+
+#[test]
+fn failures_are_listed_without_a_terminal() {
+    let media = tempfile::tempdir().unwrap();
+    media_tree(media.path());
+    let broken = media.path().join("web/broken.gif");
+    std::fs::write(&broken, b"GIF89a\x08\x00\x08\x00 not really").unwrap();
+    let fakes = tempfile::tempdir().unwrap();
+    let fake = fake_ffmpeg(fakes.path(), "echo 'Invalid data found' >&2; exit 1");
+    let derived = media.path().join(".derived").to_string_lossy().into_owned();
+    let dir = media.path().to_string_lossy().into_owned();
+    // `output()` pipes stdout and stderr: no terminal anywhere.
+    let (code, out) = transcode(
+        &[
+            "transcode",
+            "--formats",
+            "mp4",
+            "--derived-dir",
+            &derived,
+            &dir,
+        ],
+        &fake.to_string_lossy(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("failed: {} (mp4): ", broken.display())),
+        "{out}"
+    );
+    let lines = out.lines().filter(|l| l.starts_with("failed: ")).count();
+    assert_eq!(lines, 4, "one line per variant not made: {out}");
+    assert!(out.contains("4 failed"), "{out}");
+}
+
+#[test]
+fn one_frame_and_same_frame_gifs_are_made_not_failed() {
+    if !ffmpeg_or_skip("one_frame_and_same_frame_gifs_are_made_not_failed") {
+        return;
+    }
+    let media = tempfile::tempdir().unwrap();
+    let web = media.path().join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(
+        web.join("one.gif"),
+        clip(18, 12, &[30], false, gif::Repeat::Infinite),
+    )
+    .unwrap();
+    std::fs::write(web.join("same.gif"), same_frames(18, 12, 5, 20)).unwrap();
+    let derived = media.path().join(".derived");
+    let derived_arg = derived.to_string_lossy().into_owned();
+    let dir = media.path().to_string_lossy().into_owned();
+    let (code, out) = transcode(
+        &[
+            "transcode",
+            "--formats",
+            "mp4,webm,webp",
+            "--derived-dir",
+            &derived_arg,
+            &dir,
+        ],
+        "ffmpeg",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("made 6 ") && out.contains("0 failed"), "{out}");
+    let made = variants(&derived);
+    assert_eq!(made.len(), 6, "{made:?}");
+    for name in made {
+        let format = name.rsplit('.').next().unwrap().to_owned();
+        assert_plays(&derived.join(&name), &format);
+    }
 }

@@ -1132,3 +1132,57 @@ async fn a_client_that_gives_up_frees_its_place_and_the_job_still_finishes() {
     assert_eq!(r.status(), 200, "made for the next one");
     fx.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_service_shutting_down_kills_its_jobs_groups() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(media.path().join("web/fitnessally")).unwrap();
+    std::fs::write(
+        media.path().join("web/fitnessally/a.gif"),
+        pattern_gif(8, 8),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_ffmpeg(dir.path(), FORKS_SLEEPERS);
+    let fake = fake.to_string_lossy().into_owned();
+    let mut server = support::ChildServer::start_with(
+        media.path(),
+        &[
+            ("FFMPEG", fake.as_str()),
+            ("TRANSCODE_TIMEOUT", "60s"),
+            ("TRANSCODE_WAIT", "200ms"),
+        ],
+    );
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://{}/media/fitnessally/a.gif?format=mp4",
+            server.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "still transcoding");
+    media_fixtures_wait(|| fake_groups_alive(dir.path()) == 3).await;
+    let pid = rustix::process::Pid::from_raw(server.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the service did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        fake_groups_alive(dir.path()),
+        0,
+        "no process of the job outlives the service"
+    );
+    let derived = media.path().join(".oip-media-derived");
+    let left: Vec<_> = std::fs::read_dir(&derived).unwrap().flatten().collect();
+    assert!(left.is_empty(), "no temp file left: {left:?}");
+}
