@@ -1186,3 +1186,37 @@ async fn the_service_shutting_down_kills_its_jobs_groups() {
     let left: Vec<_> = std::fs::read_dir(&derived).unwrap().flatten().collect();
     assert!(left.is_empty(), "no temp file left: {left:?}");
 }
+
+#[tokio::test]
+async fn a_hanging_ffmpeg_probe_at_start_up_leaves_nothing_behind() {
+    // `-version` forks two processes and hangs: start-up gives up after its 10 s bound,
+    // kills the probe's whole group, and serves without variants.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("ffmpeg");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho $$ >> '{}'\nsleep 1000 & sleep 1000\n",
+            dir.path().join("pids.log").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let started = Instant::now();
+    let fx = Fixture::start(|c| c.transcode.ffmpeg = fake.to_string_lossy().into_owned()).await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(fake_pids(dir.path()).len(), 1, "one probe ran");
+    assert_eq!(
+        fake_groups_alive(dir.path()),
+        0,
+        "neither the probe nor what it forked is left"
+    );
+    fx.put_web("a.gif", &pattern_gif(8, 8));
+    assert_eq!(
+        fx.get("/media/fitnessally/a.gif?format=mp4").await.status(),
+        501
+    );
+    let ready: serde_json::Value = fx.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["transcoder"]["available"], false);
+    fx.shutdown().await;
+}
