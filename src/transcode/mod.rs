@@ -804,3 +804,35 @@ fn discover(program: &str, mp4_encoder: &str) -> Result<Engine, Arc<str>> {
         notes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_gifs_own_failures_are_source_faults() {
+        let os = std::io::Error::from_raw_os_error;
+        for (errno, fault) in [
+            (libc::ENOSPC, Fault::DiskFull),
+            (libc::EDQUOT, Fault::DiskFull),
+            (libc::EACCES, Fault::NoPermission),
+            (libc::EROFS, Fault::NoPermission),
+            (libc::ENOENT, Fault::Missing),
+        ] {
+            let error = VariantError::io("cannot create a derived file", &os(errno));
+            assert!(
+                matches!(&error, VariantError::Host { fault: f, .. } if *f == fault),
+                "{error:?}"
+            );
+            assert!(!error.is_source_fault());
+        }
+        let gif = VariantError::of(Fault::Source, "ffmpeg failed: Invalid data".into());
+        assert!(matches!(gif, VariantError::Failed(_)) && gif.is_source_fault());
+        let slow = VariantError::of(Fault::TimedOut, "took longer than 1s".into());
+        assert!(matches!(slow, VariantError::TimedOut(_)) && !slow.is_source_fault());
+        let killed = VariantError::of(Fault::of_signal(libc::SIGKILL), "killed".into());
+        assert_eq!(killed.fault(), Some(Fault::Killed));
+        assert!(!killed.is_source_fault());
+        assert_eq!(VariantError::StillWorking.fault(), None);
+    }
+}
