@@ -17,6 +17,12 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Held by the tests of this file that move a lot of kernel TCP memory (hundreds of
+/// non-readers), so that the one that measures the host's TCP memory
+/// (`/proc/net/sockstat`) around a drop does not see another test's connections come
+/// and go meanwhile.
+static KERNEL_MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Reads `stream` to EOF at about `rate` bytes per second (a small read every 20 ms),
 /// giving up after `limit`. Returns everything read (head and body).
 async fn read_steadily(stream: &mut TcpStream, rate: usize, limit: Duration) -> Vec<u8> {
@@ -115,6 +121,7 @@ async fn a_client_reading_4_mib_steadily_at_128_kib_per_second_is_never_cut_off(
 
 #[tokio::test]
 async fn six_hundred_clients_that_never_read_a_20_mb_file_do_not_starve_normal_gif_requests() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
     let media = media_root();
     let gif = pattern(400_000, 9);
     write_file(&media.path().join("web/p/a.gif"), &gif);
@@ -196,6 +203,7 @@ async fn six_hundred_clients_that_never_read_a_20_mb_file_do_not_starve_normal_g
 
 #[tokio::test]
 async fn a_full_stalled_pool_closes_the_connection_stalled_longest() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
     let media = media_root();
     sparse_file(&media.path().join("web/p/big.gif"), 64 << 20);
     let server = start_with(media, |c| {
@@ -260,6 +268,7 @@ async fn a_full_stalled_pool_closes_the_connection_stalled_longest() {
 
 #[tokio::test]
 async fn a_stalled_client_that_reads_again_gets_every_byte_and_its_slot_back() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
     let media = media_root();
     let big = pattern(8 << 20, 5);
     write_file(&media.path().join("web/p/big.gif"), &big);
@@ -388,6 +397,7 @@ async fn ends_with_reset(stream: &mut TcpStream) -> bool {
 
 #[tokio::test]
 async fn non_readers_dropped_by_the_write_stall_timeout_leave_no_send_queue_in_the_kernel() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
     if !std::path::Path::new("/proc/net/tcp").exists() {
         println!("skipped: no /proc/net/tcp to read send queues from");
         return;
@@ -459,6 +469,7 @@ async fn non_readers_dropped_by_the_write_stall_timeout_leave_no_send_queue_in_t
 
 #[tokio::test]
 async fn non_readers_dropped_by_a_full_stalled_pool_leave_no_send_queue_in_the_kernel() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
     if !std::path::Path::new("/proc/net/tcp").exists() {
         println!("skipped: no /proc/net/tcp to read send queues from");
         return;
