@@ -140,6 +140,8 @@ fn derived(dir: &Path) -> (usize, u64) {
     };
     entries
         .flatten()
+        // Not the folder's naming key (`.oip-media-key`) or temp files.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|e| e.metadata().ok())
         .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
 }
