@@ -1,5 +1,8 @@
 //! Every route's memory under hostile input: peak and retained RssAnon of the
-//! `oip-media` binary, route by route.
+//! `oip-media` binary, route by route, and beside it the kernel's TCP memory
+//! (`/proc/net/sockstat` `mem`, the whole host's, above its level before the burst):
+//! its peak, and what is left at the burst's end (for held connections: just before the
+//! clients close them), where send queues of clients that read nothing show.
 //!
 //! Run: `cargo bench --bench hostile_memory`. The release binary runs as a child process
 //! (defaults, `WORKERS=2`) over a generated media root (exercise GIFs, GIFs at the pixel
@@ -82,10 +85,10 @@ fn main() {
         println!("idle RssAnon after warm-up: {} MiB", mib(start_rss));
         println!();
         println!(
-            "| route | hostile input | requests | answers | time | peak above idle (MiB) | retained after {:.0} s (MiB) |",
+            "| route | hostile input | requests | answers | time | peak above idle (MiB) | retained after {:.0} s (MiB) | kernel TCP peak (MiB) | kernel TCP at the burst's end (MiB) |",
             settle.as_secs_f64()
         );
-        println!("|---|---|---:|---|---:|---:|---:|");
+        println!("|---|---|---:|---|---:|---:|---:|---:|---:|");
         let mut worst_peak = (0, String::new());
         for burst in hostile::bursts(&corpus, scale) {
             if let Some(only) = &only
@@ -97,7 +100,7 @@ fn main() {
             let (tally, m) =
                 hostile::measure(&server, &burst, Duration::from_secs(30), settle).await;
             println!(
-                "| `{}` | {} | {} | {} | {:.1} s | {} | {} |",
+                "| `{}` | {} | {} | {} | {:.1} s | {} | {} | {} | {} |",
                 burst.route,
                 burst.input,
                 burst.count(),
@@ -105,6 +108,8 @@ fn main() {
                 m.elapsed.as_secs_f64(),
                 mib(m.peak_above_idle()),
                 mib(m.retained_above_idle()),
+                mib(m.kernel_peak_above_idle()),
+                mib(m.kernel_held_above_idle()),
             );
             if m.peak_above_idle() > worst_peak.0 {
                 worst_peak = (m.peak_above_idle(), format!("{} — {}", burst.route, burst.input));
@@ -135,6 +140,8 @@ fn derived(dir: &Path) -> (usize, u64) {
     };
     entries
         .flatten()
+        // Not the folder's naming key (`.oip-media-key`) or temp files.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|e| e.metadata().ok())
         .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
 }

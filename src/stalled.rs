@@ -11,7 +11,9 @@
 //! takes a place in this pool instead (`--max-stalled`, several times larger: a stalled
 //! body costs a connection's kernel send buffer and possibly a file descriptor, no CPU).
 //! When the pool is full, the body that has been stalled longest — the one least likely
-//! to ever finish — is dropped: its connection is closed. A normal request therefore
+//! to ever finish — is dropped: its connection is reset (`SO_LINGER` 0, see
+//! `server::timed_io`), so its kernel send queue is freed at once rather than kept in
+//! FIN-WAIT-1 for as long as the client holds its end open. A normal request therefore
 //! waits at most about 1.25 × `--stalled-after` behind non-reading clients (the socket
 //! checks progress four times per interval), and an attacker must keep opening
 //! connections faster than the pool turns over to hold any slot.

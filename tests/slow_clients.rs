@@ -17,6 +17,12 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Held by the tests of this file that move a lot of kernel TCP memory (hundreds of
+/// non-readers), so that the one that measures the host's TCP memory
+/// (`/proc/net/sockstat`) around a drop does not see another test's connections come
+/// and go meanwhile.
+static KERNEL_MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Reads `stream` to EOF at about `rate` bytes per second (a small read every 20 ms),
 /// giving up after `limit`. Returns everything read (head and body).
 async fn read_steadily(stream: &mut TcpStream, rate: usize, limit: Duration) -> Vec<u8> {
@@ -115,6 +121,7 @@ async fn a_client_reading_4_mib_steadily_at_128_kib_per_second_is_never_cut_off(
 
 #[tokio::test]
 async fn six_hundred_clients_that_never_read_a_20_mb_file_do_not_starve_normal_gif_requests() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
     let media = media_root();
     let gif = pattern(400_000, 9);
     write_file(&media.path().join("web/p/a.gif"), &gif);
@@ -196,6 +203,7 @@ async fn six_hundred_clients_that_never_read_a_20_mb_file_do_not_starve_normal_g
 
 #[tokio::test]
 async fn a_full_stalled_pool_closes_the_connection_stalled_longest() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
     let media = media_root();
     sparse_file(&media.path().join("web/p/big.gif"), 64 << 20);
     let server = start_with(media, |c| {
@@ -260,6 +268,7 @@ async fn a_full_stalled_pool_closes_the_connection_stalled_longest() {
 
 #[tokio::test]
 async fn a_stalled_client_that_reads_again_gets_every_byte_and_its_slot_back() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
     let media = media_root();
     let big = pattern(8 << 20, 5);
     write_file(&media.path().join("web/p/big.gif"), &big);
@@ -311,5 +320,203 @@ async fn a_stalled_client_that_reads_again_gets_every_byte_and_its_slot_back() {
         media_limiter.in_flight() == 0
     })
     .await;
+    server.stop().await;
+}
+
+/// A client that asks for `path` and never reads: a receive buffer of 4 KiB (so what the
+/// server queues stays in the server's send queue, not in this client's receive queue),
+/// `Connection: close`. Returns the stream and its local port.
+async fn non_reader(addr: std::net::SocketAddr, path: &str) -> (TcpStream, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let text = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(text.as_bytes()).await.expect("send");
+    let port = stream.local_addr().expect("local addr").port();
+    (stream, port)
+}
+
+/// One server-side socket of `/proc/net/tcp`: its state (`01` established, `04`
+/// FIN-WAIT-1 …), its peer's port and the bytes in its send queue.
+#[derive(Debug, Clone, Copy)]
+struct KernelSocket {
+    state: u8,
+    peer_port: u16,
+    tx_queue: u64,
+}
+
+/// Every IPv4 socket whose local port is `port` (the server's side of its connections,
+/// and its listening socket), from `/proc/net/tcp`.
+fn kernel_sockets(port: u16) -> Vec<KernelSocket> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let hex_port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if hex_port(f.get(1)?)? != port {
+                return None;
+            }
+            let (tx, _) = f.get(4)?.split_once(':')?;
+            Some(KernelSocket {
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                peer_port: hex_port(f.get(2)?)?,
+                tx_queue: u64::from_str_radix(tx, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// `/proc/net/sockstat`'s TCP `mem`, in bytes (the whole host's TCP sockets).
+fn kernel_tcp_memory() -> u64 {
+    oip_media::metrics::kernel_tcp_memory()
+}
+
+const FIN_WAIT_1: u8 = 0x04;
+
+/// The server's sockets of the connections from `ports` that still hold bytes to send.
+fn holding(server_port: u16, ports: &[u16]) -> Vec<KernelSocket> {
+    kernel_sockets(server_port)
+        .into_iter()
+        .filter(|s| ports.contains(&s.peer_port) && s.tx_queue > 0)
+        .collect()
+}
+
+/// Reads until the connection ends; true when it ended with a reset (not a clean EOF).
+async fn ends_with_reset(stream: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Err(_) => panic!("the dropped connection still sends after 10 s"),
+            Ok(Ok(0)) => return false,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+#[tokio::test]
+async fn non_readers_dropped_by_the_write_stall_timeout_leave_no_send_queue_in_the_kernel() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
+    if !std::path::Path::new("/proc/net/tcp").exists() {
+        println!("skipped: no /proc/net/tcp to read send queues from");
+        return;
+    }
+    let media = media_root();
+    sparse_file(&media.path().join("web/p/big.gif"), 32 << 20);
+    let server = start_with(media, |c| {
+        c.write_stall_timeout = Duration::from_secs(2);
+        c.stalled_after = Duration::from_millis(200);
+    })
+    .await;
+    let state = Arc::clone(server.server.app().state());
+    let port = server.addr.port();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(non_reader(server.addr, "/media/p/big.gif").await);
+    }
+    let ports: Vec<u16> = clients.iter().map(|(_, p)| *p).collect();
+    // Every body stalls, with its send queue full.
+    wait_until("all eight stall", Duration::from_secs(10), || {
+        state.admissions.media.stalled().len() == 8 && holding(port, &ports).len() == 8
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued: u64 = holding(port, &ports).iter().map(|s| s.tx_queue).sum();
+    let held = kernel_tcp_memory();
+    eprintln!("8 non-readers: {queued} bytes in the server's send queues, sockstat mem {held}");
+    assert!(queued > 8 * 16 * 1024, "the send queues filled ({queued})");
+
+    wait_until(
+        "the write-stall timeout drops them",
+        Duration::from_secs(10),
+        || state.connections.stall_timeouts.get() == 8,
+    )
+    .await;
+    // Closed abortively: no FIN-WAIT-1 socket holding data, for as long as the clients
+    // keep their ends open (checked for a second).
+    for _ in 0..10 {
+        let left = holding(port, &ports);
+        assert!(
+            left.is_empty(),
+            "dropped connections still hold send queues: {left:?}"
+        );
+        let fin_wait: Vec<_> = kernel_sockets(port)
+            .into_iter()
+            .filter(|s| s.state == FIN_WAIT_1 && s.tx_queue > 0)
+            .collect();
+        assert!(fin_wait.is_empty(), "FIN-WAIT-1 with data: {fin_wait:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = kernel_tcp_memory();
+    eprintln!("after the drop: sockstat mem {after} (was {held})");
+    assert!(
+        after + queued / 2 <= held,
+        "kernel TCP memory falls back by about what was queued ({held} -> {after}, {queued} queued)"
+    );
+    let metrics = get(server.addr, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metric(&text, "oip_media_kernel_tcp_memory_bytes").is_some_and(|v| v > 0.0),
+        "kernel TCP memory is a metric"
+    );
+    // The clients, still open, see a reset.
+    for (client, port) in &mut clients {
+        assert!(ends_with_reset(client).await, "client :{port} sees a reset");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn non_readers_dropped_by_a_full_stalled_pool_leave_no_send_queue_in_the_kernel() {
+    let _measured_alone = KERNEL_MEMORY.lock().await;
+    if !std::path::Path::new("/proc/net/tcp").exists() {
+        println!("skipped: no /proc/net/tcp to read send queues from");
+        return;
+    }
+    let media = media_root();
+    sparse_file(&media.path().join("web/p/big.gif"), 32 << 20);
+    let server = start_with(media, |c| {
+        c.max_in_flight = 2;
+        c.max_stalled = 2;
+        c.stalled_after = Duration::from_millis(200);
+    })
+    .await;
+    let state = Arc::clone(server.server.app().state());
+    let pool = state.admissions.media.stalled();
+    let port = server.addr.port();
+    let mut clients = Vec::new();
+    for i in 0..6usize {
+        clients.push(non_reader(server.addr, "/media/p/big.gif").await);
+        wait_until("the body stalls", Duration::from_secs(10), || {
+            pool.counters().entered.get() > i as u64
+        })
+        .await;
+    }
+    wait_until("four are dropped for room", Duration::from_secs(10), || {
+        pool.counters().dropped.get() >= 4
+    })
+    .await;
+    assert_eq!(
+        state.connections.stall_timeouts.get(),
+        0,
+        "the pool dropped them"
+    );
+    let dropped: Vec<u16> = clients[..4].iter().map(|(_, p)| *p).collect();
+    for _ in 0..10 {
+        let left = holding(port, &dropped);
+        assert!(
+            left.is_empty(),
+            "connections dropped from the pool still hold send queues: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (client, port) in &mut clients[..4] {
+        assert!(ends_with_reset(client).await, "client :{port} sees a reset");
+    }
+    // The two kept are not reset: they still hold their queues, and their bodies.
+    let kept: Vec<u16> = clients[4..].iter().map(|(_, p)| *p).collect();
+    assert_eq!(holding(port, &kept).len(), 2, "the kept ones are untouched");
+    drop(clients);
     server.stop().await;
 }

@@ -39,6 +39,8 @@ fn variants(derived: &Path) -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                // The folder's naming key is not a variant.
+                .filter(|name| name != ".oip-media-key")
                 .collect()
         })
         .unwrap_or_default();

@@ -221,11 +221,13 @@ impl Gifs {
         &self.counters
     }
 
-    /// Registers the work counters (`oip_media_gif_work_total{kind}`) and the decoding
+    /// Registers the work counters (`oip_media_gif_work_total{kind}`), the derived
+    /// folder's state (`oip_media_derived_*`) and the decoding
     /// workers' admission (`oip_media_gif_workers_*`: slots in use, waiting decodes,
     /// admitted and shed).
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         self.counters.register(registry);
+        self.derived.register(registry);
         self.workers
             .register(registry.sub_registry_with_prefix("gif_workers"));
     }
@@ -334,7 +336,7 @@ impl Gifs {
         width: Option<u32>,
         format: StillFormat,
     ) -> Result<Still, GifError> {
-        let name = derived::still_name(identity, width, format.extension());
+        let name = self.derived.still_name(identity, width, format.extension());
         if self.derived_contains(&name).await? {
             return Ok(Still { name, fresh: None });
         }
@@ -362,19 +364,22 @@ impl Gifs {
                     .await;
                 // Writing (temp file, fsync, rename) and the eviction scan it may start
                 // are filesystem work: on the filesystem pool, not a render worker. When
-                // the pool cannot take it, the PNG in hand is still the answer; the next
-                // request finds no file and renders again.
+                // the pool cannot take it, or the folder cannot be written (unusable,
+                // read-only, full: the folder reports it), the image in hand is still
+                // the answer; the next request finds no file and renders again.
                 let stored = match rendered {
                     Ok(png) => {
                         let written = png.clone();
                         match self.fs.run(move || derived.store(&key, &written)).await {
-                            Ok(Ok(())) => Ok(png),
-                            Ok(Err(e)) => Err(GifError::Io(format!("cannot write still: {e}"))),
+                            Ok(Ok(())) => {}
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "still rendered but not written; answered from memory");
+                            }
                             Err(busy) => {
                                 tracing::debug!(%busy, "still rendered but not written");
-                                Ok(png)
                             }
                         }
+                        Ok(png)
                     }
                     Err(error) => Err(error),
                 };

@@ -17,8 +17,8 @@ pub fn healthz() -> Response<Body> {
 }
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
-/// GUN relay's and the transcoder's states are reported too but do not fail readiness,
-/// since GIF serving depends on neither. The directory checks run on the filesystem
+/// GUN relay's, the transcoder's and the derived folder's states are reported too but
+/// do not fail readiness, since GIF serving depends on none of them. The directory checks run on the filesystem
 /// pool: when it cannot answer in time (a hung mount, a saturated pool) the service is
 /// not ready, and says so promptly instead of hanging the probe.
 pub async fn readyz(state: &AppState) -> Response<Body> {
@@ -27,9 +27,13 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         .into_iter()
         .map(|(name, path)| (name, path.to_path_buf()))
         .collect();
+    let derived = state.gifs.shared_derived();
     let checked = state
         .fs
         .run(move || {
+            // The derived folder is checked (re-created if missing) as any use would;
+            // its state is reported below.
+            let _ = derived.check();
             roots
                 .into_iter()
                 .map(|(name, path)| {
@@ -62,6 +66,9 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         "gun": state.gun_status(),
         // Reported, never failing readiness: GIFs are served without it.
         "transcoder": state.transcoder.status(),
+        // Reported, never failing readiness: GIFs are served without it, and stills
+        // from memory while it is unusable.
+        "derived": state.gifs.derived().status(),
     });
     if let Some(filesystem) = filesystem {
         body["filesystem"] = filesystem.into();

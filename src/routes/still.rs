@@ -214,12 +214,19 @@ pub async fn respond(
             Err(StoreError::NotFound) => {
                 if let Some(image) = still.fresh {
                     // Evicted the moment it was written (a derived bound smaller than
-                    // one still): answer from the bytes we rendered.
+                    // one still), never written (the folder is unusable, read-only or
+                    // full), or refused: answer from the bytes we rendered.
                     let file = in_memory(image);
                     return file_response::respond(method, headers, &file, describe, chunk);
                 }
             }
             Err(error) => {
+                if let Some(image) = still.fresh {
+                    // Rendered by this request: the bytes in hand are the answer, whatever
+                    // became of the file.
+                    let file = in_memory(image);
+                    return file_response::respond(method, headers, &file, describe, chunk);
+                }
                 tracing::error!(name = %still.name, %error, "cannot serve still");
                 return response::json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -34,6 +34,16 @@
 //!   being dropped from that pool ([`SendProgress::poll_evicted`]);
 //! - no progress for `write_stall` fails the write with `TimedOut`, as before.
 //!
+//! # A connection dropped for stalling is reset, not closed
+//! Both drops (the write-stall timeout, and the stalled pool making room) make the
+//! socket's close abortive first ([`SendProgress::abort_on_close`]: `SO_LINGER` with a
+//! zero timeout, as nginx's `reset_timedout_connection`). A graceful close of a socket
+//! whose peer reads nothing leaves it in FIN-WAIT-1 holding its whole send queue — up to
+//! the autotuned 4 MiB — for as long as the peer keeps its end open: 100 non-readers of a
+//! 20 MB file held 280 MB of kernel memory after the drop. Reset, the queue is freed
+//! when the descriptor closes and the client sees `ECONNRESET`. Normal closes (a
+//! response finished, a keep-alive or header timeout with nothing queued) stay graceful.
+//!
 //! Where the transport cannot tell acknowledged bytes (`None`), only a write that
 //! completes counts as progress: the old rule.
 
@@ -91,6 +101,11 @@ pub trait SendProgress {
     fn poll_evicted(&self, _cx: &mut Context<'_>) -> bool {
         false
     }
+
+    /// The connection is being dropped for stalling (the write-stall timeout, or the
+    /// stalled pool made room): make its close abortive, so the kernel frees its send
+    /// queue at once instead of keeping it for a client that reads nothing.
+    fn abort_on_close(&self) {}
 }
 
 /// A write waiting on the socket, and the progress seen since it started waiting.
@@ -310,6 +325,7 @@ impl<T: AsyncWrite + SendProgress + Unpin> TimedIo<T> {
         };
         let result = loop {
             if self.stalled && self.io.poll_evicted(cx) {
+                self.io.abort_on_close();
                 break Poll::Ready(Err(timed_out(
                     "client stalled longest: dropped to make room in the stalled pool",
                 )));
@@ -332,6 +348,7 @@ impl<T: AsyncWrite + SendProgress + Unpin> TimedIo<T> {
             let idle = now.saturating_duration_since(waiting.last_progress);
             if idle >= self.timeouts.write_stall {
                 self.counters.stall_timeouts.inc();
+                self.io.abort_on_close();
                 break Poll::Ready(Err(timed_out("client stopped reading")));
             }
             if idle >= self.timeouts.stalled_after {
@@ -480,6 +497,7 @@ mod tests {
         resumes: Arc<std::sync::atomic::AtomicUsize>,
         evicted: Arc<std::sync::atomic::AtomicBool>,
         evict_waker: Arc<futures_util::task::AtomicWaker>,
+        aborts: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Draining {
@@ -492,6 +510,9 @@ mod tests {
         }
         fn resumes(&self) -> usize {
             self.resumes.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn aborts(&self) -> usize {
+            self.aborts.load(std::sync::atomic::Ordering::Relaxed)
         }
         fn evict(&self) {
             self.evicted
@@ -543,6 +564,10 @@ mod tests {
             self.evict_waker.register(cx.waker());
             self.evicted.load(std::sync::atomic::Ordering::Relaxed)
         }
+        fn abort_on_close(&self) {
+            self.aborts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn busy_writer(socket: &Draining) -> TimedIo<Draining> {
@@ -565,6 +590,7 @@ mod tests {
         }
         assert!(!write.is_finished(), "not cut off while making progress");
         assert_eq!(socket.stalls(), 0, "never reported stalled");
+        assert_eq!(socket.aborts(), 0, "nothing to reset yet");
         // The peer stops acknowledging: stalled after `stalled_after`, dropped after
         // `write_stall`, both counted from the last progress.
         let stopped = Instant::now();
@@ -576,6 +602,11 @@ mod tests {
         assert!(
             took >= Duration::from_millis(4600) && took <= Duration::from_millis(5400),
             "write-stall timeout from the last progress ({took:?})"
+        );
+        assert_eq!(
+            socket.aborts(),
+            1,
+            "dropped for stalling: reset, not closed"
         );
     }
 
@@ -598,11 +629,17 @@ mod tests {
         assert!(socket.stalls() > stalls, "stalled again");
         // The stalled pool drops this connection: the write fails without waiting for
         // the write-stall timeout.
+        assert_eq!(socket.aborts(), 0, "stalled is not dropped");
         let evicted = Instant::now();
         socket.evict();
         let err = write.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(evicted.elapsed() < Duration::from_millis(10), "at once");
+        assert_eq!(
+            socket.aborts(),
+            1,
+            "dropped from the pool: reset, not closed"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,6 +57,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use rustix::net::{SendAncillaryBuffer, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -386,6 +387,13 @@ impl SendProgress for ZeroCopyIo {
 
     fn poll_evicted(&self, cx: &mut Context<'_>) -> bool {
         self.outbox.poll_evicted(cx)
+    }
+
+    fn abort_on_close(&self) {
+        // Takes effect when hyper drops the connection, right after the failed write.
+        if let Err(error) = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(%error, "cannot set SO_LINGER 0 on a dropped connection");
+        }
     }
 }
 

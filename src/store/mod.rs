@@ -242,12 +242,24 @@ impl StoreError {
     }
 }
 
+/// How a root whose files must be checked before they are served opens them: the
+/// derived folder ([`crate::gif::derived`]) checks the folder and then the file, on the
+/// descriptors it opened, so a file planted by another user is never served. Called on
+/// the filesystem pool, for every mapping and every revalidation of the root's files.
+pub trait GuardedOpen: Send + Sync + std::fmt::Debug {
+    /// Opens `relative` (a checked relative path) and returns it with its metadata, or
+    /// refuses it (`PermissionDenied`, which the store answers as "not found").
+    fn open_checked(&self, relative: &Path) -> Result<(File, Metadata), OpenError>;
+}
+
 /// A media root, canonicalised once so that confinement checks compare real paths.
 #[derive(Debug, Clone)]
 pub struct Root {
     canonical: PathBuf,
     /// Names this root in the mapping cache's keys (see [`MapKey`]).
     id: u32,
+    /// Opens (and checks) its files instead of the plain confined open.
+    guard: Option<Arc<dyn GuardedOpen>>,
 }
 
 /// Hands out [`Root::id`]s.
@@ -266,7 +278,15 @@ impl Root {
         Ok(Root {
             canonical,
             id: NEXT_ROOT_ID.fetch_add(1, Ordering::Relaxed),
+            guard: None,
         })
+    }
+
+    /// Like [`Root::open`], for a root whose files `guard` opens and checks.
+    pub fn guarded(path: &Path, guard: Arc<dyn GuardedOpen>) -> io::Result<Root> {
+        let mut root = Root::open(path)?;
+        root.guard = Some(guard);
+        Ok(root)
     }
 
     /// The canonical path of the root.
@@ -509,7 +529,17 @@ impl Store {
             }
             let full = root.canonical.join(relative);
             let path = full.clone();
-            match self.fs.run(move || std::fs::metadata(&path)).await {
+            let (guard, guarded) = (root.guard.clone(), relative.to_path_buf());
+            let stat = move || match guard {
+                Some(guard) => guard.open_checked(&guarded).map(|(_, meta)| meta).map_err(
+                    |error| match error {
+                        OpenError::Io(error) => error,
+                        OpenError::NotRegular => io::ErrorKind::NotFound.into(),
+                    },
+                ),
+                None => std::fs::metadata(&path),
+            };
+            match self.fs.run(stat).await {
                 Ok(Ok(meta)) if FileIdentity::of(&meta) == entry.file.identity => {
                     entry.checked_ns.fetch_max(checking, Ordering::Relaxed);
                     self.counters.revalidated.inc();
@@ -562,9 +592,15 @@ fn map_confined(
     relative: &Path,
     max_file_size: u64,
 ) -> Result<MappedFile, StoreError> {
-    let canonical = root.resolve(relative)?;
-    let (file, meta) =
-        open_regular(&canonical).map_err(|error| StoreError::from_open(&canonical, error))?;
+    let (file, meta) = match &root.guard {
+        Some(guard) => guard
+            .open_checked(relative)
+            .map_err(|error| StoreError::from_open(relative, error))?,
+        None => {
+            let canonical = root.resolve(relative)?;
+            open_regular(&canonical).map_err(|error| StoreError::from_open(&canonical, error))?
+        }
+    };
     if meta.len() > max_file_size {
         return Err(StoreError::TooLarge {
             len: meta.len(),

@@ -357,7 +357,7 @@ impl Transcoder {
         let recipe = self.recipe(format)?;
         Ok(format!(
             "variant-{}-{}.{}",
-            derived::identity_part(identity),
+            self.inner.derived.identity_part(identity),
             recipe.tag,
             format.name()
         ))

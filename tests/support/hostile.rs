@@ -150,6 +150,10 @@ impl Corpus {
             heavy.push(name);
         }
         write(&web.join("range.bin"), &vec![7u8; 1 << 20]);
+        // 20 MB for the non-readers, sparse: reads as zeros, no disk written.
+        std::fs::File::create(web.join("big.bin"))
+            .and_then(|f| f.set_len(20_000_000))
+            .expect("sparse file");
 
         let manifest = serde_json::to_vec(&serde_json::json!({
             "mimeType": "image/gif",
@@ -361,6 +365,8 @@ pub fn put_body(soul: &str, len: usize) -> Vec<u8> {
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub statuses: BTreeMap<u16, usize>,
+    /// Kernel TCP memory read just before a burst of held connections closed them.
+    pub kernel_held: Option<u64>,
 }
 
 impl Tally {
@@ -445,6 +451,14 @@ pub enum Work {
         chunk: usize,
         pause: Duration,
     },
+    /// `count` clients that ask for `target` (a large file) with a 4 KiB receive buffer
+    /// and never read, held open for `hold` (past the write-stall timeout, so the server
+    /// drops them while they are still open), then closed.
+    NonReaders {
+        count: usize,
+        target: &'static str,
+        hold: Duration,
+    },
     /// `count` connections opened and held for `hold`; every other one sends the start
     /// of a request head, `head_bytes` long, that it never finishes.
     Idle {
@@ -488,6 +502,7 @@ impl Burst {
         match &self.work {
             Work::Requests { count, .. }
             | Work::SlowPosts { count, .. }
+            | Work::NonReaders { count, .. }
             | Work::Idle { count, .. } => *count,
         }
     }
@@ -547,6 +562,36 @@ impl Burst {
                 }
                 for task in tasks {
                     tally.add(task.await.unwrap_or(0));
+                }
+            }
+            Work::NonReaders {
+                count,
+                target,
+                hold,
+            } => {
+                let mut held = Vec::with_capacity(*count);
+                for _ in 0..*count {
+                    let connected = async {
+                        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+                        socket.set_recv_buffer_size(4096).ok()?;
+                        let mut stream = socket.connect(addr).await.ok()?;
+                        let head = format!(
+                            "GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+                        );
+                        stream.write_all(head.as_bytes()).await.ok()?;
+                        Some(stream)
+                    };
+                    match connected.await {
+                        Some(stream) => held.push(stream),
+                        None => tally.add(0),
+                    }
+                }
+                tokio::time::sleep(*hold).await;
+                // What the kernel holds now, the clients still open (the server has
+                // dropped them by now if `hold` is past its write-stall timeout).
+                tally.kernel_held = Some(oip_media::metrics::kernel_tcp_memory());
+                for _ in held {
+                    tally.add(0);
                 }
             }
             Work::Idle {
@@ -879,6 +924,15 @@ pub fn bursts(corpus: &Corpus, scale: f64) -> Vec<Burst> {
         },
     ));
     list.push(Burst {
+        route: "/media/<file>",
+        input: "100 clients that never read a 20 MB file (4 KiB receive buffers), held 23 s: past the 20 s write-stall timeout".into(),
+        work: Work::NonReaders {
+            count: n(100),
+            target: "/media/fitnessally/big.bin",
+            hold: Duration::from_secs(23),
+        },
+    });
+    list.push(Burst {
         route: "(connections)",
         input: "2,000 idle connections held 3 s, half with 40 bytes of a request head".into(),
         work: Work::Idle {
@@ -958,9 +1012,17 @@ fn variants_burst(
 
 // ---------------------------------------------------------------- measuring
 
-/// RssAnon around one burst, in bytes.
+/// RssAnon (and the host's kernel TCP memory) around one burst, in bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {
+    /// Kernel TCP memory (`/proc/net/sockstat` `mem`) before the burst: the whole
+    /// host's, so only what a burst adds is its own.
+    pub kernel_idle: u64,
+    /// Highest kernel TCP memory seen while it ran (sampled every 20 ms).
+    pub kernel_peak: u64,
+    /// Kernel TCP memory just before a burst of held connections closed them (the
+    /// server had dropped them by then), or at the burst's end.
+    pub kernel_held: u64,
     /// Before the burst.
     pub idle: u64,
     /// Highest seen while it ran (sampled every 5 ms).
@@ -979,6 +1041,14 @@ impl Measured {
     pub fn retained_above_idle(&self) -> u64 {
         self.retained.saturating_sub(self.idle)
     }
+
+    pub fn kernel_peak_above_idle(&self) -> u64 {
+        self.kernel_peak.saturating_sub(self.kernel_idle)
+    }
+
+    pub fn kernel_held_above_idle(&self) -> u64 {
+        self.kernel_held.saturating_sub(self.kernel_idle)
+    }
 }
 
 /// Fires `burst` at `server` while sampling its RssAnon; reads it again `settle` after.
@@ -989,18 +1059,39 @@ pub async fn measure(
     settle: Duration,
 ) -> (Tally, Measured) {
     let idle = server.rss_anon();
+    let kernel_idle = oip_media::metrics::kernel_tcp_memory();
+    let kernel_sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let kernel_sampler = {
+        let sampling = Arc::clone(&kernel_sampling);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(oip_media::metrics::kernel_tcp_memory());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
     let sampler = server.sample();
     let started = Instant::now();
     let tally = burst.run(server.addr, deadline).await;
     let elapsed = started.elapsed();
+    let kernel_held = tally
+        .kernel_held
+        .unwrap_or_else(oip_media::metrics::kernel_tcp_memory);
     // Keep sampling a little: a burst's memory can peak as its last answers go out.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let peak = sampler.stop();
+    kernel_sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let kernel_peak = kernel_sampler.join().unwrap_or(0);
     tokio::time::sleep(settle).await;
     let retained = server.rss_anon();
     (
         tally,
         Measured {
+            kernel_idle,
+            kernel_peak,
+            kernel_held,
             idle,
             peak,
             retained,
