@@ -3,8 +3,11 @@
 //! Body: `{"records": [record, …]}` or `{"record": record}`, plus the options
 //! `resolveDepth`, `resolveNamesOnly`, `resolveFieldName` as JSON fields or as query
 //! parameters (a JSON field wins over a query parameter of the same name). Answer:
-//! `{"records": […], "stats": {…}}` (or `{"record": {…}, "stats": {…}}`), the stats
-//! being [`ResolveStats`](crate::resolve::ResolveStats) in camelCase.
+//! `{"records": […], "stats": {…}, "recordStats": […]}` (or `{"record": {…}, "stats":
+//! {…}, "recordStats": [{…}]}`): `stats` is the whole request's
+//! [`ResolveStats`](crate::resolve::ResolveStats), `recordStats` one
+//! [`RecordStats`](crate::resolve::RecordStats) per record, index by index with
+//! `records` (one element for `record`), each in camelCase with its `boundsHit`.
 //!
 //! Every outcome before resolution is decided first ([`read_body`], [`parse_input`])
 //! and then turned into a response: 400 with a JSON error naming what is wrong, 413
@@ -195,11 +198,16 @@ where
     Ok((parts.uri.query().map(str::to_owned), bytes))
 }
 
-/// The answer `{"records":[…],"stats":{…}}` (or `{"record":…,"stats":…}`), written
-/// straight into the response's byte segments one record at a time; each record's
-/// tree is dropped as soon as it is written.
+/// The answer `{"records":[…],"stats":{…},"recordStats":[…]}` (or
+/// `{"record":…,"stats":…,"recordStats":[…]}`), written straight into the response's
+/// byte segments one record at a time; each record's tree is dropped as soon as it is
+/// written.
 pub fn answer(resolution: Resolution, single: bool) -> Response<Body> {
-    let Resolution { records, stats } = resolution;
+    let Resolution {
+        records,
+        stats,
+        record_stats,
+    } = resolution;
     let mut out = Segments::default();
     // Writing into memory cannot fail (`Segments::write_str` never errs), and a
     // `Value` or the derived stats always serialize.
@@ -216,14 +224,14 @@ pub fn answer(resolution: Resolution, single: bool) -> Response<Body> {
         }
         out.write_char(']')
     };
-    match serde_json::to_string(&stats) {
-        Ok(stats) => {
-            let _ = write!(out, ",\"stats\":{stats}}}");
-        }
-        Err(_) => {
-            let _ = out.write_char('}');
-        }
+    // The derived stats always serialize (plain numbers, booleans and enum names).
+    if let Ok(stats) = serde_json::to_string(&stats) {
+        let _ = write!(out, ",\"stats\":{stats}");
     }
+    if let Ok(record_stats) = serde_json::to_string(&record_stats) {
+        let _ = write!(out, ",\"recordStats\":{record_stats}");
+    }
+    let _ = out.write_char('}');
     let (segments, len) = out.finish();
     let mut response = Response::new(Body::from_segments(segments, crate::body::DEFAULT_CHUNK));
     let headers = response.headers_mut();
