@@ -518,6 +518,61 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A URL setting that may carry credentials as user-info (`https://user:pass@host`, as
+/// some deployments write `ELASTICSEARCHHOST`). Its `Debug` prints the URL without the
+/// user-info, so the start-up "effective configuration" line never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlSetting(String);
+
+impl UrlSetting {
+    /// The URL as configured, user-info included, for the one component that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its user-info: what may be logged. A value that is not a URL
+    /// with a host is shown only from its last `@` on.
+    pub fn redacted(&self) -> String {
+        match reqwest::Url::parse(self.0.trim()) {
+            Ok(mut url) if url.has_host() => {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.to_string()
+            }
+            _ => match self.0.rsplit_once('@') {
+                Some((_, host)) => format!("<redacted>@{host}"),
+                None => self.0.clone(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for UrlSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::str::FromStr for UrlSetting {
+    type Err = std::convert::Infallible;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(UrlSetting(raw.to_owned()))
+    }
+}
+
+impl From<String> for UrlSetting {
+    fn from(raw: String) -> Self {
+        UrlSetting(raw)
+    }
+}
+
+impl From<&str> for UrlSetting {
+    fn from(raw: &str) -> Self {
+        UrlSetting(raw.to_owned())
+    }
+}
+
 impl Config {
     /// The number of serving threads `--workers` asks for: its value, or one per core
     /// this process may run on (its CPU affinity and cgroup quota) when it is 0.
@@ -977,14 +1032,33 @@ pub struct TranscodeSettings {
 /// record cache may hold.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResolverSettings {
-    /// The indexer's Elasticsearch URL (`http://host:9200`). Every reference is looked
-    /// up there first, `did:gun:` ones included (the indexer's GUN sync indexes GUN
-    /// records); only `did:gun:` ones it lacks then go to the GUN relay. Without it,
-    /// references other than `did:gun:` stay unresolved and responses count them in
-    /// `unresolvedNoSource`. Plain `http` only: Elasticsearch sits on the indexer's
-    /// private network.
+    /// The indexer's Elasticsearch URL (`http://host:9200`, or `https://` as
+    /// Elasticsearch 8 serves by default). Every reference is looked up there first,
+    /// `did:gun:` ones included (the indexer's GUN sync indexes GUN records); only
+    /// `did:gun:` ones it lacks then go to the GUN relay. Without it, references other
+    /// than `did:gun:` stay unresolved and responses count them in
+    /// `unresolvedNoSource`. User-info in the URL (`https://user:pass@host:9200`) is
+    /// taken as the credentials when `ELASTICCLIENTUSERNAME` is not set, and is never
+    /// logged.
     #[arg(long, env = "ELASTICSEARCHHOST")]
-    pub elasticsearch_host: Option<String>,
+    pub elasticsearch_host: Option<UrlSetting>,
+
+    /// User of HTTP basic auth to Elasticsearch: the indexer's variable, which its
+    /// client always sends. Unset (and no user-info in the URL): no credentials.
+    #[arg(long, env = "ELASTICCLIENTUSERNAME")]
+    pub elastic_username: Option<String>,
+
+    /// Password of HTTP basic auth to Elasticsearch (the indexer's variable). Prefer
+    /// the environment variable to the flag, which other users of the host can see in
+    /// the process list. Never logged.
+    #[arg(long, env = "ELASTICCLIENTPASSWORD", hide_env_values = true)]
+    pub elastic_password: Option<Secret>,
+
+    /// PEM file of CA certificates trusted for an `https://` Elasticsearch, besides
+    /// the system's roots: Elasticsearch 8's `config/certs/http_ca.crt`. Read at
+    /// start-up; a file that cannot be read or holds no certificate stops the start.
+    #[arg(long, env = "ELASTIC_CA_FILE")]
+    pub elastic_ca_file: Option<PathBuf>,
 
     /// Time one Elasticsearch search may take before its references are left
     /// unresolved (default 10s). A level's whole batch is one query, so this bounds
@@ -1156,7 +1230,10 @@ mod tests {
             "2",
         ]);
         assert_eq!(
-            c.resolver.elasticsearch_host.as_deref(),
+            c.resolver
+                .elasticsearch_host
+                .as_ref()
+                .map(UrlSetting::expose),
             Some("http://es:9200")
         );
         assert_eq!(c.resolver.resolve_max_depth, 2);
@@ -1396,6 +1473,41 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn elasticsearch_credentials_never_show_in_debug_output() {
+        let c = Config::parse_from([
+            "oip-media",
+            "--elasticsearch-host",
+            "https://urluser:urlpass-s3cret@es.internal:9200/prefix",
+            "--elastic-username",
+            "elastic",
+            "--elastic-password",
+            "pw-hunter2",
+            "--elastic-ca-file",
+            "/certs/http_ca.crt",
+        ]);
+        let r = &c.resolver;
+        assert_eq!(
+            r.elasticsearch_host.as_ref().map(UrlSetting::expose),
+            Some("https://urluser:urlpass-s3cret@es.internal:9200/prefix")
+        );
+        assert_eq!(
+            r.elastic_password.as_ref().map(Secret::expose),
+            Some("pw-hunter2")
+        );
+        let printed = format!("{c:?}");
+        for hidden in ["pw-hunter2", "urlpass-s3cret", "urluser", "@es.internal"] {
+            assert!(!printed.contains(hidden), "{hidden} in {printed}");
+        }
+        assert!(
+            printed.contains("https://es.internal:9200/prefix"),
+            "{printed}"
+        );
+        // A value that is not a URL still hides what comes before its `@`.
+        let odd = UrlSetting::from("u:p@ not a url");
+        assert_eq!(format!("{odd:?}"), "\"<redacted>@ not a url\"");
     }
 
     #[test]

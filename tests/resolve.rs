@@ -20,7 +20,7 @@ fn settings() -> ResolverSettings {
 
 fn with_elastic(es: &ElasticStandIn) -> ResolverSettings {
     let mut settings = settings();
-    settings.elasticsearch_host = Some(es.url());
+    settings.elasticsearch_host = Some(es.url().into());
     settings
 }
 
@@ -655,7 +655,7 @@ async fn gun_and_elasticsearch_references_resolve_side_by_side() {
     let es = ElasticStandIn::start(vec![e.clone()], vec![]).await;
     let es_url = es.url();
     let (relay, resolver, _) = over_relay_with(std::slice::from_ref(&g), |c| {
-        c.resolver.elasticsearch_host = Some(es_url);
+        c.resolver.elasticsearch_host = Some(es_url.into());
     })
     .await;
     let root = rec(
@@ -722,7 +722,7 @@ async fn over_both(
     let es = ElasticStandIn::start(in_elastic, vec![]).await;
     let es_url = es.url();
     let (relay, resolver, client) = over_relay_with(on_relay, |c| {
-        c.resolver.elasticsearch_host = Some(es_url);
+        c.resolver.elasticsearch_host = Some(es_url.into());
     })
     .await;
     (relay, es, resolver, client)

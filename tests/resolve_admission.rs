@@ -26,7 +26,7 @@ impl Fixture {
         let media = tempfile::tempdir().unwrap();
         std::fs::create_dir(media.path().join("web")).unwrap();
         let mut config = Config::for_media_dir(media.path());
-        config.resolver.elasticsearch_host = Some(es.url());
+        config.resolver.elasticsearch_host = Some(es.url().into());
         adjust(&mut config);
         let server = oip_media::server::start(config).await.unwrap();
         Fixture {

@@ -23,7 +23,7 @@ impl Fixture {
         let es = ElasticStandIn::start(records, vec![]).await;
         let url = es.url();
         let server = TestServer::start(|config| {
-            config.resolver.elasticsearch_host = Some(url);
+            config.resolver.elasticsearch_host = Some(url.into());
             adjust(config);
         })
         .await;
@@ -333,7 +333,7 @@ async fn an_unusable_elasticsearch_url_stops_the_start() {
     let media = tempfile::tempdir().unwrap();
     std::fs::create_dir(media.path().join("web")).unwrap();
     let mut config = Config::for_media_dir(media.path());
-    config.resolver.elasticsearch_host = Some("https://es:9200".into());
+    config.resolver.elasticsearch_host = Some("ftp://es:21".into());
     let error = oip_media::server::start(config).await.err().unwrap();
     assert!(error.to_string().contains("ELASTICSEARCHHOST"), "{error}");
 }

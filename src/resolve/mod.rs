@@ -45,7 +45,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 pub use cache::{CachedRecord, FoundRecord, RecordCache};
-pub use elastic::{ElasticError, ElasticSetupError, ElasticSource};
+pub use elastic::{
+    ElasticAccess, ElasticError, ElasticHealth, ElasticSetupError, ElasticSource, FailureKind,
+};
 pub use gun_source::GunSource;
 pub use options::{FieldFilter, OptionsError, ResolveOptions};
 pub use source::{Batch, Fetched, MemorySource, RecordSource, SourceKind, Sources};
@@ -78,12 +80,21 @@ pub enum ResolverSetupError {
 /// One per process, shared by every request (`Arc<Resolver>` in the app state).
 pub struct Resolver {
     sources: Sources,
+    /// What `/readyz` and `/metrics` show of Elasticsearch, when it is configured.
+    elastic: Option<ElasticView>,
     cache: RecordCache,
     counters: ResolverCounters,
     max_depth: u32,
     budget: u64,
     max_output_bytes: u64,
     timeout: Duration,
+}
+
+/// How Elasticsearch is reached and how it has answered, without its URL.
+struct ElasticView {
+    https: bool,
+    credentials: bool,
+    health: Arc<ElasticHealth>,
 }
 
 impl Resolver {
@@ -95,17 +106,46 @@ impl Resolver {
         settings: &ResolverSettings,
         gun: Option<Arc<GunClient>>,
     ) -> Result<Resolver, ResolverSetupError> {
-        let indexed = match &settings.elasticsearch_host {
-            Some(host) if !host.trim().is_empty() => Some(Arc::new(ElasticSource::new(
-                host,
-                settings.elasticsearch_timeout,
-            )?) as Arc<dyn RecordSource>),
+        let elastic = match &settings.elasticsearch_host {
+            Some(host) if !host.expose().trim().is_empty() => {
+                Some(ElasticSource::with_access(&ElasticAccess {
+                    host: host.expose().to_owned(),
+                    timeout: settings.elasticsearch_timeout,
+                    username: settings.elastic_username.clone(),
+                    password: settings.elastic_password.clone(),
+                    ca_file: settings.elastic_ca_file.clone(),
+                })?)
+            }
             _ => None,
         };
+        let view = elastic.as_ref().map(|source| ElasticView {
+            https: source.is_https(),
+            credentials: source.has_credentials(),
+            health: Arc::clone(source.health()),
+        });
+        let indexed = elastic.map(|source| Arc::new(source) as Arc<dyn RecordSource>);
         let gun = gun.map(|client| {
             Arc::new(GunSource::new(client, settings.resolve_concurrency)) as Arc<dyn RecordSource>
         });
-        Ok(Resolver::with_sources(settings, Sources { gun, indexed }))
+        let mut resolver = Resolver::with_sources(settings, Sources { gun, indexed });
+        resolver.elastic = view;
+        Ok(resolver)
+    }
+
+    /// Elasticsearch's state for `/readyz`: whether it is configured, over TLS, with
+    /// credentials, and how the last search went (`unknown`, `ok`, or the kind of its
+    /// failure: `auth`, `tls`, `connect`, `timeout`, `status`, `response`). Never its
+    /// URL or user. Reported, never failing readiness: media is served without it.
+    pub fn elastic_status(&self) -> serde_json::Value {
+        match &self.elastic {
+            None => serde_json::json!({ "configured": false }),
+            Some(view) => serde_json::json!({
+                "configured": true,
+                "https": view.https,
+                "credentials": view.credentials,
+                "state": view.health.state(),
+            }),
+        }
     }
 
     /// A resolver over the given sources (tests, or records from elsewhere), with the
@@ -113,6 +153,7 @@ impl Resolver {
     pub fn with_sources(settings: &ResolverSettings, sources: Sources) -> Resolver {
         Resolver {
             sources,
+            elastic: None,
             cache: RecordCache::new(
                 settings.record_cache_entries,
                 settings.record_cache_bytes,
@@ -142,6 +183,12 @@ impl Resolver {
     pub fn register(self: &Arc<Self>, registry: &mut prometheus_client::registry::Registry) {
         use crate::metrics::ReadAtScrape;
         self.counters.register(registry);
+        // Registered whether or not Elasticsearch is configured, so dashboards and
+        // alerts see the same series everywhere (all zero without it).
+        match &self.elastic {
+            Some(view) => view.health.register(registry),
+            None => ElasticHealth::default().register(registry),
+        }
         let resolver = Arc::downgrade(self);
         registry.register(
             "resolve_cache_entries",
