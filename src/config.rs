@@ -1072,11 +1072,15 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_MAX_DEPTH", default_value_t = 4)]
     pub resolve_max_depth: u32,
 
-    /// Most distinct references one request may look up, cached or not (default 1000).
-    /// Past it, remaining references stay DIDs and the response says
-    /// `budgetExhausted: true`. Counting cache hits too keeps a response the same
-    /// whatever the cache holds.
-    #[arg(long, env = "RESOLVE_BUDGET", default_value_t = 1000)]
+    /// Most distinct references one request may look up, cached or not (default 2500).
+    /// Past it, remaining references stay DIDs, the response says
+    /// `budgetExhausted: true` and each record cut short says `"budget"` in its
+    /// `recordStats[i].boundsHit`. Counting cache hits too keeps a response the same
+    /// whatever the cache holds. Per request, i.e. per page: a page of 100 workouts of
+    /// 6 exercises each with 2 references of their own needs at most 100 × (6 + 12) =
+    /// 1,800 lookups at depth 2, however little the page shares. The records looked up
+    /// are held until the answer is built: at ~8 KiB each, 2,500 is ~20 MiB.
+    #[arg(long, env = "RESOLVE_BUDGET", default_value_t = 2500)]
     pub resolve_budget: usize,
 
     /// Most bytes of memory the records of one answer may take (default 32MiB):
@@ -1090,7 +1094,10 @@ pub struct ResolverSettings {
     /// exercises → their demo-GIF collections and equipment → images): one workout
     /// takes under 1 MiB, a listing of 16 about 13 MiB (3.8 MB of JSON); 32MiB holds
     /// that listing twice, and `--resolve-max-in-flight` answers of this size stay
-    /// well inside the service's memory target.
+    /// well inside the service's memory target. A batched page of 100 workouts at
+    /// depth 2 (6 exercises each, each exercise with its GIF and equipment records)
+    /// takes 4.4 MiB (tests/resolve_admission.rs); with 12 exercises of twice the
+    /// size, about 18 MiB.
     #[arg(long, env = "RESOLVE_MAX_OUTPUT_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
     pub resolve_max_output_bytes: u64,
 
@@ -1102,16 +1109,22 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_MAX_IN_FLIGHT", default_value_t = 4)]
     pub resolve_max_in_flight: usize,
 
-    /// Resolve requests allowed to wait for a slot (default 16); more get 503 with
-    /// `Retry-After` at once. A waiting request holds its body (at most
-    /// `--resolve-body-limit`), so this bounds that memory too.
-    #[arg(long, env = "RESOLVE_MAX_QUEUE", default_value_t = 16)]
+    /// Resolve requests allowed to wait for a slot (default 64); more get 503 with
+    /// `Retry-After` at once. One request is one admission however many records it
+    /// carries, so the indexer's 20 concurrent pages (one batched request each), its
+    /// internal pollers and a second indexer fit with room to spare. A waiting request
+    /// holds only its body, which the process-wide `--request-body-budget` bounds,
+    /// so a longer queue costs no more memory.
+    #[arg(long, env = "RESOLVE_MAX_QUEUE", default_value_t = 64)]
     pub resolve_max_queue: usize,
 
     /// Longest a resolve request waits for a slot before it gets 503 with
-    /// `Retry-After` (default 2s). A resolution takes tens of milliseconds normally;
-    /// a caller retrying later does better than one waiting behind slow ones.
-    #[arg(long, env = "RESOLVE_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    /// `Retry-After` (default 10s). A page of 100 records at depth 2 resolves in tens
+    /// to a few hundred milliseconds, so 20 pages queued behind 4 slots wait about a
+    /// second; 10 s rides out a slow Elasticsearch without shedding a page the
+    /// indexer would otherwise serve unresolved, and stays under the companion's
+    /// request timeout.
+    #[arg(long, env = "RESOLVE_QUEUE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub resolve_queue_timeout: Duration,
 
     /// Time one resolution may spend looking records up (default 20s). The relay
@@ -1209,11 +1222,14 @@ mod tests {
         let r = Config::for_media_dir("/tmp/x").resolver;
         assert_eq!(r.elasticsearch_timeout, Duration::from_secs(10));
         assert_eq!(r.resolve_max_depth, 4);
-        assert_eq!(r.resolve_budget, 1000);
+        assert_eq!(r.resolve_budget, 2500);
         assert_eq!(r.resolve_max_output_bytes, 32 << 20);
         assert_eq!(r.resolve_max_in_flight, 4);
-        assert_eq!(r.resolve_max_queue, 16);
-        assert_eq!(r.resolve_queue_timeout, Duration::from_secs(2));
+        assert_eq!(r.resolve_max_queue, 64);
+        assert_eq!(r.resolve_queue_timeout, Duration::from_secs(10));
+        // Pages, not records, are admitted: the indexer's 20 concurrent pages and its
+        // pollers fit several times over.
+        assert!(r.resolve_max_in_flight + r.resolve_max_queue >= 3 * 20);
         assert_eq!(r.resolve_timeout, Duration::from_secs(20));
         assert_eq!(r.resolve_concurrency, 16);
         assert_eq!(r.resolve_body_limit, 8 << 20);
