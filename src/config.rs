@@ -203,8 +203,11 @@ pub struct Config {
     /// `--resolve-body-limit`); this bounds all of them together, which the connection
     /// cap alone would let reach gigabytes. A body takes its share before its first byte
     /// is read: its `Content-Length`, or twice its route's limit when chunked (pieces,
-    /// then one joined copy), so the budget must hold twice the largest limit.
-    #[arg(long, env = "REQUEST_BODY_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
+    /// then one joined copy), so the budget must hold twice the largest limit: 256 MiB
+    /// is one chunked put at the 128 MiB put limit, or two declared ones (the indexer's
+    /// axios declares its length). Resolve bodies take at most `--resolve-body-budget`
+    /// (64 MiB) of it. Memory is only taken by bodies actually sent.
+    #[arg(long, env = "REQUEST_BODY_BUDGET", default_value = "256MiB", value_parser = parse_bytes)]
     pub request_body_budget: u64,
 
     /// Bodies allowed to wait for room in the budget; past it 503 + `Retry-After` at once.
@@ -680,6 +683,13 @@ impl Config {
             );
             return invalid("--request-body-budget/REQUEST_BODY_BUDGET", &message);
         }
+        if self.resolver.resolve_body_budget < self.resolver.resolve_body_limit.saturating_mul(2) {
+            let message = format!(
+                "must be at least twice --resolve-body-limit: {} bytes",
+                self.resolver.resolve_body_limit.saturating_mul(2)
+            );
+            return invalid("--resolve-body-budget/RESOLVE_BODY_BUDGET", &message);
+        }
         if self.request_body_budget / crate::http::request_body::BUDGET_UNIT > u64::from(u32::MAX) {
             return invalid(
                 "--request-body-budget/REQUEST_BODY_BUDGET",
@@ -896,9 +906,13 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_POOL_SIZE", default_value_t = 32)]
     pub gun_pool_size: usize,
 
-    /// Largest request body `POST /gun-relay/put` accepts (413 past it). OIP records are a
-    /// few KiB; 1 MiB leaves room for large ones and bounds what one client can make us buffer.
-    #[arg(long, env = "GUN_PUT_BODY_LIMIT", default_value = "1MiB", value_parser = parse_bytes)]
+    /// Largest request body `POST /gun-relay/put` accepts (413 past it): every record the
+    /// indexer can publish. Its own JSON limit is 50 MB; `putRecord` stores `data` as a
+    /// JSON string inside the put's JSON, which escapes every `"` and `\` again (at
+    /// most 2×: 100 MB), and an encrypted record's `data` is that string encrypted and
+    /// base64-encoded (4/3 of it: at most 133.4 MB = 127.2 MiB). 128 MiB holds both. A
+    /// body is buffered only once its bytes arrive, each within `--request-body-budget`.
+    #[arg(long, env = "GUN_PUT_BODY_LIMIT", default_value = "128MiB", value_parser = parse_bytes)]
     pub gun_put_body_limit: u64,
 
     /// Time a client has to send the whole body of `POST /gun-relay/put` (408 past it), so
@@ -907,10 +921,10 @@ pub struct GunSettings {
     pub gun_put_body_timeout: Duration,
 
     /// `POST /gun-relay/put` requests admitted at once, from the first body byte to the
-    /// relay's answer. Admission comes before the body is read, so buffered put bodies
-    /// take at most this times `--gun-put-body-limit` (16 MiB at the defaults) however
-    /// many clients send at once; half of `--gun-pool-size`, so puts never take every
-    /// relay connection from gets.
+    /// relay's answer; half of `--gun-pool-size`, so puts never take every relay
+    /// connection from gets. Their buffered bodies together stay within
+    /// `--request-body-budget` (a put past it waits, then gets 503), plus one copy of
+    /// each record on its way to the relay.
     #[arg(long, env = "GUN_PUT_MAX_IN_FLIGHT", default_value_t = 16)]
     pub gun_put_max_in_flight: usize,
 
@@ -1145,6 +1159,17 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_BODY_LIMIT", default_value = "8MiB", value_parser = parse_bytes)]
     pub resolve_body_limit: u64,
 
+    /// Bytes of `POST /api/resolve` bodies buffered at once (default 64MiB), a share
+    /// of `--request-body-budget` that resolve bodies cannot exceed: they are read
+    /// before a resolve slot is taken (so a slow sender holds none), and this keeps
+    /// them, and the resolutions they lead to, where they were when the budget was
+    /// theirs alone, however large the budget is made for GUN puts. Charged like the
+    /// budget (the `Content-Length`, or twice `--resolve-body-limit` when chunked);
+    /// past it a body waits `--request-body-queue-timeout`, then gets 503. Must hold
+    /// twice `--resolve-body-limit`.
+    #[arg(long, env = "RESOLVE_BODY_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
+    pub resolve_body_budget: u64,
+
     /// Time a client has to send the whole `POST /api/resolve` body (default 30s), so a
     /// client trickling bytes cannot hold a buffer forever.
     #[arg(long, env = "RESOLVE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -1233,6 +1258,7 @@ mod tests {
         assert_eq!(r.resolve_timeout, Duration::from_secs(20));
         assert_eq!(r.resolve_concurrency, 16);
         assert_eq!(r.resolve_body_limit, 8 << 20);
+        assert_eq!(r.resolve_body_budget, 64 << 20);
         assert_eq!(r.resolve_body_timeout, Duration::from_secs(30));
         assert_eq!(r.record_cache_entries, 7500);
         assert_eq!(r.record_cache_bytes, 64 << 20);
@@ -1417,11 +1443,23 @@ mod tests {
                 c.request_body_queue,
                 c.request_body_queue_timeout
             ),
-            (64 << 20, 256, Duration::from_secs(2))
+            (256 << 20, 256, Duration::from_secs(2))
+        );
+        // Twice the largest body limit (the put limit, 128 MiB).
+        refused(
+            |c| c.request_body_budget = (256 << 20) - 1,
+            "--request-body-budget",
         );
         refused(
-            |c| c.request_body_budget = 15 << 20,
+            |c| {
+                c.gun.gun_put_body_limit = 1 << 20;
+                c.request_body_budget = 15 << 20;
+            },
             "--request-body-budget",
+        );
+        refused(
+            |c| c.resolver.resolve_body_budget = (16 << 20) - 1,
+            "--resolve-body-budget",
         );
         refused(
             |c| c.request_body_queue_timeout = Duration::ZERO,

@@ -135,7 +135,10 @@ async fn a_ten_thousand_wide_fan_out_spends_the_budget_in_one_search() {
         .map(|i| rec(&dids[i], &format!("n{i}"), json!({})))
         .collect();
     let es = ElasticStandIn::start(targets.clone(), vec![]).await;
-    let resolver = Resolver::new(&with_elastic(&es), None).unwrap();
+    // A budget of 1000 (a level of at most MAX_DIDS_PER_SEARCH DIDs: one search).
+    let mut settings = with_elastic(&es);
+    settings.resolve_budget = 1000;
+    let resolver = Resolver::new(&settings, None).unwrap();
     let root = rec("did:arweave:root", "Root", json!({"all": dids}));
     let started = Instant::now();
     let out = resolver.resolve(vec![root], &depth(4)).await;
@@ -566,7 +569,8 @@ async fn a_ten_thousand_wide_gun_fan_out_spends_the_budget_with_bounded_concurre
         .map(|i| gun(&format!("t{i:05}"), &format!("T{i}"), json!({})))
         .collect();
     let dids: Vec<String> = (0..10_000).map(|i| gun_did(&format!("t{i:05}"))).collect();
-    let (relay, resolver, _) = over_relay(&targets).await;
+    let (relay, resolver, _) =
+        over_relay_with(&targets, |c| c.resolver.resolve_budget = 1000).await;
     let root = gun("root", "Root", json!({"all": dids}));
     let started = Instant::now();
     let out = resolver.resolve(vec![root], &depth(3)).await;

@@ -399,3 +399,79 @@ async fn twenty_concurrent_pages_of_a_hundred_workouts_and_the_pollers_are_never
     assert!(es.violations().is_empty());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn resolve_bodies_stay_within_their_share_of_the_body_budget() {
+    // The process-wide budget is large (for GUN puts); resolve bodies get 2 MiB of it.
+    let fx = Fixture::start(|c| {
+        c.resolver.resolve_body_limit = 1 << 20;
+        c.resolver.resolve_body_budget = 2 << 20;
+        c.request_body_queue_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let state = fx.server.app().state();
+    assert_eq!(state.config.request_body_budget, 256 << 20);
+    // Two senders declare 900 KiB each and stall: their shares are taken up front.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut slow = tokio::net::TcpStream::connect(fx.server.local_addr())
+            .await
+            .unwrap();
+        slow.write_all(
+            format!(
+                "POST /api/resolve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"records\":[",
+                900 << 10
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(slow);
+    }
+    support::wait_until(
+        "the stalled bodies hold their shares",
+        Duration::from_secs(5),
+        || state.admissions.resolve_body.in_flight() == 1800,
+    )
+    .await;
+    // A third body of 300 KiB does not fit the resolve share (the process-wide budget
+    // has room): it waits, then 503.
+    let third = json!({"records": [rec("did:arweave:a", &"n".repeat(300 << 10), json!({}))]});
+    let url = format!("http://{}/api/resolve", fx.server.local_addr());
+    let shed = fx
+        .client
+        .post(&url)
+        .body(third.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert!(
+        state.admissions.request_body.in_flight() < 4096,
+        "global budget had room"
+    );
+    let metrics = fx.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "oip_media_resolve_body_kib_shed_total{kind=\"queue_timeout\"}"
+        ),
+        1
+    );
+    // Once the stalled senders go, their shares come back and the same body resolves.
+    drop(stalled);
+    support::wait_until("shares given back", Duration::from_secs(5), || {
+        state.admissions.resolve_body.in_flight() == 0
+    })
+    .await;
+    let ok = fx
+        .client
+        .post(&url)
+        .body(third.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    fx.server.shutdown().await;
+}

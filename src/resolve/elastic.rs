@@ -31,7 +31,8 @@ pub const INDICES: [&str; 2] = ["records", "organizations"];
 
 /// Most DIDs in one search. Each DID can match by `did` and by `didTx`, so a search
 /// asks for twice as many hits; 1024 keeps that well under Elasticsearch's default
-/// 10,000-hit window and covers a whole level at the default lookup budget.
+/// 10,000-hit window (and a search's answer within [`MAX_RESPONSE_BYTES`]); a level
+/// at the default lookup budget (2,500) takes three searches.
 pub const MAX_DIDS_PER_SEARCH: usize = 1024;
 
 /// Largest search response read. A search returns at most

@@ -36,7 +36,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde_json::Value;
 
 use crate::body::Body;
-use crate::http::request_body::{BodyError, BoundedBody, read_bounded};
+use crate::http::request_body::{BodyError, BoundedBody, read_bounded, share_units};
 use crate::limit::{Limiter, Shed};
 use crate::resolve::bounded_parse::{BoundedParseError, parse_within};
 use crate::resolve::{OptionsError, Resolution, ResolveOptions};
@@ -114,6 +114,18 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let settings = &state.config.resolver;
+    // Resolve bodies' own share of the body budget (`--resolve-body-budget`), taken
+    // first and held as long as the body: however large the process-wide budget is
+    // made for GUN puts, resolve bodies stay within theirs.
+    let units = share_units(request.headers(), settings.resolve_body_limit);
+    let resolve_share = if units == 0 {
+        None
+    } else {
+        match state.admissions.resolve_body.acquire_many(units).await {
+            Ok(share) => Some(share),
+            Err(why) => return refused(&InputError::Busy(why)),
+        }
+    };
     let (query, body) = match read_body(
         request,
         settings.resolve_body_limit,
@@ -134,7 +146,13 @@ where
     // (and freeing them) is CPU work of tens of milliseconds: on the blocking pool,
     // not on an async worker. The admission above bounds how many run at once.
     let budget = settings.resolve_max_output_bytes;
-    let parsed = blocking(move || parse_input(&body, query.as_deref(), budget)).await;
+    let parsed = blocking(move || {
+        let parsed = parse_input(&body, query.as_deref(), budget);
+        // The body's bytes and its shares go together, once parsed.
+        drop((body, resolve_share));
+        parsed
+    })
+    .await;
     let input = match parsed {
         Some(Ok(input)) => input,
         Some(Err(error)) => return refused(&error),
