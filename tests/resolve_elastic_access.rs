@@ -310,3 +310,72 @@ async fn the_log_shows_the_auth_failure_and_never_the_credentials() {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
 }
+
+/// Runs the binary with no system root certificates (rustls-native-certs reads
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`) and `env`; its exit status if it stopped within
+/// 20 s, `None` if it started listening (then it is killed).
+fn start_without_system_roots(env: &[(&str, String)]) -> (Option<i32>, String) {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(media.path().join("web")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_oip-media"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BIND", "127.0.0.1")
+        .env("PORT", "0")
+        .env("MEDIA_DIR", media.path())
+        .env("DERIVED_DIR", media.path().join(".derived"))
+        .env("FFMPEG", "")
+        .env("NO_COLOR", "1")
+        .env("SSL_CERT_FILE", media.path().join("no-roots.pem"))
+        .env("SSL_CERT_DIR", media.path().join("no-roots"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            if line.contains("listening on http://") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let listening = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    if listening {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let errors = errors.join().unwrap();
+    (if listening { None } else { status.code() }, errors)
+}
+
+#[test]
+fn plain_http_sources_start_without_system_roots_and_https_says_what_it_needs() {
+    // http:// Elasticsearch and GUN relay: no certificate is needed, none is loaded.
+    let (exit, errors) = start_without_system_roots(&[
+        ("ELASTICSEARCHHOST", "http://127.0.0.1:9".into()),
+        ("GUN_PEERS", "http://127.0.0.1:9".into()),
+    ]);
+    assert_eq!(exit, None, "it started: {errors}");
+    // https:// with neither system roots nor a CA file: a start-up error naming the fix.
+    let (exit, errors) =
+        start_without_system_roots(&[("ELASTICSEARCHHOST", "https://127.0.0.1:9".into())]);
+    assert_eq!(exit, Some(1), "{errors}");
+    assert!(errors.contains("--elastic-ca-file"), "{errors}");
+    // With the CA file it starts.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = TestCa::new().write_ca_file(dir.path());
+    let (exit, errors) = start_without_system_roots(&[
+        ("ELASTICSEARCHHOST", "https://127.0.0.1:9".into()),
+        ("ELASTIC_CA_FILE", ca_file.display().to_string()),
+    ]);
+    assert_eq!(exit, None, "it started: {errors}");
+}

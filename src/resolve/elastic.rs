@@ -65,9 +65,9 @@ pub enum ElasticSetupError {
         reason: String,
     },
     /// The HTTP client could not be built (for `https://`, also when the system has no
-    /// root certificates and no CA file is given).
+    /// root certificates and no CA file is given): reqwest's error and its causes.
     #[error("cannot build the Elasticsearch client: {0}")]
-    Client(#[source] reqwest::Error),
+    Client(String),
 }
 
 /// Why one search failed.
@@ -355,10 +355,31 @@ impl ElasticSource {
             // Never sent on to another host: a redirect would carry no credentials
             // anyway, and a search has no business being redirected.
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &access.ca_file {
-            client = client.tls_certs_merge(read_ca_file(path)?);
+        match &access.ca_file {
+            Some(path) => client = client.tls_certs_merge(read_ca_file(path)?),
+            // Plain http needs no root certificates: without this, the client loads the
+            // system's roots and cannot be built on a host that has none.
+            None if base.scheme() == "http" => {
+                client = client.tls_certs_only(Vec::<reqwest::Certificate>::new());
+            }
+            None => {}
         }
-        let client = client.build().map_err(ElasticSetupError::Client)?;
+        let client = client.build().map_err(|error| {
+            // reqwest's own message is "builder error"; the cause is in its source.
+            let mut reason = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                reason = format!("{reason}: {cause}");
+                source = cause.source();
+            }
+            if base.scheme() == "https" {
+                reason.push_str(
+                    " (an https:// Elasticsearch needs the system's root certificates \
+                     or --elastic-ca-file)",
+                );
+            }
+            ElasticSetupError::Client(reason)
+        })?;
         Ok(ElasticSource {
             client,
             base,
