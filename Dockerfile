@@ -14,8 +14,10 @@ FROM debian:bookworm-slim AS runtime
 # curl for the HEALTHCHECK; ffmpeg for the MP4/WebM/WebP variants of GIFs (optional at
 # run time: without it `?format=` answers 501). Debian's ffmpeg includes h264_nvenc,
 # used when a GPU is handed to the container (see compose.yaml) and MP4_ENCODER=h264_nvenc.
+# ca-certificates: the system roots an `https://` ELASTICSEARCHHOST is checked against
+# (the HTTP client loads them at start-up; ELASTIC_CA_FILE adds Elasticsearch's own CA).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl=7.88.* ffmpeg=7:5.1.* \
+    && apt-get install -y --no-install-recommends ca-certificates=202* curl=7.88.* ffmpeg=7:5.1.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin oip
 COPY --from=build /src/target/release/oip-media /usr/local/bin/oip-media

@@ -203,8 +203,11 @@ pub struct Config {
     /// `--resolve-body-limit`); this bounds all of them together, which the connection
     /// cap alone would let reach gigabytes. A body takes its share before its first byte
     /// is read: its `Content-Length`, or twice its route's limit when chunked (pieces,
-    /// then one joined copy), so the budget must hold twice the largest limit.
-    #[arg(long, env = "REQUEST_BODY_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
+    /// then one joined copy), so the budget must hold twice the largest limit: 256 MiB
+    /// is one chunked put at the 128 MiB put limit, or two declared ones (the indexer's
+    /// axios declares its length). Resolve bodies take at most `--resolve-body-budget`
+    /// (64 MiB) of it. Memory is only taken by bodies actually sent.
+    #[arg(long, env = "REQUEST_BODY_BUDGET", default_value = "256MiB", value_parser = parse_bytes)]
     pub request_body_budget: u64,
 
     /// Bodies allowed to wait for room in the budget; past it 503 + `Retry-After` at once.
@@ -518,6 +521,61 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A URL setting that may carry credentials as user-info (`https://user:pass@host`, as
+/// some deployments write `ELASTICSEARCHHOST`). Its `Debug` prints the URL without the
+/// user-info, so the start-up "effective configuration" line never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlSetting(String);
+
+impl UrlSetting {
+    /// The URL as configured, user-info included, for the one component that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its user-info: what may be logged. A value that is not a URL
+    /// with a host is shown only from its last `@` on.
+    pub fn redacted(&self) -> String {
+        match reqwest::Url::parse(self.0.trim()) {
+            Ok(mut url) if url.has_host() => {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.to_string()
+            }
+            _ => match self.0.rsplit_once('@') {
+                Some((_, host)) => format!("<redacted>@{host}"),
+                None => self.0.clone(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for UrlSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::str::FromStr for UrlSetting {
+    type Err = std::convert::Infallible;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(UrlSetting(raw.to_owned()))
+    }
+}
+
+impl From<String> for UrlSetting {
+    fn from(raw: String) -> Self {
+        UrlSetting(raw)
+    }
+}
+
+impl From<&str> for UrlSetting {
+    fn from(raw: &str) -> Self {
+        UrlSetting(raw.to_owned())
+    }
+}
+
 impl Config {
     /// The number of serving threads `--workers` asks for: its value, or one per core
     /// this process may run on (its CPU affinity and cgroup quota) when it is 0.
@@ -624,6 +682,13 @@ impl Config {
                 largest_body.saturating_mul(2)
             );
             return invalid("--request-body-budget/REQUEST_BODY_BUDGET", &message);
+        }
+        if self.resolver.resolve_body_budget < self.resolver.resolve_body_limit.saturating_mul(2) {
+            let message = format!(
+                "must be at least twice --resolve-body-limit: {} bytes",
+                self.resolver.resolve_body_limit.saturating_mul(2)
+            );
+            return invalid("--resolve-body-budget/RESOLVE_BODY_BUDGET", &message);
         }
         if self.request_body_budget / crate::http::request_body::BUDGET_UNIT > u64::from(u32::MAX) {
             return invalid(
@@ -841,9 +906,13 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_POOL_SIZE", default_value_t = 32)]
     pub gun_pool_size: usize,
 
-    /// Largest request body `POST /gun-relay/put` accepts (413 past it). OIP records are a
-    /// few KiB; 1 MiB leaves room for large ones and bounds what one client can make us buffer.
-    #[arg(long, env = "GUN_PUT_BODY_LIMIT", default_value = "1MiB", value_parser = parse_bytes)]
+    /// Largest request body `POST /gun-relay/put` accepts (413 past it): every record the
+    /// indexer can publish. Its own JSON limit is 50 MB; `putRecord` stores `data` as a
+    /// JSON string inside the put's JSON, which escapes every `"` and `\` again (at
+    /// most 2×: 100 MB), and an encrypted record's `data` is that string encrypted and
+    /// base64-encoded (4/3 of it: at most 133.4 MB = 127.2 MiB). 128 MiB holds both. A
+    /// body is buffered only once its bytes arrive, each within `--request-body-budget`.
+    #[arg(long, env = "GUN_PUT_BODY_LIMIT", default_value = "128MiB", value_parser = parse_bytes)]
     pub gun_put_body_limit: u64,
 
     /// Time a client has to send the whole body of `POST /gun-relay/put` (408 past it), so
@@ -852,10 +921,10 @@ pub struct GunSettings {
     pub gun_put_body_timeout: Duration,
 
     /// `POST /gun-relay/put` requests admitted at once, from the first body byte to the
-    /// relay's answer. Admission comes before the body is read, so buffered put bodies
-    /// take at most this times `--gun-put-body-limit` (16 MiB at the defaults) however
-    /// many clients send at once; half of `--gun-pool-size`, so puts never take every
-    /// relay connection from gets.
+    /// relay's answer; half of `--gun-pool-size`, so puts never take every relay
+    /// connection from gets. Their buffered bodies together stay within
+    /// `--request-body-budget` (a put past it waits, then gets 503), plus one copy of
+    /// each record on its way to the relay.
     #[arg(long, env = "GUN_PUT_MAX_IN_FLIGHT", default_value_t = 16)]
     pub gun_put_max_in_flight: usize,
 
@@ -977,14 +1046,33 @@ pub struct TranscodeSettings {
 /// record cache may hold.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResolverSettings {
-    /// The indexer's Elasticsearch URL (`http://host:9200`). Every reference is looked
-    /// up there first, `did:gun:` ones included (the indexer's GUN sync indexes GUN
-    /// records); only `did:gun:` ones it lacks then go to the GUN relay. Without it,
-    /// references other than `did:gun:` stay unresolved and responses count them in
-    /// `unresolvedNoSource`. Plain `http` only: Elasticsearch sits on the indexer's
-    /// private network.
+    /// The indexer's Elasticsearch URL (`http://host:9200`, or `https://` as
+    /// Elasticsearch 8 serves by default). Every reference is looked up there first,
+    /// `did:gun:` ones included (the indexer's GUN sync indexes GUN records); only
+    /// `did:gun:` ones it lacks then go to the GUN relay. Without it, references other
+    /// than `did:gun:` stay unresolved and responses count them in
+    /// `unresolvedNoSource`. User-info in the URL (`https://user:pass@host:9200`) is
+    /// taken as the credentials when `ELASTICCLIENTUSERNAME` is not set, and is never
+    /// logged.
     #[arg(long, env = "ELASTICSEARCHHOST")]
-    pub elasticsearch_host: Option<String>,
+    pub elasticsearch_host: Option<UrlSetting>,
+
+    /// User of HTTP basic auth to Elasticsearch: the indexer's variable, which its
+    /// client always sends. Unset (and no user-info in the URL): no credentials.
+    #[arg(long, env = "ELASTICCLIENTUSERNAME")]
+    pub elastic_username: Option<String>,
+
+    /// Password of HTTP basic auth to Elasticsearch (the indexer's variable). Prefer
+    /// the environment variable to the flag, which other users of the host can see in
+    /// the process list. Never logged.
+    #[arg(long, env = "ELASTICCLIENTPASSWORD", hide_env_values = true)]
+    pub elastic_password: Option<Secret>,
+
+    /// PEM file of CA certificates trusted for an `https://` Elasticsearch, besides
+    /// the system's roots: Elasticsearch 8's `config/certs/http_ca.crt`. Read at
+    /// start-up; a file that cannot be read or holds no certificate stops the start.
+    #[arg(long, env = "ELASTIC_CA_FILE")]
+    pub elastic_ca_file: Option<PathBuf>,
 
     /// Time one Elasticsearch search may take before its references are left
     /// unresolved (default 10s). A level's whole batch is one query, so this bounds
@@ -998,11 +1086,15 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_MAX_DEPTH", default_value_t = 4)]
     pub resolve_max_depth: u32,
 
-    /// Most distinct references one request may look up, cached or not (default 1000).
-    /// Past it, remaining references stay DIDs and the response says
-    /// `budgetExhausted: true`. Counting cache hits too keeps a response the same
-    /// whatever the cache holds.
-    #[arg(long, env = "RESOLVE_BUDGET", default_value_t = 1000)]
+    /// Most distinct references one request may look up, cached or not (default 2500).
+    /// Past it, remaining references stay DIDs, the response says
+    /// `budgetExhausted: true` and each record cut short says `"budget"` in its
+    /// `recordStats[i].boundsHit`. Counting cache hits too keeps a response the same
+    /// whatever the cache holds. Per request, i.e. per page: a page of 100 workouts of
+    /// 6 exercises each with 2 references of their own needs at most 100 × (6 + 12) =
+    /// 1,800 lookups at depth 2, however little the page shares. The records looked up
+    /// are held until the answer is built: at ~8 KiB each, 2,500 is ~20 MiB.
+    #[arg(long, env = "RESOLVE_BUDGET", default_value_t = 2500)]
     pub resolve_budget: usize,
 
     /// Most bytes of memory the records of one answer may take (default 32MiB):
@@ -1016,7 +1108,10 @@ pub struct ResolverSettings {
     /// exercises → their demo-GIF collections and equipment → images): one workout
     /// takes under 1 MiB, a listing of 16 about 13 MiB (3.8 MB of JSON); 32MiB holds
     /// that listing twice, and `--resolve-max-in-flight` answers of this size stay
-    /// well inside the service's memory target.
+    /// well inside the service's memory target. A batched page of 100 workouts at
+    /// depth 2 (6 exercises each, each exercise with its GIF and equipment records)
+    /// takes 4.4 MiB (tests/resolve_admission.rs); with 12 exercises of twice the
+    /// size, about 18 MiB.
     #[arg(long, env = "RESOLVE_MAX_OUTPUT_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
     pub resolve_max_output_bytes: u64,
 
@@ -1028,16 +1123,22 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_MAX_IN_FLIGHT", default_value_t = 4)]
     pub resolve_max_in_flight: usize,
 
-    /// Resolve requests allowed to wait for a slot (default 16); more get 503 with
-    /// `Retry-After` at once. A waiting request holds its body (at most
-    /// `--resolve-body-limit`), so this bounds that memory too.
-    #[arg(long, env = "RESOLVE_MAX_QUEUE", default_value_t = 16)]
+    /// Resolve requests allowed to wait for a slot (default 64); more get 503 with
+    /// `Retry-After` at once. One request is one admission however many records it
+    /// carries, so the indexer's 20 concurrent pages (one batched request each), its
+    /// internal pollers and a second indexer fit with room to spare. A waiting request
+    /// holds only its body, which the process-wide `--request-body-budget` bounds,
+    /// so a longer queue costs no more memory.
+    #[arg(long, env = "RESOLVE_MAX_QUEUE", default_value_t = 64)]
     pub resolve_max_queue: usize,
 
     /// Longest a resolve request waits for a slot before it gets 503 with
-    /// `Retry-After` (default 2s). A resolution takes tens of milliseconds normally;
-    /// a caller retrying later does better than one waiting behind slow ones.
-    #[arg(long, env = "RESOLVE_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    /// `Retry-After` (default 10s). A page of 100 records at depth 2 resolves in tens
+    /// to a few hundred milliseconds, so 20 pages queued behind 4 slots wait about a
+    /// second; 10 s rides out a slow Elasticsearch without shedding a page the
+    /// indexer would otherwise serve unresolved, and stays under the companion's
+    /// request timeout.
+    #[arg(long, env = "RESOLVE_QUEUE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub resolve_queue_timeout: Duration,
 
     /// Time one resolution may spend looking records up (default 20s). The relay
@@ -1057,6 +1158,17 @@ pub struct ResolverSettings {
     /// A page of the indexer's records is well under a megabyte.
     #[arg(long, env = "RESOLVE_BODY_LIMIT", default_value = "8MiB", value_parser = parse_bytes)]
     pub resolve_body_limit: u64,
+
+    /// Bytes of `POST /api/resolve` bodies buffered at once (default 64MiB), a share
+    /// of `--request-body-budget` that resolve bodies cannot exceed: they are read
+    /// before a resolve slot is taken (so a slow sender holds none), and this keeps
+    /// them, and the resolutions they lead to, where they were when the budget was
+    /// theirs alone, however large the budget is made for GUN puts. Charged like the
+    /// budget (the `Content-Length`, or twice `--resolve-body-limit` when chunked);
+    /// past it a body waits `--request-body-queue-timeout`, then gets 503. Must hold
+    /// twice `--resolve-body-limit`.
+    #[arg(long, env = "RESOLVE_BODY_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
+    pub resolve_body_budget: u64,
 
     /// Time a client has to send the whole `POST /api/resolve` body (default 30s), so a
     /// client trickling bytes cannot hold a buffer forever.
@@ -1135,14 +1247,18 @@ mod tests {
         let r = Config::for_media_dir("/tmp/x").resolver;
         assert_eq!(r.elasticsearch_timeout, Duration::from_secs(10));
         assert_eq!(r.resolve_max_depth, 4);
-        assert_eq!(r.resolve_budget, 1000);
+        assert_eq!(r.resolve_budget, 2500);
         assert_eq!(r.resolve_max_output_bytes, 32 << 20);
         assert_eq!(r.resolve_max_in_flight, 4);
-        assert_eq!(r.resolve_max_queue, 16);
-        assert_eq!(r.resolve_queue_timeout, Duration::from_secs(2));
+        assert_eq!(r.resolve_max_queue, 64);
+        assert_eq!(r.resolve_queue_timeout, Duration::from_secs(10));
+        // Pages, not records, are admitted: the indexer's 20 concurrent pages and its
+        // pollers fit several times over.
+        assert!(r.resolve_max_in_flight + r.resolve_max_queue >= 3 * 20);
         assert_eq!(r.resolve_timeout, Duration::from_secs(20));
         assert_eq!(r.resolve_concurrency, 16);
         assert_eq!(r.resolve_body_limit, 8 << 20);
+        assert_eq!(r.resolve_body_budget, 64 << 20);
         assert_eq!(r.resolve_body_timeout, Duration::from_secs(30));
         assert_eq!(r.record_cache_entries, 7500);
         assert_eq!(r.record_cache_bytes, 64 << 20);
@@ -1156,7 +1272,10 @@ mod tests {
             "2",
         ]);
         assert_eq!(
-            c.resolver.elasticsearch_host.as_deref(),
+            c.resolver
+                .elasticsearch_host
+                .as_ref()
+                .map(UrlSetting::expose),
             Some("http://es:9200")
         );
         assert_eq!(c.resolver.resolve_max_depth, 2);
@@ -1324,11 +1443,23 @@ mod tests {
                 c.request_body_queue,
                 c.request_body_queue_timeout
             ),
-            (64 << 20, 256, Duration::from_secs(2))
+            (256 << 20, 256, Duration::from_secs(2))
+        );
+        // Twice the largest body limit (the put limit, 128 MiB).
+        refused(
+            |c| c.request_body_budget = (256 << 20) - 1,
+            "--request-body-budget",
         );
         refused(
-            |c| c.request_body_budget = 15 << 20,
+            |c| {
+                c.gun.gun_put_body_limit = 1 << 20;
+                c.request_body_budget = 15 << 20;
+            },
             "--request-body-budget",
+        );
+        refused(
+            |c| c.resolver.resolve_body_budget = (16 << 20) - 1,
+            "--resolve-body-budget",
         );
         refused(
             |c| c.request_body_queue_timeout = Duration::ZERO,
@@ -1396,6 +1527,41 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn elasticsearch_credentials_never_show_in_debug_output() {
+        let c = Config::parse_from([
+            "oip-media",
+            "--elasticsearch-host",
+            "https://urluser:urlpass-s3cret@es.internal:9200/prefix",
+            "--elastic-username",
+            "elastic",
+            "--elastic-password",
+            "pw-hunter2",
+            "--elastic-ca-file",
+            "/certs/http_ca.crt",
+        ]);
+        let r = &c.resolver;
+        assert_eq!(
+            r.elasticsearch_host.as_ref().map(UrlSetting::expose),
+            Some("https://urluser:urlpass-s3cret@es.internal:9200/prefix")
+        );
+        assert_eq!(
+            r.elastic_password.as_ref().map(Secret::expose),
+            Some("pw-hunter2")
+        );
+        let printed = format!("{c:?}");
+        for hidden in ["pw-hunter2", "urlpass-s3cret", "urluser", "@es.internal"] {
+            assert!(!printed.contains(hidden), "{hidden} in {printed}");
+        }
+        assert!(
+            printed.contains("https://es.internal:9200/prefix"),
+            "{printed}"
+        );
+        // A value that is not a URL still hides what comes before its `@`.
+        let odd = UrlSetting::from("u:p@ not a url");
+        assert_eq!(format!("{odd:?}"), "\"<redacted>@ not a url\"");
     }
 
     #[test]

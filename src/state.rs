@@ -248,6 +248,11 @@ pub struct Admissions {
     /// `oip_media_request_body_kib_*`. Charged by the shared body reader
     /// (`http::request_body::read_bounded`) as bytes arrive, not by the route table.
     pub request_body: Arc<Limiter>,
+    /// The share of that budget `/api/resolve` bodies may take, in KiB
+    /// (`--resolve-body-budget`, with the body budget's queue and wait), metrics
+    /// `oip_media_resolve_body_kib_*`. Taken by the resolve handler before the body
+    /// budget itself.
+    pub resolve_body: Arc<Limiter>,
 }
 
 impl Admissions {
@@ -315,6 +320,19 @@ impl Admissions {
                 usize::try_from(
                     config
                         .request_body_budget
+                        .div_ceil(crate::http::request_body::BUDGET_UNIT),
+                )
+                .unwrap_or(usize::MAX),
+                config.request_body_queue,
+                config.request_body_queue_timeout,
+                0,
+            ),
+            resolve_body: bounded(
+                "resolve_body_kib",
+                usize::try_from(
+                    config
+                        .resolver
+                        .resolve_body_budget
                         .div_ceil(crate::http::request_body::BUDGET_UNIT),
                 )
                 .unwrap_or(usize::MAX),

@@ -20,7 +20,7 @@ fn settings() -> ResolverSettings {
 
 fn with_elastic(es: &ElasticStandIn) -> ResolverSettings {
     let mut settings = settings();
-    settings.elasticsearch_host = Some(es.url());
+    settings.elasticsearch_host = Some(es.url().into());
     settings
 }
 
@@ -135,7 +135,10 @@ async fn a_ten_thousand_wide_fan_out_spends_the_budget_in_one_search() {
         .map(|i| rec(&dids[i], &format!("n{i}"), json!({})))
         .collect();
     let es = ElasticStandIn::start(targets.clone(), vec![]).await;
-    let resolver = Resolver::new(&with_elastic(&es), None).unwrap();
+    // A budget of 1000 (a level of at most MAX_DIDS_PER_SEARCH DIDs: one search).
+    let mut settings = with_elastic(&es);
+    settings.resolve_budget = 1000;
+    let resolver = Resolver::new(&settings, None).unwrap();
     let root = rec("did:arweave:root", "Root", json!({"all": dids}));
     let started = Instant::now();
     let out = resolver.resolve(vec![root], &depth(4)).await;
@@ -566,7 +569,8 @@ async fn a_ten_thousand_wide_gun_fan_out_spends_the_budget_with_bounded_concurre
         .map(|i| gun(&format!("t{i:05}"), &format!("T{i}"), json!({})))
         .collect();
     let dids: Vec<String> = (0..10_000).map(|i| gun_did(&format!("t{i:05}"))).collect();
-    let (relay, resolver, _) = over_relay(&targets).await;
+    let (relay, resolver, _) =
+        over_relay_with(&targets, |c| c.resolver.resolve_budget = 1000).await;
     let root = gun("root", "Root", json!({"all": dids}));
     let started = Instant::now();
     let out = resolver.resolve(vec![root], &depth(3)).await;
@@ -655,7 +659,7 @@ async fn gun_and_elasticsearch_references_resolve_side_by_side() {
     let es = ElasticStandIn::start(vec![e.clone()], vec![]).await;
     let es_url = es.url();
     let (relay, resolver, _) = over_relay_with(std::slice::from_ref(&g), |c| {
-        c.resolver.elasticsearch_host = Some(es_url);
+        c.resolver.elasticsearch_host = Some(es_url.into());
     })
     .await;
     let root = rec(
@@ -722,7 +726,7 @@ async fn over_both(
     let es = ElasticStandIn::start(in_elastic, vec![]).await;
     let es_url = es.url();
     let (relay, resolver, client) = over_relay_with(on_relay, |c| {
-        c.resolver.elasticsearch_host = Some(es_url);
+        c.resolver.elasticsearch_host = Some(es_url.into());
     })
     .await;
     (relay, es, resolver, client)

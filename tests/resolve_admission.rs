@@ -26,7 +26,7 @@ impl Fixture {
         let media = tempfile::tempdir().unwrap();
         std::fs::create_dir(media.path().join("web")).unwrap();
         let mut config = Config::for_media_dir(media.path());
-        config.resolver.elasticsearch_host = Some(es.url());
+        config.resolver.elasticsearch_host = Some(es.url().into());
         adjust(&mut config);
         let server = oip_media::server::start(config).await.unwrap();
         Fixture {
@@ -258,5 +258,220 @@ async fn large_answers_are_whole_json_with_the_right_length() {
     let answer: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(answer["records"], json!(records));
     assert_eq!(answer["stats"]["lookups"], 0);
+    fx.server.shutdown().await;
+}
+
+/// A workout page as the indexer's `getRecords` sends it: `pages` pages of `per_page`
+/// workouts, each referencing 6 exercises of a shared library of 120, each exercise
+/// referencing its demo GIF record and its equipment (depth 2 resolves all of it).
+fn workout_library() -> Vec<Value> {
+    let mut records = Vec::new();
+    for i in 0..120 {
+        records.push(json!({
+            "oip": {"did": format!("did:arweave:ex{i}"), "didTx": format!("did:arweave:ex{i}")},
+            "data": {
+                "basic": {"name": format!("Exercise {i}"), "description": "x".repeat(600)},
+                "exercise": {
+                    "instructions": ["step one", "step two", "step three"],
+                    "muscleGroups": ["legs", "core"],
+                    "gif": format!("did:arweave:gif{i}"),
+                    "equipmentRequired": [format!("did:arweave:eq{}", i % 20)]
+                }
+            }
+        }));
+        records.push(rec(
+            &format!("did:arweave:gif{i}"),
+            &format!("GIF {i}"),
+            json!({}),
+        ));
+    }
+    for e in 0..20 {
+        records.push(rec(
+            &format!("did:arweave:eq{e}"),
+            &format!("Equipment {e}"),
+            json!({}),
+        ));
+    }
+    records
+}
+
+fn workout_page(page: usize, per_page: usize) -> Value {
+    let workouts: Vec<Value> = (0..per_page)
+        .map(|w| {
+            let n = page * per_page + w;
+            json!({
+                "oip": {"did": format!("did:arweave:w{n}"), "didTx": format!("did:arweave:w{n}")},
+                "data": {
+                    "basic": {"name": format!("Workout {n}"), "tagItems": ["strength"]},
+                    "workout": {
+                        "exercise": (0..6).map(|k| format!("did:arweave:ex{}", (n * 7 + k * 13) % 120)).collect::<Vec<_>>(),
+                        "exercise_amount": [10, 12, 8, 15, 10, 20],
+                        "total_duration_minutes": 45
+                    }
+                }
+            })
+        })
+        .collect();
+    json!({"records": workouts, "resolveDepth": 2})
+}
+
+/// Whether a resolved workout has every exercise, and every exercise its GIF and
+/// equipment, as records.
+fn fully_resolved(workout: &Value) -> bool {
+    let exercises = workout["data"]["workout"]["exercise"].as_array().unwrap();
+    exercises.len() == 6
+        && exercises.iter().all(|e| {
+            e["data"]["exercise"]["gif"].is_object()
+                && e["data"]["exercise"]["equipmentRequired"][0].is_object()
+        })
+}
+
+#[tokio::test]
+async fn twenty_concurrent_pages_of_a_hundred_workouts_and_the_pollers_are_never_shed() {
+    // The defaults, as shipped: one admission per page, and room for the indexer's
+    // 20 concurrent pages plus its internal pollers (`resolveDepth=1&limit=1`).
+    let es = ElasticStandIn::start(workout_library(), vec![]).await;
+    es.delay(Duration::from_millis(20));
+    let media = tempfile::tempdir().unwrap();
+    std::fs::create_dir(media.path().join("web")).unwrap();
+    let mut config = Config::for_media_dir(media.path());
+    config.resolver.elasticsearch_host = Some(es.url().into());
+    let server = oip_media::server::start(config).await.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/resolve", server.local_addr());
+    let post = |body: Value| {
+        let request = client.post(&url).body(body.to_string());
+        async move { request.send().await.unwrap() }
+    };
+    let pages = (0..20).map(|p| post(workout_page(p, 100)));
+    let pollers = (0..4).map(|p| {
+        let mut one = workout_page(100 + p, 1);
+        one["resolveDepth"] = json!(1);
+        post(one)
+    });
+    let responses = futures_util::future::join_all(pages.chain(pollers).map(tokio::spawn)).await;
+    let mut answered = 0;
+    for (i, response) in responses.into_iter().enumerate() {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200, "request {i} was shed");
+        let body: Value = response.json().await.unwrap();
+        let records = body["records"].as_array().unwrap();
+        let record_stats = body["recordStats"].as_array().unwrap();
+        assert_eq!(records.len(), record_stats.len());
+        if i < 20 {
+            assert_eq!(records.len(), 100);
+            assert!(records.iter().all(fully_resolved), "page {i}");
+            assert_eq!(body["stats"]["budgetExhausted"], false);
+            assert_eq!(body["stats"]["outputLimitReached"], false);
+        }
+        assert!(record_stats.iter().all(|s| s["boundsHit"] == json!([])));
+        answered += 1;
+    }
+    assert_eq!(answered, 24);
+    let metrics = reqwest::get(format!("http://{}/metrics", server.local_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let admitted = metric(
+        &metrics,
+        "oip_media_resolve_admitted_total{kind=\"at_once\"}",
+    ) + metric(
+        &metrics,
+        "oip_media_resolve_admitted_total{kind=\"after_wait\"}",
+    );
+    assert_eq!(admitted, 24, "one admission per request, not per record");
+    assert_eq!(
+        metric(
+            &metrics,
+            "oip_media_resolve_shed_total{kind=\"queue_full\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "oip_media_resolve_shed_total{kind=\"queue_timeout\"}"
+        ),
+        0
+    );
+    assert!(es.violations().is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn resolve_bodies_stay_within_their_share_of_the_body_budget() {
+    // The process-wide budget is large (for GUN puts); resolve bodies get 2 MiB of it.
+    let fx = Fixture::start(|c| {
+        c.resolver.resolve_body_limit = 1 << 20;
+        c.resolver.resolve_body_budget = 2 << 20;
+        c.request_body_queue_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let state = fx.server.app().state();
+    assert_eq!(state.config.request_body_budget, 256 << 20);
+    // Two senders declare 900 KiB each and stall: their shares are taken up front.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut slow = tokio::net::TcpStream::connect(fx.server.local_addr())
+            .await
+            .unwrap();
+        slow.write_all(
+            format!(
+                "POST /api/resolve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"records\":[",
+                900 << 10
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(slow);
+    }
+    support::wait_until(
+        "the stalled bodies hold their shares",
+        Duration::from_secs(5),
+        || state.admissions.resolve_body.in_flight() == 1800,
+    )
+    .await;
+    // A third body of 300 KiB does not fit the resolve share (the process-wide budget
+    // has room): it waits, then 503.
+    let third = json!({"records": [rec("did:arweave:a", &"n".repeat(300 << 10), json!({}))]});
+    let url = format!("http://{}/api/resolve", fx.server.local_addr());
+    let shed = fx
+        .client
+        .post(&url)
+        .body(third.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert!(
+        state.admissions.request_body.in_flight() < 4096,
+        "global budget had room"
+    );
+    let metrics = fx.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "oip_media_resolve_body_kib_shed_total{kind=\"queue_timeout\"}"
+        ),
+        1
+    );
+    // Once the stalled senders go, their shares come back and the same body resolves.
+    drop(stalled);
+    support::wait_until("shares given back", Duration::from_secs(5), || {
+        state.admissions.resolve_body.in_flight() == 0
+    })
+    .await;
+    let ok = fx
+        .client
+        .post(&url)
+        .body(third.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
     fx.server.shutdown().await;
 }

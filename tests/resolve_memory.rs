@@ -174,7 +174,7 @@ async fn sixteen_workouts_at_depth_four_fit_the_default_budget_twice() {
     let media = tempfile::tempdir().unwrap();
     std::fs::create_dir(media.path().join("web")).unwrap();
     let mut config = oip_media::Config::for_media_dir(media.path());
-    config.resolver.elasticsearch_host = Some(es.url());
+    config.resolver.elasticsearch_host = Some(es.url().into());
     let budget = config.resolver.resolve_max_output_bytes;
     let server = oip_media::server::start(config).await.unwrap();
     let client = reqwest::Client::new();

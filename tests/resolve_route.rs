@@ -23,7 +23,7 @@ impl Fixture {
         let es = ElasticStandIn::start(records, vec![]).await;
         let url = es.url();
         let server = TestServer::start(|config| {
-            config.resolver.elasticsearch_host = Some(url);
+            config.resolver.elasticsearch_host = Some(url.into());
             adjust(config);
         })
         .await;
@@ -135,6 +135,17 @@ async fn one_record_in_one_record_out() {
     assert_eq!(body["record"], with(a, "b", b));
     assert!(body.get("records").is_none());
     assert!(body["stats"].is_object());
+    // One record, one element of `recordStats`: `b` resolved, `gone` not found.
+    let record_stats = body["recordStats"].as_array().unwrap();
+    assert_eq!(record_stats.len(), 1);
+    let mut only = record_stats[0].clone();
+    assert!(only["outputBytes"].as_u64().unwrap() > 0);
+    only["outputBytes"] = json!(0);
+    assert_eq!(
+        only,
+        json!({"resolved": 1, "unresolved": 1, "notFound": 1, "sourceErrors": 0,
+               "unresolvedNoSource": 0, "outputBytes": 0, "boundsHit": []})
+    );
     fx.server.shutdown().await;
 }
 
@@ -322,7 +333,7 @@ async fn an_unusable_elasticsearch_url_stops_the_start() {
     let media = tempfile::tempdir().unwrap();
     std::fs::create_dir(media.path().join("web")).unwrap();
     let mut config = Config::for_media_dir(media.path());
-    config.resolver.elasticsearch_host = Some("https://es:9200".into());
+    config.resolver.elasticsearch_host = Some("ftp://es:21".into());
     let error = oip_media::server::start(config).await.err().unwrap();
     assert!(error.to_string().contains("ELASTICSEARCHHOST"), "{error}");
 }
@@ -444,5 +455,125 @@ async fn a_did_gun_record_the_sync_indexed_comes_from_elasticsearch_not_the_rela
     assert_eq!(fx.es.searches().len(), 1);
     assert_eq!(relay.requests(), 0);
     assert_eq!(body["stats"]["sourceRequests"], 1);
+    fx.server.shutdown().await;
+}
+
+/// `recordStats[i]` without its `outputBytes` (which depends on record sizes).
+fn outcome(body: &Value, i: usize) -> Value {
+    let mut stats = body["recordStats"][i].clone();
+    stats.as_object_mut().unwrap().remove("outputBytes");
+    stats
+}
+
+#[tokio::test]
+async fn each_record_of_a_batch_says_which_bound_it_hit() {
+    let b = rec("did:arweave:b", "B", json!({"c": "did:arweave:c"}));
+    let c = rec("did:arweave:c", "C", json!({}));
+    let x1 = rec("did:arweave:x1", "X1", json!({}));
+    let x2 = rec("did:arweave:x2", "X2", json!({}));
+    let fx = Fixture::start(vec![b.clone(), c, x1.clone(), x2], |c| {
+        c.resolver.resolve_max_depth = 1;
+        c.resolver.resolve_budget = 3;
+    })
+    .await;
+    let r0 = rec("did:arweave:r0", "R0", json!({"b": "did:arweave:b"}));
+    let r1 = rec("did:arweave:r1", "R1", json!({"g": "did:arweave:gone"}));
+    let r2 = rec(
+        "did:arweave:r2",
+        "R2",
+        json!({"x": ["did:arweave:x1", "did:arweave:x2"]}),
+    );
+    let (status, body) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"records": [r0.clone(), r1.clone(), r2.clone()], "resolveDepth": 2}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Lookups in document order: b, gone, x1 spend the budget of 3; x2 is left.
+    assert_eq!(body["records"][0], with(r0, "b", b));
+    assert_eq!(body["records"][1], r1);
+    assert_eq!(
+        body["records"][2],
+        with(r2, "x", json!([x1, "did:arweave:x2"]))
+    );
+    assert_eq!(body["stats"]["budgetExhausted"], true);
+    assert_eq!(body["stats"]["capped"], true);
+    assert_eq!(body["recordStats"].as_array().unwrap().len(), 3);
+    let counts = |resolved: u64, unresolved: u64, not_found: u64, bounds: Value| {
+        json!({"resolved": resolved, "unresolved": unresolved, "notFound": not_found,
+               "sourceErrors": 0, "unresolvedNoSource": 0, "boundsHit": bounds})
+    };
+    // r0: `b` was inserted at the capped depth with a reference of its own.
+    assert_eq!(outcome(&body, 0), counts(1, 0, 0, json!(["depth"])));
+    // r1: a plain miss is no bound.
+    assert_eq!(outcome(&body, 1), counts(0, 1, 1, json!([])));
+    // r2: one resolved, one left by the lookup budget.
+    assert_eq!(outcome(&body, 2), counts(1, 1, 0, json!(["budget"])));
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_output_bound_is_reported_on_the_records_it_cut() {
+    let filler = "f".repeat(40_000);
+    let big = rec("did:arweave:big", &filler, json!({}));
+    let fx = Fixture::start(vec![big.clone()], |c| {
+        c.resolver.resolve_max_output_bytes = 150_000;
+    })
+    .await;
+    let records: Vec<Value> = (0..6)
+        .map(|i| {
+            rec(
+                &format!("did:arweave:r{i}"),
+                "R",
+                json!({"big": "did:arweave:big"}),
+            )
+        })
+        .collect();
+    let (status, body) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"records": records, "resolveDepth": 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["stats"]["outputLimitReached"], true);
+    let cut: Vec<bool> = (0..6)
+        .map(|i| body["recordStats"][i]["boundsHit"] == json!(["output"]))
+        .collect();
+    let resolved: Vec<bool> = (0..6)
+        .map(|i| body["records"][i]["data"]["links"]["big"].is_object())
+        .collect();
+    assert!(resolved[0] && !resolved[5], "{resolved:?}");
+    for i in 0..6 {
+        // A record is said to be cut exactly when its reference stayed a DID.
+        assert_eq!(cut[i], !resolved[i], "record {i}");
+        assert_eq!(body["recordStats"][i]["resolved"], u64::from(resolved[i]));
+    }
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bare_field_name_selects_a_category_not_a_key_of_another_category() {
+    let ex = rec("did:arweave:ex", "Squat", json!({}));
+    let eq = rec("did:arweave:eq", "Bar", json!({}));
+    let fx = Fixture::start(vec![ex, eq.clone()], |_| {}).await;
+    let workout = json!({"oip": {"did": "did:arweave:w"}, "data": {
+        "basic": {"name": "W"},
+        "workout": {"exercise": ["did:arweave:ex"]},
+        "exercise": {"equipment": "did:arweave:eq"}
+    }});
+    let (status, body) = fx
+        .post_json(
+            "/api/resolve",
+            json!({"records": [workout.clone()], "resolveDepth": 1, "resolveFieldName": "exercise"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut expected = workout;
+    expected["data"]["exercise"]["equipment"] = eq;
+    assert_eq!(body["records"][0], expected, "workout.exercise stays a DID");
+    assert_eq!(body["stats"]["lookups"], 1);
+    assert_eq!(fx.es.searches()[0].dids, ["did:arweave:eq"]);
     fx.server.shutdown().await;
 }

@@ -105,7 +105,7 @@ impl GunClient {
                 message: "must be at least 1".into(),
             });
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .pool_max_idle_per_host(settings.gun_pool_size)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             // A redirect means the URL is not the relay's API: report it, don't follow it.
@@ -113,12 +113,17 @@ impl GunClient {
             // The relay sits on the compose network; an HTTP_PROXY meant for the outside
             // world must not capture it.
             .no_proxy()
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| GunError::Config {
-                option: "--gun-peers/GUN_PEERS",
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .tcp_nodelay(true);
+        if base.starts_with("http://") {
+            // Plain http needs no root certificates: without this, the HTTP client (built
+            // with rustls for an `https://` Elasticsearch) loads the system's roots and
+            // cannot be built on a host that has none.
+            http = http.tls_certs_only(Vec::<reqwest::Certificate>::new());
+        }
+        let http = http.build().map_err(|e| GunError::Config {
+            option: "--gun-peers/GUN_PEERS",
+            message: format!("cannot build the HTTP client: {e}"),
+        })?;
         let counters = GunCounters::default();
         let breaker = Breaker::new(
             settings.gun_breaker_threshold,

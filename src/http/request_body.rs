@@ -79,6 +79,25 @@ fn units(bytes: usize) -> u32 {
     u32::try_from((bytes as u64).div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
 }
 
+/// The share, in [`BUDGET_UNIT`]s, that [`read_bounded`] takes for a body of these
+/// `headers` under `limit`: its declared length, or twice the limit when it declares
+/// none (0 when it declares more than the limit: it is refused unread). For a route
+/// that also charges its bodies to a budget of its own.
+pub fn share_units(headers: &HeaderMap, limit: u64) -> u32 {
+    match declared_length(headers) {
+        Some(len) if len > limit => 0,
+        Some(len) => units(to_usize(len)),
+        None => units(to_usize(limit)).saturating_mul(2),
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+}
+
 /// Reads the body of a request whose headers are `headers`, within `limit` bytes and
 /// `timeout`, once its share of `budget` (a [`Limiter`] counting [`BUDGET_UNIT`]s) is
 /// taken.
@@ -93,10 +112,7 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|declared| declared > limit) {
         return Err(BodyError::TooLarge { limit });
     }

@@ -1,15 +1,29 @@
 //! The Elasticsearch source: every non-GUN reference of one resolution level in one
 //! `terms` search of the indexer's `records` index, then one of `organizations` for
 //! what is still missing — where the indexer sent two `term` searches per reference.
+//!
+//! Reached as the indexer reaches it: HTTP basic auth from `ELASTICCLIENTUSERNAME` /
+//! `ELASTICCLIENTPASSWORD` (or the URL's user-info), `http://` or `https://` with
+//! rustls, trusting the system's roots plus an optional CA file (Elasticsearch 8's
+//! `http_ca.crt`). A failure to get an answer — refused credentials, a certificate not
+//! trusted, no connection, a timeout, an error status — is never "not found": the
+//! references stay DIDs and are not remembered as missing, the failure is counted
+//! by kind (`oip_media_elastic_errors_total`), logged at `error` (at most once a
+//! minute per kind, without credentials or user-info) and shown in `/readyz`.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::source::{Batch, Fetched, RecordSource};
+use crate::config::Secret;
 
 /// The indices searched, in order; the second only for what the first did not have
 /// (the indexer's order).
@@ -17,7 +31,8 @@ pub const INDICES: [&str; 2] = ["records", "organizations"];
 
 /// Most DIDs in one search. Each DID can match by `did` and by `didTx`, so a search
 /// asks for twice as many hits; 1024 keeps that well under Elasticsearch's default
-/// 10,000-hit window and covers a whole level at the default lookup budget.
+/// 10,000-hit window (and a search's answer within [`MAX_RESPONSE_BYTES`]); a level
+/// at the default lookup budget (2,500) takes three searches.
 pub const MAX_DIDS_PER_SEARCH: usize = 1024;
 
 /// Largest search response read. A search returns at most
@@ -25,29 +40,52 @@ pub const MAX_DIDS_PER_SEARCH: usize = 1024;
 /// misconfigured host, an index of huge documents) instead of buffering it.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
+/// Least time between two `error` lines for the same kind of failure: a dead or
+/// misconfigured Elasticsearch fails every lookup, and one line a minute says so.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Why the source could not be built from its settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ElasticSetupError {
-    /// The URL does not parse, or is not `http`.
+    /// The URL does not parse, or is not `http`/`https`. The URL is shown without
+    /// its user-info.
     #[error("`{url}` is not a usable Elasticsearch URL: {reason}")]
     Url {
-        /// The URL as configured.
+        /// The URL as configured, user-info removed.
         url: String,
         /// What is wrong with it.
         reason: String,
     },
-    /// The HTTP client could not be built.
+    /// `--elastic-ca-file` cannot be read or holds no PEM certificate.
+    #[error("cannot use --elastic-ca-file `{path}`: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The HTTP client could not be built (for `https://`, also when the system has no
+    /// root certificates and no CA file is given): reqwest's error and its causes.
     #[error("cannot build the Elasticsearch client: {0}")]
-    Client(#[source] reqwest::Error),
+    Client(String),
 }
 
 /// Why one search failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ElasticError {
-    /// Connecting, sending or reading failed (including the timeout).
+    /// Connecting, sending or reading failed (including the timeout and TLS).
     #[error("Elasticsearch request failed: {0}")]
     Http(#[from] reqwest::Error),
-    /// Elasticsearch answered with an error status.
+    /// Elasticsearch refused the credentials (401) or their rights (403). Its body is
+    /// not kept: it names the user.
+    #[error(
+        "Elasticsearch refused the request ({status}): check ELASTICCLIENTUSERNAME / ELASTICCLIENTPASSWORD and the user's rights on the indices"
+    )]
+    Auth {
+        /// 401 or 403.
+        status: u16,
+    },
+    /// Elasticsearch answered with another error status.
     #[error("Elasticsearch answered {status}: {body}")]
     Status {
         /// The status code.
@@ -69,52 +107,324 @@ pub enum ElasticError {
     Shape(String),
 }
 
+/// The kinds of failure counted in `oip_media_elastic_errors_total{kind}` and shown
+/// in `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// 401 or 403: the credentials are wrong, missing, or lack rights.
+    Auth,
+    /// The TLS handshake failed: a certificate not trusted (see `--elastic-ca-file`),
+    /// a name that does not match, `https://` to a plain-http port.
+    Tls,
+    /// No connection (refused, unreachable, DNS).
+    Connect,
+    /// No answer within `--elasticsearch-timeout`.
+    Timeout,
+    /// Another error status.
+    Status,
+    /// An answer that is not a search response (not JSON, too large, wrong shape).
+    Response,
+}
+
+impl FailureKind {
+    /// Every kind, in the order of the metric's labels.
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::Auth,
+        FailureKind::Tls,
+        FailureKind::Connect,
+        FailureKind::Timeout,
+        FailureKind::Status,
+        FailureKind::Response,
+    ];
+
+    /// The label value and `/readyz` state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Auth => "auth",
+            FailureKind::Tls => "tls",
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Status => "status",
+            FailureKind::Response => "response",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl ElasticError {
+    /// Which kind of failure this is.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ElasticError::Http(error) if is_tls(error) => FailureKind::Tls,
+            ElasticError::Http(error) if error.is_timeout() => FailureKind::Timeout,
+            ElasticError::Http(error) if error.is_connect() => FailureKind::Connect,
+            ElasticError::Http(error) if error.is_body() || error.is_decode() => {
+                FailureKind::Response
+            }
+            ElasticError::Http(_) => FailureKind::Connect,
+            ElasticError::Auth { .. } => FailureKind::Auth,
+            ElasticError::Status { .. } | ElasticError::Url(_) => FailureKind::Status,
+            ElasticError::TooLarge | ElasticError::Body(_) | ElasticError::Shape(_) => {
+                FailureKind::Response
+            }
+        }
+    }
+}
+
+/// Whether a request error is a TLS failure: a rustls error somewhere in its chain.
+/// tokio-rustls hands it on inside an `io::Error` (itself inside another, from the
+/// connector), and an `io::Error`'s `source` skips what it wraps, so each one's
+/// `get_ref` is followed too.
+fn is_tls(error: &reqwest::Error) -> bool {
+    fn in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && in_chain(inner)
+        {
+            return true;
+        }
+        error.source().is_some_and(in_chain)
+    }
+    in_chain(error)
+}
+
+/// What the source has seen of Elasticsearch: failures by kind (for `/metrics`), the
+/// last outcome (for `/readyz`), and when each kind was last logged.
+#[derive(Debug, Default)]
+pub struct ElasticHealth {
+    errors: [Counter; 6],
+    /// 0: no search yet; 1: the last search was answered; 2 + kind: it failed so.
+    last: AtomicU8,
+    /// Searches answered.
+    answered: AtomicU64,
+    logged: Mutex<[Option<std::time::Instant>; 6]>,
+}
+
+impl ElasticHealth {
+    /// Failures of `kind` so far.
+    pub fn errors(&self, kind: FailureKind) -> u64 {
+        self.errors[kind.index()].get()
+    }
+
+    /// The state `/readyz` shows: `unknown` before the first search, `ok` when the
+    /// last one was answered, else the kind of its failure.
+    pub fn state(&self) -> &'static str {
+        match self.last.load(Ordering::Relaxed) {
+            0 => "unknown",
+            1 => "ok",
+            n => FailureKind::ALL
+                .get(usize::from(n) - 2)
+                .map_or("unknown", |kind| kind.as_str()),
+        }
+    }
+
+    fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.last.store(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failure, and logs it at `error` unless that kind was logged in the
+    /// last [`ERROR_LOG_INTERVAL`]. The message holds no credentials: the base URL has
+    /// no user-info, and an auth failure's body (which names the user) is not kept.
+    fn failed(&self, index: &str, error: &ElasticError, dids: usize) {
+        let kind = error.kind();
+        self.errors[kind.index()].inc();
+        self.last.store(2 + kind as u8, Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let due = {
+            let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = &mut logged[kind.index()];
+            let due = slot.is_none_or(|at| now.duration_since(at) >= ERROR_LOG_INTERVAL);
+            if due {
+                *slot = Some(now);
+            }
+            due
+        };
+        if due {
+            tracing::error!(
+                kind = kind.as_str(),
+                index,
+                dids,
+                total = self.errors(kind),
+                %error,
+                "Elasticsearch search failed; its references stay DIDs (not cached as missing). \
+                 Logged at most once a minute per kind; see oip_media_elastic_errors_total"
+            );
+        }
+    }
+
+    /// Registers `elastic_errors` (`oip_media_elastic_errors_total{kind}`).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let [auth, tls, connect, timeout, status, response] = &self.errors;
+        registry.register(
+            "elastic_errors",
+            "Elasticsearch searches that failed, by kind (none is ever counted as not found)",
+            crate::metrics::by_kind([
+                ("auth", auth),
+                ("tls", tls),
+                ("connect", connect),
+                ("timeout", timeout),
+                ("status", status),
+                ("response", response),
+            ]),
+        );
+    }
+}
+
+/// How to reach Elasticsearch: its URL and timeout, and the indexer's credentials and
+/// CA file when there are any.
+#[derive(Debug, Clone, Default)]
+pub struct ElasticAccess {
+    /// `http(s)://[user:pass@]host:port[/prefix]`.
+    pub host: String,
+    /// Limit of one search (`--elasticsearch-timeout`).
+    pub timeout: Duration,
+    /// `ELASTICCLIENTUSERNAME`; wins over the URL's user-info.
+    pub username: Option<String>,
+    /// `ELASTICCLIENTPASSWORD`.
+    pub password: Option<Secret>,
+    /// `--elastic-ca-file`.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// HTTP basic-auth credentials; the password is a [`Secret`], so `Debug` hides it.
+#[derive(Debug, Clone)]
+struct Credentials {
+    username: String,
+    password: Secret,
+}
+
 /// Looks records up in the indexer's Elasticsearch.
 pub struct ElasticSource {
     client: reqwest::Client,
-    /// The host URL, ending with `/` so index paths join below any path prefix.
+    /// The host URL without user-info, ending with `/` so index paths join below any
+    /// path prefix.
     base: reqwest::Url,
+    credentials: Option<Credentials>,
+    health: Arc<ElasticHealth>,
 }
 
 impl ElasticSource {
     /// A source for the Elasticsearch at `host` (`http://host:9200`, as in the
-    /// indexer's `ELASTICSEARCHHOST`), each search limited to `timeout`.
+    /// indexer's `ELASTICSEARCHHOST`), each search limited to `timeout`, with the
+    /// credentials the URL carries, if any.
     pub fn new(host: &str, timeout: Duration) -> Result<ElasticSource, ElasticSetupError> {
-        let bad = |reason: String| ElasticSetupError::Url {
-            url: host.to_owned(),
-            reason,
-        };
-        let mut base = reqwest::Url::parse(host.trim()).map_err(|e| bad(e.to_string()))?;
-        if base.scheme() != "http" {
-            return Err(bad(format!(
-                "scheme `{}` is not supported (this build speaks plain http)",
-                base.scheme()
-            )));
+        ElasticSource::with_access(&ElasticAccess {
+            host: host.to_owned(),
+            timeout,
+            ..ElasticAccess::default()
+        })
+    }
+
+    /// A source reached as `access` says.
+    pub fn with_access(access: &ElasticAccess) -> Result<ElasticSource, ElasticSetupError> {
+        let mut base =
+            reqwest::Url::parse(access.host.trim()).map_err(|e| ElasticSetupError::Url {
+                url: crate::config::UrlSetting::from(access.host.as_str()).redacted(),
+                reason: e.to_string(),
+            })?;
+        let from_url = url_credentials(&base);
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(ElasticSetupError::Url {
+                url: base.to_string(),
+                reason: format!("scheme `{}` is not http or https", base.scheme()),
+            });
         }
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(ElasticSetupError::Client)?;
-        Ok(ElasticSource { client, base })
+        let credentials = match access.username.as_deref().filter(|u| !u.is_empty()) {
+            Some(username) => Some(Credentials {
+                username: username.to_owned(),
+                password: access.password.clone().unwrap_or_else(|| Secret::new("")),
+            }),
+            None => from_url,
+        };
+        let mut client = reqwest::Client::builder()
+            .timeout(access.timeout)
+            .connect_timeout(access.timeout)
+            // Never sent on to another host: a redirect would carry no credentials
+            // anyway, and a search has no business being redirected.
+            .redirect(reqwest::redirect::Policy::none());
+        match &access.ca_file {
+            Some(path) => client = client.tls_certs_merge(read_ca_file(path)?),
+            // Plain http needs no root certificates: without this, the client loads the
+            // system's roots and cannot be built on a host that has none.
+            None if base.scheme() == "http" => {
+                client = client.tls_certs_only(Vec::<reqwest::Certificate>::new());
+            }
+            None => {}
+        }
+        let client = client.build().map_err(|error| {
+            // reqwest's own message is "builder error"; the cause is in its source.
+            let mut reason = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                reason = format!("{reason}: {cause}");
+                source = cause.source();
+            }
+            if base.scheme() == "https" {
+                reason.push_str(
+                    " (an https:// Elasticsearch needs the system's root certificates \
+                     or --elastic-ca-file)",
+                );
+            }
+            ElasticSetupError::Client(reason)
+        })?;
+        Ok(ElasticSource {
+            client,
+            base,
+            credentials,
+            health: Arc::new(ElasticHealth::default()),
+        })
+    }
+
+    /// What this source has seen of Elasticsearch (shared, for `/metrics` and `/readyz`).
+    pub fn health(&self) -> &Arc<ElasticHealth> {
+        &self.health
+    }
+
+    /// Whether searches go over TLS.
+    pub fn is_https(&self) -> bool {
+        self.base.scheme() == "https"
+    }
+
+    /// Whether searches carry credentials.
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
     }
 
     /// The `_source` of every hit of one `terms` search of `index` for `dids`.
     pub async fn search(&self, index: &str, dids: &[String]) -> Result<Vec<Value>, ElasticError> {
-        let url =
-            self.base
-                .join(&format!("{index}/_search"))
-                .map_err(|e| ElasticError::Status {
-                    status: 0,
-                    body: e.to_string(),
-                })?;
+        let url = self
+            .base
+            .join(&format!("{index}/_search"))
+            .map_err(|e| ElasticError::Url(e.to_string()))?;
         let query = search_body(dids);
-        let mut response = self.client.post(url).json(&query).send().await?;
+        let mut request = self.client.post(url).json(&query);
+        if let Some(credentials) = &self.credentials {
+            request =
+                request.basic_auth(&credentials.username, Some(credentials.password.expose()));
+        }
+        let mut response = request.send().await?;
         let status = response.status();
+        if matches!(
+            status,
+            reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+        ) {
+            return Err(ElasticError::Auth {
+                status: status.as_u16(),
+            });
+        }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -158,9 +468,12 @@ impl ElasticSource {
             }
             requests += 1;
             match tokio::time::timeout_at(deadline, self.search(index, &wanted)).await {
-                Ok(Ok(hits)) => match_hits(&wanted, hits, &mut found),
+                Ok(Ok(hits)) => {
+                    self.health.answered();
+                    match_hits(&wanted, hits, &mut found);
+                }
                 Ok(Err(error)) => {
-                    tracing::warn!(index, %error, dids = wanted.len(), "Elasticsearch search failed");
+                    self.health.failed(index, &error, wanted.len());
                     failure = Some(Fetched::Failed(error.to_string()));
                     break;
                 }
@@ -194,6 +507,36 @@ impl RecordSource for ElasticSource {
             batch
         })
     }
+}
+
+/// The credentials in a URL's user-info (percent-decoded), if it has a user.
+fn url_credentials(url: &reqwest::Url) -> Option<Credentials> {
+    if url.username().is_empty() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    Some(Credentials {
+        username: decode(url.username()),
+        password: Secret::new(decode(url.password().unwrap_or(""))),
+    })
+}
+
+/// The certificates of a PEM CA file (Elasticsearch 8's `http_ca.crt`).
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, ElasticSetupError> {
+    let bad = |reason: String| ElasticSetupError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 /// The search the indexer's two `term` queries per reference become: one `terms`
@@ -265,8 +608,90 @@ mod tests {
             es.base.join("records/_search").unwrap().as_str(),
             "http://h/prefix/records/_search"
         );
-        assert!(ElasticSource::new("https://es:9200", Duration::from_secs(1)).is_err());
+        let es = ElasticSource::new("https://es:9200", Duration::from_secs(1)).unwrap();
+        assert!(es.is_https() && !es.has_credentials());
         assert!(ElasticSource::new("es:9200 nope", Duration::from_secs(1)).is_err());
+        let error = ElasticSource::new("ftp://u:secret@es:21", Duration::from_secs(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("not http or https"), "{error}");
+        assert!(
+            !error.contains("secret") && !error.contains("u:"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_the_settings_or_else_the_url_and_leave_the_url() {
+        let es =
+            ElasticSource::new("https://el%40stic:p%3Ass@es:9200", Duration::from_secs(1)).unwrap();
+        let credentials = es.credentials.as_ref().unwrap();
+        assert_eq!(credentials.username, "el@stic");
+        assert_eq!(credentials.password.expose(), "p:ss");
+        assert_eq!(es.base.as_str(), "https://es:9200/");
+        assert!(!format!("{credentials:?}").contains("p:ss"));
+
+        let es = ElasticSource::with_access(&ElasticAccess {
+            host: "http://urluser:urlpass@es:9200".into(),
+            timeout: Duration::from_secs(1),
+            username: Some("elastic".into()),
+            password: Some(Secret::new("changeme")),
+            ca_file: None,
+        })
+        .unwrap();
+        let credentials = es.credentials.as_ref().unwrap();
+        assert_eq!(
+            (credentials.username.as_str(), credentials.password.expose()),
+            ("elastic", "changeme")
+        );
+        assert_eq!(es.base.as_str(), "http://es:9200/");
+    }
+
+    #[test]
+    fn an_unusable_ca_file_stops_the_start_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("http_ca.crt");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [empty, dir.path().join("missing.crt")] {
+            let error = ElasticSource::with_access(&ElasticAccess {
+                host: "https://es:9200".into(),
+                timeout: Duration::from_secs(1),
+                ca_file: Some(path.clone()),
+                ..ElasticAccess::default()
+            })
+            .err()
+            .unwrap();
+            assert!(matches!(error, ElasticSetupError::CaFile { .. }), "{error}");
+            assert!(error.to_string().contains(&*path.to_string_lossy()));
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_by_kind_and_shown_as_the_last_state() {
+        let health = ElasticHealth::default();
+        assert_eq!(health.state(), "unknown");
+        health.failed("records", &ElasticError::Auth { status: 401 }, 3);
+        assert_eq!(health.state(), "auth");
+        health.failed("records", &ElasticError::Auth { status: 403 }, 3);
+        health.failed("records", &ElasticError::TooLarge, 3);
+        assert_eq!(health.state(), "response");
+        health.failed(
+            "records",
+            &ElasticError::Status {
+                status: 500,
+                body: String::new(),
+            },
+            1,
+        );
+        assert_eq!(health.errors(FailureKind::Auth), 2);
+        assert_eq!(health.errors(FailureKind::Response), 1);
+        assert_eq!(health.errors(FailureKind::Status), 1);
+        assert_eq!(health.errors(FailureKind::Tls), 0);
+        health.answered();
+        assert_eq!(health.state(), "ok");
+        let message = ElasticError::Auth { status: 401 }.to_string();
+        assert!(message.contains("ELASTICCLIENTUSERNAME"), "{message}");
     }
 
     #[test]

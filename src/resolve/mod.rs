@@ -45,23 +45,27 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 pub use cache::{CachedRecord, FoundRecord, RecordCache};
-pub use elastic::{ElasticError, ElasticSetupError, ElasticSource};
+pub use elastic::{
+    ElasticAccess, ElasticError, ElasticHealth, ElasticSetupError, ElasticSource, FailureKind,
+};
 pub use gun_source::GunSource;
 pub use options::{FieldFilter, OptionsError, ResolveOptions};
 pub use source::{Batch, Fetched, MemorySource, RecordSource, SourceKind, Sources};
-pub use stats::{ResolveStats, ResolverCounters};
+pub use stats::{Bound, RecordStats, ResolveStats, ResolverCounters};
 
 use crate::config::ResolverSettings;
 use crate::gun::GunClient;
-use walk::{Builder, Lookup, Memo};
+use walk::{Builder, Lookup, Memo, Unresolved};
 
 /// Resolved records and what it took to resolve them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolution {
     /// The records, in input order, references replaced.
     pub records: Vec<Value>,
-    /// The work done and the bounds met.
+    /// The work done and the bounds met, for the whole request.
     pub stats: ResolveStats,
+    /// What resolution did for each record, in the order of `records`.
+    pub record_stats: Vec<RecordStats>,
 }
 
 /// Why a resolver could not be built.
@@ -76,12 +80,21 @@ pub enum ResolverSetupError {
 /// One per process, shared by every request (`Arc<Resolver>` in the app state).
 pub struct Resolver {
     sources: Sources,
+    /// What `/readyz` and `/metrics` show of Elasticsearch, when it is configured.
+    elastic: Option<ElasticView>,
     cache: RecordCache,
     counters: ResolverCounters,
     max_depth: u32,
     budget: u64,
     max_output_bytes: u64,
     timeout: Duration,
+}
+
+/// How Elasticsearch is reached and how it has answered, without its URL.
+struct ElasticView {
+    https: bool,
+    credentials: bool,
+    health: Arc<ElasticHealth>,
 }
 
 impl Resolver {
@@ -93,17 +106,46 @@ impl Resolver {
         settings: &ResolverSettings,
         gun: Option<Arc<GunClient>>,
     ) -> Result<Resolver, ResolverSetupError> {
-        let indexed = match &settings.elasticsearch_host {
-            Some(host) if !host.trim().is_empty() => Some(Arc::new(ElasticSource::new(
-                host,
-                settings.elasticsearch_timeout,
-            )?) as Arc<dyn RecordSource>),
+        let elastic = match &settings.elasticsearch_host {
+            Some(host) if !host.expose().trim().is_empty() => {
+                Some(ElasticSource::with_access(&ElasticAccess {
+                    host: host.expose().to_owned(),
+                    timeout: settings.elasticsearch_timeout,
+                    username: settings.elastic_username.clone(),
+                    password: settings.elastic_password.clone(),
+                    ca_file: settings.elastic_ca_file.clone(),
+                })?)
+            }
             _ => None,
         };
+        let view = elastic.as_ref().map(|source| ElasticView {
+            https: source.is_https(),
+            credentials: source.has_credentials(),
+            health: Arc::clone(source.health()),
+        });
+        let indexed = elastic.map(|source| Arc::new(source) as Arc<dyn RecordSource>);
         let gun = gun.map(|client| {
             Arc::new(GunSource::new(client, settings.resolve_concurrency)) as Arc<dyn RecordSource>
         });
-        Ok(Resolver::with_sources(settings, Sources { gun, indexed }))
+        let mut resolver = Resolver::with_sources(settings, Sources { gun, indexed });
+        resolver.elastic = view;
+        Ok(resolver)
+    }
+
+    /// Elasticsearch's state for `/readyz`: whether it is configured, over TLS, with
+    /// credentials, and how the last search went (`unknown`, `ok`, or the kind of its
+    /// failure: `auth`, `tls`, `connect`, `timeout`, `status`, `response`). Never its
+    /// URL or user. Reported, never failing readiness: media is served without it.
+    pub fn elastic_status(&self) -> serde_json::Value {
+        match &self.elastic {
+            None => serde_json::json!({ "configured": false }),
+            Some(view) => serde_json::json!({
+                "configured": true,
+                "https": view.https,
+                "credentials": view.credentials,
+                "state": view.health.state(),
+            }),
+        }
     }
 
     /// A resolver over the given sources (tests, or records from elsewhere), with the
@@ -111,6 +153,7 @@ impl Resolver {
     pub fn with_sources(settings: &ResolverSettings, sources: Sources) -> Resolver {
         Resolver {
             sources,
+            elastic: None,
             cache: RecordCache::new(
                 settings.record_cache_entries,
                 settings.record_cache_bytes,
@@ -140,6 +183,12 @@ impl Resolver {
     pub fn register(self: &Arc<Self>, registry: &mut prometheus_client::registry::Registry) {
         use crate::metrics::ReadAtScrape;
         self.counters.register(registry);
+        // Registered whether or not Elasticsearch is configured, so dashboards and
+        // alerts see the same series everywhere (all zero without it).
+        match &self.elastic {
+            Some(view) => view.health.register(registry),
+            None => ElasticHealth::default().register(registry),
+        }
         let resolver = Arc::downgrade(self);
         registry.register(
             "resolve_cache_entries",
@@ -180,7 +229,11 @@ impl Resolver {
             }
             if Instant::now() >= deadline {
                 stats.timed_out = true;
-                memo.extend(frontier.into_iter().map(|did| (did, Lookup::Unresolved)));
+                memo.extend(
+                    frontier
+                        .into_iter()
+                        .map(|did| (did, Lookup::Unresolved(Unresolved::Timeout))),
+                );
                 break;
             }
             let found = self
@@ -201,23 +254,36 @@ impl Resolver {
         // milliseconds: done on the blocking pool, not on an async worker (the
         // resolve admission bounds how many run at once).
         let output_budget = self.max_output_bytes;
-        let (fields, names_only) = (options.fields.clone(), options.names_only);
-        let build = move || build(records, &memo, &fields, names_only, depth, output_budget);
-        let (records, output_limit_reached) = match tokio::task::spawn_blocking(build).await {
+        let (fields, names_only, capped) =
+            (options.fields.clone(), options.names_only, stats.capped);
+        let build = move || {
+            let shape = Shape {
+                fields: &fields,
+                names_only,
+                depth,
+                capped,
+            };
+            build(records, &memo, &shape, output_budget)
+        };
+        let built = match tokio::task::spawn_blocking(build).await {
             Ok(built) => built,
             Err(error) => match error.try_into_panic() {
                 // A panic while building is a bug: let it unwind here, as it would
                 // have had the build run inline.
                 Ok(panic) => std::panic::resume_unwind(panic),
                 // Cancelled: only when the runtime shuts down.
-                Err(_) => (Vec::new(), false),
+                Err(_) => Built::default(),
             },
         };
-        stats.output_limit_reached = output_limit_reached;
+        stats.output_limit_reached = built.output_limit_reached;
         stats.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.counters.record(&stats);
         tracing::debug!(?stats, "resolved");
-        Resolution { records, stats }
+        Resolution {
+            records: built.records,
+            stats,
+            record_stats: built.record_stats,
+        }
     }
 
     /// Looks up one level's DIDs (none already in `memo`), within what is left of the
@@ -232,7 +298,7 @@ impl Resolver {
         let left = usize::try_from(self.budget.saturating_sub(stats.lookups)).unwrap_or(usize::MAX);
         if dids.len() > left {
             for did in dids.drain(left..) {
-                memo.insert(did, Lookup::Unresolved);
+                memo.insert(did, Lookup::Unresolved(Unresolved::Budget));
             }
             stats.budget_exhausted = true;
         }
@@ -248,7 +314,7 @@ impl Resolver {
                 Some(CachedRecord::Missing) => {
                     stats.cache_hits += 1;
                     stats.not_found += 1;
-                    memo.insert(did.clone(), Lookup::Unresolved);
+                    memo.insert(did.clone(), Lookup::Unresolved(Unresolved::NotFound));
                 }
                 None => {
                     stats.misses += 1;
@@ -333,7 +399,7 @@ impl Resolver {
         for (did, answer) in asked.into_iter().zip(answers) {
             let Some(answer) = answer else {
                 stats.unresolved_no_source += 1;
-                memo.insert(did, Lookup::Unresolved);
+                memo.insert(did, Lookup::Unresolved(Unresolved::NoSource));
                 continue;
             };
             match answer {
@@ -346,17 +412,17 @@ impl Resolver {
                 Fetched::Missing => {
                     stats.not_found += 1;
                     self.cache.insert_missing(did.clone()).await;
-                    memo.insert(did, Lookup::Unresolved);
+                    memo.insert(did, Lookup::Unresolved(Unresolved::NotFound));
                     inserted = true;
                 }
                 Fetched::Failed(reason) => {
                     stats.source_errors += 1;
                     tracing::debug!(%did, %reason, "lookup failed");
-                    memo.insert(did, Lookup::Unresolved);
+                    memo.insert(did, Lookup::Unresolved(Unresolved::Failed));
                 }
                 Fetched::TimedOut => {
                     stats.timed_out = true;
-                    memo.insert(did, Lookup::Unresolved);
+                    memo.insert(did, Lookup::Unresolved(Unresolved::Timeout));
                 }
             }
         }
@@ -364,31 +430,46 @@ impl Resolver {
     }
 }
 
-/// Builds the output records from `memo`, the input records paid for first out of
-/// `output_budget` (they are part of the answer); also whether the budget ran out.
-fn build(
-    records: Vec<Value>,
-    memo: &Memo,
-    fields: &FieldFilter,
+/// How the output is built: the options, the depth used, and whether it was capped.
+struct Shape<'a> {
+    fields: &'a FieldFilter,
     names_only: bool,
     depth: u32,
-    output_budget: u64,
-) -> (Vec<Value>, bool) {
+    capped: bool,
+}
+
+/// The output of [`build`].
+#[derive(Default)]
+struct Built {
+    records: Vec<Value>,
+    record_stats: Vec<RecordStats>,
+    output_limit_reached: bool,
+}
+
+/// Builds the output records from `memo`, the input records paid for first out of
+/// `output_budget` (they are part of the answer), with what was done for each record
+/// and whether the budget ran out.
+fn build(records: Vec<Value>, memo: &Memo, shape: &Shape<'_>, output_budget: u64) -> Built {
     let input_bytes: u64 = records
         .iter()
         .map(|record| memory::value_bytes(record, memory::Sizing::AsHeld))
         .sum();
     let mut builder = Builder::new(
         memo,
-        fields,
-        names_only,
+        shape.fields,
+        shape.names_only,
         output_budget.saturating_sub(input_bytes),
+        shape.capped,
     );
-    let records = records
+    let (records, record_stats) = records
         .into_iter()
-        .map(|record| builder.root(record, depth))
-        .collect();
-    (records, builder.output_limit_reached())
+        .map(|record| builder.root(record, shape.depth))
+        .unzip();
+    Built {
+        records,
+        record_stats,
+        output_limit_reached: builder.output_limit_reached(),
+    }
 }
 
 /// A source's answers to `asked` DIDs, exactly one per DID. A source that answers

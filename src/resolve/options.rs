@@ -105,15 +105,14 @@ fn parse_bool(value: &Value) -> Result<bool, OptionsError> {
 
 /// The `resolveFieldName` targets. A target `T` selects the field
 /// `data.<category>.<key>` when `T` is `category.key` or `data.category.key`, or a
-/// dotted parent of either (`category`, `data.category`, `data`), or — for a single
-/// word — the `key` itself in any category. SPEC §4 documents a single word as a key;
-/// the indexer's prefix matcher also lets it select a whole category; both readings
-/// are honoured so that no caller of either kind loses a field.
+/// dotted parent of either (`category`, `data.category`, `data`) — the indexer's
+/// matcher, which compares `category.key` and `data.category.key` with `T` and with
+/// `T + '.'` as a string prefix. A bare word is therefore a category, never a key of
+/// another category (SPEC §4): `exercise` selects the `exercise` category, not
+/// `workout.exercise`.
 ///
-/// A target also selects its dotted children, as in the indexer (which compares
-/// `category.key` with `target + '.'` as a string prefix) and SPEC §4: OIP keys may
-/// contain dots, so `links.x` selects the key `x.y` in category `links`, and a single
-/// word `x` the key `x.y` in any category. A target never selects a mere string
+/// A target also selects its dotted children: OIP keys may contain dots, so `links.x`
+/// selects the key `x.y` in category `links`. A target never selects a mere string
 /// prefix: `links.x` does not select `xy`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldFilter {
@@ -173,12 +172,10 @@ impl FieldFilter {
     }
 }
 
-/// The match, without building strings: `target` is a bare key (or a dotted parent
-/// of one), or a dotted prefix of `category.key` or `data.category.key`, the whole of
-/// either included.
+/// The match, without building strings: `target` is a dotted prefix of
+/// `category.key` or `data.category.key`, the whole of either included.
 fn covers(target: &str, category: &str, key: &str) -> bool {
     target == "data"
-        || (!target.contains('.') && is_dotted_prefix(target, [key]))
         || is_dotted_prefix(target, [category, key])
         || target
             .strip_prefix("data.")
@@ -218,13 +215,15 @@ mod tests {
         assert!(!f.allows("workout", "exerciseComment"));
         assert!(!f.allows("basic", "name"));
         assert!(!f.allows("recipes", "x"));
-        // A single word names a key in any category (SPEC §4) and a whole category
-        // (the indexer's prefix match).
-        let key_only = FieldFilter::parse("exercise");
-        assert!(key_only.allows("workout", "exercise"));
-        assert!(key_only.allows("plan", "exercise"));
-        assert!(key_only.allows("exercise", "equipment"));
-        assert!(!key_only.allows("workout", "exerciseComment"));
+        // A bare word is a category (the indexer's prefix match, SPEC §4), never a
+        // key of another category.
+        let word = FieldFilter::parse("exercise");
+        assert!(word.allows("exercise", "equipment"));
+        assert!(word.allows("exercise", "exercise"));
+        assert!(!word.allows("workout", "exercise"));
+        assert!(!word.allows("plan", "exercise"));
+        assert!(!word.allows("exercises", "x"));
+        assert!(!word.allows("workout", "exerciseComment"));
         assert!(FieldFilter::parse("data").allows("any", "thing"));
         assert!(FieldFilter::parse("data.workout").allows("workout", "x"));
         assert!(FieldFilter::parse(" , ").is_all());
@@ -256,12 +255,13 @@ mod tests {
         assert!(FieldFilter::parse("a.b").allows("a.b", "c"));
         assert!(FieldFilter::parse("a.b.c").allows("a.b", "c"));
         assert!(!FieldFilter::parse("a.bc").allows("a.b", "c"));
-        // A single word: the key and its dotted children in any category, and the
-        // category of that name.
+        // A single word: the category of that name only, not the key (or its dotted
+        // children) in other categories.
         let word = FieldFilter::parse("x");
-        assert!(word.allows("links", "x.y"));
-        assert!(word.allows("other", "x"));
         assert!(word.allows("x", "anything"));
+        assert!(word.allows("x", "y.z"));
+        assert!(!word.allows("links", "x.y"));
+        assert!(!word.allows("other", "x"));
         assert!(!word.allows("links", "xy"));
         // Array categories' items are fields named by their index.
         assert!(FieldFilter::parse("tags.0").allows("tags", "0"));

@@ -54,6 +54,66 @@ pub struct ResolveStats {
     pub timed_out: bool,
 }
 
+/// A bound that left some of a record's references as DIDs, as named in
+/// [`RecordStats::bounds_hit`] (and in the `kind` label of
+/// `oip_media_resolve_bounds_hit_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Bound {
+    /// `--resolve-max-depth` capped the requested depth, and this record had
+    /// references at the capped depth that a deeper resolution would have replaced.
+    Depth,
+    /// `--resolve-budget` was spent before some of this record's references were
+    /// looked up.
+    Budget,
+    /// `--resolve-max-output-bytes` was spent before some of this record's references
+    /// were copied in.
+    Output,
+    /// `--resolve-timeout` ran out before some of this record's references were
+    /// looked up.
+    Timeout,
+}
+
+/// What resolution did for one record of a request: the `recordStats` array of an
+/// answer holds one per record, in the order of `records` (one for the `record` form).
+/// Serialised in camelCase.
+///
+/// The bounds are per request (one lookup budget, output budget, deadline and depth
+/// cap for the whole batch, which is what bounds the process); this says which
+/// records they cut short. Each reference counts once per place it appears in the
+/// record's resolved tree: `resolved + unresolved` is every reference met while
+/// building this record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordStats {
+    /// References replaced by a record, a name (`resolveNamesOnly`) or a cycle stub.
+    pub resolved: u64,
+    /// References left as DIDs, for whatever reason (the counters below, or a bound).
+    pub unresolved: u64,
+    /// Of `unresolved`: looked up, and no source had the record.
+    pub not_found: u64,
+    /// Of `unresolved`: the source failed (error status, authentication or TLS
+    /// failure, bad answer); never reported as not found.
+    pub source_errors: u64,
+    /// Of `unresolved`: no source is configured for that kind of DID.
+    pub unresolved_no_source: u64,
+    /// Memory the copies, names and stubs put into this record take, as the output
+    /// budget counts it (the record's own input is not included).
+    pub output_bytes: u64,
+    /// The bounds that left some of this record's references as DIDs, in a fixed
+    /// order (`depth`, `budget`, `output`, `timeout`); empty when none did.
+    pub bounds_hit: Vec<Bound>,
+}
+
+impl RecordStats {
+    /// Notes that `bound` cut this record short (once per bound).
+    pub fn hit(&mut self, bound: Bound) {
+        if let Err(at) = self.bounds_hit.binary_search(&bound) {
+            self.bounds_hit.insert(at, bound);
+        }
+    }
+}
+
 /// Process-wide totals over every resolution, updated once per request; registered for
 /// `/metrics` by [`ResolverCounters::register`] (`oip_media_resolve_*`).
 #[derive(Debug, Default)]
@@ -165,6 +225,17 @@ mod tests {
         assert_eq!(counters.misses.get(), 2);
         assert_eq!(counters.depth_caps.get(), 1);
         assert_eq!(counters.budget_exhaustions.get(), 1);
+        let mut record = RecordStats::default();
+        record.hit(Bound::Timeout);
+        record.hit(Bound::Depth);
+        record.hit(Bound::Timeout);
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["boundsHit"], serde_json::json!(["depth", "timeout"]));
+        assert_eq!(json["unresolvedNoSource"], 0);
+        assert_eq!(
+            serde_json::to_value(RecordStats::default()).unwrap()["boundsHit"],
+            serde_json::json!([])
+        );
         let json = serde_json::to_value(&stats).unwrap();
         assert_eq!(json["cacheHits"], 1);
         assert_eq!(json["budgetExhausted"], false);

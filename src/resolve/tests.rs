@@ -302,25 +302,31 @@ async fn field_filters_limit_resolution_at_every_level() {
 
 #[tokio::test]
 async fn a_wide_fan_out_spends_the_budget_and_says_so() {
-    let dids: Vec<String> = (0..10_000).map(|i| format!("did:arweave:{i:05}")).collect();
-    let targets: Vec<Value> = (0..10_000)
+    let budget = settings().resolve_budget;
+    let wide = budget * 4;
+    let dids: Vec<String> = (0..wide).map(|i| format!("did:arweave:{i:05}")).collect();
+    let targets: Vec<Value> = (0..wide)
         .map(|i| rec(&dids[i], &format!("n{i}"), json!({})))
         .collect();
     let root = rec("did:root", "Root", json!({"all": dids}));
     let (resolver, source) = resolver(targets.clone());
     let out = resolver.resolve(vec![root], &depth(2)).await;
     let all = out.records[0]["data"]["links"]["all"].as_array().unwrap();
-    assert_eq!(all.len(), 10_000);
+    assert_eq!(all.len(), wide);
     assert!(
-        all[..1000] == targets[..1000],
-        "the first 1000 are resolved"
+        all[..budget] == targets[..budget],
+        "the first {budget} are resolved"
     );
-    assert_eq!(all[1000], json!("did:arweave:01000"));
-    assert!(all[1000..].iter().all(Value::is_string));
+    assert_eq!(all[budget], json!(dids[budget]));
+    assert!(all[budget..].iter().all(Value::is_string));
     assert!(out.stats.budget_exhausted);
-    assert_eq!(out.stats.lookups, 1000);
-    assert_eq!(source.asked_total(), 1000);
+    assert_eq!(out.stats.lookups, budget as u64);
+    assert_eq!(source.asked_total(), budget as u64);
     assert_eq!(resolver.counters().budget_exhaustions.get(), 1);
+    assert_eq!(out.record_stats.len(), 1);
+    assert_eq!(out.record_stats[0].bounds_hit, [Bound::Budget]);
+    assert_eq!(out.record_stats[0].resolved, budget as u64);
+    assert_eq!(out.record_stats[0].unresolved, (wide - budget) as u64);
 }
 
 #[tokio::test]

@@ -34,15 +34,31 @@ use super::cache::FoundRecord;
 use super::memory::{Sizing, heap_bytes};
 use super::options::FieldFilter;
 use super::recipe::merge_ingredient_comments;
+use super::stats::{Bound, RecordStats};
 
 /// What one request learnt about one DID.
 #[derive(Debug, Clone)]
 pub(crate) enum Lookup {
     /// Found (in the cache or a source).
     Found(FoundRecord),
-    /// Not found, unresolvable (no source, source failure), or not looked up (budget
-    /// spent): the reference stays the DID string.
-    Unresolved,
+    /// Not found, unresolvable, or not looked up: the reference stays the DID string,
+    /// for the reason given.
+    Unresolved(Unresolved),
+}
+
+/// Why a reference stays a DID: what each record's [`RecordStats`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unresolved {
+    /// Looked up; no source had it.
+    NotFound,
+    /// The source failed (never cached, never reported as not found).
+    Failed,
+    /// No source is configured for its kind of DID.
+    NoSource,
+    /// Not looked up: the request's lookup budget was spent.
+    Budget,
+    /// Not looked up in time: the request's deadline passed.
+    Timeout,
 }
 
 /// The per-request memo: each DID is looked up at most once per request.
@@ -172,6 +188,11 @@ pub(crate) struct Builder<'m> {
     /// Set when a replacement was refused for lack of output budget; from then on
     /// every remaining reference stays a DID, so the cut is easy to describe.
     output_limit_reached: bool,
+    /// Whether the request's depth was capped: a record inserted at the last level
+    /// with references of its own was then cut by the depth bound.
+    capped: bool,
+    /// What building the current root record did.
+    record: RecordStats,
     /// DIDs of the records on the current path (the root's, then each expanded
     /// record's identity and the reference that reached it).
     path: Vec<String>,
@@ -179,12 +200,14 @@ pub(crate) struct Builder<'m> {
 
 impl<'m> Builder<'m> {
     /// A builder over `memo`, allowed to add `output_left` bytes of memory to the
-    /// output (every copy, name and stub counted as it is made).
+    /// output (every copy, name and stub counted as it is made); `capped` says
+    /// whether the depth it is given was cut by `--resolve-max-depth`.
     pub(crate) fn new(
         memo: &'m Memo,
         filter: &'m FieldFilter,
         names_only: bool,
         output_left: u64,
+        capped: bool,
     ) -> Self {
         Builder {
             memo,
@@ -192,6 +215,8 @@ impl<'m> Builder<'m> {
             names_only,
             output_left,
             output_limit_reached: false,
+            capped,
+            record: RecordStats::default(),
             path: Vec::new(),
         }
     }
@@ -201,16 +226,19 @@ impl<'m> Builder<'m> {
         self.output_limit_reached
     }
 
-    /// Resolves one input record `depth` levels deep. The input is the caller's own
-    /// value, so it is changed in place; everything inserted into it is a copy.
-    pub(crate) fn root(&mut self, mut record: Value, depth: u32) -> Value {
+    /// Resolves one input record `depth` levels deep, with what that did. The input
+    /// is the caller's own value, so it is changed in place; everything inserted into
+    /// it is a copy.
+    pub(crate) fn root(&mut self, mut record: Value, depth: u32) -> (Value, RecordStats) {
+        self.record = RecordStats::default();
         if depth == 0 {
-            return record;
+            self.note_depth_cut(&record);
+            return (record, std::mem::take(&mut self.record));
         }
         let pushed = self.push(identity(&record).map(str::to_owned), None);
         self.replace_references(&mut record, depth);
         self.path.truncate(self.path.len() - pushed);
-        record
+        (record, std::mem::take(&mut self.record))
     }
 
     /// Replaces the references of `record`, which has `remaining` levels left (1 or
@@ -272,18 +300,35 @@ impl<'m> Builder<'m> {
     /// What replaces the reference `did` in a record with `remaining` levels left;
     /// `None` keeps the DID.
     fn replacement(&mut self, did: &str, remaining: u32) -> Option<Value> {
+        let memo = self.memo;
+        let found = match memo.get(did) {
+            Some(Lookup::Found(found)) => found,
+            Some(Lookup::Unresolved(why)) => {
+                self.stays_a_did(Some(*why));
+                return None;
+            }
+            None => {
+                self.stays_a_did(None);
+                return None;
+            }
+        };
         if self.output_limit_reached {
+            self.record.unresolved += 1;
+            self.record.hit(Bound::Output);
             return None;
         }
-        let Some(Lookup::Found(found)) = self.memo.get(did) else {
-            return None;
-        };
         let target = &*found.record;
         if self.names_only && remaining == 1 {
-            let name = target
+            self.note_depth_cut(target);
+            let Some(name) = target
                 .pointer("/data/basic/name")
                 .filter(|n| is_truthy(n))
-                .cloned()?;
+                .cloned()
+            else {
+                // The indexer's rule: no name, the DID stays.
+                self.stays_a_did(None);
+                return None;
+            };
             return self
                 .charge(heap_bytes(&name, Sizing::AsHeld))
                 .then_some(name);
@@ -298,6 +343,9 @@ impl<'m> Builder<'m> {
         }
         if !self.charge(found.copy_bytes) {
             return None;
+        }
+        if next == 0 {
+            self.note_depth_cut(target);
         }
         let mut copy = target.clone();
         if expandable {
@@ -328,13 +376,47 @@ impl<'m> Builder<'m> {
         self.path.len() - before
     }
 
+    /// Pays `bytes` out of the output budget for one replacement; when it cannot,
+    /// the reference stays a DID for that reason.
     fn charge(&mut self, bytes: u64) -> bool {
         if bytes > self.output_left {
             self.output_limit_reached = true;
+            self.record.unresolved += 1;
+            self.record.hit(Bound::Output);
             return false;
         }
         self.output_left -= bytes;
+        self.record.output_bytes += bytes;
+        self.record.resolved += 1;
         true
+    }
+
+    /// Counts a reference of the current record that stays a DID, and why.
+    fn stays_a_did(&mut self, why: Option<Unresolved>) {
+        let record = &mut self.record;
+        record.unresolved += 1;
+        match why {
+            Some(Unresolved::NotFound) => record.not_found += 1,
+            Some(Unresolved::Failed) => record.source_errors += 1,
+            Some(Unresolved::NoSource) => record.unresolved_no_source += 1,
+            Some(Unresolved::Budget) => record.hit(Bound::Budget),
+            Some(Unresolved::Timeout) => record.hit(Bound::Timeout),
+            None => {}
+        }
+    }
+
+    /// `record` goes into the output with no levels left: if the depth was capped and
+    /// it has references a deeper resolution would have replaced, the depth bound cut
+    /// the current record short.
+    fn note_depth_cut(&mut self, record: &Value) {
+        if !self.capped || self.record.bounds_hit.contains(&Bound::Depth) {
+            return;
+        }
+        let mut any = false;
+        for_each_reference(record, self.filter, |_| any = true);
+        if any {
+            self.record.hit(Bound::Depth);
+        }
     }
 }
 
@@ -391,7 +473,11 @@ mod tests {
             some.push(d)
         });
         assert_eq!(some, ["did:x:1", "did:x:2"]);
-        let memo: Memo = [("did:x:1".to_owned(), Lookup::Unresolved)].into();
+        let memo: Memo = [(
+            "did:x:1".to_owned(),
+            Lookup::Unresolved(Unresolved::NotFound),
+        )]
+        .into();
         assert_eq!(
             new_references([&r, &r], &FieldFilter::default(), &memo),
             [
@@ -417,10 +503,12 @@ mod tests {
         let empty = rec("did:empty", Some(""), json!({}));
         let memo = memo_of(&[a.clone(), b, c, noname, empty]);
         let filter = FieldFilter::default();
-        let mut builder = Builder::new(&memo, &filter, true, u64::MAX);
-        let out = builder.root(a.clone(), 1);
+        let mut builder = Builder::new(&memo, &filter, true, u64::MAX, false);
+        let (out, _) = builder.root(a.clone(), 1);
         assert_eq!(out["data"]["links"]["b"], "B");
-        let out = builder.root(a, 2);
+        let (out, stats) = builder.root(a, 2);
+        assert_eq!((stats.resolved, stats.unresolved), (2, 2), "{stats:?}");
+        assert!(stats.bounds_hit.is_empty());
         assert_eq!(out["data"]["links"]["b"]["data"]["basic"]["name"], "B");
         assert_eq!(
             out["data"]["links"]["b"]["data"]["links"],
@@ -436,11 +524,70 @@ mod tests {
         let memo = memo_of(&[a.clone(), b.clone(), c]);
         let filter = FieldFilter::default();
         let one = heap_bytes(&b, Sizing::AsCloned);
-        let mut builder = Builder::new(&memo, &filter, false, one + one / 2);
-        let out = builder.root(a, 1);
+        let mut builder = Builder::new(&memo, &filter, false, one + one / 2, false);
+        let (out, stats) = builder.root(a.clone(), 1);
         assert_eq!(out["data"]["links"]["x"][0], b);
         assert_eq!(out["data"]["links"]["x"][1], "did:c");
         assert!(builder.output_limit_reached());
+        assert_eq!((stats.resolved, stats.unresolved), (1, 1));
+        assert_eq!(stats.output_bytes, one);
+        assert_eq!(stats.bounds_hit, [Bound::Output]);
+        // The next record of the batch is cut by the same spent budget, and says so.
+        let (_, stats) = builder.root(a, 1);
+        assert_eq!((stats.resolved, stats.unresolved), (0, 2));
+        assert_eq!(stats.bounds_hit, [Bound::Output]);
+    }
+
+    #[test]
+    fn each_record_says_why_its_references_stayed_dids() {
+        let a = rec(
+            "did:a",
+            None,
+            json!({"x": ["did:b", "did:gone", "did:err", "did:nosrc", "did:late", "did:spent"]}),
+        );
+        let plain = rec("did:p", None, json!({"only": "did:gone"}));
+        let b = rec("did:b", None, json!({"deeper": "did:c"}));
+        let mut memo = memo_of(std::slice::from_ref(&b));
+        for (did, why) in [
+            ("did:gone", Unresolved::NotFound),
+            ("did:err", Unresolved::Failed),
+            ("did:nosrc", Unresolved::NoSource),
+            ("did:late", Unresolved::Timeout),
+            ("did:spent", Unresolved::Budget),
+        ] {
+            memo.insert(did.to_owned(), Lookup::Unresolved(why));
+        }
+        let filter = FieldFilter::default();
+        // Depth capped at 1: `b` goes in as a leaf with a reference of its own.
+        let mut builder = Builder::new(&memo, &filter, false, u64::MAX, true);
+        let (_, stats) = builder.root(a.clone(), 1);
+        assert_eq!(stats.resolved, 1);
+        assert_eq!(stats.unresolved, 5);
+        assert_eq!(
+            (
+                stats.not_found,
+                stats.source_errors,
+                stats.unresolved_no_source
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            stats.bounds_hit,
+            [Bound::Depth, Bound::Budget, Bound::Timeout]
+        );
+        // A record of the same batch that met none of them says so.
+        let (_, stats) = builder.root(plain, 1);
+        assert_eq!(
+            (stats.resolved, stats.unresolved, stats.not_found),
+            (0, 1, 1)
+        );
+        assert!(stats.bounds_hit.is_empty());
+        // Not capped: the same leaf is no depth cut.
+        let mut builder = Builder::new(&memo, &filter, false, u64::MAX, false);
+        assert_eq!(
+            builder.root(a, 1).1.bounds_hit,
+            [Bound::Budget, Bound::Timeout]
+        );
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! Body: `{"records": [record, …]}` or `{"record": record}`, plus the options
 //! `resolveDepth`, `resolveNamesOnly`, `resolveFieldName` as JSON fields or as query
 //! parameters (a JSON field wins over a query parameter of the same name). Answer:
-//! `{"records": […], "stats": {…}}` (or `{"record": {…}, "stats": {…}}`), the stats
-//! being [`ResolveStats`](crate::resolve::ResolveStats) in camelCase.
+//! `{"records": […], "stats": {…}, "recordStats": […]}` (or `{"record": {…}, "stats":
+//! {…}, "recordStats": [{…}]}`): `stats` is the whole request's
+//! [`ResolveStats`](crate::resolve::ResolveStats), `recordStats` one
+//! [`RecordStats`](crate::resolve::RecordStats) per record, index by index with
+//! `records` (one element for `record`), each in camelCase with its `boundsHit`.
 //!
 //! Every outcome before resolution is decided first ([`read_body`], [`parse_input`])
 //! and then turned into a response: 400 with a JSON error naming what is wrong, 413
@@ -33,7 +36,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde_json::Value;
 
 use crate::body::Body;
-use crate::http::request_body::{BodyError, BoundedBody, read_bounded};
+use crate::http::request_body::{BodyError, BoundedBody, read_bounded, share_units};
 use crate::limit::{Limiter, Shed};
 use crate::resolve::bounded_parse::{BoundedParseError, parse_within};
 use crate::resolve::{OptionsError, Resolution, ResolveOptions};
@@ -111,6 +114,18 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let settings = &state.config.resolver;
+    // Resolve bodies' own share of the body budget (`--resolve-body-budget`), taken
+    // first and held as long as the body: however large the process-wide budget is
+    // made for GUN puts, resolve bodies stay within theirs.
+    let units = share_units(request.headers(), settings.resolve_body_limit);
+    let resolve_share = if units == 0 {
+        None
+    } else {
+        match state.admissions.resolve_body.acquire_many(units).await {
+            Ok(share) => Some(share),
+            Err(why) => return refused(&InputError::Busy(why)),
+        }
+    };
     let (query, body) = match read_body(
         request,
         settings.resolve_body_limit,
@@ -131,7 +146,13 @@ where
     // (and freeing them) is CPU work of tens of milliseconds: on the blocking pool,
     // not on an async worker. The admission above bounds how many run at once.
     let budget = settings.resolve_max_output_bytes;
-    let parsed = blocking(move || parse_input(&body, query.as_deref(), budget)).await;
+    let parsed = blocking(move || {
+        let parsed = parse_input(&body, query.as_deref(), budget);
+        // The body's bytes and its shares go together, once parsed.
+        drop((body, resolve_share));
+        parsed
+    })
+    .await;
     let input = match parsed {
         Some(Ok(input)) => input,
         Some(Err(error)) => return refused(&error),
@@ -195,11 +216,16 @@ where
     Ok((parts.uri.query().map(str::to_owned), bytes))
 }
 
-/// The answer `{"records":[…],"stats":{…}}` (or `{"record":…,"stats":…}`), written
-/// straight into the response's byte segments one record at a time; each record's
-/// tree is dropped as soon as it is written.
+/// The answer `{"records":[…],"stats":{…},"recordStats":[…]}` (or
+/// `{"record":…,"stats":…,"recordStats":[…]}`), written straight into the response's
+/// byte segments one record at a time; each record's tree is dropped as soon as it is
+/// written.
 pub fn answer(resolution: Resolution, single: bool) -> Response<Body> {
-    let Resolution { records, stats } = resolution;
+    let Resolution {
+        records,
+        stats,
+        record_stats,
+    } = resolution;
     let mut out = Segments::default();
     // Writing into memory cannot fail (`Segments::write_str` never errs), and a
     // `Value` or the derived stats always serialize.
@@ -216,14 +242,14 @@ pub fn answer(resolution: Resolution, single: bool) -> Response<Body> {
         }
         out.write_char(']')
     };
-    match serde_json::to_string(&stats) {
-        Ok(stats) => {
-            let _ = write!(out, ",\"stats\":{stats}}}");
-        }
-        Err(_) => {
-            let _ = out.write_char('}');
-        }
+    // The derived stats always serialize (plain numbers, booleans and enum names).
+    if let Ok(stats) = serde_json::to_string(&stats) {
+        let _ = write!(out, ",\"stats\":{stats}");
     }
+    if let Ok(record_stats) = serde_json::to_string(&record_stats) {
+        let _ = write!(out, ",\"recordStats\":{record_stats}");
+    }
+    let _ = out.write_char('}');
     let (segments, len) = out.finish();
     let mut response = Response::new(Body::from_segments(segments, crate::body::DEFAULT_CHUNK));
     let headers = response.headers_mut();

@@ -221,6 +221,10 @@ impl Corpus {
             ("WORKERS", "2".to_owned()),
             ("SUMMARY_INTERVAL", "1h".to_owned()),
             ("GUN_SUMMARY_INTERVAL", "0".to_owned()),
+            // The put bursts below are sized at a 1 MiB put limit (bodies at it, and
+            // over it); the default limit (128 MiB, every record the indexer can
+            // publish) and its budget are checked by tests/gun_put_large.rs.
+            ("GUN_PUT_BODY_LIMIT", "1MiB".to_owned()),
         ];
         if let Some(relay) = relay {
             env.push(("GUN_PEERS", format!("http://{relay}")));
