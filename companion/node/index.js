@@ -517,7 +517,7 @@ class Client {
     breaker.probing = false;
     if (breaker.failures >= this.settings.breakerThreshold) {
       breaker.openUntil = Date.now() + this.settings.breakerCooldownMs;
-      this.warn('down', `${message}; circuit open for ${this.settings.breakerCooldownMs} ms (records pass through unresolved, no waiting)`);
+      this.warn('breaker', `${message}; circuit open for ${this.settings.breakerCooldownMs} ms (records pass through unresolved, no waiting)`);
     } else {
       this.warn('down', message);
     }
