@@ -195,7 +195,8 @@ class Client {
       }
       this.counters.resolved++;
       if (summarizeRecipe && typeof addRecipeNutritionalSummary === 'function') {
-        return await this.summarize(outcome, record, depth, Boolean(resolveNamesOnly), addRecipeNutritionalSummary, recordsInDB);
+        const seen = lookupView(recordsInDB);
+        return await this.summarize(outcome, record, depth, Boolean(resolveNamesOnly), addRecipeNutritionalSummary, seen);
       }
       return outcome;
     } catch (error) {
@@ -213,16 +214,24 @@ class Client {
    * rather than names. Top-level records get theirs in `getRecords`, not here.
    * `original` is the caller's record: at the first level only fields that held a DID
    * there count as references.
+   *
+   * The summary function looks ingredients up in the `recordsInDB` it is given. The
+   * indexer's own resolver pushes every record it fetched into that array as it walks
+   * (depth first, before resolving into it), so a summary sees the records fetched before
+   * it. `seen` reproduces that without touching the caller's array: a copy made on first
+   * use, to which each resolved reference is added in the same order (up to the
+   * indexer's 7,500).
    */
-  async summarize(resolved, original, levelsLeft, namesOnly, summary, recordsInDB) {
+  async summarize(resolved, original, levelsLeft, namesOnly, summary, seen) {
     if (levelsLeft < 1 || (namesOnly && levelsLeft === 1)) return resolved;
     const data = resolved && resolved.data;
     if (!data || typeof data !== 'object') return resolved;
     const one = async (ref) => {
-      let out = await this.summarize(ref, null, levelsLeft - 1, namesOnly, summary, recordsInDB);
+      seen.remember(ref);
+      let out = await this.summarize(ref, null, levelsLeft - 1, namesOnly, summary, seen);
       if (out.oip && out.oip.recordType === 'recipe' && out.data && out.data.recipe) {
         try {
-          out = await summary(out, recordsInDB);
+          out = await summary(out, seen.array());
         } catch (error) {
           this.counters.summaryErrors++;
           this.warn('summary', `addRecipeNutritionalSummary threw for ${out.oip.did || out.oip.didTx}: ${error && error.message}`);
@@ -545,6 +554,34 @@ class Client {
       // A broken logger must not break resolution.
     }
   }
+}
+
+/** The indexer's resolution cache cap: it stops pushing past 7,500 records. */
+const INDEXER_CACHE_CAP = 7500;
+
+/**
+ * What the indexer's `recordsInDB` would hold while it resolves one record: the
+ * caller's array until a reference it lacked is met, then a copy with each such record
+ * added (never the caller's array itself).
+ */
+function lookupView(recordsInDB) {
+  const base = Array.isArray(recordsInDB) ? recordsInDB : [];
+  let copy = null;
+  let dids = null;
+  const key = (r) => r && r.oip && (r.oip.did || r.oip.didTx);
+  return {
+    remember(record) {
+      const did = key(record);
+      if (!did) return;
+      if (!dids) dids = new Set(base.map(key));
+      if (dids.has(did)) return;
+      if (!copy) copy = base.slice();
+      if (copy.length >= INDEXER_CACHE_CAP) return;
+      copy.push(record);
+      dids.add(did);
+    },
+    array: () => copy || recordsInDB,
+  };
 }
 
 function settleAll(entries, value) {
