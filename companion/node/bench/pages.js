@@ -9,14 +9,25 @@
 //   node --expose-gc bench/pages.js            # BENCH_PAGES=10000 by default
 //   OIP_INDEXER_DIR=/tmp/indexer node --expose-gc bench/pages.js
 
+const { spawn } = require('node:child_process');
+const path = require('node:path');
 const { createClient } = require('..');
-const { startElastic, startServer, recordingLogger, binary } = require('../test/support');
+const { startServer, recordingLogger, binary } = require('../test/support');
 const { workoutWorld } = require('../test/fixtures');
 const { loadIndexer, quiet } = require('../test/indexer');
 
 const PAGES = Number(process.env.BENCH_PAGES || 10000);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT_PAGES || 4);
 const MIB = 1048576;
+const WORKOUTS = 200;
+
+/** The Elasticsearch stand-in, in a child process (bench/elastic-child.js). */
+function elasticChild() {
+  const child = spawn(process.execPath, [path.join(__dirname, 'elastic-child.js'), String(WORKOUTS)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  return new Promise((resolve) => {
+    child.stdout.once('data', (line) => resolve({ url: line.toString().trim(), close: async () => child.stdin.end() }));
+  });
+}
 
 function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))];
@@ -85,45 +96,59 @@ async function run(name, page, resolvePage) {
   return row;
 }
 
-async function main() {
-  if (!binary()) throw new Error('set OIP_MEDIA_BIN (or build target/debug/oip-media)');
-  const { records, page } = workoutWorld({ workoutCount: 200 });
-  const elastic = await startElastic(records, []);
-  const server = await startServer(elastic.url);
-  const client = createClient({ url: server.url, logger: recordingLogger() });
-  // getRecords' recordsInDB: the indexer's 5,000-record cache (here: every record).
-  const recordsInDB = [...records];
-  console.log(`# ${PAGES} pages of 20/50/100 workouts at depth 2, ${CONCURRENT} pages at a time; node ${process.version}; oip-media ${binary()}`);
-  try {
-    await run('companion', page, (slice) =>
-      Promise.all(slice.map((r) => client.resolveRecords(r, 2, recordsInDB, false, false, null, new Set(), null, 0))),
-    );
-    const stats = client.stats();
-    console.log(`# companion: ${stats.requests} requests for ${stats.calls} calls, ${stats.unresolved} unresolved, ${stats.shed} shed`);
-  } finally {
-    client.close();
-    await server.close();
+/** Each resolver in a process of its own, so neither's RSS includes the other's. */
+async function both() {
+  const which = ['companion', ...(process.env.OIP_INDEXER_DIR ? ['indexer'] : [])];
+  for (const resolver of which) {
+    await new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, ['--expose-gc', __filename], { stdio: 'inherit', env: { ...process.env, BENCH_RESOLVER: resolver } });
+      child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${resolver} run failed (${code})`))));
+    });
   }
-  if (process.env.OIP_INDEXER_DIR) {
-    const indexer = loadIndexer(process.env.OIP_INDEXER_DIR);
-    indexer.setIndices(records, []);
-    // The indexer resolves in place: each page gets fresh copies, as getRecords' records
-    // are fresh from Elasticsearch; recordsInDB is its process-wide cache, shared.
-    const indexerCache = structuredClone(records);
-    const restore = quiet();
-    try {
-      await run('indexer', page, (slice) =>
-        Promise.all(structuredClone(slice).map((r) => indexer.resolveRecords(r, 2, indexerCache, false, false, null, new Set(), null, 0))),
-      );
-    } finally {
-      restore();
-    }
-  }
-  await elastic.close();
-  process.exit(0);
 }
 
-main().catch((error) => {
+async function main() {
+  if (!process.env.BENCH_RESOLVER) return both();
+  const { records, page } = workoutWorld({ workoutCount: WORKOUTS });
+  console.log(`# ${process.env.BENCH_RESOLVER}: ${PAGES} pages of 20/50/100 workouts at depth 2, ${CONCURRENT} pages at a time; node ${process.version}; oip-media ${binary()}`);
+  if (process.env.BENCH_RESOLVER === 'companion') {
+    if (!binary()) throw new Error('set OIP_MEDIA_BIN (or build target/debug/oip-media)');
+    const elastic = await elasticChild();
+    const server = await startServer(elastic.url);
+    const client = createClient({ url: server.url, logger: recordingLogger() });
+    // getRecords' recordsInDB (the companion only hands it to summaries).
+    const recordsInDB = [...records];
+    try {
+      await run('companion', page, (slice) =>
+        Promise.all(slice.map((r) => client.resolveRecords(r, 2, recordsInDB, false, false, null, new Set(), null, 0))),
+      );
+      const stats = client.stats();
+      console.log(`# companion: ${stats.requests} requests for ${stats.calls} calls, ${stats.unresolved} unresolved, ${stats.shed} shed`);
+    } finally {
+      client.close();
+      await server.close();
+      await elastic.close();
+    }
+    return undefined;
+  }
+  // The indexer's own resolver: its recordsInDB cache holds every record (no
+  // Elasticsearch search is needed, its best case); it resolves in place, so each page
+  // gets fresh copies, as getRecords' records are fresh from Elasticsearch.
+  const indexer = loadIndexer(process.env.OIP_INDEXER_DIR);
+  indexer.setIndices(records, []);
+  const indexerCache = structuredClone(records);
+  const restore = quiet();
+  try {
+    await run('indexer', page, (slice) =>
+      Promise.all(structuredClone(slice).map((r) => indexer.resolveRecords(r, 2, indexerCache, false, false, null, new Set(), null, 0))),
+    );
+  } finally {
+    restore();
+  }
+  return undefined;
+}
+
+main().then(() => process.exit(0), (error) => {
   console.error(error);
   process.exit(1);
 });
