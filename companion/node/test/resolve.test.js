@@ -232,6 +232,34 @@ test('a lookup failure (Elasticsearch down) leaves every DID in place', { skip }
   }
 });
 
+test('the real server\'s 413 (RESOLVE_BODY_LIMIT) and 503 (RESOLVE_MAX_IN_FLIGHT, RESOLVE_MAX_QUEUE 0): split and retried, never thrown', { skip }, async () => {
+  const pageBytes = page.slice(0, 20).reduce((n, r) => n + Buffer.byteLength(JSON.stringify(r)), 0);
+  // A body limit that fits about 6 records: a 20-record batch is refused, then split.
+  const limit = Math.floor((pageBytes / 20) * 6);
+  const tight = await startServer(elastic.url, { RESOLVE_BODY_LIMIT: String(limit), RESOLVE_MAX_IN_FLIGHT: '1', RESOLVE_MAX_QUEUE: '0' });
+  const own = createClient({ url: tight.url, batchMax: 20, maxInFlight: 4, retryAfterMaxMs: 300, logger: recordingLogger() });
+  try {
+    const records = page.slice(0, 20);
+    const out = await Promise.all(records.map((r) => own.resolveRecords(r, 1, [])));
+    out.forEach((r, i) => assert.equal(r.data.workout.exercise[0].oip.did, records[i].data.workout.exercise[0], `record ${i} resolved`));
+    const stats = own.stats();
+    assert.ok(stats.splits >= 2, `split on 413: ${JSON.stringify(stats)}`);
+    // Four batches at once against one slot and no queue: some are shed, retried once.
+    // (Rounds until one overlaps: resolving 10 cached records takes milliseconds.)
+    const many = page.slice(0, 40);
+    for (let round = 0; round < 20 && own.stats().shed === 0; round++) {
+      const results = await Promise.all(many.map((r, i) => own.resolveRecords(r, 1, [], false, false, null, new Set(), i % 4 === 0 ? null : ['workout.exercise', `basic.x${i % 4}`], 0)));
+      assert.equal(results.length, 40);
+      assert.ok(results.every((r, i) => r === many[i] || r.data.workout.exercise[0].oip), 'resolved, or (shed twice) the caller\'s record');
+    }
+    const after = own.stats();
+    assert.ok(after.shed > 0 && after.retries > 0, `the server shed some, retried: ${JSON.stringify(after)}`);
+  } finally {
+    own.close();
+    await tight.close();
+  }
+});
+
 test('the server\'s Elasticsearch stand-in saw only well-formed searches', { skip }, () => {
   assert.deepEqual(elastic.state.violations, []);
   assert.ok(elastic.state.searches > 0);
