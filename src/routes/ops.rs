@@ -17,7 +17,7 @@ pub fn healthz() -> Response<Body> {
 }
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
-/// GUN relay's and the transcoder's states are reported too but do not fail readiness,
+/// GUN relay's, Redis's and the transcoder's states are reported too but do not fail readiness,
 /// since GIF serving depends on neither. The directory checks run on the filesystem
 /// pool: when it cannot answer in time (a hung mount, a saturated pool) the service is
 /// not ready, and says so promptly instead of hanging the probe.
@@ -60,6 +60,9 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         "status": if ready { "ready" } else { "not ready" },
         "mediaRoots": roots,
         "gun": state.gun_status(),
+        // Reported, never failing readiness: without Redis a replica serves from its
+        // own caches (misses trusted for --gun-miss-ttl-without-redis).
+        "redis": state.replicas.status(),
         // Reported, never failing readiness: GIFs are served without it.
         "transcoder": state.transcoder.status(),
     });
