@@ -182,6 +182,7 @@ async fn a_put_through_one_replica_empties_the_other_replicas_miss_cache_at_once
     let b = replica(&redis, &relay, &[]);
     let client = client();
     wait_for_redis(&client, &[&a, &b], "connected").await;
+    let connected = Instant::now();
     assert_eq!(metric(&client, &b, "oip_media_redis_connected").await, 1.0);
 
     let soul = "647f79c2a338:fresh-1";
@@ -215,6 +216,17 @@ async fn a_put_through_one_replica_empties_the_other_replicas_miss_cache_at_once
         0.0,
         "a replica ignores its own invalidations"
     );
+
+    // The idle subscription's health-check ping (every 5 s) keeps the link up.
+    tokio::time::sleep(Duration::from_millis(5500).saturating_sub(connected.elapsed())).await;
+    for server in [&a, &b] {
+        assert_eq!(
+            metric(&client, server, "oip_media_redis_connected").await,
+            1.0
+        );
+        let logs = server.logs();
+        assert!(!logs.contains("Redis connection lost"), "{logs}");
+    }
 
     // The password never shows: not in the effective configuration, not in any line.
     for server in [&a, &b] {

@@ -527,7 +527,7 @@ impl Connection {
                     };
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(link.timeout, self.sink.ping::<String>()).await {
+                    match tokio::time::timeout(link.timeout, self.sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(error)) => return Some(format!("ping failed: {error}")),
                         Err(_) => return Some("ping: no answer within the timeout".into()),
