@@ -408,3 +408,55 @@ async fn without_redis_url_readyz_says_so_and_misses_stay_cached() {
     );
     cache_a_miss(&client, &server, &relay, "647f79c2a338:alone").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatever_else_is_published_on_the_channel_is_ignored_and_counted() {
+    let Some(redis) = RedisServer::start_or_skip("whatever_else_is_published_on_the_channel")
+    else {
+        return;
+    };
+    let relay = RelayStub::start().await;
+    let b = replica(&redis, &relay, &[]);
+    let client = client();
+    wait_for_redis(&client, &[&b], "connected").await;
+    let soul = "647f79c2a338:kept";
+    cache_a_miss(&client, &b, &relay, soul).await;
+
+    let mut publisher = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let huge = format!(r#"{{"origin":"x","soul":"{}"}}"#, "s".repeat(1 << 20));
+    let hostile: [&[u8]; 7] = [
+        b"",
+        b"647f79c2a338:kept",
+        b"\xff\xfe\x00 not utf-8",
+        br#"{"origin":"x"}"#,
+        br#"{"origin":"x","soul":""}"#,
+        br#"["x","647f79c2a338:kept"]"#,
+        huge.as_bytes(),
+    ];
+    for payload in hostile {
+        let _: i64 = redis::AsyncCommands::publish(&mut publisher, "oip-media:invalidate", payload)
+            .await
+            .expect("publish");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&client, &b, "oip_media_redis_messages_ignored_total").await < 7.0 {
+        assert!(Instant::now() < deadline, "the messages were not all seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(&client, &b, "oip_media_redis_invalidations_received_total").await,
+        0.0
+    );
+    let (status, _) = gun_get(&client, &b, soul).await;
+    assert_eq!(status, 404);
+    assert_eq!(relay.gets_of(soul), 1, "nothing was invalidated");
+    assert_eq!(metric(&client, &b, "oip_media_redis_connected").await, 1.0);
+    assert_eq!(
+        metric(&client, &b, "oip_media_redis_reconnects_total").await,
+        0.0
+    );
+}
