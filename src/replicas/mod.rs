@@ -133,9 +133,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Flips the state last, after its counters and log line, so whoever sees the new
+    /// state (in `/readyz`) also sees them: the gauge first, then the flag.
     fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
         self.counters.connected.set(i64::from(connected));
+        self.connected.store(connected, Ordering::Release);
     }
 }
 
@@ -265,7 +267,7 @@ impl Replicas {
 
     /// Whether invalidations are shared now (subscribed and able to publish).
     pub fn connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Relaxed)
+        self.shared.connected.load(Ordering::Acquire)
     }
 
     /// The counters.
@@ -379,7 +381,6 @@ async fn run(
                 // before may have missed some, so it goes.
                 targets.forget_all();
                 targets.set_isolated(false);
-                shared.set_connected(true);
                 if ever_connected {
                     shared.counters.reconnects.inc();
                     tracing::info!(
@@ -394,6 +395,7 @@ async fn run(
                         "Redis connected: invalidations are shared with the other replicas"
                     );
                 }
+                shared.set_connected(true);
                 ever_connected = true;
                 failures = 0;
                 let Some(reason) = connection.serve(&mut queue, &link, &shared, &targets).await
@@ -402,13 +404,13 @@ async fn run(
                 };
                 // The loss is the state change logged; failed tries after it are not.
                 targets.set_isolated(true);
-                shared.set_connected(false);
                 tracing::warn!(
                     redis = %link.url,
                     %reason,
                     "Redis connection lost: serving from local caches (misses trusted for \
                      --gun-miss-ttl-without-redis), reconnecting with backoff"
                 );
+                shared.set_connected(false);
                 down_logged = true;
             }
             Err(reason) => {
