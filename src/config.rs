@@ -941,7 +941,7 @@ pub struct ReplicaSettings {
     /// put through another replica shows here only when the cached miss expires
     /// (`--gun-negative-cache-ttl`, `--record-negative-ttl`, `--record-cache-ttl`). The
     /// password is never logged.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<RedisUrl>,
 
     /// Pub/sub channel of the invalidations; replicas of one deployment must share it,
@@ -1558,6 +1558,15 @@ mod tests {
         ] {
             let url: RedisUrl = raw.parse().expect("infallible");
             assert_eq!(url.redacted(), shown, "{raw}");
+        }
+        // `--help` prints an environment variable's value unless told not to.
+        for secret in ["redis_url", "jwt_secret"] {
+            let command = Config::command();
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == secret)
+                .expect("the argument");
+            assert!(arg.is_hide_env_values_set(), "--help would show {secret}");
         }
         let d = Config::for_media_dir("/tmp/x");
         assert!(d.replicas.redis_url.is_none(), "off unless set");
