@@ -443,6 +443,11 @@ pub struct Config {
     #[command(flatten)]
     pub gun: GunSettings,
 
+    // ---------------------------------------------------------------- replicas
+    /// Sharing cache invalidations between replicas through Redis (`src/replicas/`).
+    #[command(flatten)]
+    pub replicas: ReplicaSettings,
+
     // ---------------------------------------------------------------- record resolver
     /// Settings of the record resolver behind `POST /api/resolve`.
     #[command(flatten)]
@@ -782,10 +787,31 @@ impl Config {
                 self.request_body_queue_timeout,
             ),
             ("--summary-interval/SUMMARY_INTERVAL", self.summary_interval),
+            ("--redis-timeout/REDIS_TIMEOUT", self.replicas.redis_timeout),
+            (
+                "--redis-reconnect-base/REDIS_RECONNECT_BASE",
+                self.replicas.redis_reconnect_base,
+            ),
         ] {
             if value.is_zero() {
                 return invalid(option, "must be greater than zero");
             }
+        }
+        let replicas = &self.replicas;
+        if replicas.redis_reconnect_max < replicas.redis_reconnect_base {
+            return invalid(
+                "--redis-reconnect-max/REDIS_RECONNECT_MAX",
+                "must be at least --redis-reconnect-base",
+            );
+        }
+        if replicas.redis_publish_queue == 0 {
+            return invalid(
+                "--redis-publish-queue/REDIS_PUBLISH_QUEUE",
+                "must be at least 1",
+            );
+        }
+        if replicas.redis_channel.is_empty() {
+            return invalid("--redis-channel/REDIS_CHANNEL", "must not be empty");
         }
         let t = &self.transcode;
         for (option, value) in [
@@ -882,6 +908,16 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_NEGATIVE_CACHE_TTL", default_value = "1h", value_parser = parse_duration)]
     pub gun_negative_cache_ttl: Duration,
 
+    /// With `REDIS_URL` set but Redis unreachable, how long a cached miss is trusted
+    /// instead of `--gun-negative-cache-ttl`: a put through another replica cannot reach
+    /// this one then, so a soul it stored shows here after at most this long. 5s is above
+    /// the ~3 s the relay itself takes to answer a miss, so a hot missing soul still costs
+    /// the relay at most one get per 5 s per replica (concurrent gets share one), while a
+    /// record published during an outage is seen within seconds. Without `REDIS_URL`
+    /// there is no one to hear from, and `--gun-negative-cache-ttl` applies.
+    #[arg(long, env = "GUN_MISS_TTL_WITHOUT_REDIS", default_value = "5s", value_parser = parse_duration)]
+    pub gun_miss_ttl_without_redis: Duration,
+
     /// Most souls kept in the negative cache (TinyLFU admission, LRU eviction). 10,000 souls
     /// of ~80 bytes each is under a few MiB, and matches the indexer's bound.
     #[arg(long, env = "GUN_NEGATIVE_CACHE_CAPACITY", default_value_t = 10_000)]
@@ -962,6 +998,107 @@ pub struct GunSettings {
     /// logs readable at hundreds of lookups per second; intervals without calls log nothing.
     #[arg(long, env = "GUN_SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub gun_summary_interval: Duration,
+}
+
+/// Settings of cache invalidation shared between replicas (`src/replicas/`): with
+/// `REDIS_URL` set, a put through any replica removes the soul from every replica's GUN
+/// miss cache and record cache, through Redis pub/sub.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplicaSettings {
+    /// Redis that replicas share invalidations through (`redis://[:password@]host:port[/db]`
+    /// or `redis+unix:///path/to/socket`). Unset: this replica's caches are its own, and a
+    /// put through another replica shows here only when the cached miss expires
+    /// (`--gun-negative-cache-ttl`, `--record-negative-ttl`, `--record-cache-ttl`). The
+    /// password is never logged.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<RedisUrl>,
+
+    /// Pub/sub channel of the invalidations; replicas of one deployment must share it,
+    /// deployments sharing one Redis must not.
+    #[arg(long, env = "REDIS_CHANNEL", default_value = "oip-media:invalidate")]
+    pub redis_channel: String,
+
+    /// Time to connect to Redis, and for one publish or health-check ping to be answered;
+    /// past it the connection counts as lost.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// First wait before reconnecting to Redis; it doubles on each failed try up to
+    /// `--redis-reconnect-max`, half fixed and half random, so replicas that lost Redis
+    /// together do not reconnect together.
+    #[arg(long, env = "REDIS_RECONNECT_BASE", default_value = "250ms", value_parser = parse_duration)]
+    pub redis_reconnect_base: Duration,
+
+    /// Longest wait between two reconnection tries.
+    #[arg(long, env = "REDIS_RECONNECT_MAX", default_value = "10s", value_parser = parse_duration)]
+    pub redis_reconnect_max: Duration,
+
+    /// Invalidations waiting to be published. A put never waits for Redis: its soul is
+    /// queued, and dropped (and counted) when the queue is full. 4096 souls cover the
+    /// puts of a Redis outage of minutes at the indexer's rates; they are published once
+    /// Redis is back.
+    #[arg(long, env = "REDIS_PUBLISH_QUEUE", default_value_t = 4096)]
+    pub redis_publish_queue: usize,
+}
+
+/// A Redis URL whose password never shows: `Debug` and `Display` print it with the
+/// password replaced by `***`, so the effective configuration and connection errors can
+/// be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(Secret);
+
+impl RedisUrl {
+    /// The URL itself, password included, for the Redis client only.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The URL with its password (and a `pass=`/`password=` query value) replaced by
+    /// `***`; a URL that does not parse is not shown at all.
+    pub fn redacted(&self) -> String {
+        let Ok(mut url) = reqwest::Url::parse(self.expose()) else {
+            return "<unparsable URL, not shown>".to_owned();
+        };
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let hidden = matches!(key.as_ref(), "pass" | "password");
+                    let value = if hidden {
+                        "***".into()
+                    } else {
+                        value.into_owned()
+                    };
+                    (key.into_owned(), value)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(RedisUrl(Secret::new(raw.trim())))
+    }
 }
 
 /// Settings of the transcoder (`src/transcode/`): which ffmpeg and encoders, and the
@@ -1562,6 +1699,45 @@ mod tests {
         // A value that is not a URL still hides what comes before its `@`.
         let odd = UrlSetting::from("u:p@ not a url");
         assert_eq!(format!("{odd:?}"), "\"<redacted>@ not a url\"");
+    }
+
+    #[test]
+    fn the_redis_password_never_shows_in_debug_output() {
+        let c = Config::parse_from([
+            "oip-media",
+            "--redis-url",
+            "redis://:hunter2-very-secret@redis:6379/0",
+        ]);
+        let url = c.replicas.redis_url.as_ref().expect("set");
+        assert_eq!(url.expose(), "redis://:hunter2-very-secret@redis:6379/0");
+        let printed = format!("{c:?} {url}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("redis://:***@redis:6379/0"), "{printed}");
+        for (raw, shown) in [
+            ("redis://user:pw-secret@h:1", "redis://user:***@h:1"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=pw-secret",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+            ("redis://h:1", "redis://h:1"),
+            ("::pw-secret::", "<unparsable URL, not shown>"),
+        ] {
+            let url: RedisUrl = raw.parse().expect("infallible");
+            assert_eq!(url.redacted(), shown, "{raw}");
+        }
+        // `--help` prints an environment variable's value unless told not to.
+        for secret in ["redis_url", "jwt_secret"] {
+            let command = Config::command();
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == secret)
+                .expect("the argument");
+            assert!(arg.is_hide_env_values_set(), "--help would show {secret}");
+        }
+        let d = Config::for_media_dir("/tmp/x");
+        assert!(d.replicas.redis_url.is_none(), "off unless set");
+        assert_eq!(d.gun.gun_miss_ttl_without_redis, Duration::from_secs(5));
+        assert_eq!(d.replicas.redis_publish_queue, 4096);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod limit;
 pub mod manifest;
 pub mod metrics;
 pub mod outbox;
+pub mod replicas;
 pub mod request_log;
 pub mod resolve;
 pub mod response;

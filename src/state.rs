@@ -24,6 +24,7 @@ use crate::gun::{GunClient, GunError};
 use crate::limit::{LimitSettings, Limiter};
 use crate::manifest::ManifestCache;
 use crate::metrics::by_kind;
+use crate::replicas::Replicas;
 use crate::resolve::Resolver;
 use crate::store::{LazyRoot, Root, Store};
 use crate::transcode::Transcoder;
@@ -55,6 +56,9 @@ pub struct AppState {
     pub gun: Option<Arc<GunClient>>,
     /// The record resolver behind `POST /api/resolve`, with its process-wide cache.
     pub resolver: Arc<Resolver>,
+    /// Invalidations shared with the other replicas through Redis (`REDIS_URL`); does
+    /// nothing without it.
+    pub replicas: Replicas,
     /// The bounded admission points routes are declared behind.
     pub admissions: Admissions,
     /// The CORS allow-list.
@@ -145,6 +149,14 @@ impl AppState {
         })?;
         let resolver = Arc::new(resolver);
         resolver.register(&mut metrics);
+        let replicas =
+            Replicas::start(&config.replicas, gun.as_ref(), &resolver).map_err(|error| {
+                StartError::InvalidSetting {
+                    option: "--redis-url/REDIS_URL",
+                    message: error.to_string(),
+                }
+            })?;
+        replicas.register(&mut metrics);
         let admissions = Admissions::new(&config, &mut metrics);
         let connections = Arc::new(ConnCounters::new(config.listeners()));
         connections.register(&mut metrics);
@@ -163,6 +175,7 @@ impl AppState {
             transcoder,
             gun,
             resolver,
+            replicas,
             admissions,
             cors: checked.cors,
             connections,

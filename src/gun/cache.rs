@@ -10,9 +10,16 @@
 //! for a whole TTL. So every put bumps a write epoch, a get notes the epoch before it asks,
 //! and its miss is cached only if no put completed in between (check and insert under the
 //! same lock as the put's bump and removal).
+//!
+//! Replicas share puts through Redis (`src/replicas/`): another replica's put reaches
+//! this cache as [`NegativeCache::forget`], and a reconnection after an outage clears it
+//! ([`NegativeCache::forget_all`]). While invalidations cannot arrive (Redis configured
+//! but unreachable), a miss is trusted only for the short fallback TTL, whenever it was
+//! cached: entries carry the instant they were cached, checked on every read.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
@@ -23,8 +30,13 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Souls known to be missing, with a write epoch that keeps late misses from hiding puts.
 pub(crate) struct NegativeCache {
-    entries: Cache<String, ()>,
+    entries: Cache<String, Instant>,
     epoch: Mutex<u64>,
+    /// How long a miss is trusted while `isolated`.
+    isolated_ttl: Duration,
+    /// Whether puts through other replicas may go unheard (Redis configured, not
+    /// connected): then misses older than `isolated_ttl` are not served.
+    isolated: AtomicBool,
 }
 
 /// The write epoch a get saw before asking the relay.
@@ -32,9 +44,12 @@ pub(crate) struct NegativeCache {
 pub(crate) struct Epoch(u64);
 
 impl NegativeCache {
-    /// A cache of at most `capacity` souls, each kept for `ttl` (clamped to a year).
-    pub(crate) fn new(ttl: Duration, capacity: u64) -> Self {
+    /// A cache of at most `capacity` souls, each kept for `ttl` (clamped to a year), or
+    /// `isolated_ttl` while [`NegativeCache::set_isolated`] says so.
+    pub(crate) fn new(ttl: Duration, capacity: u64, isolated_ttl: Duration) -> Self {
         NegativeCache {
+            isolated_ttl,
+            isolated: AtomicBool::new(false),
             entries: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl.min(MAX_TTL))
@@ -47,7 +62,29 @@ impl NegativeCache {
     /// Whether `soul` is known missing (a read: it also counts towards the soul's popularity
     /// for admission).
     pub(crate) fn is_missing(&self, soul: &str) -> bool {
-        self.entries.get(soul).is_some()
+        let Some(cached) = self.entries.get(soul) else {
+            return false;
+        };
+        if self.isolated.load(Ordering::Relaxed) && cached.elapsed() >= self.isolated_ttl {
+            // Possibly written through another replica since: ask the relay again.
+            self.entries.invalidate(soul);
+            return false;
+        }
+        true
+    }
+
+    /// Whether puts through other replicas may go unheard: while true, misses are
+    /// trusted for the short TTL only.
+    pub(crate) fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::Relaxed);
+    }
+
+    /// Forgets every soul (after an outage during which puts elsewhere went unheard),
+    /// and invalidates misses still on their way from the relay.
+    pub(crate) fn forget_all(&self) {
+        let mut epoch = self.lock();
+        *epoch = epoch.wrapping_add(1);
+        self.entries.invalidate_all();
     }
 
     /// The write epoch now; pass it to [`NegativeCache::record_miss`].
@@ -62,7 +99,7 @@ impl NegativeCache {
         if *epoch != seen.0 {
             return false;
         }
-        self.entries.insert(soul.to_owned(), ());
+        self.entries.insert(soul.to_owned(), Instant::now());
         true
     }
 
@@ -95,7 +132,7 @@ mod tests {
 
     #[test]
     fn miss_is_remembered_then_forgotten_by_a_put() {
-        let cache = NegativeCache::new(Duration::from_secs(60), 100);
+        let cache = NegativeCache::new(Duration::from_secs(60), 100, Duration::from_secs(60));
         let seen = cache.epoch();
         assert!(cache.record_miss("a:1", seen));
         assert!(cache.is_missing("a:1"));
@@ -105,7 +142,7 @@ mod tests {
 
     #[test]
     fn a_miss_that_started_before_a_put_is_not_cached() {
-        let cache = NegativeCache::new(Duration::from_secs(60), 100);
+        let cache = NegativeCache::new(Duration::from_secs(60), 100, Duration::from_secs(60));
         let seen = cache.epoch();
         cache.forget("a:1"); // the put completes while the get is on its way
         assert!(!cache.record_miss("a:1", seen));
@@ -114,7 +151,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_never_served() {
-        let cache = NegativeCache::new(Duration::from_millis(50), 100);
+        let cache = NegativeCache::new(Duration::from_millis(50), 100, Duration::from_secs(60));
         cache.record_miss("a:1", cache.epoch());
         assert!(cache.is_missing("a:1"));
         std::thread::sleep(Duration::from_millis(80));
@@ -122,8 +159,39 @@ mod tests {
     }
 
     #[test]
+    fn while_isolated_a_miss_is_trusted_for_the_short_ttl_only() {
+        let cache = NegativeCache::new(Duration::from_secs(3600), 100, Duration::from_millis(50));
+        cache.record_miss("old", cache.epoch());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(cache.is_missing("old"), "connected: the long TTL applies");
+        cache.set_isolated(true);
+        cache.record_miss("new", cache.epoch());
+        assert!(cache.is_missing("new"), "a fresh miss is still trusted");
+        assert!(
+            !cache.is_missing("old"),
+            "isolated: a miss older than the short TTL is asked again, whenever cached"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!cache.is_missing("new"), "served past the short TTL");
+        cache.set_isolated(false);
+        cache.record_miss("again", cache.epoch());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(cache.is_missing("again"), "back to the long TTL");
+    }
+
+    #[test]
+    fn forget_all_clears_and_stops_misses_on_their_way() {
+        let cache = NegativeCache::new(Duration::from_secs(60), 100, Duration::from_secs(60));
+        cache.record_miss("a:1", cache.epoch());
+        let seen = cache.epoch();
+        cache.forget_all();
+        assert!(!cache.is_missing("a:1"));
+        assert!(!cache.record_miss("b:1", seen), "started before the clear");
+    }
+
+    #[test]
     fn capacity_is_bounded() {
-        let cache = NegativeCache::new(Duration::from_secs(60), 10);
+        let cache = NegativeCache::new(Duration::from_secs(60), 10, Duration::from_secs(60));
         for i in 0..1000 {
             cache.record_miss(&format!("soul:{i}"), cache.epoch());
         }

@@ -142,6 +142,7 @@ impl GunClient {
             cache: NegativeCache::new(
                 settings.gun_negative_cache_ttl,
                 settings.gun_negative_cache_capacity,
+                settings.gun_miss_ttl_without_redis,
             ),
             flights: SingleFlight::new(),
             breaker,
@@ -187,6 +188,27 @@ impl GunClient {
             counters.error(error);
         }
         result
+    }
+
+    /// Forgets what this client remembers about `soul` because it was written elsewhere
+    /// (a put through another replica): its cached miss, and any get of it under way
+    /// (whose answer may predate the write and is not cached).
+    pub fn forget(&self, soul: &str) {
+        self.inner.cache.forget(soul);
+        self.inner.flights.forget(soul);
+    }
+
+    /// Forgets every cached miss: after a time when puts through other replicas could
+    /// not be heard (a Redis outage), any of them may be stale.
+    pub fn forget_all(&self) {
+        self.inner.cache.forget_all();
+    }
+
+    /// Whether puts through other replicas can go unheard (`REDIS_URL` set, Redis not
+    /// connected): while true, a cached miss is trusted for
+    /// `--gun-miss-ttl-without-redis` only, instead of `--gun-negative-cache-ttl`.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.inner.cache.set_isolated(isolated);
     }
 
     /// The client's counters.

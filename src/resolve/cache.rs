@@ -119,6 +119,11 @@ impl RecordCache {
         self.inner.invalidate(did).await;
     }
 
+    /// Forgets every entry (after a time when writes elsewhere went unheard).
+    pub fn invalidate_all(&self) {
+        self.inner.invalidate_all();
+    }
+
     /// Applies pending inserts, evictions and expirations now, so that the counts
     /// below are exact and both bounds hold.
     pub async fn run_pending_tasks(&self) {

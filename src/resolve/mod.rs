@@ -208,6 +208,12 @@ impl Resolver {
         self.cache.invalidate(did).await;
     }
 
+    /// Forgets everything the cache holds (after a time when writes through other
+    /// replicas could not be heard).
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Resolves `records` as `options` ask, within the configured bounds. Never fails:
     /// a reference that cannot be resolved, for whatever reason, stays its DID, and
     /// the stats say why.

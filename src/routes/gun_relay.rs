@@ -106,6 +106,9 @@ where
         // miss) for its TTL after a write through us.
         let did = format!("{}{soul}", crate::resolve::source::GUN_PREFIX);
         state.resolver.invalidate(&did).await;
+        // And every other replica's caches, through Redis when configured: queued,
+        // never waited for.
+        state.replicas.publish(soul);
     }
     respond(answer)
 }

@@ -17,9 +17,9 @@ pub fn healthz() -> Response<Body> {
 }
 
 /// `GET /readyz`: every media root is readable. 503 when one is not, naming it; the
-/// GUN relay's, Elasticsearch's, the transcoder's and the derived folder's states are
-/// reported too but do not fail readiness, since GIF serving depends on none of them.
-/// The directory checks run on the filesystem
+/// GUN relay's, Elasticsearch's, Redis's, the transcoder's and the derived folder's
+/// states are reported too but do not fail readiness, since GIF serving depends on none
+/// of them. The directory checks run on the filesystem
 /// pool: when it cannot answer in time (a hung mount, a saturated pool) the service is
 /// not ready, and says so promptly instead of hanging the probe.
 pub async fn readyz(state: &AppState) -> Response<Body> {
@@ -68,6 +68,9 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         // Reported, never failing readiness: media is served without it; a failing
         // Elasticsearch leaves references as DIDs and says why (`state`).
         "elasticsearch": state.resolver.elastic_status(),
+        // Reported, never failing readiness: without Redis a replica serves from its
+        // own caches (misses trusted for --gun-miss-ttl-without-redis).
+        "redis": state.replicas.status(),
         // Reported, never failing readiness: GIFs are served without it.
         "transcoder": state.transcoder.status(),
         // Reported, never failing readiness: GIFs are served without it, and stills

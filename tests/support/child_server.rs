@@ -17,6 +17,8 @@ pub struct ChildServer {
     child: Child,
     pub addr: SocketAddr,
     _media: tempfile::TempDir,
+    /// Every line the child logged (stdout), in order.
+    logs: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
@@ -44,12 +46,15 @@ impl ChildServer {
         let mut child = command.spawn().expect("start oip-media");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = Arc::clone(&logs);
         std::thread::spawn(move || {
             // Read every line (so the child never blocks on a full pipe); report the
             // address once.
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                kept.lock().expect("logs").push(line.clone());
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest
                         .split_whitespace()
@@ -73,11 +78,17 @@ impl ChildServer {
             child,
             addr,
             _media: media,
+            logs,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Every line the child has logged so far, joined by newlines.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("logs").join("\n")
     }
 
     pub fn url(&self, path: &str) -> String {
