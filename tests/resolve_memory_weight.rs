@@ -164,7 +164,7 @@ fn the_record_cache_weight_tracks_what_its_entries_allocate() {
                         value_bytes(&record.record, Sizing::AsHeld)
                     );
                     cache
-                        .insert_found(format!("did:weight:{round}:{i:06}"), record)
+                        .insert_found(format!("did:weight:{round}:{i:06}"), record, cache.epoch())
                         .await;
                     count += 1;
                 }

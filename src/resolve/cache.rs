@@ -70,7 +70,16 @@ pub struct RecordCache {
     inner: moka::future::Cache<String, CachedRecord>,
     max_entries: u64,
     max_bytes: u64,
+    /// Bumped by every invalidation. A lookup takes it before asking the sources and
+    /// files its answers only if no invalidation came in between: otherwise a lookup
+    /// that read the old state just before a put (here or on another replica) would
+    /// cache that old state after the put's invalidation, for a whole TTL.
+    epoch: std::sync::atomic::AtomicU64,
 }
+
+/// The cache's invalidation count when a lookup started; see [`RecordCache::epoch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch(u64);
 
 impl RecordCache {
     /// An empty cache holding at most `max_entries` records and `max_bytes` of memory
@@ -96,6 +105,7 @@ impl RecordCache {
             inner,
             max_entries,
             max_bytes,
+            epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -104,23 +114,51 @@ impl RecordCache {
         self.inner.get(did).await
     }
 
-    /// Remembers a found record.
-    pub async fn insert_found(&self, did: String, record: FoundRecord) {
-        self.inner.insert(did, CachedRecord::Found(record)).await;
+    /// The invalidation count now: take it before asking the sources, and pass it to
+    /// the inserts of what they answered.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(std::sync::atomic::Ordering::Acquire))
     }
 
-    /// Remembers that no source has `did` (for the negative TTL).
-    pub async fn insert_missing(&self, did: String) {
-        self.inner.insert(did, CachedRecord::Missing).await;
+    /// Remembers a found record, unless an invalidation came since `seen`.
+    pub async fn insert_found(&self, did: String, record: FoundRecord, seen: Epoch) {
+        self.insert_unless_invalidated(did, CachedRecord::Found(record), seen)
+            .await;
     }
 
-    /// Forgets `did` (for a writer that knows the record just changed).
+    /// Remembers that no source has `did` (for the negative TTL), unless an
+    /// invalidation came since `seen`.
+    pub async fn insert_missing(&self, did: String, seen: Epoch) {
+        self.insert_unless_invalidated(did, CachedRecord::Missing, seen)
+            .await;
+    }
+
+    /// Inserts, then takes the entry back out if an invalidation raced with it. Checking
+    /// after the insert (not only before) closes the window between the check and the
+    /// insert without a lock held across an await: an invalidation that bumps the
+    /// epoch before our insert lands is seen by the second check, and one after it
+    /// removes the entry itself.
+    async fn insert_unless_invalidated(&self, did: String, value: CachedRecord, seen: Epoch) {
+        if self.epoch() != seen {
+            return;
+        }
+        self.inner.insert(did.clone(), value).await;
+        if self.epoch() != seen {
+            self.inner.invalidate(&did).await;
+        }
+    }
+
+    /// Forgets `did` (for a writer that knows the record just changed), and keeps
+    /// lookups already under way from filing what they read before.
     pub async fn invalidate(&self, did: &str) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.inner.invalidate(did).await;
     }
 
-    /// Forgets every entry (after a time when writes elsewhere went unheard).
+    /// Forgets every entry (after a time when writes elsewhere went unheard), and keeps
+    /// lookups already under way from filing what they read before.
     pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.inner.invalidate_all();
     }
 
@@ -223,9 +261,13 @@ mod tests {
             Duration::from_millis(100),
         );
         cache
-            .insert_found("did:a".into(), FoundRecord::new(json!({"x": 1})))
+            .insert_found(
+                "did:a".into(),
+                FoundRecord::new(json!({"x": 1})),
+                cache.epoch(),
+            )
             .await;
-        cache.insert_missing("did:m".into()).await;
+        cache.insert_missing("did:m".into(), cache.epoch()).await;
         assert!(matches!(
             cache.get("did:a").await,
             Some(CachedRecord::Found(_))
@@ -243,9 +285,41 @@ mod tests {
             "record outlived its TTL"
         );
         cache
-            .insert_found("did:b".into(), FoundRecord::new(json!(1)))
+            .insert_found("did:b".into(), FoundRecord::new(json!(1)), cache.epoch())
             .await;
         cache.invalidate("did:b").await;
         assert!(cache.get("did:b").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_answer_read_before_an_invalidation_is_not_cached_after_it() {
+        let cache = RecordCache::new(
+            100,
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        // A lookup starts, a put invalidates (here or through another replica), then the
+        // lookup files the miss it read before the put: it must not be cached.
+        let seen = cache.epoch();
+        cache.invalidate("did:gun:abc:1").await;
+        cache.insert_missing("did:gun:abc:1".into(), seen).await;
+        cache
+            .insert_found("did:x".into(), FoundRecord::new(json!(1)), seen)
+            .await;
+        assert!(cache.get("did:gun:abc:1").await.is_none());
+        assert!(cache.get("did:x").await.is_none());
+        // The same after an invalidation of everything (a reconnect to Redis).
+        let seen = cache.epoch();
+        cache.invalidate_all();
+        cache.insert_missing("did:gun:abc:1".into(), seen).await;
+        assert!(cache.get("did:gun:abc:1").await.is_none());
+        // A lookup that started after the invalidation caches as usual.
+        let seen = cache.epoch();
+        cache.insert_missing("did:gun:abc:1".into(), seen).await;
+        assert!(matches!(
+            cache.get("did:gun:abc:1").await,
+            Some(CachedRecord::Missing)
+        ));
     }
 }

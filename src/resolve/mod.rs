@@ -329,8 +329,11 @@ impl Resolver {
             }
         }
 
+        // Taken before the sources are asked: what they answer is cached only if no
+        // put invalidated anything meanwhile (`RecordCache::epoch`).
+        let seen = self.cache.epoch();
         let answers = self.fetch_level(&asked, deadline, stats).await;
-        if self.absorb(asked, answers, memo, stats).await {
+        if self.absorb(asked, answers, seen, memo, stats).await {
             // Keep the cache within its bounds now rather than at moka's next
             // housekeeping (see `RecordCache`).
             self.cache.run_pending_tasks().await;
@@ -398,6 +401,7 @@ impl Resolver {
         &self,
         asked: Vec<String>,
         answers: Vec<Option<Fetched>>,
+        seen: cache::Epoch,
         memo: &mut Memo,
         stats: &mut ResolveStats,
     ) -> bool {
@@ -411,13 +415,15 @@ impl Resolver {
             match answer {
                 Fetched::Found(record) => {
                     let found = FoundRecord::new(record);
-                    self.cache.insert_found(did.clone(), found.clone()).await;
+                    self.cache
+                        .insert_found(did.clone(), found.clone(), seen)
+                        .await;
                     memo.insert(did, Lookup::Found(found));
                     inserted = true;
                 }
                 Fetched::Missing => {
                     stats.not_found += 1;
-                    self.cache.insert_missing(did.clone()).await;
+                    self.cache.insert_missing(did.clone(), seen).await;
                     memo.insert(did, Lookup::Unresolved(Unresolved::NotFound));
                     inserted = true;
                 }
