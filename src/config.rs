@@ -461,6 +461,11 @@ pub enum Command {
     /// `--mp4-encoder`, `--transcode-*`, `--gif-max-*`), given before or after
     /// `transcode`, or as environment variables.
     Transcode(TranscodeCommand),
+    /// Check the settings against this host and exit: raises the open-file limit as
+    /// serving would and prints the descriptor plan (which bounds fit, which would be
+    /// lowered, and the limit that keeps them). Exit 0: everything fits; 1: bounds would
+    /// be lowered; 2: the settings cannot start at all.
+    Check,
 }
 
 /// Arguments of `oip-media transcode`.
