@@ -287,8 +287,9 @@ pub struct Config {
     // ---------------------------------------------------------------- mapping cache
     /// Most mappings kept open in the cache. Each keeps its file open (the socket sends
     /// from it with `sendfile`), so this plus `--max-connections` and `--max-in-flight`
-    /// must fit the open-file limit: start-up raises the soft limit to the hard one and
-    /// lowers this bound (with a warning) when they still do not fit.
+    /// must fit the open-file limit: start-up raises the soft limit to the hard one and,
+    /// when they still do not fit, lowers every descriptor bound in proportion (one
+    /// `error` line; `oip-media check` shows the plan).
     #[arg(long, env = "MAP_CACHE_ENTRIES", default_value_t = 16_384)]
     pub map_cache_entries: usize,
 
