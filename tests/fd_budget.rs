@@ -29,6 +29,16 @@ fn under_4096(media: &std::path::Path, args: &[&str]) -> Command {
     command
 }
 
+/// The server, killed and waited for however the test ends (a failed assertion too).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn media_dir() -> tempfile::TempDir {
     let media = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(media.path().join("web")).expect("mkdir web");
@@ -38,12 +48,14 @@ fn media_dir() -> tempfile::TempDir {
 #[test]
 fn start_up_under_4096_shrinks_every_bound_and_says_so_at_error_level() {
     let media = media_dir();
-    let mut child = under_4096(media.path(), &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prlimit oip-media");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut child = KillOnDrop(
+        under_4096(media.path(), &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prlimit oip-media"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -56,7 +68,6 @@ fn start_up_under_4096_shrinks_every_bound_and_says_so_at_error_level() {
     let mut lines = Vec::new();
     let addr = loop {
         let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
             panic!("oip-media did not start within 30 s: {lines:#?}");
         };
         if let Some(rest) = line.split("listening on http://").nth(1) {
@@ -80,8 +91,7 @@ fn start_up_under_4096_shrinks_every_bound_and_says_so_at_error_level() {
     .unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
     let lowered: Vec<serde_json::Value> = lines
