@@ -26,7 +26,7 @@ CACHE=/var/cache/oip-media-ci
 WORK=$(mktemp -d /var/tmp/oip-media-image.XXXXXX)
 NAME=oip-media-ci-$$
 cleanup() {
-    "${PODMAN[@]}" rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+    "${PODMAN[@]}" rm -f -v -t 0 "$NAME" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
