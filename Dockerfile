@@ -3,7 +3,6 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits do not refetch the registry.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
