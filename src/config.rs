@@ -290,8 +290,9 @@ pub struct Config {
     // ---------------------------------------------------------------- mapping cache
     /// Most mappings kept open in the cache. Each keeps its file open (the socket sends
     /// from it with `sendfile`), so this plus `--max-connections` and `--max-in-flight`
-    /// must fit the open-file limit: start-up raises the soft limit to the hard one and
-    /// lowers this bound (with a warning) when they still do not fit.
+    /// must fit the open-file limit: start-up raises the soft limit to the hard one and,
+    /// when they still do not fit, lowers every descriptor bound in proportion (one
+    /// `error` line; `oip-media check` shows the plan).
     #[arg(long, env = "MAP_CACHE_ENTRIES", default_value_t = 16_384)]
     pub map_cache_entries: usize,
 
@@ -469,6 +470,11 @@ pub enum Command {
     /// `--mp4-encoder`, `--transcode-*`, `--gif-max-*`), given before or after
     /// `transcode`, or as environment variables.
     Transcode(TranscodeCommand),
+    /// Check the settings against this host and exit: raises the open-file limit as
+    /// serving would and prints the descriptor plan (which bounds fit, which would be
+    /// lowered, and the limit that keeps them). Exit 0: everything fits; 1: bounds would
+    /// be lowered; 2: the settings cannot start at all.
+    Check,
 }
 
 /// Arguments of `oip-media transcode`.

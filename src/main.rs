@@ -30,8 +30,12 @@ fn main() -> std::process::ExitCode {
             .event_format(RequestIdFormat::human(tracing_subscriber::fmt::format()))
             .init();
     }
-    if let Some(Command::Transcode(transcode)) = command {
-        return oip_media::transcode::cli::run(config, transcode);
+    match command {
+        Some(Command::Transcode(transcode)) => {
+            return oip_media::transcode::cli::run(config, transcode);
+        }
+        Some(Command::Check) => return oip_media::server::fd_budget::check(&config),
+        None => {}
     }
 
     allocator::start();

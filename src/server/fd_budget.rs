@@ -7,74 +7,202 @@
 //! whose clients stopped reading (`--max-stalled`), and a fixed reserve for everything
 //! else (listener, epoll, stdio, the GUN and Elasticsearch pools, files read for GIF
 //! metadata and stills). At start-up the soft limit is raised to the hard limit, as
-//! nginx's `worker_rlimit_nofile` would; if the sum still does not fit, the mapping
-//! cache's entry bound is lowered first, then the stalled pool, then the connection cap
-//! (new clients then wait in the backlog, as at any cap), each with a warning naming the
-//! setting. Either way
-//! `accept` and `open` never fail for lack of descriptors under the configured load.
+//! nginx's `worker_rlimit_nofile` would; if the sum still does not fit, **every** bound
+//! is scaled by the same factor, each kept at a floor (a configured protection is never
+//! switched off: a non-zero stalled pool stays non-zero), and one `error` line names the
+//! limit that would keep the configuration. Either way `accept` and `open` never fail for
+//! lack of descriptors under the (lowered) load. `oip-media check` prints the same plan.
+
+use std::fmt;
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 use crate::config::Config;
 use crate::error::StartError;
 
-/// Descriptors kept for everything but connections and mapped files.
+/// Descriptors kept for everything but connections, bodies and mapped files.
 pub const RESERVE: u64 = 256;
 
-/// Fewest mappings the cache is lowered to before the connection cap is.
+/// Floors a bound is never scaled below (or its configured value, when that is lower):
+/// enough mapped files to keep the hot GIFs cached, connections and bodies to serve,
+/// and a stalled pool that still moves non-reading clients out of the in-flight bound.
 const MIN_CACHE_ENTRIES: u64 = 64;
+const MIN_CONNECTIONS: u64 = 64;
+const MIN_IN_FLIGHT: u64 = 8;
+const MIN_STALLED: u64 = 8;
 
-/// What fits within a descriptor limit.
+/// The descriptor-holding bounds, as configured or as fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fitted {
     /// Mappings the cache may keep (each an open file).
     pub map_cache_entries: u64,
     /// Connections open at once.
     pub max_connections: u64,
+    /// Media bodies in flight (each may hold an evicted file).
+    pub max_in_flight: u64,
     /// Media bodies waiting out of the in-flight bound (each may hold an evicted file).
     pub max_stalled: u64,
 }
 
-/// Fits the configured bounds into `limit` descriptors (`None`: unlimited), lowering
-/// the cache first, the stalled pool second and the connection cap third. An error when
-/// even one connection cannot fit beside the bodies in flight, the reserve and a minimal
-/// cache.
-pub fn fit(limit: Option<u64>, wanted: Fitted, max_in_flight: u64) -> Result<Fitted, String> {
+impl Fitted {
+    /// The bounds of `config`.
+    pub fn of(config: &Config) -> Self {
+        Fitted {
+            map_cache_entries: config.map_cache_entries as u64,
+            max_connections: config.max_connections as u64,
+            max_in_flight: config.max_in_flight as u64,
+            max_stalled: config.max_stalled as u64,
+        }
+    }
+
+    /// Descriptors these bounds can hold at once, the reserve included.
+    pub fn descriptors(&self) -> u64 {
+        RESERVE
+            .saturating_add(self.map_cache_entries)
+            .saturating_add(self.max_connections)
+            .saturating_add(self.max_in_flight)
+            .saturating_add(self.max_stalled)
+    }
+
+    /// The four bounds with their settings' names, in the order the overflow is taken
+    /// back from (the largest and cheapest to lose first).
+    fn named(&self) -> [(&'static str, u64); 4] {
+        [
+            ("--max-connections", self.max_connections),
+            ("--map-cache-entries", self.map_cache_entries),
+            ("--max-stalled", self.max_stalled),
+            ("--max-in-flight", self.max_in_flight),
+        ]
+    }
+}
+
+/// What start-up does with the descriptor bounds under one open-file limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The soft limit in force after raising it (`None`: unlimited).
+    pub limit: Option<u64>,
+    /// The bounds as configured.
+    pub wanted: Fitted,
+    /// The bounds start-up uses.
+    pub fitted: Fitted,
+}
+
+impl Plan {
+    /// Descriptors the configured bounds need: the limit that keeps them all.
+    pub fn needed(&self) -> u64 {
+        self.wanted.descriptors()
+    }
+
+    /// Whether any bound was lowered to fit the limit.
+    pub fn lowered(&self) -> bool {
+        self.fitted != self.wanted
+    }
+}
+
+/// The plan as `oip-media check` and the start-up error line say it.
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let limit = self
+            .limit
+            .map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+        let needed = self.needed();
+        if !self.lowered() {
+            return write!(
+                f,
+                "open-file limit {limit} holds the configured bounds ({needed} descriptors)"
+            );
+        }
+        write!(
+            f,
+            "open-file limit {limit} is below the {needed} descriptors the configured bounds \
+             need: every bound lowered in proportion ("
+        )?;
+        for (i, ((name, wanted), (_, fitted))) in self
+            .wanted
+            .named()
+            .into_iter()
+            .zip(self.fitted.named())
+            .enumerate()
+        {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{name} {wanted} -> {fitted}")?;
+        }
+        write!(
+            f,
+            "); raise the hard limit to {needed} to keep them: `ulimit -n {needed}`, \
+             docker/podman `--ulimit nofile={needed}:{needed}`, compose \
+             `ulimits: {{nofile: {needed}}}`, Kubernetes: the container runtime's \
+             LimitNOFILE (containerd/CRI-O service) on the nodes"
+        )
+    }
+}
+
+/// Fits the configured bounds into `limit` descriptors (`None`: unlimited). When they do
+/// not fit, each is scaled by `(limit - RESERVE) / (sum of the bounds)`, kept at its
+/// floor (`MIN_*`, or its configured value when lower: a non-zero bound stays non-zero),
+/// and whatever the floors add is taken back from the bounds above their floors,
+/// connections first. An error when even the floors do not fit.
+pub fn fit(limit: Option<u64>, wanted: Fitted) -> Result<Fitted, String> {
     let Some(limit) = limit else {
         return Ok(wanted);
     };
-    let fixed = RESERVE + max_in_flight;
-    let needed = fixed + wanted.max_stalled + wanted.max_connections + wanted.map_cache_entries;
-    if needed <= limit {
+    if wanted.descriptors() <= limit {
         return Ok(wanted);
     }
-    let cache_floor = wanted.map_cache_entries.min(MIN_CACHE_ENTRIES);
-    let for_cache = limit.saturating_sub(fixed + wanted.max_stalled + wanted.max_connections);
-    if for_cache >= cache_floor {
-        return Ok(Fitted {
-            map_cache_entries: for_cache,
-            ..wanted
-        });
-    }
-    if fixed + cache_floor + wanted.max_connections <= limit {
-        return Ok(Fitted {
-            map_cache_entries: cache_floor,
-            max_stalled: limit - (fixed + cache_floor + wanted.max_connections),
-            max_connections: wanted.max_connections,
-        });
-    }
-    let for_connections = limit.saturating_sub(fixed + cache_floor);
-    if for_connections == 0 {
+    let floor = Fitted {
+        map_cache_entries: wanted.map_cache_entries.min(MIN_CACHE_ENTRIES),
+        max_connections: wanted.max_connections.min(MIN_CONNECTIONS),
+        max_in_flight: wanted.max_in_flight.min(MIN_IN_FLIGHT),
+        max_stalled: wanted.max_stalled.min(MIN_STALLED),
+    };
+    if floor.descriptors() > limit {
         return Err(format!(
-            "the open-file limit ({limit}) leaves no descriptor for a connection beside \
-             {max_in_flight} bodies in flight, {cache_floor} mapped files and {RESERVE} reserved; \
-             raise `ulimit -n` or lower --max-in-flight"
+            "the open-file limit ({limit}) cannot hold even the smallest bounds start-up \
+             lowers to ({} descriptors: {RESERVE} reserved, {} connections, {} mapped files, \
+             {} bodies in flight, {} stalled); raise `ulimit -n` to at least {}",
+            floor.descriptors(),
+            floor.max_connections,
+            floor.map_cache_entries,
+            floor.max_in_flight,
+            floor.max_stalled,
+            wanted.descriptors(),
         ));
     }
-    Ok(Fitted {
-        map_cache_entries: cache_floor,
-        max_connections: for_connections,
-        max_stalled: 0,
+    let available = u128::from(limit - RESERVE);
+    let total = u128::from(wanted.descriptors() - RESERVE);
+    // Below 1: the bounds did not fit. u128: no product of two u64 overflows it.
+    let scale = |bound: u64, floor: u64| -> u64 {
+        let scaled = u128::from(bound) * available / total;
+        u64::try_from(scaled).unwrap_or(u64::MAX).max(floor)
+    };
+    let mut fitted = Fitted {
+        map_cache_entries: scale(wanted.map_cache_entries, floor.map_cache_entries),
+        max_connections: scale(wanted.max_connections, floor.max_connections),
+        max_in_flight: scale(wanted.max_in_flight, floor.max_in_flight),
+        max_stalled: scale(wanted.max_stalled, floor.max_stalled),
+    };
+    let mut over = fitted.descriptors().saturating_sub(limit);
+    for (bound, floor) in [
+        (&mut fitted.max_connections, floor.max_connections),
+        (&mut fitted.map_cache_entries, floor.map_cache_entries),
+        (&mut fitted.max_stalled, floor.max_stalled),
+        (&mut fitted.max_in_flight, floor.max_in_flight),
+    ] {
+        let take = over.min(*bound - floor);
+        *bound -= take;
+        over -= take;
+    }
+    debug_assert_eq!(over, 0, "the floors fit, so the overflow can be taken back");
+    Ok(fitted)
+}
+
+/// The plan for `config` under `limit` (`None`: unlimited).
+pub fn plan(limit: Option<u64>, config: &Config) -> Result<Plan, String> {
+    let wanted = Fitted::of(config);
+    fit(limit, wanted).map(|fitted| Plan {
+        limit,
+        wanted,
+        fitted,
     })
 }
 
@@ -99,123 +227,173 @@ pub fn limit() -> Option<u64> {
     getrlimit(Resource::Nofile).current
 }
 
-/// Raises the limit and fits `config`'s bounds into it, logging what was lowered.
-pub fn apply(config: &mut Config) -> Result<(), StartError> {
-    let limit = raise_limit();
-    let wanted = Fitted {
-        map_cache_entries: config.map_cache_entries as u64,
-        max_connections: config.max_connections as u64,
-        max_stalled: config.max_stalled as u64,
-    };
-    let fitted = fit(limit, wanted, config.max_in_flight as u64).map_err(|message| {
-        StartError::InvalidSetting {
-            option: "--max-connections/--max-in-flight",
-            message,
-        }
+/// Raises the limit and fits `config`'s bounds into it. Lowered bounds are one `error`
+/// line (a protection running below its configured size is an operator's problem, not a
+/// notice), naming the limit that keeps them.
+pub fn apply(config: &mut Config) -> Result<Plan, StartError> {
+    let plan = plan(raise_limit(), config).map_err(|message| StartError::InvalidSetting {
+        option: "--max-connections/--max-in-flight",
+        message,
     })?;
-    let limit = limit.unwrap_or(u64::MAX);
-    if fitted.map_cache_entries < wanted.map_cache_entries {
-        tracing::warn!(
-            open_file_limit = limit,
-            configured = wanted.map_cache_entries,
-            lowered_to = fitted.map_cache_entries,
-            "--map-cache-entries/MAP_CACHE_ENTRIES lowered to fit the open-file limit \
-             (each mapped file keeps its descriptor for sendfile); raise `ulimit -n` to keep it"
+    if plan.lowered() {
+        tracing::error!(
+            open_file_limit = plan.limit,
+            needed = plan.needed(),
+            max_connections = plan.fitted.max_connections,
+            map_cache_entries = plan.fitted.map_cache_entries,
+            max_in_flight = plan.fitted.max_in_flight,
+            max_stalled = plan.fitted.max_stalled,
+            "{plan}"
         );
-        config.map_cache_entries = usize::try_from(fitted.map_cache_entries).unwrap_or(usize::MAX);
+        let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        config.map_cache_entries = as_usize(plan.fitted.map_cache_entries);
+        config.max_connections = as_usize(plan.fitted.max_connections);
+        config.max_in_flight = as_usize(plan.fitted.max_in_flight);
+        config.max_stalled = as_usize(plan.fitted.max_stalled);
     }
-    if fitted.max_stalled < wanted.max_stalled {
-        tracing::warn!(
-            open_file_limit = limit,
-            configured = wanted.max_stalled,
-            lowered_to = fitted.max_stalled,
-            "--max-stalled/MAX_STALLED lowered to fit the open-file limit (a stalled body \
-             may keep its file's descriptor); raise `ulimit -n` to keep it"
-        );
-        config.max_stalled = usize::try_from(fitted.max_stalled).unwrap_or(usize::MAX);
+    Ok(plan)
+}
+
+/// `oip-media check`: the settings are validated as serving would, the limit raised,
+/// and the plan printed on stdout. Exit 0 when every bound fits, 1 when start-up would
+/// lower some, 2 when it would refuse to start.
+pub fn check(config: &Config) -> std::process::ExitCode {
+    if let Err(error) = config.validate() {
+        println!("oip-media check: {error}");
+        return std::process::ExitCode::from(2);
     }
-    if fitted.max_connections < wanted.max_connections {
-        tracing::warn!(
-            open_file_limit = limit,
-            configured = wanted.max_connections,
-            lowered_to = fitted.max_connections,
-            "--max-connections/MAX_CONNECTIONS lowered to fit the open-file limit; \
-             raise `ulimit -n` to keep it"
-        );
-        config.max_connections = usize::try_from(fitted.max_connections).unwrap_or(usize::MAX);
+    match plan(raise_limit(), config) {
+        Ok(plan) => {
+            println!("oip-media check: {plan}");
+            std::process::ExitCode::from(u8::from(plan.lowered()))
+        }
+        Err(message) => {
+            println!("oip-media check: {message}");
+            std::process::ExitCode::from(2)
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The defaults.
     const WANTED: Fitted = Fitted {
         map_cache_entries: 16_384,
         max_connections: 10_000,
-        max_stalled: 0,
+        max_in_flight: 512,
+        max_stalled: 2048,
     };
 
     #[test]
     fn a_limit_that_fits_changes_nothing() {
-        assert_eq!(fit(None, WANTED, 512), Ok(WANTED));
-        assert_eq!(fit(Some(1 << 20), WANTED, 512), Ok(WANTED));
-        let exact = RESERVE + 512 + 10_000 + 16_384;
-        assert_eq!(fit(Some(exact), WANTED, 512), Ok(WANTED));
+        assert_eq!(fit(None, WANTED), Ok(WANTED));
+        assert_eq!(fit(Some(1 << 20), WANTED), Ok(WANTED));
+        let exact = RESERVE + 512 + 2048 + 10_000 + 16_384;
+        assert_eq!(WANTED.descriptors(), exact);
+        assert_eq!(fit(Some(exact), WANTED), Ok(WANTED));
     }
 
     #[test]
-    fn the_cache_is_lowered_first() {
-        let fitted = fit(Some(20_000), WANTED, 512).unwrap();
-        assert_eq!(fitted.max_connections, 10_000);
-        assert_eq!(fitted.map_cache_entries, 20_000 - 10_000 - 512 - RESERVE);
+    fn every_bound_shrinks_by_the_same_factor() {
+        // 4096: a common container hard limit (`--ulimit nofile=4096:4096`).
+        let fitted = fit(Some(4096), WANTED).unwrap();
+        assert!(fitted.descriptors() <= 4096, "{fitted:?}");
+        let factor = (4096.0 - RESERVE as f64) / (WANTED.descriptors() - RESERVE) as f64;
+        for ((name, wanted), (_, got)) in WANTED.named().into_iter().zip(fitted.named()) {
+            let expected = wanted as f64 * factor;
+            assert!(
+                (got as f64 - expected).abs() <= 1.0,
+                "{name}: {got}, expected about {expected}"
+            );
+        }
+        // The stalled pool stays on: 2048 * 3840 / 28944 = 271.
+        assert_eq!(fitted.max_stalled, 271);
+        assert_eq!(fitted.max_in_flight, 67);
+        assert_eq!(fitted.max_connections, 1326);
+        assert_eq!(fitted.map_cache_entries, 2173);
     }
 
     #[test]
-    fn then_the_connection_cap() {
-        let fitted = fit(Some(1024), WANTED, 512).unwrap();
-        assert_eq!(fitted.map_cache_entries, MIN_CACHE_ENTRIES);
-        assert_eq!(
-            fitted.max_connections,
-            1024 - 512 - RESERVE - MIN_CACHE_ENTRIES
+    fn one_descriptor_short_lowers_each_bound_a_little() {
+        let fitted = fit(Some(WANTED.descriptors() - 1), WANTED).unwrap();
+        assert!(fitted.descriptors() < WANTED.descriptors());
+        assert!(fitted.max_stalled > 2000 && fitted.max_connections > 9_990);
+    }
+
+    #[test]
+    fn no_configured_protection_is_switched_off() {
+        // 1024 (a common default hard limit): scaled, the pool would be 55; and with a
+        // small pool configured, the floor keeps it.
+        let fitted = fit(Some(1024), WANTED).unwrap();
+        assert!(
+            fitted.max_stalled > 0 && fitted.max_in_flight > 0,
+            "{fitted:?}"
         );
-        let total = fitted.map_cache_entries + fitted.max_connections + 512 + RESERVE;
-        assert_eq!(total, 1024, "everything fits in the limit");
-    }
-
-    #[test]
-    fn the_stalled_pool_is_lowered_after_the_cache_and_before_the_connection_cap() {
-        let wanted = Fitted {
-            max_stalled: 2048,
+        assert!(fitted.descriptors() <= 1024);
+        let small_pool = Fitted {
+            max_stalled: 4,
             ..WANTED
         };
-        let exact = RESERVE + 512 + 2048 + 10_000 + 16_384;
-        assert_eq!(fit(Some(exact), wanted, 512), Ok(wanted));
-        let fitted = fit(Some(20_000), wanted, 512).unwrap();
-        assert_eq!((fitted.max_connections, fitted.max_stalled), (10_000, 2048));
-        assert_eq!(
-            fitted.map_cache_entries,
-            20_000 - 10_000 - 2048 - 512 - RESERVE
-        );
-        // 10,900: the cache at its floor, the pool takes what is left.
-        let fitted = fit(Some(10_900), wanted, 512).unwrap();
-        assert_eq!(fitted.map_cache_entries, MIN_CACHE_ENTRIES);
-        assert_eq!(fitted.max_connections, 10_000);
-        assert_eq!(
-            fitted.max_stalled,
-            10_900 - 10_000 - 512 - RESERVE - MIN_CACHE_ENTRIES
-        );
-        // 1024 (a common hard limit): no pool at all, and fewer connections.
-        let fitted = fit(Some(1024), wanted, 512).unwrap();
-        assert_eq!(fitted.max_stalled, 0);
-        assert_eq!(fitted, fit(Some(1024), WANTED, 512).unwrap());
+        let fitted = fit(Some(1024), small_pool).unwrap();
+        assert_eq!(fitted.max_stalled, 4, "below its floor: kept as configured");
+        assert!(fitted.descriptors() <= 1024);
+        // A pool configured off stays off; nothing is switched on either.
+        let no_pool = Fitted {
+            max_stalled: 0,
+            ..WANTED
+        };
+        assert_eq!(fit(Some(1024), no_pool).unwrap().max_stalled, 0);
     }
 
     #[test]
-    fn a_limit_too_small_for_one_connection_is_an_error() {
-        let err = fit(Some(700), WANTED, 512).unwrap_err();
-        assert!(err.contains("--max-in-flight"), "{err}");
+    fn the_floors_hold_and_the_rest_is_taken_from_the_largest() {
+        // 500: scaled by 244/28944, bodies in flight would be 4, under their floor; the
+        // floor's extra descriptors come back from connections (first in line).
+        let fitted = fit(Some(500), WANTED).unwrap();
+        assert_eq!(fitted.max_in_flight, MIN_IN_FLIGHT);
+        assert_eq!(fitted.max_stalled, 2048 * 244 / 28_944);
+        assert_eq!(fitted.max_connections, 10_000 * 244 / 28_944 - 3);
+        assert!(fitted.map_cache_entries >= MIN_CACHE_ENTRIES);
+        assert!(fitted.max_connections >= MIN_CONNECTIONS);
+        assert_eq!(fitted.descriptors(), 500, "{fitted:?}");
+    }
+
+    #[test]
+    fn a_limit_too_small_for_the_floors_is_an_error() {
+        let err = fit(Some(300), WANTED).unwrap_err();
+        assert!(err.contains("ulimit -n") && err.contains("29200"), "{err}");
+    }
+
+    #[test]
+    fn the_plan_names_each_bound_and_the_limit_needed() {
+        let wanted = WANTED;
+        let plan = Plan {
+            limit: Some(4096),
+            wanted,
+            fitted: fit(Some(4096), wanted).unwrap(),
+        };
+        assert!(plan.lowered());
+        assert_eq!(plan.needed(), 29_200);
+        let line = plan.to_string();
+        for part in [
+            "open-file limit 4096",
+            "--max-stalled 2048 -> 271",
+            "--max-connections 10000 -> 1326",
+            "ulimit -n 29200",
+            "--ulimit nofile=29200:29200",
+            "Kubernetes",
+        ] {
+            assert!(line.contains(part), "{part:?} in {line}");
+        }
+        let kept = Plan {
+            limit: None,
+            wanted,
+            fitted: wanted,
+        };
+        assert!(!kept.lowered());
+        assert!(kept.to_string().contains("unlimited holds"), "{kept}");
     }
 
     #[test]
