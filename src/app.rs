@@ -83,6 +83,7 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = std::time::Instant::now();
         let id = request_id(request.headers());
         let route = self.router.at(request.uri().path()).copied();
         let family = route.map_or(RouteFamily::Other, |route| route.family);
@@ -109,7 +110,8 @@ impl App {
             .unwrap_or_else(|| HeaderValue::from_static("unknown"));
 
         let state = &self.state;
-        self.http.record(family.index(), response.status());
+        self.http
+            .record(family.index(), response.status(), started.elapsed());
         span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
         let headers = response.headers_mut();
         state.cors.decorate(origin.as_ref(), headers);

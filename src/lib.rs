@@ -14,6 +14,7 @@ pub mod body;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod exposition;
 pub(crate) mod flight;
 pub mod fs_pool;
 pub mod gif;

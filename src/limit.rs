@@ -38,6 +38,15 @@ use crate::body::Body;
 use crate::metrics::{ReadAtScrape, by_kind};
 use crate::stalled::{Slot, StalledPool};
 
+/// What one permit of a [`Limiter`] stands for, in its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermitUnit {
+    /// A request (a slot).
+    Request,
+    /// This many bytes of a budget.
+    Bytes(u64),
+}
+
 /// Bounds of the limiter, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct LimitSettings {
@@ -121,12 +130,34 @@ impl Limiter {
     /// Registers this limiter's metrics in `registry` (a sub-registry named after the
     /// admission, e.g. `media`): slots in use and waiters (read at scrape time), the
     /// limit, and the admission and shedding counters.
-    pub fn register(&self, registry: &mut Registry) {
+    ///
+    /// `units` says what a permit is: a request, or `Bytes(n)` for a budget counted in
+    /// units of `n` bytes, whose gauges are then shown in bytes (`in_flight_bytes`,
+    /// `in_flight_limit_bytes`), Prometheus's base unit.
+    pub fn register(&self, registry: &mut Registry, units: PermitUnit) {
         let (slots, limit) = (Arc::clone(&self.slots), self.settings.max_in_flight.max(1));
+        let (scale, in_flight, in_flight_help, limit_name, limit_help) = match units {
+            PermitUnit::Request => (
+                1,
+                "in_flight",
+                "Bodies in flight (limiter permits held)",
+                "in_flight_limit",
+                "Configured limit of bodies in flight",
+            ),
+            PermitUnit::Bytes(unit) => (
+                unit,
+                "in_flight_bytes",
+                "Bytes of request bodies held against the budget (each body charged its share before its first byte is read)",
+                "in_flight_limit_bytes",
+                "Configured budget of request-body bytes held at once",
+            ),
+        };
         registry.register(
-            "in_flight",
-            "Bodies in flight (limiter permits held)",
-            ReadAtScrape::gauge(move || (limit - slots.available_permits()) as u64),
+            in_flight,
+            in_flight_help,
+            ReadAtScrape::gauge(move || {
+                ((limit - slots.available_permits()) as u64).saturating_mul(scale)
+            }),
         );
         let waiting = Arc::clone(&self.waiting);
         registry.register(
@@ -134,10 +165,10 @@ impl Limiter {
             "Requests waiting for a limiter slot",
             ReadAtScrape::gauge(move || waiting.load(Ordering::Relaxed) as u64),
         );
-        let max_in_flight = self.settings.max_in_flight as u64;
+        let max_in_flight = (self.settings.max_in_flight as u64).saturating_mul(scale);
         registry.register(
-            "in_flight_limit",
-            "Configured limit of bodies in flight",
+            limit_name,
+            limit_help,
             ReadAtScrape::gauge(move || max_in_flight),
         );
         let max_queue = self.settings.max_queue as u64;

@@ -109,10 +109,15 @@ pub fn registry() -> Registry {
     Registry::with_prefix("oip_media")
 }
 
-/// Encodes `registry` in the OpenMetrics text format.
+/// Encodes `registry`, then the standard unprefixed `process_*` metrics
+/// ([`standard_process_registry`]), in the OpenMetrics text format.
 pub fn encode(registry: &Registry) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    let mut out = String::with_capacity(16 * 1024);
+    let encoded = encode_registry(&mut out, registry)
+        .and_then(|()| encode_registry(&mut out, standard_process_registry()))
+        .and_then(|()| encode_eof(&mut out));
+    if encoded.is_err() {
         out.clear();
         let _ = writeln!(out, "# metrics encoding failed");
     }
@@ -234,6 +239,8 @@ pub struct HttpMetrics {
     cells: Vec<[OnceLock<ShardedCounter>; 5]>,
     /// Body bytes handed to hyper, shared with every response body.
     pub bytes_sent: &'static Sharded,
+    /// Time to the response head, by route family.
+    pub duration: std::sync::Arc<DurationHistogram>,
 }
 
 impl HttpMetrics {
@@ -252,11 +259,18 @@ impl HttpMetrics {
             "Response body bytes handed to sockets",
             ReadAtScrape::counter(|| bytes_sent.sum()),
         );
+        let duration = std::sync::Arc::new(DurationHistogram::new(labels));
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's head to its response's head (admission wait included, body transfer not), by route family",
+            DurationView(std::sync::Arc::clone(&duration)),
+        );
         HttpMetrics {
             labels,
             family,
             cells: labels.iter().map(|_| Default::default()).collect(),
             bytes_sent,
+            duration,
         }
     }
 
@@ -275,11 +289,13 @@ impl HttpMetrics {
         }))
     }
 
-    /// Counts one response of `status` on the route family with index `route`.
-    pub fn record(&self, route: usize, status: http::StatusCode) {
+    /// Counts one response of `status` on the route family with index `route`, whose
+    /// head was ready `elapsed` after the request's.
+    pub fn record(&self, route: usize, status: http::StatusCode, elapsed: std::time::Duration) {
         if let Some(counter) = self.cell(route, Self::class(status)) {
             counter.inc();
         }
+        self.duration.observe(route, elapsed);
     }
 
     /// Responses of a route family (by index) and status class (`2` for 2xx …).
@@ -299,6 +315,117 @@ impl HttpMetrics {
             .filter_map(OnceLock::get)
             .map(ShardedCounter::get)
             .sum()
+    }
+}
+
+/// Upper bounds (seconds) of the request-duration buckets: from a GIF answered from the
+/// mapping cache (tens of µs) to a resolve that waits on Elasticsearch (seconds).
+pub const DURATION_BUCKETS: [f64; 19] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// One shard of one route's histogram: a count per bucket (the last is `+Inf`) and the
+/// sum of durations in nanoseconds.
+#[derive(Debug, Default)]
+struct HistogramShard {
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+/// `oip_media_http_request_duration_seconds{route}`: time from a request's head to its
+/// response's head (handler, admission wait and all; not the body's transfer, which a
+/// slow client sets), by route family.
+///
+/// Sharded as [`Sharded`] counters are, and for the same reason: prometheus-client's
+/// `Histogram` takes a mutex per observation, which every worker would contend for on
+/// every request. Here an observation is a bucket search over 19 bounds and two relaxed
+/// adds on this thread's cache lines; the scrape sums the shards.
+#[derive(Debug)]
+pub struct DurationHistogram {
+    labels: &'static [&'static str],
+    /// Per route, per shard.
+    shards: Box<[Box<[CachePadded<HistogramShard>]>]>,
+    bounds_nanos: [u64; DURATION_BUCKETS.len()],
+}
+
+impl DurationHistogram {
+    /// A histogram per route family in `labels` (indexed as the route table indexes them).
+    pub fn new(labels: &'static [&'static str]) -> DurationHistogram {
+        DurationHistogram {
+            labels,
+            shards: labels
+                .iter()
+                .map(|_| (0..shard_count()).map(|_| CachePadded::default()).collect())
+                .collect(),
+            bounds_nanos: DURATION_BUCKETS.map(|b| (b * 1e9).round() as u64),
+        }
+    }
+
+    /// Records one request of route `route` that took `elapsed`.
+    pub fn observe(&self, route: usize, elapsed: std::time::Duration) {
+        let Some(shards) = self.shards.get(route) else {
+            return;
+        };
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = self.bounds_nanos.partition_point(|&bound| bound < nanos);
+        let shard = &shards[thread_shard() & (shards.len() - 1)];
+        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Route `route`'s count per bucket (not cumulative; the last is `+Inf`), total
+    /// count and sum in seconds.
+    fn snapshot(&self, route: usize) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .map(|b| (b, 0))
+            .collect();
+        let mut sum_nanos = 0u64;
+        for shard in self.shards.get(route).into_iter().flatten() {
+            for (slot, count) in buckets.iter_mut().zip(&shard.buckets) {
+                slot.1 += count.load(Ordering::Relaxed);
+            }
+            sum_nanos = sum_nanos.wrapping_add(shard.sum_nanos.load(Ordering::Relaxed));
+        }
+        let count = buckets.iter().map(|b| b.1).sum();
+        (buckets, count, sum_nanos as f64 / 1e9)
+    }
+
+    /// Requests of route `route` recorded so far.
+    pub fn count(&self, route: usize) -> u64 {
+        self.snapshot(route).1
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+/// The registered view of a shared [`DurationHistogram`].
+#[derive(Debug)]
+struct DurationView(std::sync::Arc<DurationHistogram>);
+
+impl TypedMetric for DurationView {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for DurationView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (route, label) in self.0.labels.iter().enumerate() {
+            let (buckets, count, sum) = self.0.snapshot(route);
+            encoder
+                .encode_family(&RouteLabel { route: label })?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -404,6 +531,189 @@ pub fn register_process(registry: &mut Registry) {
     );
 }
 
+/// CPU time, virtual size and start of this process from `/proc/self/stat` (and
+/// `/proc/stat`'s boot time), for the standard `process_*` metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessStat {
+    /// User plus system CPU time, seconds.
+    pub cpu_seconds: f64,
+    /// Virtual memory size, bytes.
+    pub virtual_bytes: u64,
+    /// Start time since the boot, in clock ticks.
+    pub start_ticks: u64,
+}
+
+impl ProcessStat {
+    /// Parses `/proc/<pid>/stat`'s text: the fields after the command's closing `)`
+    /// (which may itself hold spaces and parentheses).
+    pub fn parse(stat: &str, ticks_per_second: u64) -> Option<ProcessStat> {
+        let after = &stat[stat.rfind(')')? + 1..];
+        // Field 3 (state) is the first after `)`: utime is field 14, stime 15,
+        // starttime 22, vsize 23.
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        let ticks = ticks_per_second.max(1) as f64;
+        Some(ProcessStat {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
+            virtual_bytes: field(23)?,
+            start_ticks: field(22)?,
+        })
+    }
+
+    /// This process's, or zeros where `/proc` cannot be read.
+    pub fn read() -> ProcessStat {
+        std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|text| ProcessStat::parse(&text, ticks_per_second()))
+            .unwrap_or_default()
+    }
+}
+
+fn ticks_per_second() -> u64 {
+    rustix::param::clock_ticks_per_second()
+}
+
+/// The boot time (`btime` of `/proc/stat`), seconds since the epoch.
+fn boot_time() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The process's start, seconds since the epoch: from `/proc` when it can be read,
+/// else the first call's clock (registration happens at start-up).
+pub fn process_start_time() -> f64 {
+    static START: OnceLock<f64> = OnceLock::new();
+    *START.get_or_init(|| {
+        let ticks = ProcessStat::read().start_ticks;
+        match boot_time() {
+            Some(boot) if ticks > 0 => boot as f64 + ticks as f64 / ticks_per_second() as f64,
+            _ => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    })
+}
+
+/// A gauge or counter of `f64` read at scrape time (seconds of CPU, a start time).
+struct ReadF64<F> {
+    read: F,
+    kind: MetricType,
+}
+
+impl<F> std::fmt::Debug for ReadF64<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadF64").field("kind", &self.kind).finish()
+    }
+}
+
+impl<F: Fn() -> f64 + Send + Sync + 'static> EncodeMetric for ReadF64<F> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let value = (self.read)();
+        match self.kind {
+            MetricType::Counter => encoder.encode_counter::<NoLabelSet, _, f64>(&value, None),
+            _ => encoder.encode_gauge(&value),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.kind
+    }
+}
+
+/// The standard process metrics every Prometheus client library exports, without the
+/// service's prefix, so stock dashboards and alerts find them: `process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
+/// `process_start_time_seconds`, `process_open_fds`, `process_max_fds`. All read from
+/// `/proc` at scrape time. (The service's own `oip_media_process_rss_anon_bytes` and
+/// `…_rss_file_bytes` split the resident set; `oip_media_process_open_fds` and
+/// `…_fd_limit` stay for existing dashboards.)
+pub fn standard_process_registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut registry = Registry::default();
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            ReadF64 {
+                read: || ProcessStat::read().cpu_seconds,
+                kind: MetricType::Counter,
+            },
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes (RssAnon + RssFile + RssShmem)",
+            ReadAtScrape::gauge(resident_bytes),
+        );
+        registry.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            ReadAtScrape::gauge(|| ProcessStat::read().virtual_bytes),
+        );
+        process_start_time();
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            ReadF64 {
+                read: process_start_time,
+                kind: MetricType::Gauge,
+            },
+        );
+        registry.register(
+            "process_open_fds",
+            "Number of open file descriptors",
+            ReadAtScrape::gauge(open_fds),
+        );
+        registry.register(
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit)",
+            ReadAtScrape::gauge(fd_limit),
+        );
+        registry
+    })
+}
+
+/// `VmRSS` of `/proc/self/status`, bytes; 0 where unavailable.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The commit this binary was built from (`git rev-parse --short HEAD` at build time,
+/// by build.rs), or `unknown` when built outside a git checkout.
+pub const COMMIT: &str = env!("OIP_MEDIA_COMMIT");
+
+/// Registers `build_info{version,commit} 1` (a gauge, as Prometheus's own
+/// `prometheus_build_info`: joins on it work in both exposition formats).
+pub fn register_build_info(registry: &mut Registry) {
+    let family = Family::<BuildLabels, prometheus_client::metrics::gauge::Gauge>::default();
+    family
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            commit: COMMIT,
+        })
+        .set(1);
+    registry.register(
+        "build_info",
+        "The version and commit of the running binary (always 1)",
+        family,
+    );
+}
+
 /// The soft open-file limit in force (`u64::MAX` when unlimited).
 pub fn fd_limit() -> u64 {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
@@ -419,11 +729,12 @@ mod tests {
     fn status_classes() {
         let mut registry = registry();
         let c = HttpMetrics::new(&["media", "other"], &mut registry);
-        c.record(0, http::StatusCode::OK);
-        c.record(0, http::StatusCode::PARTIAL_CONTENT);
-        c.record(0, http::StatusCode::NOT_MODIFIED);
-        c.record(1, http::StatusCode::NOT_FOUND);
-        c.record(0, http::StatusCode::SERVICE_UNAVAILABLE);
+        let ms = std::time::Duration::from_millis;
+        c.record(0, http::StatusCode::OK, ms(0));
+        c.record(0, http::StatusCode::PARTIAL_CONTENT, ms(3));
+        c.record(0, http::StatusCode::NOT_MODIFIED, ms(3));
+        c.record(1, http::StatusCode::NOT_FOUND, ms(2_000));
+        c.record(0, http::StatusCode::SERVICE_UNAVAILABLE, ms(60_000));
         assert_eq!(c.responses(0, 2), 2);
         assert_eq!(c.responses(0, 3), 1);
         assert_eq!(c.responses(0, 5), 1);
@@ -438,6 +749,22 @@ mod tests {
             !text.contains("class=\"1xx\""),
             "series appear on first use: {text}"
         );
+        // Durations: cumulative buckets per route, `+Inf` holding the minute-long one.
+        for (series, value) in [
+            ("_bucket{le=\"0.000025\",route=\"media\"} ", "1"),
+            ("_bucket{le=\"0.0025\",route=\"media\"} ", "1"),
+            ("_bucket{le=\"0.005\",route=\"media\"} ", "3"),
+            ("_bucket{le=\"30.0\",route=\"media\"} ", "3"),
+            ("_bucket{le=\"+Inf\",route=\"media\"} ", "4"),
+            ("_count{route=\"media\"} ", "4"),
+            ("_sum{route=\"media\"} ", "60.006"),
+            ("_bucket{le=\"1.0\",route=\"other\"} ", "0"),
+            ("_bucket{le=\"2.5\",route=\"other\"} ", "1"),
+        ] {
+            let line = format!("oip_media_http_request_duration_seconds{series}{value}\n");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert_eq!(c.duration.count(1), 1);
     }
 
     #[test]
@@ -488,6 +815,56 @@ mod tests {
         assert_eq!(counter.get(), 80_000);
         assert_eq!(bytes.sum(), 240_000);
         assert!(bytes.shards.len().is_power_of_two());
+    }
+
+    #[test]
+    fn process_stat_fields() {
+        let stat = "1234 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0 5000 123456789 300 18446744073709551615";
+        let parsed = ProcessStat::parse(stat, 100).unwrap();
+        assert_eq!(parsed.cpu_seconds, 3.0);
+        assert_eq!(parsed.start_ticks, 5000);
+        assert_eq!(parsed.virtual_bytes, 123_456_789);
+        assert_eq!(ProcessStat::parse("1 (x) S 1", 100), None);
+        let own = ProcessStat::read();
+        assert!(own.virtual_bytes > 0 && own.start_ticks > 0);
+        let start = process_start_time();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0 * 365.0,
+            "{start} {now}"
+        );
+    }
+
+    #[test]
+    fn standard_process_metrics_and_build_info_are_encoded() {
+        let mut registry = registry();
+        register_build_info(&mut registry);
+        let text = encode(&registry);
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_max_fds ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} in {text}"
+            );
+        }
+        assert!(
+            text.contains(&format!(
+                "oip_media_build_info{{version=\"{}\",commit=\"{COMMIT}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::error::StartError;
 use crate::fs_pool::{FsPool, FsPoolSettings};
 use crate::gif::Gifs;
 use crate::gun::{GunClient, GunError};
-use crate::limit::{LimitSettings, Limiter};
+use crate::limit::{LimitSettings, Limiter, PermitUnit};
 use crate::manifest::ManifestCache;
 use crate::metrics::by_kind;
 use crate::replicas::Replicas;
@@ -70,6 +70,42 @@ pub struct AppState {
     pub metrics: Registry,
     /// `--body-chunk-size` as a `usize`: what each body hands to hyper per poll.
     pub chunk: usize,
+    /// Whether each media root could be listed at the last check (`/readyz`, and every
+    /// scrape of `/metrics`): `oip_media_media_root_readable{role}`, 1 or 0.
+    pub roots_readable: RootsReadable,
+}
+
+/// The `role` label of `oip_media_media_root_readable`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: &'static str,
+}
+
+/// Media roots' readability as gauges by role, set by each check.
+#[derive(Debug, Clone, Default)]
+pub struct RootsReadable(Family<RoleLabel, Gauge>);
+
+impl RootsReadable {
+    /// Gauges for `roles`, at 1 (start-up has checked the roots), registered in `registry`.
+    fn new(roles: &[&'static str], registry: &mut Registry) -> RootsReadable {
+        let readable = RootsReadable::default();
+        for role in roles {
+            readable.set(role, true);
+        }
+        registry.register(
+            "media_root_readable",
+            "1 when the media root (by role) could be listed at the last check (/readyz, or this scrape), 0 when not: its media answer errors",
+            readable.0.clone(),
+        );
+        readable
+    }
+
+    /// Records the outcome of a check of the root `role`.
+    pub fn set(&self, role: &'static str, readable: bool) {
+        self.0
+            .get_or_create(&RoleLabel { role })
+            .set(i64::from(readable));
+    }
 }
 
 impl AppState {
@@ -161,6 +197,8 @@ impl AppState {
         let connections = Arc::new(ConnCounters::new(config.listeners()));
         connections.register(&mut metrics);
         crate::metrics::register_process(&mut metrics);
+        crate::metrics::register_build_info(&mut metrics);
+        let roots_readable = RootsReadable::new(&["web", "media"], &mut metrics);
         let chunk = usize::try_from(config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
         Ok(AppState {
             config,
@@ -181,6 +219,7 @@ impl AppState {
             connections,
             metrics,
             chunk,
+            roots_readable,
         })
     }
 
@@ -258,12 +297,12 @@ pub struct Admissions {
     pub resolve: Arc<Limiter>,
     /// The budget of buffered request bodies, in KiB (`--request-body-budget`,
     /// `--request-body-queue`, `--request-body-queue-timeout`), metrics
-    /// `oip_media_request_body_kib_*`. Charged by the shared body reader
+    /// `oip_media_request_body_*` (in bytes). Charged by the shared body reader
     /// (`http::request_body::read_bounded`) as bytes arrive, not by the route table.
     pub request_body: Arc<Limiter>,
     /// The share of that budget `/api/resolve` bodies may take, in KiB
     /// (`--resolve-body-budget`, with the body budget's queue and wait), metrics
-    /// `oip_media_resolve_body_kib_*`. Taken by the resolve handler before the body
+    /// `oip_media_resolve_body_*` (in bytes). Taken by the resolve handler before the body
     /// budget itself.
     pub resolve_body: Arc<Limiter>,
 }
@@ -273,7 +312,12 @@ impl Admissions {
     pub fn new(config: &Config, registry: &mut Registry) -> Admissions {
         // Only media bodies may leave their slot for the stalled pool: every other
         // admission's work holds memory (a rendered still, an answer) until it is sent.
-        let mut bounded = |prefix: &str, max_in_flight, max_queue, queue_timeout, max_stalled| {
+        let mut bounded = |prefix: &str,
+                           units: PermitUnit,
+                           max_in_flight,
+                           max_queue,
+                           queue_timeout,
+                           max_stalled| {
             let limiter = Arc::new(Limiter::new(LimitSettings {
                 max_in_flight,
                 max_queue,
@@ -281,13 +325,16 @@ impl Admissions {
                 retry_after_secs: 1,
                 max_stalled,
             }));
-            limiter.register(registry.sub_registry_with_prefix(prefix));
+            limiter.register(registry.sub_registry_with_prefix(prefix), units);
             limiter
         };
+        let requests = PermitUnit::Request;
+        let budget_bytes = PermitUnit::Bytes(crate::http::request_body::BUDGET_UNIT);
         let gun = &config.gun;
         Admissions {
             media: bounded(
                 "media",
+                requests,
                 config.max_in_flight,
                 config.max_queue,
                 config.queue_timeout,
@@ -295,6 +342,7 @@ impl Admissions {
             ),
             still: bounded(
                 "still",
+                requests,
                 config.still_max_in_flight,
                 config.still_max_queue,
                 config.still_queue_timeout,
@@ -302,6 +350,7 @@ impl Admissions {
             ),
             info: bounded(
                 "info",
+                requests,
                 config.info_max_in_flight,
                 config.info_max_queue,
                 config.info_queue_timeout,
@@ -309,6 +358,7 @@ impl Admissions {
             ),
             gun_put: bounded(
                 "gun_put",
+                requests,
                 gun.gun_put_max_in_flight,
                 gun.gun_put_max_queue,
                 gun.gun_put_queue_timeout,
@@ -316,6 +366,7 @@ impl Admissions {
             ),
             gun_get: bounded(
                 "gun_get",
+                requests,
                 gun.gun_get_max_in_flight,
                 gun.gun_get_max_queue,
                 gun.gun_get_queue_timeout,
@@ -323,13 +374,15 @@ impl Admissions {
             ),
             resolve: bounded(
                 "resolve",
+                requests,
                 config.resolver.resolve_max_in_flight,
                 config.resolver.resolve_max_queue,
                 config.resolver.resolve_queue_timeout,
                 0,
             ),
             request_body: bounded(
-                "request_body_kib",
+                "request_body",
+                budget_bytes,
                 usize::try_from(
                     config
                         .request_body_budget
@@ -341,7 +394,8 @@ impl Admissions {
                 0,
             ),
             resolve_body: bounded(
-                "resolve_body_kib",
+                "resolve_body",
+                budget_bytes,
                 usize::try_from(
                     config
                         .resolver

@@ -430,7 +430,12 @@ async fn request_bodies_share_one_budget_taken_before_they_are_read() {
             .expect("part");
         slow.push(stream);
     }
-    until_metric(&server, "oip_media_request_body_kib_in_flight", 800.0).await;
+    until_metric(
+        &server,
+        "oip_media_request_body_in_flight_bytes",
+        800.0 * 1024.0,
+    )
+    .await;
     assert_eq!(gauge(&server, "oip_media_resolve_in_flight").await, 0.0);
 
     // 300 KiB more does not fit in the 1 MiB budget: 503 at once (no queue here).
@@ -448,25 +453,25 @@ async fn request_bodies_share_one_budget_taken_before_they_are_read() {
     );
     let text = metrics(&server).await;
     assert_eq!(
-        metric(&text, "oip_media_request_body_kib_in_flight"),
-        Some(800.0)
+        metric(&text, "oip_media_request_body_in_flight_bytes"),
+        Some(800.0 * 1024.0)
     );
     assert_eq!(
         metric(
             &text,
-            "oip_media_request_body_kib_shed_total{kind=\"queue_full\"}"
+            "oip_media_request_body_shed_total{kind=\"queue_full\"}"
         ),
         Some(1.0)
     );
     assert_eq!(
-        metric(&text, "oip_media_request_body_kib_in_flight_limit"),
-        Some(1024.0)
+        metric(&text, "oip_media_request_body_in_flight_limit_bytes"),
+        Some(1024.0 * 1024.0)
     );
     // The slow senders time out (408) and give their share back.
     for stream in slow {
         assert_eq!(finish(stream, Duration::from_secs(10)).await.status, 408);
     }
-    until_metric(&server, "oip_media_request_body_kib_in_flight", 0.0).await;
+    until_metric(&server, "oip_media_request_body_in_flight_bytes", 0.0).await;
     server.stop().await;
 }
 

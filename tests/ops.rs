@@ -40,10 +40,9 @@ async fn metrics_count_requests_bytes_and_memory() {
     assert_eq!(get(server.addr, "/media/p/missing.gif").await.status, 404);
     let r = get(server.addr, "/metrics").await;
     assert_eq!(r.status, 200);
-    assert!(
-        r.header("content-type")
-            .unwrap()
-            .starts_with("application/openmetrics-text")
+    assert_eq!(
+        r.header("content-type").unwrap(),
+        "text/plain; version=0.0.4; charset=utf-8"
     );
     let text = String::from_utf8(r.body).unwrap();
     assert_eq!(

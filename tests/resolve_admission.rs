@@ -455,7 +455,7 @@ async fn resolve_bodies_stay_within_their_share_of_the_body_budget() {
     assert_eq!(
         metric(
             &metrics,
-            "oip_media_resolve_body_kib_shed_total{kind=\"queue_timeout\"}"
+            "oip_media_resolve_body_shed_total{kind=\"queue_timeout\"}"
         ),
         1
     );

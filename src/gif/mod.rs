@@ -228,8 +228,10 @@ impl Gifs {
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         self.counters.register(registry);
         self.derived.register(registry);
-        self.workers
-            .register(registry.sub_registry_with_prefix("gif_workers"));
+        self.workers.register(
+            registry.sub_registry_with_prefix("gif_workers"),
+            crate::limit::PermitUnit::Request,
+        );
     }
 
     /// The decoding workers' admission (slots in use, waiting decodes).

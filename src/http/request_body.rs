@@ -16,7 +16,7 @@
 //! bounded queue for a bounded time, then gets `503`; a slow sender holds its share for
 //! at most the route's body timeout. The budget is a [`Limiter`] whose slots are KiB,
 //! with the same bounds and metrics as every admission point
-//! (`oip_media_request_body_kib_*`).
+//! (`oip_media_request_body_*`, in bytes).
 
 use std::ops::Deref;
 use std::pin::pin;

@@ -259,8 +259,24 @@ impl ElasticHealth {
         }
     }
 
-    /// Registers `elastic_errors` (`oip_media_elastic_errors_total{kind}`).
-    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+    /// Whether the last search was answered: 1 if so, 0 if it failed or none has run
+    /// yet (nothing known; `/readyz` says `unknown` then).
+    pub fn up(&self) -> u64 {
+        u64::from(self.last.load(Ordering::Relaxed) == 1)
+    }
+
+    /// Registers `elastic_errors` (`oip_media_elastic_errors_total{kind}`) and
+    /// `elastic_up` (read from the shared health at scrape time).
+    pub fn register(
+        self: &std::sync::Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        let health = std::sync::Arc::clone(self);
+        registry.register(
+            "elastic_up",
+            "1 when the last Elasticsearch search was answered, 0 when it failed (see elastic_errors_total) or none has run yet",
+            crate::metrics::ReadAtScrape::gauge(move || health.up()),
+        );
         let [auth, tls, connect, timeout, status, response] = &self.errors;
         registry.register(
             "elastic_errors",

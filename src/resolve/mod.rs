@@ -187,7 +187,7 @@ impl Resolver {
         // alerts see the same series everywhere (all zero without it).
         match &self.elastic {
             Some(view) => view.health.register(registry),
-            None => ElasticHealth::default().register(registry),
+            None => Arc::new(ElasticHealth::default()).register(registry),
         }
         let resolver = Arc::downgrade(self);
         registry.register(

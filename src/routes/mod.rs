@@ -207,7 +207,9 @@ impl Handler {
             Handler::Resolve => Box::pin(resolve::handle(state, request)).await,
             Handler::Healthz => ops::healthz(),
             Handler::Readyz => ops::readyz(state).await,
-            Handler::Metrics => ops::metrics(state, request.method()),
+            Handler::Metrics => {
+                Box::pin(ops::metrics(state, request.method(), request.headers())).await
+            }
         }
     }
 }
