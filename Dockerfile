@@ -3,10 +3,12 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY media ./media
+# The commit oip_media_build_info reports (the build context has no .git).
+ARG OIP_MEDIA_COMMIT=unknown
 # The registry and the target folder are build caches (BuildKit or buildah), so a rebuild
 # after a source edit compiles only this crate; the binary is copied out of the cache.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

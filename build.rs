@@ -11,7 +11,14 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    // A build without a checkout (the container image's build stage) can be told the
+    // commit: `--build-arg OIP_MEDIA_COMMIT=$(git rev-parse --short HEAD)`.
+    println!("cargo:rerun-if-env-changed=OIP_MEDIA_COMMIT");
+    let commit = std::env::var("OIP_MEDIA_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=OIP_MEDIA_COMMIT={commit}");
     println!("cargo:rerun-if-changed=build.rs");
     // Re-run on a new commit or checkout: this worktree's HEAD and the shared refs. Only

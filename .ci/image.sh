@@ -128,11 +128,14 @@ step "stand-ins ready"
 
 step "podman build --format docker (the Dockerfile as written; HEALTHCHECK kept)"
 build_started=$SECONDS
-"${PODMAN[@]}" build --format docker --pull=never --network host -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+"${PODMAN[@]}" build --format docker --pull=never --network host --build-arg OIP_MEDIA_COMMIT="$commit" \
+    -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
     || { tail -n 40 "$WORK/build.log"; fail "podman build"; }
 grep -E '^(STEP [0-9]+/[0-9]+: FROM|COMMIT)|Finished .release' "$WORK/build.log" || true
 ok "image built in $((SECONDS - build_started)) s"
 "${PODMAN[@]}" build --format docker --pull=never --network host --target no-ffmpeg \
+    --build-arg OIP_MEDIA_COMMIT="$commit" \
     -t "$IMAGE-no-ffmpeg" . >/dev/null
 size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")
 size_slim=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE-no-ffmpeg")
