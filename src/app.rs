@@ -32,6 +32,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header};
 use tracing::Instrument;
 
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::StartError;
@@ -48,12 +49,14 @@ pub struct App {
     state: Arc<AppState>,
     router: Arc<Router>,
     http: Arc<HttpMetrics>,
+    access_log: AccessLog,
 }
 
 impl App {
     /// Builds every shared component from `config`; fails with a message naming the
     /// setting when a value or a media root is unusable.
     pub fn new(config: Config) -> Result<App, StartError> {
+        let access_log = AccessLog::from_config(&config);
         let mut state = AppState::new(config)?;
         let router = Router::new(ROUTES).map_err(|message| StartError::InvalidSetting {
             option: "route table",
@@ -64,6 +67,7 @@ impl App {
             state: Arc::new(state),
             router: Arc::new(router),
             http: Arc::new(http),
+            access_log,
         })
     }
 
@@ -83,6 +87,7 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = std::time::Instant::now();
         let id = request_id(request.headers());
         let route = self.router.at(request.uri().path()).copied();
         let family = route.map_or(RouteFamily::Other, |route| route.family);
@@ -90,12 +95,20 @@ impl App {
         // level check rather than a formatted id, method and path per request.
         let span = tracing::debug_span!(
             "request",
-            id = id.to_str().unwrap_or_default(),
+            request_id = id.to_str().unwrap_or_default(),
             method = %request.method(),
             path = request.uri().path(),
         );
-        // Only the Origin is needed after the request is consumed: keep just that.
+        // Only the Origin is needed after the request is consumed: keep just that, and
+        // what the access line names (when this response is logged).
         let origin = request.headers().get(header::ORIGIN).cloned();
+        let access = self.access_log.sampled().then(|| {
+            (
+                request.method().clone(),
+                request.uri().path_and_query().cloned(),
+                request.headers().get(header::USER_AGENT).cloned(),
+            )
+        });
         // The id rides along in a task-local, so that a warning or an error logged by
         // the handler names it at any log level (see `request_log`).
         let mut handled = std::pin::pin!(request_log::scope(
@@ -111,8 +124,22 @@ impl App {
         let state = &self.state;
         self.http.record(family.index(), response.status());
         span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+        state.cors.decorate(origin.as_ref(), response.headers_mut());
+        if let Some((method, path, user_agent)) = access {
+            let record = AccessRecord {
+                started,
+                method,
+                path,
+                route: family.label(),
+                status: response.status().as_u16(),
+                request_id: id.clone(),
+                user_agent,
+                client: None,
+                bytes: 0,
+            };
+            response.body_mut().log_access(Box::new(record));
+        }
         let headers = response.headers_mut();
-        state.cors.decorate(origin.as_ref(), headers);
         headers.insert(X_REQUEST_ID.clone(), id);
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
         response.body_mut().count_into(self.http.bytes_sent);

@@ -13,10 +13,14 @@ fn main() -> std::process::ExitCode {
     let command = config.command.take();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Both formats add the request id to WARN and ERROR lines (`request_log`).
+    // Both formats add the request id to WARN and ERROR lines (`request_log`), under
+    // the same top-level name as the access line's (`request_id`).
     if config.log_format == "json" {
+        // Flattened: an event's fields are top-level keys, so the access line's
+        // `status` is `.status`, not `.fields.status`.
         let format = tracing_subscriber::fmt::format()
             .json()
+            .flatten_event(true)
             .with_current_span(true);
         tracing_subscriber::fmt()
             .json()
@@ -25,9 +29,13 @@ fn main() -> std::process::ExitCode {
             .event_format(RequestIdFormat::json(format))
             .init();
     } else {
+        let ansi = colour_wanted();
         tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .event_format(RequestIdFormat::human(tracing_subscriber::fmt::format()))
+            .with_ansi(ansi)
+            .event_format(RequestIdFormat::human(
+                tracing_subscriber::fmt::format().with_ansi(ansi),
+            ))
             .init();
     }
     if let Some(Command::Transcode(transcode)) = command {
@@ -105,4 +113,12 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Colour codes only where someone reads them: the log (stdout) is a terminal and
+/// `NO_COLOR` is unset or empty (<https://no-color.org>). Files, pipes and log shippers
+/// get plain text.
+fn colour_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -1,0 +1,264 @@
+//! What the release binary writes to its log, read as an operator would read it through
+//! a pipe: the access line per response, plain text without colour codes.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{media_root, pattern, test_runtime_env, write_file};
+
+/// The binary running over `media`, its stdout collected line by line.
+struct Logged {
+    child: Child,
+    addr: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Logged {
+    fn start(media: &Path, env: &[(&str, &str)]) -> Logged {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_oip-media"))
+            .envs(test_runtime_env())
+            .env_remove("NO_COLOR")
+            .env_remove("LOG_FORMAT")
+            .env_remove("ACCESS_LOG")
+            .env_remove("ACCESS_LOG_SAMPLE")
+            .env("MEDIA_DIR", media)
+            .env("DERIVED_DIR", media.join(".derived"))
+            .env("PORT", "0")
+            .env("BIND", "127.0.0.1")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn oip-media");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let addr = rest.split(['"', ' ', '\\']).next().unwrap_or_default();
+                    let _ = tx.send(addr.to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let errors = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                errors.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("did not start: {:?}", lines.lock().unwrap()));
+        Logged {
+            child,
+            addr,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// One request on its own connection; the raw response.
+    fn request(&self, head: &str) -> Vec<u8> {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(stream, "{head}Host: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        raw
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Stops the server (SIGTERM) and returns everything it wrote.
+    fn stop(mut self) -> Vec<String> {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn access_lines(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|l| l.contains("oip_media::access"))
+        .collect()
+}
+
+fn media_with_gif() -> tempfile::TempDir {
+    let media = media_root();
+    write_file(&media.path().join("web/p/a.gif"), &pattern(10_000, 1));
+    media
+}
+
+const GIF_REQUEST: &str =
+    "GET /media/p/a.gif?v=2&x=y HTTP/1.1\r\nUser-Agent: probe/1.0\r\nX-Request-Id: rid-42\r\n";
+
+#[test]
+fn one_human_access_line_per_response_with_every_field() {
+    let media = media_with_gif();
+    let server = Logged::start(media.path(), &[]);
+    let raw = server.request(GIF_REQUEST);
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{:?}", &raw[..20]);
+    server.request("HEAD /media/p/missing.gif HTTP/1.1\r\n");
+    let lines = server.stop();
+    let access = access_lines(&lines);
+    assert_eq!(access.len(), 2, "{lines:#?}");
+    let line = access[0];
+    for field in [
+        "method=GET",
+        "path=/media/p/a.gif?v=2&x=y",
+        "route=media",
+        "status=200",
+        "bytes=10000",
+        "duration_ms=",
+        "request_id=rid-42",
+        "client=127.0.0.1",
+        "user_agent=\"probe/1.0\"",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+    let head = access[1];
+    for field in ["method=HEAD", "status=404", "bytes=0", "route=media"] {
+        assert!(head.contains(field), "{field} missing from {head}");
+    }
+    assert!(!head.contains("user_agent"), "{head}");
+}
+
+#[test]
+fn json_access_lines_are_objects_with_one_field_each() {
+    let media = media_with_gif();
+    let server = Logged::start(media.path(), &[("LOG_FORMAT", "json")]);
+    server.request(GIF_REQUEST);
+    let lines = server.stop();
+    let access = access_lines(&lines);
+    assert_eq!(access.len(), 1, "{lines:#?}");
+    let value: serde_json::Value = serde_json::from_str(access[0]).expect("one JSON object");
+    assert_eq!(value["level"], "INFO");
+    assert_eq!(value["method"], "GET");
+    assert_eq!(value["path"], "/media/p/a.gif?v=2&x=y");
+    assert_eq!(value["route"], "media");
+    assert_eq!(value["status"], 200);
+    assert_eq!(value["bytes"], 10_000);
+    assert_eq!(value["request_id"], "rid-42");
+    assert_eq!(value["client"], "127.0.0.1");
+    assert_eq!(value["user_agent"], "probe/1.0");
+    let ms = value["duration_ms"]
+        .as_f64()
+        .expect("duration_ms is a number");
+    assert!((0.0..20_000.0).contains(&ms), "{ms}");
+}
+
+#[test]
+fn the_access_log_can_be_turned_off_or_sampled_away() {
+    let media = media_with_gif();
+    for env in [
+        [("ACCESS_LOG", "off"), ("ACCESS_LOG_SAMPLE", "1")],
+        [("ACCESS_LOG", "on"), ("ACCESS_LOG_SAMPLE", "0")],
+    ] {
+        let server = Logged::start(media.path(), &env);
+        for _ in 0..5 {
+            server.request(GIF_REQUEST);
+        }
+        let lines = server.stop();
+        assert_eq!(access_lines(&lines).len(), 0, "{env:?}: {lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("stopped")), "{lines:#?}");
+    }
+    // A sample rate in between logs some of them.
+    let server = Logged::start(media.path(), &[("ACCESS_LOG_SAMPLE", "0.5")]);
+    for _ in 0..60 {
+        server.request(GIF_REQUEST);
+    }
+    let lines = server.stop();
+    let logged = access_lines(&lines).len();
+    assert!((5..=55).contains(&logged), "{logged} of 60 at 0.5");
+}
+
+#[test]
+fn an_aborted_download_logs_the_bytes_it_got() {
+    let media = media_root();
+    write_file(&media.path().join("web/p/big.gif"), &pattern(32 << 20, 3));
+    let server = Logged::start(media.path(), &[]);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stream,
+        "GET /media/p/big.gif HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    stream.read_exact(&mut first).unwrap();
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while access_lines(&server.lines()).is_empty() {
+        assert!(Instant::now() < deadline, "no access line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = server.stop();
+    let line = access_lines(&lines)[0].clone();
+    let bytes: u64 = line
+        .split("bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("bytes field");
+    assert!(
+        bytes < 32 << 20,
+        "counts what went out, not the file: {line}"
+    );
+}
+
+#[test]
+fn piped_output_has_no_colour_codes() {
+    let media = media_with_gif();
+    let server = Logged::start(media.path(), &[]);
+    server.request(GIF_REQUEST);
+    server.request("GET /media/p/missing.gif HTTP/1.1\r\n");
+    let lines = server.stop();
+    assert!(lines.len() >= 3, "{lines:#?}");
+    for line in &lines {
+        assert!(!line.contains('\u{1b}'), "an escape code in {line:?}");
+    }
+}
