@@ -35,7 +35,7 @@ VOLUME ["/srv/media", "/srv/generated", "/var/cache/oip-media"]
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
+    CMD ["curl", "-fsS", "http://127.0.0.1:8080/readyz"]
 # SIGTERM starts a graceful shutdown (responses under way finish, up to SHUTDOWN_GRACE).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/oip-media"]

@@ -262,3 +262,94 @@ fn piped_output_has_no_colour_codes() {
         assert!(!line.contains('\u{1b}'), "an escape code in {line:?}");
     }
 }
+
+/// Runs the binary to completion over `media` (as `nobody` when `as_nobody`), with a
+/// short timeout; returns (exit success, stdout, stderr).
+fn run_to_exit(media: &Path, as_nobody: bool, env: &[(&str, &str)]) -> (bool, String, String) {
+    let bin = env!("CARGO_BIN_EXE_oip-media");
+    let mut command = if as_nobody {
+        let mut command = Command::new("setpriv");
+        command.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            bin,
+        ]);
+        command
+    } else {
+        Command::new(bin)
+    };
+    let mut child = command
+        .env_remove("NO_COLOR")
+        .env("MEDIA_DIR", media)
+        .env(
+            "DERIVED_DIR",
+            std::env::temp_dir().join("oip-media-logs-test-derived"),
+        )
+        .env("PORT", "0")
+        .env("BIND", "127.0.0.1")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run oip-media");
+    // A server that starts anyway is stopped after a while: that counts as a start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut started = false;
+    while command_running(&mut child) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            started = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success() || started,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn command_running(child: &mut Child) -> bool {
+    matches!(child.try_wait(), Ok(None))
+}
+
+#[test]
+fn a_media_dir_without_web_stops_start_up_with_one_line_and_a_layout_hint() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::create_dir(media.path().join("p")).unwrap();
+    let (ok, stdout, stderr) = run_to_exit(media.path(), false, &[]);
+    assert!(!ok, "started without web/: {stdout}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("MEDIA_DIR"), "{stderr}");
+    assert!(errors[0].contains("must hold a web/ folder"), "{stderr}");
+    assert!(!stdout.contains("listening on"), "{stdout}");
+}
+
+#[test]
+fn an_unreadable_web_root_stops_start_up_instead_of_answering_404() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let media = media_with_gif();
+    // SAFETY: `geteuid` reads the process's effective user id; it cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && Command::new("setpriv").arg("--version").output().is_err() {
+        println!("skipped: running as root without setpriv to drop to an unprivileged user");
+        return;
+    }
+    // Traversable by anyone (as an operator's volume would be), `web/` itself not.
+    std::fs::set_permissions(media.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let web = media.path().join("web");
+    std::fs::set_permissions(&web, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let (ok, stdout, stderr) = run_to_exit(media.path(), root, &[]);
+    std::fs::set_permissions(&web, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(!ok, "started over an unreadable web/: {stdout}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("MEDIA_DIR"), "{stderr}");
+    assert!(errors[0].contains("ermission denied"), "{stderr}");
+}
