@@ -77,6 +77,9 @@ async fn run(config: Config) -> Result<(), oip_media::StartError> {
     for note in config.advisories() {
         tracing::warn!("{note}");
     }
+    // Taken over before the first connection, so a SIGHUP from then on never kills.
+    #[cfg(unix)]
+    let hangup_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let server = oip_media::server::start_with_shutdown(config, shutdown_signal()).await?;
     let addr = server.local_addr();
     match sample {
@@ -87,10 +90,60 @@ async fn run(config: Config) -> Result<(), oip_media::StartError> {
     // last connection: every running ffmpeg's process group is killed and waited for,
     // its temp file removed, before the process exits.
     let state = std::sync::Arc::clone(server.app().state());
+    #[cfg(unix)]
+    let hangup = tokio::spawn(on_hangup(std::sync::Arc::clone(&state), hangup_signal));
     server.wait().await;
+    #[cfg(unix)]
+    hangup.abort();
     state.transcoder.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP (a terminal closed, `kill -HUP`, `docker kill -s HUP`): nothing stops, no
+/// response under way is touched; the media roots and the derived folder are checked
+/// again and the result logged, one line each (settings are not re-read: they come from
+/// the command line and the environment, which a signal cannot change).
+#[cfg(unix)]
+async fn on_hangup(
+    state: std::sync::Arc<oip_media::state::AppState>,
+    hangup: Option<tokio::signal::unix::Signal>,
+) {
+    {
+        let Some(mut hangup) = hangup else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            let roots: Vec<(&'static str, std::path::PathBuf)> = state
+                .media_roots()
+                .into_iter()
+                .map(|(name, path)| (name, path.to_path_buf()))
+                .collect();
+            let derived = state.gifs.shared_derived();
+            let checked = tokio::task::spawn_blocking(move || {
+                let _ = derived.check();
+                roots
+                    .into_iter()
+                    .map(|(name, path)| {
+                        let read = std::fs::read_dir(&path).map(drop);
+                        (name, path, read)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            for (name, path, read) in checked.unwrap_or_default() {
+                match read {
+                    Ok(()) => {
+                        tracing::info!(root = %name, path = %path.display(), "SIGHUP: media root readable")
+                    }
+                    Err(error) => {
+                        tracing::warn!(root = %name, path = %path.display(), %error, "SIGHUP: media root not readable")
+                    }
+                }
+            }
+            tracing::info!(derived = %state.gifs.derived().status(), "SIGHUP: media roots re-checked; still serving");
+        }
+    }
 }
 
 /// Resolves on SIGTERM (docker stop) or SIGINT (Ctrl-C).

@@ -353,3 +353,48 @@ fn an_unreadable_web_root_stops_start_up_instead_of_answering_404() {
     assert!(errors[0].contains("MEDIA_DIR"), "{stderr}");
     assert!(errors[0].contains("ermission denied"), "{stderr}");
 }
+
+#[test]
+fn sighup_rechecks_the_roots_and_lets_a_slow_download_finish() {
+    let media = media_root();
+    let bytes = pattern(24 << 20, 7);
+    write_file(&media.path().join("web/p/big.gif"), &bytes);
+    let server = Logged::start(media.path(), &[]);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /media/p/big.gif HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = vec![0u8; 64 << 10];
+    stream.read_exact(&mut raw).unwrap();
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .lines()
+        .iter()
+        .any(|l| l.contains("SIGHUP: media roots re-checked"))
+    {
+        assert!(Instant::now() < deadline, "{:#?}", server.lines());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stream.read_to_end(&mut raw).unwrap();
+    let body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(raw[body_at..] == bytes[..], "the download completed intact");
+    // Still serving after the signal.
+    assert!(
+        server
+            .request("GET /healthz HTTP/1.1\r\n")
+            .starts_with(b"HTTP/1.1 200")
+    );
+    let lines = server.stop();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("SIGHUP: media root readable") && l.contains("root=web")),
+        "{lines:#?}"
+    );
+}
