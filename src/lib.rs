@@ -31,6 +31,7 @@ pub mod routes;
 pub mod sample;
 pub mod server;
 pub mod stalled;
+pub mod startup_log;
 pub mod state;
 pub mod store;
 pub mod transcode;

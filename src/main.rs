@@ -3,14 +3,24 @@
 
 mod allocator;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use oip_media::Config;
 use oip_media::config::{Command, RuntimeLayout};
 use oip_media::request_log::RequestIdFormat;
 
 fn main() -> std::process::ExitCode {
-    let mut config = Config::parse();
+    let cli = Config::command();
+    let matches = cli.clone().get_matches();
+    let mut config = Config::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let command = config.command.take();
+    let json = config.log_format == "json";
+    // Before anything is logged: a setting that cannot work is the first and only
+    // error line, not the third after the configuration and a warning.
+    if command.is_none()
+        && let Err(error) = config.validate()
+    {
+        return fail(json, &error.to_string());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Both formats add the request id to WARN and ERROR lines (`request_log`), under
@@ -62,18 +72,74 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    log_configuration(&cli, &matches, &config, json);
     match runtime.block_on(run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("oip-media: {error}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(error) => fail(json, &error.to_string()),
+    }
+}
+
+/// The one line that says why the service stops: on stderr, as a JSON object in JSON
+/// mode (so a log shipper parses it like every other line).
+fn fail(json: bool, message: &str) -> std::process::ExitCode {
+    if json {
+        let line = serde_json::json!({
+            "timestamp": oip_media::startup_log::rfc3339_now(),
+            "level": "ERROR",
+            "target": "oip_media",
+            "message": format!("cannot start: {message}"),
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("oip-media: {message}");
+    }
+    std::process::ExitCode::FAILURE
+}
+
+/// The start-up configuration: version, commit and every setting (redacted, with its
+/// units). JSON: one object per line with the settings as an object under `config`;
+/// human: the settings that differ from their defaults.
+fn log_configuration(cli: &clap::Command, matches: &clap::ArgMatches, config: &Config, json: bool) {
+    use oip_media::startup_log::{self, COMMIT, VERSION};
+    if !tracing::enabled!(target: "oip_media", tracing::Level::INFO) {
+        return;
+    }
+    let settings = startup_log::settings(cli, matches);
+    let workers = config.worker_threads();
+    if json {
+        // Written whole here: a tracing field cannot hold an object.
+        let line = serde_json::json!({
+            "timestamp": startup_log::rfc3339_now(),
+            "level": "INFO",
+            "target": "oip_media",
+            "message": "effective configuration",
+            "version": VERSION,
+            "commit": COMMIT,
+            "allocator": allocator::NAME,
+            "worker_threads": workers,
+            "config": startup_log::as_json(&settings),
+        });
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    } else {
+        let changed = startup_log::changed_pairs(&settings);
+        tracing::info!(
+            version = VERSION,
+            commit = COMMIT,
+            allocator = allocator::NAME,
+            worker_threads = workers,
+            "effective configuration: {} (others at their defaults: oip-media --help)",
+            if changed.is_empty() {
+                "all defaults"
+            } else {
+                &changed
+            }
+        );
     }
 }
 
 async fn run(config: Config) -> Result<(), oip_media::StartError> {
     let sample = oip_media::app::sample_url_path(&config);
-    tracing::info!(config = ?config, allocator = allocator::NAME, "effective configuration");
     for note in config.advisories() {
         tracing::warn!("{note}");
     }

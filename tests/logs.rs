@@ -398,3 +398,89 @@ fn sighup_rechecks_the_roots_and_lets_a_slow_download_finish() {
         "{lines:#?}"
     );
 }
+
+/// Every setting that can carry a credential, with a marker value; none may reach the
+/// log, in either format, whatever the log line (configuration, warnings, errors).
+const SECRETS: &[(&str, &str)] = &[
+    ("JWT_SECRET", "MARKER-jwt-4f1c"),
+    ("ELASTICCLIENTPASSWORD", "MARKER-espw-77a0"),
+    (
+        "ELASTICSEARCHHOST",
+        "http://elastic:MARKER-esurl-1b2c@127.0.0.1:9",
+    ),
+    ("GUN_PEERS", "http://gun:MARKER-gunurl-9d8e@127.0.0.1:9/gun"),
+];
+
+#[test]
+fn no_credential_reaches_the_log_in_either_format() {
+    let media = media_with_gif();
+    for format in ["human", "json"] {
+        let mut env: Vec<(&str, &str)> = SECRETS.to_vec();
+        env.push(("LOG_FORMAT", format));
+        let server = Logged::start(media.path(), &env);
+        server.request("GET /resolve?did=x HTTP/1.1\r\n");
+        server.request(GIF_REQUEST);
+        let lines = server.stop();
+        let text = lines.join("\n");
+        assert!(text.contains("effective configuration"), "{text}");
+        for (name, value) in SECRETS {
+            let marker = value
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+                .find(|part| part.starts_with("MARKER"))
+                .unwrap();
+            assert!(!text.contains(marker), "{format}: {name} leaked:\n{text}");
+        }
+        // The hosts stay, so the operator sees where it points.
+        assert!(text.contains("127.0.0.1:9"), "{text}");
+    }
+}
+
+#[test]
+fn the_json_configuration_is_an_object_with_units_version_and_commit() {
+    let media = media_with_gif();
+    let server = Logged::start(
+        media.path(),
+        &[("LOG_FORMAT", "json"), ("MAX_FILE_SIZE", "64MiB")],
+    );
+    let lines = server.stop();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("effective configuration"))
+        .expect("configuration line");
+    let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(value["level"], "INFO");
+    assert_eq!(value["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        value["commit"].as_str().is_some_and(|c| !c.is_empty()),
+        "{line}"
+    );
+    assert_eq!(value["config"]["max-file-size"], "64MiB");
+    assert_eq!(value["config"]["summary-interval"], "60s");
+    assert!(value["worker_threads"].as_u64().unwrap() >= 1, "{line}");
+}
+
+#[test]
+fn a_validation_error_is_the_first_and_only_error_line_in_both_formats() {
+    let media = media_with_gif();
+    for format in ["human", "json"] {
+        let (ok, stdout, stderr) = run_to_exit(
+            media.path(),
+            false,
+            &[
+                ("LOG_FORMAT", format),
+                ("MAX_IN_FLIGHT", "0"),
+                // Would log a warning (advisory) if anything were logged first.
+                ("STALLED_AFTER", "10s"),
+            ],
+        );
+        assert!(!ok);
+        assert_eq!(stdout, "", "{format}: nothing logged before the error");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{format}: {stderr}");
+        assert!(lines[0].contains("--max-in-flight"), "{stderr}");
+        if format == "json" {
+            let value: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+            assert_eq!(value["level"], "ERROR");
+        }
+    }
+}
