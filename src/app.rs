@@ -252,7 +252,8 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 }
 
 /// Logs one line of traffic totals every `interval` until the returned task is aborted:
-/// the replacement for the Node app's line per GIF.
+/// the replacement for the Node app's line per GIF and its "Memory Monitor". Counts
+/// (requests, 4xx, 5xx, MiB sent) are since the previous line; the rest are now.
 pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
     let (state, http) = (Arc::clone(&app.state), Arc::clone(&app.http));
     tokio::spawn(async move {
@@ -260,28 +261,42 @@ pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::J
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         let (mut last_requests, mut last_bytes) = (0u64, 0u64);
+        let (mut last_4xx, mut last_5xx) = (0u64, 0u64);
+        let mib = |bytes: u64| (bytes as f64 / f64::from(1 << 20) * 100.0).round() / 100.0;
         loop {
             ticker.tick().await;
             let requests = http.total();
             let bytes = http.bytes_sent.sum();
+            let class = |class: u16| {
+                (0..RouteFamily::LABELS.len())
+                    .map(|route| http.responses(route, class))
+                    .sum::<u64>()
+            };
+            let (client_errors, server_errors) = (class(4), class(5));
             let media = &state.admissions.media;
             let shed =
                 media.counters().shed_queue_full.get() + media.counters().shed_queue_timeout.get();
             let memory = ProcessMemory::read();
+            // Entries of /proc/self/fd: sockets, mapped files kept open, pipes.
+            let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
             tracing::info!(
                 requests = requests - last_requests,
-                mib_sent = (bytes - last_bytes) / (1 << 20),
+                status_4xx = client_errors - last_4xx,
+                status_5xx = server_errors - last_5xx,
+                mib_sent = mib(bytes - last_bytes),
                 // Same meanings as the metrics: slots taken, and bodies in the stalled pool.
                 in_flight = media.slots_in_use(),
                 stalled = media.stalled().len(),
                 shed_total = shed,
                 connections = state.connections.open.get(),
                 mapped_files = state.store.cached_entries(),
-                rss_anon_mib = memory.rss_anon >> 20,
-                rss_file_mib = memory.rss_file >> 20,
+                open_fds,
+                rss_anon_mib = mib(memory.rss_anon),
+                rss_file_mib = mib(memory.rss_file),
                 "traffic summary"
             );
             (last_requests, last_bytes) = (requests, bytes);
+            (last_4xx, last_5xx) = (client_errors, server_errors);
         }
     })
 }

@@ -484,3 +484,41 @@ fn a_validation_error_is_the_first_and_only_error_line_in_both_formats() {
         }
     }
 }
+
+#[test]
+fn the_summary_line_counts_4xx_and_5xx_since_the_last_and_open_descriptors() {
+    let media = media_with_gif();
+    let server = Logged::start(media.path(), &[("SUMMARY_INTERVAL", "1s")]);
+    for _ in 0..3 {
+        server.request("GET /media/p/missing.gif HTTP/1.1\r\n");
+    }
+    server.request(GIF_REQUEST);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let summaries = loop {
+        let summaries: Vec<String> = server
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("traffic summary"))
+            .collect();
+        if summaries.iter().any(|l| l.contains("status_4xx=3")) {
+            break summaries;
+        }
+        assert!(Instant::now() < deadline, "{summaries:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let line = summaries
+        .iter()
+        .find(|l| l.contains("status_4xx=3"))
+        .unwrap();
+    assert!(line.contains("status_5xx=0"), "{line}");
+    assert!(line.contains("open_fds="), "{line}");
+    // Fractional MiB: the ~10 KB sent show (integer MiB would say 0 on every line).
+    let sent: f64 = summaries
+        .iter()
+        .filter_map(|l| l.split("mib_sent=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .sum();
+    assert!(sent >= 0.009, "{summaries:#?}");
+    assert!(line.contains("rss_anon_mib="), "{line}");
+    drop(server);
+}
