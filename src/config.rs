@@ -502,6 +502,11 @@ pub struct TranscodeCommand {
     /// Transcodes run at once (default: `--transcode-workers`).
     #[arg(long)]
     pub jobs: Option<usize>,
+
+    /// Interval of the progress line printed when stderr is not a terminal (`docker
+    /// exec` without `-t`, CI, a log file), where the progress bar stays hidden.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub progress_interval: std::time::Duration,
 }
 
 fn default_media_dir() -> &'static str {

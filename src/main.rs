@@ -21,6 +21,22 @@ fn main() -> std::process::ExitCode {
     {
         return fail(json, &error.to_string());
     }
+    if let Some(Command::Transcode(transcode)) = command {
+        // A CLI: its own lines on stdout, the service's modules' log lines kept out of
+        // them (stderr, `warn` and up unless RUST_LOG says otherwise).
+        use std::io::IsTerminal as _;
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .init();
+        return oip_media::transcode::cli::run(config, transcode);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Both formats add the request id to WARN and ERROR lines (`request_log`), under
@@ -48,10 +64,6 @@ fn main() -> std::process::ExitCode {
             ))
             .init();
     }
-    if let Some(Command::Transcode(transcode)) = command {
-        return oip_media::transcode::cli::run(config, transcode);
-    }
-
     allocator::start();
 
     // Multi-thread: the workers serve connections. Per-core: the server starts its own
