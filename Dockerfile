@@ -42,7 +42,7 @@ USER 10001
 EXPOSE 8080
 # Follows PORT (set at run time too); BIND must include loopback (0.0.0.0 or 127.0.0.1).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["sh", "-c", "exec curl -fsS -o /dev/null \"http://127.0.0.1:${PORT:-8080}/healthz\""]
+    CMD ["sh", "-c", "exec curl -fsS -o /dev/null \"http://127.0.0.1:${PORT:-8080}/readyz\""]
 # SIGTERM starts a graceful shutdown (responses under way finish, up to SHUTDOWN_GRACE).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/oip-media"]

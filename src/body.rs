@@ -33,6 +33,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use crate::access_log::AccessRecord;
 use crate::metrics::Sharded;
 use crate::outbox::{Guard, Outbox, Yielding};
 use crate::store::MappedFile;
@@ -54,6 +55,8 @@ pub struct Body {
     outbox: Option<Arc<Outbox>>,
     /// `file` is registered in `outbox`.
     registered: bool,
+    /// The response's access-log line, released with the guards once the body ends.
+    access: Option<Box<AccessRecord>>,
 }
 
 impl Body {
@@ -81,6 +84,7 @@ impl Body {
             file: None,
             outbox: None,
             registered: false,
+            access: None,
         }
     }
 
@@ -120,6 +124,21 @@ impl Body {
         self.sent = Some(counter);
     }
 
+    /// Writes `record` as the access-log line of this response once its last byte was
+    /// written (or the body is abandoned), with the bytes actually yielded.
+    pub fn log_access(&mut self, mut record: Box<AccessRecord>) {
+        // Counted down as chunks go: what is left at the end was never handed over.
+        record.bytes = self.remaining;
+        self.access = Some(record);
+    }
+
+    /// Names the client in the access-log line, if this response has one.
+    pub fn note_client(&mut self, client: std::net::IpAddr) {
+        if let Some(record) = &mut self.access {
+            record.client = Some(client);
+        }
+    }
+
     /// Bytes still to be yielded.
     pub fn remaining(&self) -> u64 {
         self.remaining
@@ -148,6 +167,12 @@ impl Body {
     /// Everything has been handed over (or the body is abandoned): release the guards,
     /// or park them in the outbox until the bytes handed over are written.
     fn finish(&mut self) {
+        if let Some(mut record) = self.access.take() {
+            // `bytes` held the body's length: what was yielded is that less what is left.
+            record.bytes -= self.remaining;
+            // Last, so the line is written once everything else was released.
+            self.guards.push(record);
+        }
         match &self.outbox {
             Some(outbox) => {
                 let file = if self.registered {

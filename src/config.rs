@@ -35,6 +35,16 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{raw}` is too large"))
 }
 
+/// Parses a rate from 0 to 1 (`1`, `0.25`, `0`).
+pub fn parse_rate(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "`{raw}` is not a rate from 0 to 1 (try 1, 0.1, 0.01)"
+        )),
+    }
+}
+
 /// Parses a byte size: a plain number of bytes or one with a binary suffix (`64KiB`, `512MiB`, `2GiB`).
 pub fn parse_bytes(raw: &str) -> Result<u64, String> {
     let raw = raw.trim();
@@ -271,6 +281,18 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
 
+    /// The access log: one `info` line per response (target `oip_media::access`), with
+    /// method, path and query, route family, status, bytes sent, duration to the last
+    /// byte, request id, client address and user agent. `off` for hosts that log
+    /// requests elsewhere (a front proxy).
+    #[arg(long, env = "ACCESS_LOG", default_value = "on", value_parser = ["on", "off"])]
+    pub access_log: String,
+
+    /// Share of responses the access log writes, from 0 to 1 (`0.01`: about 1 in 100,
+    /// chosen at random per response). Ignored with `--access-log off`.
+    #[arg(long, env = "ACCESS_LOG_SAMPLE", default_value = "1", value_parser = parse_rate)]
+    pub access_log_sample: f64,
+
     /// Interval of the one-line traffic summary in the log (instead of a line per GIF).
     #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub summary_interval: Duration,
@@ -491,6 +513,11 @@ pub struct TranscodeCommand {
     /// Transcodes run at once (default: `--transcode-workers`).
     #[arg(long)]
     pub jobs: Option<usize>,
+
+    /// Interval of the progress line printed when stderr is not a terminal (`docker
+    /// exec` without `-t`, CI, a log file), where the progress bar stays hidden.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub progress_interval: std::time::Duration,
 }
 
 fn default_media_dir() -> &'static str {

@@ -8,6 +8,7 @@
 //! path: `auth` (owner tokens), `manifest` (content-addressed media's manifests) and
 //! `gif` (metadata and stills, read with `read()`, never through a mapping).
 
+pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod body;
@@ -32,6 +33,7 @@ pub mod routes;
 pub mod sample;
 pub mod server;
 pub mod stalled;
+pub mod startup_log;
 pub mod state;
 pub mod store;
 pub mod transcode;

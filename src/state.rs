@@ -124,11 +124,15 @@ impl AppState {
         let store = Arc::new(Store::new(&config, fs.clone()));
         store.register(&mut metrics);
         fs.register(&mut metrics);
-        let web_root = Root::open(&config.web_root()).map_err(|source| StartError::MediaRoot {
-            option: "--media-dir/MEDIA_DIR",
-            path: config.web_root(),
-            source,
-        })?;
+        // Listed, not only resolved: a `web/` the service's user cannot read (mode 000,
+        // another owner) would otherwise start "healthy" and answer every GIF with 404.
+        let web_root = Root::open(&config.web_root())
+            .and_then(|root| std::fs::read_dir(root.path()).map(|_| root))
+            .map_err(|source| StartError::MediaRoot {
+                option: "--media-dir/MEDIA_DIR",
+                path: config.web_root(),
+                source: with_layout_hint(source, &config.media_dir),
+            })?;
         let media_root = Root::open(&config.media_dir).map_err(|source| StartError::MediaRoot {
             option: "--media-dir/MEDIA_DIR",
             path: config.media_dir.clone(),
@@ -535,6 +539,21 @@ impl ConnCounters {
             self.short_file_sends.clone(),
         );
     }
+}
+
+/// `error` about `MEDIA_DIR/web`, with a hint about the expected layout when `web/` is
+/// missing from a `MEDIA_DIR` that exists (a root pointed one level too deep or too high).
+fn with_layout_hint(error: std::io::Error, media_dir: &std::path::Path) -> std::io::Error {
+    if error.kind() == std::io::ErrorKind::NotFound && media_dir.is_dir() {
+        return std::io::Error::new(
+            error.kind(),
+            format!(
+                "{error} (MEDIA_DIR is the indexer's data/media: it must hold a web/ folder, \
+                 /media/<project>/<file> being served from MEDIA_DIR/web/<project>/<file>)"
+            ),
+        );
+    }
+    error
 }
 
 #[cfg(test)]

@@ -288,6 +288,7 @@ async fn accept_loop(
             async move {
                 let mut response = app.handle(request).await;
                 let body = response.body_mut();
+                body.note_client(peer.ip());
                 body.attach(in_flight);
                 // Guards (the limiter permit, `in_flight`) now last until the body's
                 // last byte is written, and its file bytes may go out with sendfile.

@@ -137,6 +137,17 @@ async fn transcode_tree(
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
+    // Without a terminal the bar draws nothing: a line every `--progress-interval` says
+    // where the run is instead.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::now() + command.progress_interval,
+        command
+            .progress_interval
+            .max(std::time::Duration::from_millis(10)),
+    );
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let total = todo.len();
     let workers = config.transcode.transcode_workers.max(1);
     let mut tally = Tally::default();
     let mut results = futures_util::stream::iter(todo)
@@ -151,6 +162,10 @@ async fn transcode_tree(
     loop {
         let next = tokio::select! {
             next = results.next() => next,
+            _ = progress.tick(), if plain => {
+                println!("{}", progress_line(&tally, total, started));
+                continue;
+            }
             which = interrupt.as_mut() => {
                 bar.abandon();
                 // Kill every job's process group, wait until they are gone and their
@@ -264,6 +279,34 @@ async fn prepare(config: &Config, command: &TranscodeCommand) -> Result<Prepared
     Ok((transcoder, derived, dir, gifs, todo, formats))
 }
 
+/// One progress line: jobs done of all, failures, bytes made, time so far.
+fn progress_line(tally: &Tally, total: usize, started: Instant) -> String {
+    let done = tally.made + tally.up_to_date + tally.failed;
+    format!(
+        "progress: {done}/{total} done ({} made, {} up to date, {} failed), {} written, {:.0?} elapsed",
+        tally.made,
+        tally.up_to_date,
+        tally.failed,
+        human_bytes(tally.variant_bytes),
+        std::time::Duration::from_secs(started.elapsed().as_secs())
+    )
+}
+
+/// `bytes` in binary units with one decimal (`512 B`, `1.5 KiB`, `3.2 MiB`, `1.1 GiB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Prints the totals and the derived folder's state; the exit status.
 fn summary(tally: &Tally, started: Instant, derived: &DerivedDir) -> ExitCode {
     let ratio = if tally.source_bytes > 0 {
@@ -272,18 +315,19 @@ fn summary(tally: &Tally, started: Instant, derived: &DerivedDir) -> ExitCode {
         0.0
     };
     println!(
-        "made {} ({} bytes from {} bytes of GIF, {ratio:.2}x), {} up to date, {} failed, in {:.1?}",
+        "made {} ({} from {} of GIF, {ratio:.2}x), {} up to date, {} failed, in {:.1?}",
         tally.made,
-        tally.variant_bytes,
-        tally.source_bytes,
+        human_bytes(tally.variant_bytes),
+        human_bytes(tally.source_bytes),
         tally.up_to_date,
         tally.failed,
         started.elapsed()
     );
     let used = derived.used_bytes().unwrap_or(0);
     println!(
-        "derived folder: {used} of {} bytes (--derived-max-bytes), {} files evicted",
-        derived.max_bytes(),
+        "derived folder: {} of {} (--derived-max-bytes), {} files evicted",
+        human_bytes(used),
+        human_bytes(derived.max_bytes()),
         derived.evicted_files()
     );
     if derived.evicted_files() > 0 {
