@@ -102,12 +102,21 @@ impl App {
         // Only the Origin is needed after the request is consumed: keep just that, and
         // what the access line names (when this response is logged).
         let origin = request.headers().get(header::ORIGIN).cloned();
+        // Boxed before the await (the box the body carries later anyway): across the
+        // await the future holds a pointer, not the method, path and user agent, which
+        // keeps it under `future_size`'s bound.
         let access = self.access_log.sampled().then(|| {
-            (
-                request.method().clone(),
-                request.uri().path_and_query().cloned(),
-                request.headers().get(header::USER_AGENT).cloned(),
-            )
+            Box::new(AccessRecord {
+                started,
+                method: request.method().clone(),
+                path: request.uri().path_and_query().cloned(),
+                route: family.label(),
+                status: 0,
+                request_id: HeaderValue::from_static(""),
+                user_agent: request.headers().get(header::USER_AGENT).cloned(),
+                client: None,
+                bytes: 0,
+            })
         });
         // The id rides along in a task-local, so that a warning or an error logged by
         // the handler names it at any log level (see `request_log`).
@@ -126,19 +135,10 @@ impl App {
             .record(family.index(), response.status(), started.elapsed());
         span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
         state.cors.decorate(origin.as_ref(), response.headers_mut());
-        if let Some((method, path, user_agent)) = access {
-            let record = AccessRecord {
-                started,
-                method,
-                path,
-                route: family.label(),
-                status: response.status().as_u16(),
-                request_id: id.clone(),
-                user_agent,
-                client: None,
-                bytes: 0,
-            };
-            response.body_mut().log_access(Box::new(record));
+        if let Some(mut record) = access {
+            record.status = response.status().as_u16();
+            record.request_id = id.clone();
+            response.body_mut().log_access(record);
         }
         let headers = response.headers_mut();
         headers.insert(X_REQUEST_ID.clone(), id);
