@@ -97,12 +97,13 @@ fn start_up_under_4096_shrinks_every_bound_and_says_so_at_error_level() {
     let lowered: Vec<serde_json::Value> = lines
         .iter()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|event| event["fields"]["open_file_limit"].is_number())
+        // JSON lines are flattened: an event's fields are top-level keys.
+        .filter(|event| event["open_file_limit"].is_number())
         .collect();
     assert_eq!(lowered.len(), 1, "one line about the limit: {lines:#?}");
     let event = &lowered[0];
     assert_eq!(event["level"], "ERROR", "{event}");
-    let fields = &event["fields"];
+    let fields = event;
     assert_eq!(fields["open_file_limit"], 4096, "{event}");
     assert_eq!(fields["needed"], 29_200, "the defaults' sum: {event}");
     let message = fields["message"].as_str().unwrap_or_default();
