@@ -91,13 +91,15 @@ impl Drop for AccessRecord {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Logging")]
 pub struct LogSettings {
-    /// Log format: `human` (default, for a terminal) or `json` (one object per line, for log
+    /// Log format: `human` (for a terminal) or `json` (one object per line, for log
     /// shippers).
     ///
     /// The level comes from `RUST_LOG`.
     #[arg(long, env = "LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
 
+    /// The access log: one `info` line per response.
+    ///
     /// The access log: one `info` line per response (target `oip_media::access`), with method,
     /// path and query, route family, status, bytes sent, duration to the last byte, request id,
     /// client address and user agent.

@@ -26,6 +26,8 @@ pub struct AdmissionSettings {
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
 
+    /// Media requests allowed to wait for a slot; past it 503 + `Retry-After` at once.
+    ///
     /// Media requests allowed to wait for a slot when all are taken; past it requests are shed
     /// at once with 503 and `Retry-After`.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 512)]
@@ -37,6 +39,8 @@ pub struct AdmissionSettings {
     #[arg(long, env = "QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
 
+    /// Media bodies whose clients stopped reading that may wait outside `--max-in-flight`.
+    ///
     /// Media bodies whose clients stopped reading (`--stalled-after`) that may wait out of the
     /// in-flight bound; when the pool is full, the one stalled longest is dropped (its
     /// connection closed).
@@ -47,6 +51,8 @@ pub struct AdmissionSettings {
     #[arg(long, env = "MAX_STALLED", default_value_t = 2048)]
     pub max_stalled: usize,
 
+    /// `?still=1` requests admitted at once.
+    ///
     /// `?still=1` requests admitted at once, rendered or served from the derived folder (the
     /// admission slot is held until the still's bytes are sent).
     ///
@@ -78,6 +84,8 @@ pub struct AdmissionSettings {
     #[arg(long, env = "INFO_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub info_queue_timeout: Duration,
 
+    /// Bytes of request bodies buffered at once, across every connection.
+    ///
     /// Bytes of request bodies (`POST /gun-relay/put`, `POST /api/resolve`) buffered at once,
     /// across every connection.
     ///

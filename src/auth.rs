@@ -247,6 +247,8 @@ pub fn authorize_owner(
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Private media")]
 pub struct AuthSettings {
+    /// Secret of the tokens the indexer issues, for private `/api/media` items.
+    ///
     /// Secret of the tokens the indexer issues (HMAC: HS256, HS384 or HS512, checked as the
     /// indexer's jsonwebtoken checks them); private `/api/media` items are served only to their
     /// owner's token.

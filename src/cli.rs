@@ -5,10 +5,14 @@
 use crate::config::Config;
 
 /// `oip-media [SETTINGS] [COMMAND]`.
+///
+/// `term_width = 0`: help is never wrapped (this clap has no terminal-width support), so
+/// each flag of `-h` keeps its one-line summary on its own line beside the flag.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "oip-media",
     version,
+    term_width = 0,
     about = "Media service for the OIP indexer: memory-mapped, zero-copy GIF serving and a 404-caching GUN relay companion."
 )]
 pub struct Cli {

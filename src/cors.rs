@@ -258,6 +258,8 @@ impl CorsPolicy {
 pub struct CorsSettings {
     /// Origins allowed to read responses cross-origin (comma list).
     ///
+    /// Origins allowed to read responses cross-origin (comma list).
+    ///
     /// Entries are exact origins (`https://fitnessally.io`), subdomain wildcards
     /// (`https://*.fitnessally.io`) or whole schemes (`chrome-extension://*` for the browser
     /// extensions); a wildcard matches only a real origin (`scheme://host[:port]`: no path,

@@ -89,6 +89,8 @@ pub struct FsPoolSettings {
     #[arg(long, env = "FS_QUEUE", default_value_t = 1024)]
     pub fs_queue: usize,
 
+    /// Longest a request waits for its filesystem call (queued and running); then 503.
+    ///
     /// Longest a request waits for its filesystem call (queued and running); past it the
     /// request gets 503 + `Retry-After` (a cached file is served as it is, see
     /// `--revalidate-window`).

@@ -11,6 +11,8 @@ use crate::settings::{Invalid, at_least_one, not_zero, parse_bytes, parse_durati
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "GIF parsing and stills")]
 pub struct GifSettings {
+    /// Most GIF results (metadata for `/info`, still renders) kept in memory.
+    ///
     /// Most GIF results kept in memory: metadata for `/info`, and the outcome of each still
     /// render (so a broken GIF is not decoded again on every request).
     ///
@@ -26,6 +28,8 @@ pub struct GifSettings {
     #[arg(long, env = "GIF_MAX_FRAMES", default_value_t = 2000, global = true)]
     pub gif_max_frames: usize,
 
+    /// Largest width or height of a GIF that is parsed or rendered; larger → 422.
+    ///
     /// Largest width or height (of the screen or any frame) of a GIF that is parsed or
     /// rendered; larger → 422.
     ///
@@ -61,6 +65,8 @@ pub struct GifSettings {
     #[arg(long, env = "STILL_WORKERS", default_value_t = 2)]
     pub still_workers: usize,
 
+    /// Decodes allowed to wait for one of the `--still-workers`; then 503 at once.
+    ///
     /// Decodes (still renders and `/info` parses) allowed to wait for one of the
     /// `--still-workers`; past it the request gets 503 + `Retry-After` at once.
     ///
@@ -102,6 +108,8 @@ impl GifSettings {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Derived files")]
 pub struct DerivedSettings {
+    /// Folder of derived files (stills and MP4/WebM/WebP variants), made private.
+    ///
     /// Folder of derived files (stills, and the MP4/WebM/WebP variants of GIFs), written once
     /// and served like media.
     ///

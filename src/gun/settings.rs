@@ -10,6 +10,8 @@ use crate::settings::{Invalid, at_least_one, not_zero, parse_bytes, parse_durati
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "GUN relay")]
 pub struct GunSettings {
+    /// Base URL of the GUN relay (the first entry of the indexer's comma list).
+    ///
     /// Base URL of the GUN relay, as the indexer sets it: a comma list of which only the first
     /// entry is used (e.g. `http://gun-relay:8765`); a trailing slash is tolerated.
     ///
@@ -17,6 +19,8 @@ pub struct GunSettings {
     #[arg(long = "gun-peers", env = "GUN_PEERS")]
     pub gun_peers: Option<String>,
 
+    /// Requests per call, first one included, when the relay is unavailable.
+    ///
     /// Requests per call, first one included, when the relay is unavailable (timeout,
     /// connection error, 5xx).
     ///
@@ -42,6 +46,8 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_DEADLINE", default_value = "8s", value_parser = parse_duration)]
     pub gun_deadline: Duration,
 
+    /// First backoff before a retry; doubled on each further retry, jittered.
+    ///
     /// First backoff before a retry; it doubles on each further retry and is jittered (half
     /// fixed, half random) so that callers who failed together do not retry together.
     #[arg(long, env = "GUN_BACKOFF_BASE", default_value = "100ms", value_parser = parse_duration)]
@@ -54,6 +60,8 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_NEGATIVE_CACHE_TTL", default_value = "1h", value_parser = parse_duration)]
     pub gun_negative_cache_ttl: Duration,
 
+    /// How long a cached miss is trusted while `REDIS_URL` is set but Redis is unreachable.
+    ///
     /// With `REDIS_URL` set but Redis unreachable, how long a cached miss is trusted instead of
     /// `--gun-negative-cache-ttl`: a put through another replica cannot reach this one then, so
     /// a soul it stored shows here after at most this long.
@@ -71,6 +79,8 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_NEGATIVE_CACHE_CAPACITY", default_value_t = 10_000)]
     pub gun_negative_cache_capacity: u64,
 
+    /// Consecutive "unavailable" outcomes that open the circuit breaker (0 disables it).
+    ///
     /// Consecutive "unavailable" outcomes (each attempt counts, retries included) that open the
     /// circuit breaker, after which calls fail fast until the cool-down ends (0 disables the
     /// breaker).
@@ -84,6 +94,8 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_BREAKER_COOLDOWN", default_value = "10s", value_parser = parse_duration)]
     pub gun_breaker_cooldown: Duration,
 
+    /// Most requests in flight to the relay at once, and most idle connections kept.
+    ///
     /// Most requests in flight to the relay at once, and most idle keep-alive connections kept
     /// for reuse.
     ///
@@ -92,6 +104,8 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_POOL_SIZE", default_value_t = 32)]
     pub gun_pool_size: usize,
 
+    /// Largest request body `POST /gun-relay/put` accepts (413 past it).
+    ///
     /// Largest request body `POST /gun-relay/put` accepts (413 past it): every record the
     /// indexer can publish.
     ///
@@ -103,11 +117,15 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_PUT_BODY_LIMIT", default_value = "128MiB", value_parser = parse_bytes)]
     pub gun_put_body_limit: u64,
 
+    /// Time a client has to send the whole body of `POST /gun-relay/put` (408 past it).
+    ///
     /// Time a client has to send the whole body of `POST /gun-relay/put` (408 past it), so a
     /// slow sender holds a connection and its buffer for a bounded time.
     #[arg(long, env = "GUN_PUT_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub gun_put_body_timeout: Duration,
 
+    /// `POST /gun-relay/put` requests admitted at once.
+    ///
     /// `POST /gun-relay/put` requests admitted at once, from the first body byte to the relay's
     /// answer; half of `--gun-pool-size`, so puts never take every relay connection from gets.
     ///
@@ -127,6 +145,8 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_PUT_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub gun_put_queue_timeout: Duration,
 
+    /// `GET /gun-relay/get` requests admitted at once.
+    ///
     /// `GET /gun-relay/get` requests admitted at once, from the request to its answer.
     ///
     /// A get is answered from the miss cache in microseconds or waits on the relay (a miss
@@ -149,6 +169,8 @@ pub struct GunSettings {
     #[arg(long, env = "GUN_RESPONSE_LIMIT", default_value = "8MiB", value_parser = parse_bytes)]
     pub gun_response_limit: u64,
 
+    /// Interval of the GUN client's summary log line (0 = never).
+    ///
     /// Interval of the client's summary log line (requests, misses, cache hits, errors, breaker
     /// state; 0 = never).
     ///

@@ -11,6 +11,8 @@ use crate::settings::{Invalid, at_least_one, not_zero, parse_duration};
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Replicas (Redis)")]
 pub struct ReplicaSettings {
+    /// Redis that replicas share invalidations through (`redis://…` or `redis+unix://…`).
+    ///
     /// Redis that replicas share invalidations through (`redis://[:password@]host:port[/db]` or
     /// `redis+unix:///path/to/socket`).
     ///
@@ -20,16 +22,22 @@ pub struct ReplicaSettings {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<RedisUrl>,
 
+    /// Pub/sub channel of the invalidations, shared by the replicas of one deployment.
+    ///
     /// Pub/sub channel of the invalidations; replicas of one deployment must share it,
     /// deployments sharing one Redis must not.
     #[arg(long, env = "REDIS_CHANNEL", default_value = "oip-media:invalidate")]
     pub redis_channel: String,
 
+    /// Time to connect to Redis and for one publish or ping to be answered.
+    ///
     /// Time to connect to Redis, and for one publish or health-check ping to be answered; past
     /// it the connection counts as lost.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
+    /// First wait before reconnecting to Redis; doubled on each failed try, jittered.
+    ///
     /// First wait before reconnecting to Redis; it doubles on each failed try up to
     /// `--redis-reconnect-max`, half fixed and half random, so replicas that lost Redis
     /// together do not reconnect together.

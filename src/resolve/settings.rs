@@ -12,6 +12,8 @@ use crate::settings::{Invalid, at_least_one, not_zero, parse_bytes, parse_durati
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Record resolver")]
 pub struct ResolverSettings {
+    /// The indexer's Elasticsearch URL (`http://host:9200` or `https://…`).
+    ///
     /// The indexer's Elasticsearch URL (`http://host:9200`, or `https://` as Elasticsearch 8
     /// serves by default).
     ///
@@ -23,6 +25,8 @@ pub struct ResolverSettings {
     #[arg(long, env = "ELASTICSEARCHHOST")]
     pub elasticsearch_host: Option<UrlSetting>,
 
+    /// User of HTTP basic auth to Elasticsearch (the indexer's variable).
+    ///
     /// User of HTTP basic auth to Elasticsearch: the indexer's variable, which its client
     /// always sends.
     ///
@@ -37,6 +41,8 @@ pub struct ResolverSettings {
     #[arg(long, env = "ELASTICCLIENTPASSWORD", hide_env_values = true)]
     pub elastic_password: Option<Secret>,
 
+    /// PEM file of CA certificates trusted for an `https://` Elasticsearch.
+    ///
     /// PEM file of CA certificates trusted for an `https://` Elasticsearch, besides the
     /// system's roots: Elasticsearch 8's `config/certs/http_ca.crt`.
     ///
@@ -69,6 +75,8 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_BUDGET", default_value_t = 2500)]
     pub resolve_budget: usize,
 
+    /// Most bytes of memory the records of one answer may take.
+    ///
     /// Most bytes of memory the records of one answer may take: the input records as they are
     /// parsed, then every copy, name and stub that resolution puts into them, each counted at
     /// its heap size as it is built (not its JSON length: real records take ~3.5 times their
@@ -134,6 +142,8 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_BODY_LIMIT", default_value = "8MiB", value_parser = parse_bytes)]
     pub resolve_body_limit: u64,
 
+    /// Bytes of `POST /api/resolve` bodies buffered at once (a share of the body budget).
+    ///
     /// Bytes of `POST /api/resolve` bodies buffered at once, a share of `--request-body-budget`
     /// that resolve bodies cannot exceed: they are read before a resolve slot is taken (so a
     /// slow sender holds none), and this keeps them, and the resolutions they lead to, where
@@ -146,6 +156,8 @@ pub struct ResolverSettings {
     #[arg(long, env = "RESOLVE_BODY_BUDGET", default_value = "64MiB", value_parser = parse_bytes)]
     pub resolve_body_budget: u64,
 
+    /// Time a client has to send the whole `POST /api/resolve` body.
+    ///
     /// Time a client has to send the whole `POST /api/resolve` body, so a client trickling
     /// bytes cannot hold a buffer forever.
     #[arg(long, env = "RESOLVE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -155,6 +167,8 @@ pub struct ResolverSettings {
     #[arg(long, env = "RECORD_CACHE_ENTRIES", default_value_t = 7500)]
     pub record_cache_entries: u64,
 
+    /// Most bytes of memory the record cache holds (heap size, not JSON length).
+    ///
     /// Most bytes of memory the record cache holds: each entry weighs its record's heap size,
     /// its key and the cache's bookkeeping, not its JSON length.
     ///

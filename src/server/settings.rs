@@ -38,6 +38,8 @@ pub struct ServerSettings {
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
 
+    /// Threads that serve connections (0 = one per available core).
+    ///
     /// Threads that serve connections (0 = one per available core): the multi-thread runtime's
     /// workers, or the cores of the per-core layout (`--runtime`).
     #[arg(long, env = "WORKERS", default_value_t = 0)]
@@ -66,6 +68,8 @@ pub struct ServerSettings {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Kernel send buffer of each client socket (`SO_SNDBUF`); 0: the kernel autotunes.
+    ///
     /// Kernel send buffer of each client socket (`SO_SNDBUF`); 0 leaves it to the kernel's
     /// autotuning.
     ///
@@ -96,6 +100,8 @@ pub struct ServerSettings {
     #[arg(long, env = "KEEP_ALIVE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub keep_alive_timeout: Duration,
 
+    /// A client that accepts no response bytes for this long is dropped.
+    ///
     /// A client that accepts no response bytes for this long is dropped and its limiter permit
     /// released.
     ///
@@ -105,6 +111,8 @@ pub struct ServerSettings {
     #[arg(long, env = "WRITE_STALL_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub write_stall_timeout: Duration,
 
+    /// Time without progress after which a media body leaves its slot for the stalled pool.
+    ///
     /// A media body whose client has accepted no bytes for this long gives its
     /// `--max-in-flight` slot back and waits in the stalled pool (`--max-stalled`), so clients
     /// that never read cannot hold every slot; it takes a slot back when its client reads

@@ -27,6 +27,8 @@ pub struct StoreSettings {
     #[arg(long, env = "MEDIA_DIR", default_value = DEFAULT_MEDIA_DIR, global = true)]
     pub media_dir: PathBuf,
 
+    /// Folder of generated audio, served by `/api/generate/media` and `/api/media?id=`.
+    ///
     /// Folder of generated audio (the indexer's `media/`: TTS output and `jfk/`, `rfk/`),
     /// served by `/api/generate/media` and `/api/media?id=`.
     ///
@@ -35,6 +37,8 @@ pub struct StoreSettings {
     #[arg(long, env = "GENERATED_MEDIA_DIR")]
     pub generated_media_dir: Option<PathBuf>,
 
+    /// Largest file the service maps and serves; larger files answer 404.
+    ///
     /// Largest file the service maps and serves; larger files answer 404 and are logged.
     ///
     /// 512 MiB is far above any GIF and keeps a hostile or corrupt file from pinning gigabytes
@@ -51,6 +55,8 @@ pub struct StoreSettings {
     #[arg(long, env = "MAP_CACHE_ENTRIES", default_value_t = 16_384)]
     pub map_cache_entries: usize,
 
+    /// Most bytes of files kept mapped by the cache.
+    ///
     /// Most bytes of files kept mapped by the cache (responses under way may keep an evicted
     /// mapping alive until they finish).
     ///
@@ -59,6 +65,8 @@ pub struct StoreSettings {
     #[arg(long, env = "MAP_CACHE_BYTES", default_value = "8GiB", value_parser = parse_bytes)]
     pub map_cache_bytes: u64,
 
+    /// How long a cached mapping (and a parsed manifest) is trusted without a `stat`.
+    ///
     /// How long a cached mapping (and a parsed manifest) is trusted without a `stat`, as
     /// nginx's `open_file_cache_valid`: within the window a cached file is served with no
     /// syscall at all; the first request after it `stat`s the path once (on the filesystem
@@ -79,6 +87,8 @@ pub struct StoreSettings {
     #[arg(long, env = "BODY_CHUNK_SIZE", default_value = "256KiB", value_parser = parse_bytes)]
     pub body_chunk_size: u64,
 
+    /// Shortest run of file bytes sent with `sendfile(2)`; shorter runs are copied.
+    ///
     /// Shortest run of file bytes the socket sends with `sendfile(2)` (from the page cache, no
     /// copy); shorter runs are copied by the one `writev` that sends the head, which costs less
     /// than a second syscall for a small body.

@@ -17,6 +17,8 @@ pub struct TranscodeSettings {
     #[arg(long, env = "FFMPEG", default_value = "ffmpeg", global = true)]
     pub ffmpeg: String,
 
+    /// H.264 encoder of MP4 variants: `libx264` (CPU) or `h264_nvenc` (an NVIDIA GPU).
+    ///
     /// H.264 encoder of MP4 variants: `libx264` (CPU), or `h264_nvenc` (an NVIDIA GPU).
     ///
     /// `h264_nvenc` is used only when ffmpeg lists it and a one-frame test encode works at
@@ -60,6 +62,8 @@ pub struct TranscodeSettings {
     #[arg(long, env = "TRANSCODE_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
     pub transcode_timeout: Duration,
 
+    /// Longest a variant request waits for its transcode; then 503 + `Retry-After`.
+    ///
     /// Longest a variant request waits for its transcode (holding no GIF-serving slot); then
     /// 503 + `Retry-After` while the transcode goes on for the next request.
     #[arg(long, env = "TRANSCODE_WAIT", default_value = "15s", value_parser = parse_duration, global = true)]
@@ -76,11 +80,15 @@ pub struct TranscodeSettings {
     )]
     pub transcode_max_waiting: usize,
 
+    /// How long a failed transcode is answered 422 without trying again.
+    ///
     /// How long a failed transcode (ffmpeg error, timeout, a GIF over the limits) is answered
     /// 422 without trying again.
     #[arg(long, env = "TRANSCODE_FAILURE_TTL", default_value = "10m", value_parser = parse_duration, global = true)]
     pub transcode_failure_ttl: Duration,
 
+    /// Send the WebP variant to plain `<img>` GIF requests whose `Accept` lists it.
+    ///
     /// Content negotiation for plain `<img>` GIF requests: when `Accept` lists `image/webp` and
     /// the WebP variant exists, send it instead (with `Vary: Accept`); when it does not exist
     /// yet, queue it and send the GIF at once.
