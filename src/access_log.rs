@@ -21,7 +21,8 @@ use std::time::Instant;
 use http::HeaderValue;
 use http::uri::PathAndQuery;
 
-use crate::config::Config;
+use crate::settings::{Invalid, not_zero, parse_duration, parse_rate};
+use std::time::Duration;
 
 /// Whether, and how often, responses are logged.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +33,7 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// From `--access-log` and `--access-log-sample`.
-    pub fn from_config(config: &Config) -> AccessLog {
+    pub fn new(config: &LogSettings) -> AccessLog {
         let rate = if config.access_log == "off" {
             0.0
         } else {
@@ -86,9 +87,50 @@ impl Drop for AccessRecord {
     }
 }
 
+/// The log's format, the access log and the periodic summary line.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogSettings {
+    /// Log format: `human` (for a terminal) or `json` (one object per line, for log
+    /// shippers).
+    ///
+    /// The level comes from `RUST_LOG`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+
+    /// The access log: one `info` line per response.
+    ///
+    /// The access log: one `info` line per response (target `oip_media::access`), with method,
+    /// path and query, route family, status, bytes sent, duration to the last byte, request id,
+    /// client address and user agent.
+    ///
+    /// `off` for hosts that log requests elsewhere (a front proxy).
+    #[arg(long, env = "ACCESS_LOG", default_value = "on", value_parser = ["on", "off"])]
+    pub access_log: String,
+
+    /// Share of responses the access log writes, from 0 to 1 (`0.01`: about 1 in 100, chosen at
+    /// random per response).
+    ///
+    /// Ignored with `--access-log off`.
+    #[arg(long, env = "ACCESS_LOG_SAMPLE", default_value = "1", value_parser = parse_rate)]
+    pub access_log_sample: f64,
+
+    /// Interval of the one-line traffic summary in the log (instead of a line per GIF).
+    #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub summary_interval: Duration,
+}
+
+impl LogSettings {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        not_zero("summary_interval", self.summary_interval)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn rates_zero_and_one_are_exact_and_a_half_is_about_half() {
@@ -103,8 +145,8 @@ mod tests {
     #[test]
     fn off_means_no_line_whatever_the_rate() {
         let mut config = Config::for_media_dir(std::path::Path::new("/nonexistent"));
-        config.access_log = "off".to_owned();
-        config.access_log_sample = 1.0;
-        assert!(!AccessLog::from_config(&config).sampled());
+        config.log.access_log = "off".to_owned();
+        config.log.access_log_sample = 1.0;
+        assert!(!AccessLog::new(&config.log).sampled());
     }
 }

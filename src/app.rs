@@ -21,7 +21,7 @@
 //! - `nosniff`: `SetResponseHeaderLayer` needs the app as a tower service with a boxed
 //!   future (an allocation per request) to insert one static header.
 //! - body limits and timeouts: `RequestBodyLimitLayer`/`TimeoutLayer` answer with their
-//!   own non-JSON bodies and bound the whole request; [`crate::http::request_body`] bounds
+//!   own non-JSON bodies and bound the whole request; [`crate::request_body`] bounds
 //!   each route's body read in size and time and the route answers with its JSON error.
 //! - CORS: see [`crate::cors`].
 
@@ -56,10 +56,10 @@ impl App {
     /// Builds every shared component from `config`; fails with a message naming the
     /// setting when a value or a media root is unusable.
     pub fn new(config: Config) -> Result<App, StartError> {
-        let access_log = AccessLog::from_config(&config);
+        let access_log = AccessLog::new(&config.log);
         let mut state = AppState::new(config)?;
         let router = Router::new(ROUTES).map_err(|message| StartError::InvalidSetting {
-            option: "route table",
+            option: "route table".to_owned(),
             message,
         })?;
         let http = HttpMetrics::new(RouteFamily::LABELS, &mut state.metrics);

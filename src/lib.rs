@@ -9,9 +9,11 @@
 //! `gif` (metadata and stills, read with `read()`, never through a mapping).
 
 pub mod access_log;
+pub mod admission_settings;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -26,12 +28,15 @@ pub mod manifest;
 pub mod metrics;
 pub mod outbox;
 pub mod replicas;
+pub mod request_body;
 pub mod request_log;
 pub mod resolve;
 pub mod response;
 pub mod routes;
 pub mod sample;
+pub mod secret;
 pub mod server;
+pub mod settings;
 pub mod stalled;
 pub mod startup_log;
 pub mod state;

@@ -5,15 +5,16 @@ mod allocator;
 
 use clap::{CommandFactory, FromArgMatches};
 use oip_media::Config;
-use oip_media::config::{Command, RuntimeLayout};
+use oip_media::cli::{Cli, Command};
+use oip_media::config::RuntimeLayout;
 use oip_media::request_log::RequestIdFormat;
 
 fn main() -> std::process::ExitCode {
-    let cli = Config::command();
+    let cli = Cli::command();
     let matches = cli.clone().get_matches();
-    let mut config = Config::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
-    let command = config.command.take();
-    let json = config.log_format == "json";
+    let Cli { config, command } =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let json = config.log.log_format == "json";
     // Before anything is logged: a setting that cannot work is the first and only
     // error line, not the third after the configuration and a warning.
     if command.is_none()
@@ -41,7 +42,7 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Both formats add the request id to WARN and ERROR lines (`request_log`), under
     // the same top-level name as the access line's (`request_id`).
-    if config.log_format == "json" {
+    if config.log.log_format == "json" {
         // Flattened: an event's fields are top-level keys, so the access line's
         // `status` is `.status`, not `.fields.status`.
         let format = tracing_subscriber::fmt::format()
@@ -73,7 +74,7 @@ fn main() -> std::process::ExitCode {
     // Multi-thread: the workers serve connections. Per-core: the server starts its own
     // serving threads, and this thread's runtime only waits for the signal and logs
     // the summary.
-    let mut runtime = match config.runtime {
+    let mut runtime = match config.server.runtime {
         RuntimeLayout::MultiThread => {
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             runtime.worker_threads(config.worker_threads());

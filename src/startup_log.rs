@@ -12,7 +12,7 @@
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 
-use crate::config::UrlSetting;
+use crate::secret::UrlSetting;
 
 /// The version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -15,11 +15,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::auth::JwtVerifier;
-use crate::config::Config;
+use crate::config::{Config, option_name};
 use crate::cors::CorsPolicy;
 use crate::error::StartError;
-use crate::fs_pool::{FsPool, FsPoolSettings};
-use crate::gif::Gifs;
+use crate::fs_pool::FsPool;
+use crate::gif::{GifLimits, Gifs};
 use crate::gun::{GunClient, GunError};
 use crate::limit::{LimitSettings, Limiter, PermitUnit};
 use crate::manifest::ManifestCache;
@@ -115,13 +115,11 @@ impl AppState {
         let checked = config.validate()?;
         let config = Arc::new(config);
         let mut metrics = crate::metrics::registry();
-        let fs = FsPool::new(FsPoolSettings::from_config(&config)).map_err(|error| {
-            StartError::InvalidSetting {
-                option: "--fs-threads/FS_THREADS",
-                message: format!("cannot start the filesystem threads: {error}"),
-            }
+        let fs = FsPool::new(config.fs).map_err(|error| StartError::InvalidSetting {
+            option: option_name("fs_threads"),
+            message: format!("cannot start the filesystem threads: {error}"),
         })?;
-        let store = Arc::new(Store::new(&config, fs.clone()));
+        let store = Arc::new(Store::new(&config.store, fs.clone()));
         store.register(&mut metrics);
         fs.register(&mut metrics);
         // Listed, not only resolved: a `web/` the service's user cannot read (mode 000,
@@ -129,15 +127,16 @@ impl AppState {
         let web_root = Root::open(&config.web_root())
             .and_then(|root| std::fs::read_dir(root.path()).map(|_| root))
             .map_err(|source| StartError::MediaRoot {
-                option: "--media-dir/MEDIA_DIR",
+                option: option_name("media_dir"),
                 path: config.web_root(),
-                source: with_layout_hint(source, &config.media_dir),
+                source: with_layout_hint(source, &config.store.media_dir),
             })?;
-        let media_root = Root::open(&config.media_dir).map_err(|source| StartError::MediaRoot {
-            option: "--media-dir/MEDIA_DIR",
-            path: config.media_dir.clone(),
-            source,
-        })?;
+        let media_root =
+            Root::open(&config.store.media_dir).map_err(|source| StartError::MediaRoot {
+                option: option_name("media_dir"),
+                path: config.store.media_dir.clone(),
+                source,
+            })?;
         let generated_root = LazyRoot::new(config.generated_root());
         if generated_root.get().is_none() {
             tracing::warn!(
@@ -146,33 +145,44 @@ impl AppState {
                  /api/generate/media and /api/media?id= answer 404 until it exists"
             );
         }
-        let jwt = config.jwt_secret.as_ref().and_then(JwtVerifier::new);
+        let jwt = config.auth.jwt_secret.as_ref().and_then(JwtVerifier::new);
         if jwt.is_none() {
             tracing::warn!(
                 "JWT_SECRET is not set: private /api/media items will not be served (401)"
             );
         }
         let manifests = ManifestCache::new(
-            config.manifest_cache_entries,
-            vec![config.media_dir.clone(), media_root.path().to_path_buf()],
+            config.store.manifest_cache_entries,
+            vec![
+                config.store.media_dir.clone(),
+                media_root.path().to_path_buf(),
+            ],
             fs.clone(),
-            config.revalidate_window,
+            config.store.revalidate_window,
         );
-        let gifs = Gifs::new(&config, fs.clone()).map_err(|source| StartError::DerivedDir {
-            path: config.derived_dir.clone(),
-            source,
+        let gifs = Gifs::new(&config.gif, &config.derived, fs.clone()).map_err(|source| {
+            StartError::DerivedDir {
+                path: config.derived.derived_dir.clone(),
+                source,
+            }
         })?;
         gifs.register(&mut metrics);
-        let transcoder = Transcoder::new(&config, gifs.shared_derived());
+        let transcoder = Transcoder::new(
+            &config.transcode,
+            GifLimits::new(&config.gif),
+            config.store.max_file_size,
+            gifs.shared_derived(),
+        );
         transcoder.metrics().register(&mut metrics);
         let gun = match config.gun.gun_peers {
             Some(_) => {
                 let client = GunClient::new(&config.gun).map_err(|error| match error {
-                    GunError::Config { option, message } => {
-                        StartError::InvalidSetting { option, message }
-                    }
+                    GunError::Config { option, message } => StartError::InvalidSetting {
+                        option: option.to_owned(),
+                        message,
+                    },
                     other => StartError::InvalidSetting {
-                        option: "--gun-peers/GUN_PEERS",
+                        option: option_name("gun_peers"),
                         message: other.to_string(),
                     },
                 })?;
@@ -183,7 +193,7 @@ impl AppState {
         };
         let resolver = Resolver::new(&config.resolver, gun.clone()).map_err(|error| {
             StartError::InvalidSetting {
-                option: "--elasticsearch-host/ELASTICSEARCHHOST",
+                option: option_name("elasticsearch_host"),
                 message: error.to_string(),
             }
         })?;
@@ -192,7 +202,7 @@ impl AppState {
         let replicas =
             Replicas::start(&config.replicas, gun.as_ref(), &resolver).map_err(|error| {
                 StartError::InvalidSetting {
-                    option: "--redis-url/REDIS_URL",
+                    option: option_name("redis_url"),
                     message: error.to_string(),
                 }
             })?;
@@ -203,7 +213,8 @@ impl AppState {
         crate::metrics::register_process(&mut metrics);
         crate::metrics::register_build_info(&mut metrics);
         let roots_readable = RootsReadable::new(&["web", "media"], &mut metrics);
-        let chunk = usize::try_from(config.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
+        let chunk =
+            usize::try_from(config.store.body_chunk_size).unwrap_or(crate::body::DEFAULT_CHUNK);
         Ok(AppState {
             config,
             store,
@@ -302,7 +313,7 @@ pub struct Admissions {
     /// The budget of buffered request bodies, in KiB (`--request-body-budget`,
     /// `--request-body-queue`, `--request-body-queue-timeout`), metrics
     /// `oip_media_request_body_*` (in bytes). Charged by the shared body reader
-    /// (`http::request_body::read_bounded`) as bytes arrive, not by the route table.
+    /// (`request_body::read_bounded`) as bytes arrive, not by the route table.
     pub request_body: Arc<Limiter>,
     /// The share of that budget `/api/resolve` bodies may take, in KiB
     /// (`--resolve-body-budget`, with the body budget's queue and wait), metrics
@@ -333,31 +344,31 @@ impl Admissions {
             limiter
         };
         let requests = PermitUnit::Request;
-        let budget_bytes = PermitUnit::Bytes(crate::http::request_body::BUDGET_UNIT);
+        let budget_bytes = PermitUnit::Bytes(crate::admission_settings::BUDGET_UNIT);
         let gun = &config.gun;
         Admissions {
             media: bounded(
                 "media",
                 requests,
-                config.max_in_flight,
-                config.max_queue,
-                config.queue_timeout,
-                config.max_stalled,
+                config.admission.max_in_flight,
+                config.admission.max_queue,
+                config.admission.queue_timeout,
+                config.admission.max_stalled,
             ),
             still: bounded(
                 "still",
                 requests,
-                config.still_max_in_flight,
-                config.still_max_queue,
-                config.still_queue_timeout,
+                config.admission.still_max_in_flight,
+                config.admission.still_max_queue,
+                config.admission.still_queue_timeout,
                 0,
             ),
             info: bounded(
                 "info",
                 requests,
-                config.info_max_in_flight,
-                config.info_max_queue,
-                config.info_queue_timeout,
+                config.admission.info_max_in_flight,
+                config.admission.info_max_queue,
+                config.admission.info_queue_timeout,
                 0,
             ),
             gun_put: bounded(
@@ -389,12 +400,13 @@ impl Admissions {
                 budget_bytes,
                 usize::try_from(
                     config
+                        .admission
                         .request_body_budget
-                        .div_ceil(crate::http::request_body::BUDGET_UNIT),
+                        .div_ceil(crate::admission_settings::BUDGET_UNIT),
                 )
                 .unwrap_or(usize::MAX),
-                config.request_body_queue,
-                config.request_body_queue_timeout,
+                config.admission.request_body_queue,
+                config.admission.request_body_queue_timeout,
                 0,
             ),
             resolve_body: bounded(
@@ -404,11 +416,11 @@ impl Admissions {
                     config
                         .resolver
                         .resolve_body_budget
-                        .div_ceil(crate::http::request_body::BUDGET_UNIT),
+                        .div_ceil(crate::admission_settings::BUDGET_UNIT),
                 )
                 .unwrap_or(usize::MAX),
-                config.request_body_queue,
-                config.request_body_queue_timeout,
+                config.admission.request_body_queue,
+                config.admission.request_body_queue_timeout,
                 0,
             ),
         }
@@ -617,8 +629,12 @@ mod tests {
 
     #[test]
     fn components_never_reach_up_into_the_app() {
-        // Everything but the app's own layers (main, lib, server, app, routes) and the
-        // state leaf sits below `state`: it must not name it or anything above it.
+        // Everything but the app's own layers (main, lib, cli, config, server, app,
+        // routes) and the state leaf sits below `state`: it must not name it or anything
+        // above it. Components are built from their own settings groups, so none names
+        // `config` either, except the `transcode` subcommand's entry point (at the `cli`
+        // layer) and a test module file (docs/architecture-layers.md).
+        const MAY_NAME_CONFIG: [&str; 2] = ["transcode/cli.rs", "resolve/tests.rs"];
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = vec![src.clone()];
         let mut checked = 0;
@@ -636,15 +652,25 @@ mod tests {
                 .and_then(|c| c.as_os_str().to_str())
                 .unwrap_or_default()
                 .trim_end_matches(".rs");
-            if ["main", "lib", "server", "app", "routes", "state", "bin"].contains(&top) {
+            let above = [
+                "main", "lib", "cli", "config", "server", "app", "routes", "state",
+            ];
+            if above.contains(&top) || top == "bin" {
                 continue;
             }
             let source = std::fs::read_to_string(&path).expect("source is readable");
             let named = crate_modules(&source);
-            for module in ["app", "routes", "server", "state"] {
+            let may_name_config = MAY_NAME_CONFIG
+                .iter()
+                .any(|file| relative == std::path::Path::new(file));
+            for module in ["app", "routes", "server", "state", "cli", "config"] {
+                if module == "config" && may_name_config {
+                    continue;
+                }
                 assert!(
                     !named.iter().any(|m| m == module),
-                    "src/{} names crate::{module}: components sit below the app and its state",
+                    "src/{} names crate::{module}: components sit below the app, its state \
+                     and the configuration",
                     relative.display()
                 );
             }

@@ -250,7 +250,7 @@ async fn check_front_proxy(kind: Kind) {
     }
     // A fixed, small send buffer on oip-media's sockets, so what the kernel holds is small
     // next to LARGE and a paused client really pauses oip-media's send.
-    let site = Site::start(|config| config.send_buffer = 64 * 1024).await;
+    let site = Site::start(|config| config.server.send_buffer = 64 * 1024).await;
     let large = forwarding::pattern(LARGE, 11);
     site.put_web("fitnessally/large.gif", &large);
     let indexer = IndexerStandIn::start().await;

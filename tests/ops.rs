@@ -86,9 +86,9 @@ async fn health_and_metrics_are_never_queued_behind_media() {
         .set_len(64 << 20)
         .unwrap();
     let server = start_with(media, |c| {
-        c.max_in_flight = 1;
-        c.max_queue = 100;
-        c.queue_timeout = Duration::from_secs(30);
+        c.admission.max_in_flight = 1;
+        c.admission.max_queue = 100;
+        c.admission.queue_timeout = Duration::from_secs(30);
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
@@ -153,7 +153,7 @@ async fn cors_reflects_allowed_origins_and_never_errors_for_others() {
     let media = media_root();
     write_file(&media.path().join("web/p/a.gif"), b"gif");
     let server = start_with(media, |c| {
-        c.cors_origins =
+        c.cors.cors_origins =
             "https://fitnessally.io,https://*.fitnessally.io,chrome-extension://*".into();
     })
     .await;
@@ -371,8 +371,8 @@ async fn every_byte_serving_route_shares_the_limiter() {
     );
     write_file(&media.path().join("generated/tts.mp3"), b"audio");
     let server = start_with(media, |c| {
-        c.max_in_flight = 1;
-        c.max_queue = 0;
+        c.admission.max_in_flight = 1;
+        c.admission.max_queue = 0;
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());

@@ -51,7 +51,7 @@ fn first_response(bytes: &[u8], head: bool) -> RawResponse {
 }
 
 async fn server() -> TestServer {
-    TestServer::start(|c| c.cors_origins = ORIGINS.into()).await
+    TestServer::start(|c| c.cors.cors_origins = ORIGINS.into()).await
 }
 
 #[tokio::test]
@@ -209,10 +209,10 @@ fn vary_origin(r: &RawResponse) -> usize {
 async fn vary_origin_is_sent_exactly_once_on_every_path() {
     const SECRET: &str = "vary-secret";
     let fx = TestServer::start(|c| {
-        c.cors_origins = ORIGINS.into();
-        c.max_in_flight = 1;
-        c.max_queue = 0;
-        c.jwt_secret = Some(oip_media::config::Secret::new(SECRET));
+        c.cors.cors_origins = ORIGINS.into();
+        c.admission.max_in_flight = 1;
+        c.admission.max_queue = 0;
+        c.auth.jwt_secret = Some(oip_media::config::Secret::new(SECRET));
     })
     .await;
     fx.put_web("a.gif", b"GIF89a");

@@ -406,11 +406,11 @@ async fn resolve_bodies_stay_within_their_share_of_the_body_budget() {
     let fx = Fixture::start(|c| {
         c.resolver.resolve_body_limit = 1 << 20;
         c.resolver.resolve_body_budget = 2 << 20;
-        c.request_body_queue_timeout = Duration::from_millis(300);
+        c.admission.request_body_queue_timeout = Duration::from_millis(300);
     })
     .await;
     let state = fx.server.app().state();
-    assert_eq!(state.config.request_body_budget, 256 << 20);
+    assert_eq!(state.config.admission.request_body_budget, 256 << 20);
     // Two senders declare 900 KiB each and stall: their shares are taken up front.
     let mut stalled = Vec::new();
     for _ in 0..2 {

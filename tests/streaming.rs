@@ -38,7 +38,7 @@ async fn truncating_a_mapped_file_mid_response_costs_only_that_connection() {
     write_file(&media.path().join("web/p/small.gif"), b"still here");
     // Window 0: the request after the truncation must see it at once (with the default
     // window it is seen at most one window later; tests/nonblocking_fs.rs covers that).
-    let server = start_with(media, |c| c.revalidate_window = Duration::ZERO).await;
+    let server = start_with(media, |c| c.store.revalidate_window = Duration::ZERO).await;
 
     let mut slow = send_get(server.addr, "/media/p/big.gif").await;
     let mut first = vec![0u8; 64 * 1024];
@@ -84,7 +84,7 @@ async fn a_replaced_file_is_remapped_while_the_old_response_finishes_intact() {
     let old = pattern(16 << 20, 1);
     write_file(&path, &old);
     // Window 0: the next request must see the new file at once.
-    let server = start_with(media, |c| c.revalidate_window = Duration::ZERO).await;
+    let server = start_with(media, |c| c.store.revalidate_window = Duration::ZERO).await;
 
     let mut slow = send_get(server.addr, "/media/p/a.gif").await;
     let mut first = vec![0u8; 4096];
@@ -113,9 +113,9 @@ async fn thousands_of_aborted_downloads_leak_no_permit() {
     let media = media_root();
     write_file(&media.path().join("web/p/a.gif"), &pattern(2 << 20, 3));
     let server = start_with(media, |c| {
-        c.max_in_flight = 8;
-        c.max_queue = 4096;
-        c.queue_timeout = Duration::from_secs(10);
+        c.admission.max_in_flight = 8;
+        c.admission.max_queue = 4096;
+        c.admission.queue_timeout = Duration::from_secs(10);
     })
     .await;
     let addr = server.addr;
@@ -161,7 +161,7 @@ async fn a_client_that_stops_reading_is_dropped_and_its_permit_released() {
         .set_len(64 << 20)
         .unwrap();
     let server = start_with(media, |c| {
-        c.write_stall_timeout = Duration::from_millis(500)
+        c.server.write_stall_timeout = Duration::from_millis(500)
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
@@ -230,8 +230,8 @@ async fn idle_and_silent_connections_are_closed_by_their_timeouts() {
     let media = media_root();
     write_file(&media.path().join("web/p/a.gif"), b"gif");
     let server = start_with(media, |c| {
-        c.header_read_timeout = Duration::from_millis(300);
-        c.keep_alive_timeout = Duration::from_millis(600);
+        c.server.header_read_timeout = Duration::from_millis(300);
+        c.server.keep_alive_timeout = Duration::from_millis(600);
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
@@ -284,9 +284,9 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         .unwrap();
     write_file(&media.path().join("web/p/a.gif"), b"gif");
     let server = start_with(media, |c| {
-        c.max_in_flight = 4;
-        c.max_queue = 4;
-        c.queue_timeout = Duration::from_millis(200);
+        c.admission.max_in_flight = 4;
+        c.admission.max_queue = 4;
+        c.admission.queue_timeout = Duration::from_millis(200);
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
@@ -365,7 +365,7 @@ async fn open_descriptors_do_not_grow_with_files_served() {
 async fn the_connection_cap_pauses_accepting_until_a_connection_closes() {
     let media = media_root();
     write_file(&media.path().join("web/p/a.gif"), b"gif");
-    let server = start_with(media, |c| c.max_connections = 2).await;
+    let server = start_with(media, |c| c.server.max_connections = 2).await;
     let state = std::sync::Arc::clone(server.server.app().state());
     let first = TcpStream::connect(server.addr).await.unwrap();
     let second = TcpStream::connect(server.addr).await.unwrap();

@@ -23,6 +23,7 @@
 
 pub mod derived;
 pub mod meta;
+pub mod settings;
 pub mod still;
 
 use std::fs::File;
@@ -33,12 +34,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::config::Config;
 use crate::fs_pool::{FsPool, FsPoolError, Stall};
 use crate::limit::{LimitSettings, Limiter, Shed};
 use crate::store::{FileIdentity, OpenError, Root, open_regular};
 use derived::DerivedDir;
 use meta::GifInfo;
+use settings::{DerivedSettings, GifSettings};
 use still::StillFormat;
 
 /// Bounds on what a GIF may cost to parse or render.
@@ -54,7 +55,7 @@ pub struct GifLimits {
 
 impl GifLimits {
     /// The configured limits.
-    pub fn from_config(config: &Config) -> GifLimits {
+    pub fn new(config: &GifSettings) -> GifLimits {
         GifLimits {
             max_frames: config.gif_max_frames.max(1),
             max_dimension: config.gif_max_dimension.max(1),
@@ -192,11 +193,15 @@ impl Gifs {
     /// Builds the workers and caches and opens (creating it if needed) the derived
     /// folder; fails only when that folder cannot be created or listed. The derived
     /// folder's filesystem calls run on `fs`.
-    pub fn new(config: &Config, fs: FsPool) -> std::io::Result<Gifs> {
+    pub fn new(
+        config: &GifSettings,
+        derived: &DerivedSettings,
+        fs: FsPool,
+    ) -> std::io::Result<Gifs> {
         let entries = config.gif_info_cache_entries.max(1);
         Ok(Gifs {
             counters: Arc::default(),
-            limits: GifLimits::from_config(config),
+            limits: GifLimits::new(config),
             widths: config.still_widths.clone(),
             workers: Limiter::new(LimitSettings {
                 max_in_flight: config.still_workers.max(1),
@@ -209,8 +214,8 @@ impl Gifs {
             info: quick_cache::sync::Cache::new(entries),
             renders: quick_cache::sync::Cache::new(entries),
             derived: Arc::new(DerivedDir::open(
-                &config.derived_dir,
-                config.derived_max_bytes,
+                &derived.derived_dir,
+                derived.derived_max_bytes,
             )?),
             fs,
         })

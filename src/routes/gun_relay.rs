@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::body::Body;
 use crate::gun::{GunClient, GunError, GunRecord};
 use crate::http::query;
-use crate::http::request_body::{BodyError, read_bounded};
+use crate::request_body::{BodyError, read_bounded};
 use crate::response;
 use crate::state::AppState;
 

@@ -36,8 +36,8 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde_json::Value;
 
 use crate::body::Body;
-use crate::http::request_body::{BodyError, BoundedBody, read_bounded, share_units};
 use crate::limit::{Limiter, Shed};
+use crate::request_body::{BodyError, BoundedBody, read_bounded, share_units};
 use crate::resolve::bounded_parse::{BoundedParseError, parse_within};
 use crate::resolve::{OptionsError, Resolution, ResolveOptions};
 use crate::response;

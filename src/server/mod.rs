@@ -12,6 +12,7 @@
 mod cores;
 pub mod fd_budget;
 mod listen;
+pub mod settings;
 pub mod tcp_progress;
 pub mod timed_io;
 pub mod zero_copy;
@@ -98,13 +99,13 @@ pub async fn start_with_shutdown(
 ) -> Result<RunningServer, StartError> {
     let mut config = config;
     fd_budget::apply(&mut config)?;
-    let addr = SocketAddr::new(config.bind, config.port);
+    let addr = SocketAddr::new(config.server.bind, config.server.port);
     let listeners = listen::bind(addr, config.listeners())
         .map_err(|source| StartError::Bind { addr, source })?;
     let addr = listeners[0]
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    let layout = config.runtime;
+    let layout = config.server.runtime;
     let app = App::new(config)?;
     let shared = Shared::new(&app);
     // `true` tells every accept loop to stop; a dropped sender does too.
@@ -128,8 +129,8 @@ pub async fn start_with_shutdown(
             .map_err(|source| StartError::Workers { source })?,
     };
     drop(stop_rx);
-    let summary = crate::app::spawn_summary(&app, shared.config.summary_interval);
-    let grace = shared.config.shutdown_grace;
+    let summary = crate::app::spawn_summary(&app, shared.config.log.summary_interval);
+    let grace = shared.config.server.shutdown_grace;
     let task = tokio::spawn(async move {
         shutdown.await;
         tracing::info!(
@@ -171,13 +172,13 @@ impl Shared {
     fn new(app: &App) -> Shared {
         let config = Arc::clone(&app.state().config);
         Shared {
-            connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            connection_slots: Arc::new(Semaphore::new(config.server.max_connections.max(1))),
             counters: Arc::clone(&app.state().connections),
             timeouts: Timeouts {
-                header_read: config.header_read_timeout,
-                keep_alive: config.keep_alive_timeout,
-                write_stall: config.write_stall_timeout,
-                stalled_after: config.stalled_after,
+                header_read: config.server.header_read_timeout,
+                keep_alive: config.server.keep_alive_timeout,
+                write_stall: config.server.write_stall_timeout,
+                stalled_after: config.server.stalled_after,
             },
             app: app.clone(),
             config,
@@ -207,7 +208,7 @@ async fn accept_loop(
         timeouts,
     } = shared;
     let graceful = GracefulShutdown::new();
-    let builder = http1_builder(config.max_request_head);
+    let builder = http1_builder(config.server.max_request_head);
     let accepted_here = counters.accepted_by_listener.get(index).cloned();
     let stop = stopped(stop);
     tokio::pin!(stop);
@@ -235,7 +236,7 @@ async fn accept_loop(
             Err(_) => {
                 counters.cap_reached.inc();
                 tracing::warn!(
-                    max_connections = config.max_connections,
+                    max_connections = config.server.max_connections,
                     "connection cap reached; new clients wait in the backlog"
                 );
                 tokio::select! {
@@ -253,8 +254,8 @@ async fn accept_loop(
         }
         counters.open.inc();
         let _ = stream.set_nodelay(true);
-        if config.send_buffer > 0 {
-            let size = usize::try_from(config.send_buffer).unwrap_or(usize::MAX);
+        if config.server.send_buffer > 0 {
+            let size = usize::try_from(config.server.send_buffer).unwrap_or(usize::MAX);
             if let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(size) {
                 tracing::debug!(%error, "cannot set SO_SNDBUF");
             }
@@ -266,7 +267,7 @@ async fn accept_loop(
         let socket = ZeroCopyIo::new(
             stream,
             Arc::clone(&outbox),
-            config.sendfile_min_bytes,
+            config.store.sendfile_min_bytes,
             Arc::clone(&counters),
         );
         let io = TokioIo::new(TimedIo::new(
@@ -308,7 +309,7 @@ async fn accept_loop(
     }
 
     drop(listener);
-    tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown())
         .await
         .is_ok()
 }

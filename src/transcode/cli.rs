@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{GifSource, Known, Transcoder, VariantError, VariantFormat, VariantJob, Wait};
-use crate::config::{Config, TranscodeCommand};
+use crate::config::Config;
 use crate::gif::derived::DerivedDir;
 use crate::store::FileIdentity;
 
@@ -54,6 +54,27 @@ pub struct Found {
     pub path: PathBuf,
     /// Its identity (names its variants).
     pub identity: FileIdentity,
+}
+
+/// Arguments of `oip-media transcode`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TranscodeCommand {
+    /// Formats to make (comma list of mp4, webm, webp).
+    #[arg(long, value_delimiter = ',', default_value = "mp4,webm,webp")]
+    pub formats: Vec<super::VariantFormat>,
+
+    /// Media tree to walk (default: `MEDIA_DIR`). Every `*.gif` under it, and every
+    /// `<mediaId>/original` that is a GIF, gets its variants; hidden folders are skipped.
+    pub dir: Option<PathBuf>,
+
+    /// Transcodes run at once (default: `--transcode-workers`).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+
+    /// Interval of the progress line printed when stderr is not a terminal (`docker
+    /// exec` without `-t`, CI, a log file), where the progress bar stays hidden.
+    #[arg(long, default_value = "5s", value_parser = crate::settings::parse_duration)]
+    pub progress_interval: std::time::Duration,
 }
 
 /// Runs the subcommand; returns the process's exit status.
@@ -223,13 +244,16 @@ async fn prepare(config: &Config, command: &TranscodeCommand) -> Result<Prepared
     let dir = command
         .dir
         .clone()
-        .unwrap_or_else(|| config.media_dir.clone());
-    let derived = match DerivedDir::open(&config.derived_dir, config.derived_max_bytes) {
+        .unwrap_or_else(|| config.store.media_dir.clone());
+    let derived = match DerivedDir::open(
+        &config.derived.derived_dir,
+        config.derived.derived_max_bytes,
+    ) {
         Ok(derived) => Arc::new(derived),
         Err(error) => {
             eprintln!(
                 "oip-media transcode: cannot use the derived folder {} (--derived-dir): {error}",
-                config.derived_dir.display()
+                config.derived.derived_dir.display()
             );
             return Err(ExitCode::FAILURE);
         }
@@ -237,7 +261,17 @@ async fn prepare(config: &Config, command: &TranscodeCommand) -> Result<Prepared
     let transcoder = {
         let config = config.clone();
         let derived = Arc::clone(&derived);
-        match tokio::task::spawn_blocking(move || Transcoder::new(&config, derived)).await {
+        match tokio::task::spawn_blocking(move || {
+            let limits = crate::gif::GifLimits::new(&config.gif);
+            Transcoder::new(
+                &config.transcode,
+                limits,
+                config.store.max_file_size,
+                derived,
+            )
+        })
+        .await
+        {
             Ok(transcoder) => Arc::new(transcoder),
             Err(error) => {
                 eprintln!("oip-media transcode: {error}");

@@ -43,13 +43,13 @@ mod format;
 pub mod group;
 pub mod metrics;
 pub mod run;
+pub mod settings;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
 use crate::flight::SingleFlight;
 use crate::gif::derived::{self, DerivedDir};
 use crate::gif::meta::GifInfo;
@@ -59,6 +59,7 @@ pub use fault::Fault;
 pub use ffmpeg::{EncodeSettings, Ffmpeg, Recipe};
 pub use format::VariantFormat;
 use metrics::{Outcome, TranscodeMetrics};
+pub use settings::TranscodeSettings;
 
 /// Why a variant cannot be had (each maps to one status in `routes::variant`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,8 +259,14 @@ impl Transcoder {
     /// Finds ffmpeg and its encoders (blocking: two or three short child processes,
     /// once at start-up) and logs what was found. Never fails: without a usable ffmpeg
     /// the transcoder exists and says why every variant is unavailable.
-    pub fn new(config: &Config, derived: Arc<DerivedDir>) -> Transcoder {
-        let t = &config.transcode;
+    /// `limits` are the GIF limits a source must meet; `max_file_size`
+    /// (`--max-file-size`) bounds a variant's bytes with the derived folder's own bound.
+    pub fn new(
+        t: &TranscodeSettings,
+        limits: GifLimits,
+        max_file_size: u64,
+        derived: Arc<DerivedDir>,
+    ) -> Transcoder {
         let engine = discover(&t.ffmpeg, &t.mp4_encoder);
         match &engine {
             Ok(engine) => {
@@ -293,14 +300,14 @@ impl Transcoder {
         let settings = EncodeSettings {
             mp4_crf: t.mp4_crf,
             threads: t.transcode_threads.max(1),
-            max_output_bytes: config.max_file_size.min(derived.max_bytes()),
+            max_output_bytes: max_file_size.min(derived.max_bytes()),
         };
         Transcoder {
             engine,
             inner: Arc::new(Inner {
                 program: t.ffmpeg.clone(),
                 settings,
-                limits: GifLimits::from_config(config),
+                limits,
                 timeout: t.transcode_timeout,
                 derived,
                 workers: Arc::new(tokio::sync::Semaphore::new(worker_count as usize)),

@@ -73,7 +73,7 @@ impl Deref for BoundedBody {
 }
 
 /// The budget's unit: bytes are charged in whole KiB, rounded up.
-pub const BUDGET_UNIT: u64 = 1024;
+pub use crate::admission_settings::BUDGET_UNIT;
 
 fn units(bytes: usize) -> u32 {
     u32::try_from((bytes as u64).div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
