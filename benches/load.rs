@@ -1272,18 +1272,8 @@ fn long_run(
     );
     let started = rss_of(oip.pid());
     let (mut ends, mut afters, mut requests) = (Vec::new(), Vec::new(), 0);
-    // For the chart: every RssAnon sample and every after-close reading, in seconds
-    // since the first round began, MiB.
-    let clock = Instant::now();
-    let (mut trace, mut after_points) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let round_start = clock.elapsed();
         let (m, samples) = measure(&oip, generator, connections, opts.client_threads, opts.secs)?;
-        trace.extend(
-            samples
-                .iter()
-                .map(|(t, r)| ((round_start + *t).as_secs_f64(), r.anon_kib as f64 / 1024.0)),
-        );
         // The last sample taken while the load generator still held its connections.
         let cutoff = Duration::from_secs_f64(opts.secs as f64 * 0.95);
         let end = samples
@@ -1293,10 +1283,6 @@ fn long_run(
             .map_or(m.last, |(_, r)| *r);
         std::thread::sleep(Duration::from_secs(1));
         let after = rss_of(oip.pid());
-        after_points.push((
-            clock.elapsed().as_secs_f64(),
-            after.anon_kib as f64 / 1024.0,
-        ));
         requests += m.load.requests;
         println!(
             "{round:<5} {:>10} {:>8.0} {:>6} {:>22} {:>22}",
@@ -1334,21 +1320,36 @@ fn long_run(
             "UNDER 200,000: raise BENCH_LONG_SECS"
         },
     );
+    // The table's two RssAnon columns, round by round.
+    let per_round = |kib: &[u64]| {
+        kib.iter()
+            .enumerate()
+            .map(|(i, &k)| ((i + 1) as f64, k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+    };
     svg::write_chart(
         "load-long-run-rssanon.svg",
         &svg::LineChart {
             title: format!(
-                "oip-media RssAnon over the long run: {rounds} rounds of {} s × {connections} new connections, {requests} requests",
+                "oip-media RssAnon over the long run: {rounds} rounds of {} s, {connections} new connections each",
                 opts.secs
             ),
             subtitle: chart_subtitle(opts, placement, cores),
-            x_label: "seconds since the first round began".into(),
+            x_label: format!("round ({requests} requests in all)"),
             y_label: "RssAnon (MiB)".into(),
-            x_ticks: None,
+            x_ticks: Some((1..=rounds).map(|r| (r as f64, r.to_string())).collect()),
             y_from_zero: true,
             series: vec![
-                svg::Series::new("under load (every 100 ms)", trace, svg::Style::Trace),
-                svg::Series::new("1 s after each round closed", after_points, svg::Style::Points),
+                svg::Series::new(
+                    "at the end of the round, connections open",
+                    per_round(&ends),
+                    svg::Style::Line,
+                ),
+                svg::Series::new(
+                    "1 s after the connections closed",
+                    per_round(&afters),
+                    svg::Style::Line,
+                ),
             ],
         }
         .to_svg(),

@@ -150,8 +150,8 @@ fn header(out: &mut String, height: f64, title: &str, subtitle: &str) {
 
 impl LineChart {
     pub fn to_svg(&self) -> String {
-        let height = 420.0;
-        let (left, right, top, bottom) = (72.0, WIDTH - 180.0, 60.0, height - 52.0);
+        let height = 440.0;
+        let (left, right, top, bottom) = (72.0, WIDTH - 40.0, 84.0, height - 52.0);
         let points = self.series.iter().flat_map(|s| s.points.iter());
         let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (
             f64::INFINITY,
@@ -238,7 +238,8 @@ impl LineChart {
             (top + bottom) / 2.0,
             escape(&self.y_label)
         );
-        // Series and legend.
+        // Series and legend (one row under the subtitle, each entry as wide as its name).
+        let mut lx = 16.0;
         for (i, series) in self.series.iter().enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> = series
@@ -263,16 +264,13 @@ impl LineChart {
                     );
                 }
             }
-            let ly = top + 8.0 + i as f64 * 20.0;
             let _ = writeln!(
                 out,
-                "<rect x=\"{}\" y=\"{:.1}\" width=\"14\" height=\"4\" fill=\"{colour}\"/>\n<text x=\"{}\" y=\"{:.1}\">{}</text>",
-                right + 16.0,
-                ly - 4.0,
-                right + 36.0,
-                ly + 1.0,
+                "<rect x=\"{lx:.1}\" y=\"56\" width=\"14\" height=\"4\" fill=\"{colour}\"/>\n<text x=\"{:.1}\" y=\"62\">{}</text>",
+                lx + 20.0,
                 escape(&series.name)
             );
+            lx += 20.0 + series.name.chars().count() as f64 * 7.0 + 24.0;
         }
         out.push_str("</svg>\n");
         out
@@ -330,8 +328,11 @@ impl BarChart {
         );
         for (c, category) in self.categories.iter().enumerate() {
             let y0 = top + c as f64 * row + 4.0;
-            let label: String = if category.chars().count() > 58 {
-                category.chars().take(57).collect::<String>() + "…"
+            // About 6.2 px per character at this size: cut to fit left of the bars (the
+            // whole label stays in the element's <title>).
+            let fits = ((left - 24.0) / 6.2) as usize;
+            let label: String = if category.chars().count() > fits {
+                category.chars().take(fits - 1).collect::<String>() + "…"
             } else {
                 category.clone()
             };
