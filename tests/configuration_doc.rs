@@ -185,7 +185,8 @@ fn render(command: &Command) -> String {
     }
     let _ = writeln!(out, "{PREAMBLE}");
 
-    let serve = groups(command, "General");
+    // Untitled arguments go under "Options", as `--help` prints them.
+    let serve = groups(command, "Options");
     let subcommands: Vec<&Command> = command
         .get_subcommands()
         .filter(|c| !c.is_hide_set() && c.get_name() != "help")
@@ -349,7 +350,7 @@ fn the_generator_writes_what_clap_knows() {
         )
         .subcommand(Command::new("check").about("Check and exit."));
     let page = render(&command);
-    let general = page.find("## General").expect("untitled group first");
+    let general = page.find("## Options").expect("untitled group first");
     let logs = page.find("## Logs").expect("the Logs heading");
     assert!(general < logs);
     assert!(
