@@ -93,7 +93,7 @@ pub const MAX_REQUEST_HEAD: u64 = 1024 * 1024;
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "oip-media",
-    version,
+    version = crate::version::LONG,
     about = "Media service for the OIP indexer: memory-mapped, zero-copy GIF serving and a 404-caching GUN relay companion."
 )]
 pub struct Config {
@@ -492,11 +492,21 @@ pub enum Command {
     /// `--mp4-encoder`, `--transcode-*`, `--gif-max-*`), given before or after
     /// `transcode`, or as environment variables.
     Transcode(TranscodeCommand),
-    /// Check the settings against this host and exit: raises the open-file limit as
-    /// serving would and prints the descriptor plan (which bounds fit, which would be
-    /// lowered, and the limit that keeps them). Exit 0: everything fits; 1: bounds would
-    /// be lowered; 2: the settings cannot start at all.
-    Check,
+    /// Check the settings, the media roots and the dependencies, then exit (like `nginx
+    /// -t`).
+    ///
+    /// Validates the settings as serving would; opens and lists the media roots; runs
+    /// ffmpeg (when transcoding is on); sends one bounded request to Elasticsearch, the
+    /// GUN relay and Redis (those configured); prints the descriptor plan. One line per
+    /// check: `ok`, `warn` or `FAIL`. Exit 0: all ok; 1: warnings (the service would start
+    /// but not as configured: bounds lowered, no ffmpeg, no generated-media folder); 2: a
+    /// failure (it would not start, or a configured dependency refuses or does not answer).
+    Check(crate::check::CheckArgs),
+    /// Print a shell completion script to stdout (`oip-media completions bash >
+    /// /etc/bash_completion.d/oip-media`).
+    Completions(crate::cli_docs::CompletionsArgs),
+    /// Print the man page (roff) to stdout (`oip-media man | man -l -`).
+    Man,
 }
 
 /// Arguments of `oip-media transcode`.

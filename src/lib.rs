@@ -12,6 +12,8 @@ pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod check;
+pub mod cli_docs;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -37,6 +39,7 @@ pub mod startup_log;
 pub mod state;
 pub mod store;
 pub mod transcode;
+pub mod version;
 
 pub use app::App;
 pub use config::Config;

@@ -543,7 +543,10 @@ impl ConnCounters {
 
 /// `error` about `MEDIA_DIR/web`, with a hint about the expected layout when `web/` is
 /// missing from a `MEDIA_DIR` that exists (a root pointed one level too deep or too high).
-fn with_layout_hint(error: std::io::Error, media_dir: &std::path::Path) -> std::io::Error {
+pub(crate) fn with_layout_hint(
+    error: std::io::Error,
+    media_dir: &std::path::Path,
+) -> std::io::Error {
     if error.kind() == std::io::ErrorKind::NotFound && media_dir.is_dir() {
         return std::io::Error::new(
             error.kind(),
