@@ -9,6 +9,8 @@ COPY benches ./benches
 COPY media ./media
 # The commit oip_media_build_info reports (the build context has no .git).
 ARG OIP_MEDIA_COMMIT=unknown
+# The commit's date `--version` reports: `--build-arg OIP_MEDIA_BUILD_DATE=$(git log -1 --format=%cs)`.
+ARG OIP_MEDIA_BUILD_DATE=
 # The registry and the target folder are build caches (BuildKit or buildah), so a rebuild
 # after a source edit compiles only this crate; the binary is copied out of the cache.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

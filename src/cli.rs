@@ -11,7 +11,7 @@ use crate::config::Config;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "oip-media",
-    version,
+    version = crate::version::LONG,
     term_width = 0,
     about = "Media service for the OIP indexer: memory-mapped, zero-copy GIF serving and a 404-caching GUN relay companion."
 )]
@@ -36,12 +36,21 @@ pub enum Command {
     /// `--mp4-encoder`, `--transcode-*`, `--gif-max-*`), given before or after
     /// `transcode`, or as environment variables.
     Transcode(crate::transcode::cli::TranscodeCommand),
-    /// Check the settings against this host and exit.
+    /// Check the settings, the media roots and the dependencies, then exit (like `nginx -t`).
     ///
-    /// Raises the open-file limit as serving would and prints the descriptor plan (which bounds fit, which would be
-    /// lowered, and the limit that keeps them). Exit 0: everything fits; 1: bounds would
-    /// be lowered; 2: the settings cannot start at all.
-    Check,
+    /// Validates the settings as serving would; opens and lists the media roots; runs
+    /// ffmpeg (when transcoding is on); sends one bounded request to Elasticsearch, the
+    /// GUN relay and Redis (those configured); prints the descriptor plan. One line per
+    /// check: `ok`, `warn` or `FAIL`. Exit 0: all ok; 1: warnings (the service would start
+    /// but not as configured: bounds lowered, no ffmpeg, no generated-media folder); 2: a
+    /// failure (it would not start, or a configured dependency refuses or does not answer).
+    Check(crate::check::CheckArgs),
+    /// Print a shell completion script to stdout.
+    ///
+    /// For example `oip-media completions bash > /etc/bash_completion.d/oip-media`.
+    Completions(crate::cli_docs::CompletionsArgs),
+    /// Print the man page (roff) to stdout (`oip-media man | man -l -`).
+    Man,
 }
 
 #[cfg(test)]
@@ -92,7 +101,7 @@ mod tests {
         assert_eq!(cmd.formats, vec![VariantFormat::Mp4, VariantFormat::Webm]);
         assert_eq!(cmd.dir, Some(PathBuf::from("/media")));
         assert!(Cli::try_parse_from(["oip-media", "transcode", "--formats", "gif"]).is_err());
-        let Some(Command::Check) = Cli::parse_from(["oip-media", "check"]).command else {
+        let Some(Command::Check(_)) = Cli::parse_from(["oip-media", "check"]).command else {
             panic!("check subcommand");
         };
     }

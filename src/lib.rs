@@ -13,7 +13,9 @@ pub mod admission_settings;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod check;
 pub mod cli;
+pub mod cli_docs;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -42,6 +44,7 @@ pub mod startup_log;
 pub mod state;
 pub mod store;
 pub mod transcode;
+pub mod version;
 
 pub use app::App;
 pub use config::Config;

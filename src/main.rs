@@ -14,6 +14,14 @@ fn main() -> std::process::ExitCode {
     let matches = cli.clone().get_matches();
     let Cli { config, command } =
         Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    // Descriptions of the CLI itself: no settings needed, nothing logged.
+    match command {
+        Some(Command::Completions(args)) => {
+            return oip_media::cli_docs::completions(cli, args.shell);
+        }
+        Some(Command::Man) => return oip_media::cli_docs::man(cli),
+        _ => {}
+    }
     let json = config.log.log_format == "json";
     // Before anything is logged: a setting that cannot work is the first and only
     // error line, not the third after the configuration and a warning.
@@ -22,7 +30,7 @@ fn main() -> std::process::ExitCode {
     {
         return fail(json, &error.to_string());
     }
-    if let Some(Command::Transcode(transcode)) = command {
+    if let Some(Command::Transcode(_) | Command::Check(_)) = command {
         // A CLI: its own lines on stdout, the service's modules' log lines kept out of
         // them (stderr, `warn` and up unless RUST_LOG says otherwise).
         use std::io::IsTerminal as _;
@@ -36,7 +44,13 @@ fn main() -> std::process::ExitCode {
                     && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             )
             .init();
-        return oip_media::transcode::cli::run(config, transcode);
+        return match command {
+            Some(Command::Check(args)) => oip_media::check::run(&config, &args),
+            Some(Command::Transcode(transcode)) => {
+                oip_media::transcode::cli::run(config, transcode)
+            }
+            _ => std::process::ExitCode::FAILURE,
+        };
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -55,6 +69,7 @@ fn main() -> std::process::ExitCode {
             .with_env_filter(filter)
             .event_format(RequestIdFormat::json(format))
             .init();
+        oip_media::access_log::write_directly(oip_media::access_log::LineFormat::Json);
     } else {
         let ansi = colour_wanted();
         tracing_subscriber::fmt()
@@ -64,11 +79,12 @@ fn main() -> std::process::ExitCode {
                 tracing_subscriber::fmt::format().with_ansi(ansi),
             ))
             .init();
+        // With colour (a terminal) the line keeps going through `tracing`, which
+        // colours it; it costs there what it costs, nobody reads 10,000 lines a second.
+        if !ansi {
+            oip_media::access_log::write_directly(oip_media::access_log::LineFormat::Human);
+        }
     }
-    if let Some(Command::Check) = command {
-        return oip_media::server::fd_budget::check(&config);
-    }
-
     allocator::start();
 
     // Multi-thread: the workers serve connections. Per-core: the server starts its own
@@ -132,6 +148,8 @@ fn log_configuration(cli: &clap::Command, matches: &clap::ArgMatches, config: &C
             "message": "effective configuration",
             "version": VERSION,
             "commit": COMMIT,
+            "built": oip_media::version::BUILD_DATE,
+            "features": oip_media::version::FEATURES,
             "allocator": allocator::NAME,
             "worker_threads": workers,
             "config": startup_log::as_json(&settings),
@@ -143,6 +161,8 @@ fn log_configuration(cli: &clap::Command, matches: &clap::ArgMatches, config: &C
         tracing::info!(
             version = VERSION,
             commit = COMMIT,
+            built = oip_media::version::BUILD_DATE,
+            features = oip_media::version::FEATURES,
             allocator = allocator::NAME,
             worker_threads = workers,
             "effective configuration: {} (others at their defaults: oip-media --help)",

@@ -146,8 +146,12 @@ fn check_prints_the_plan_under_4096_and_exits_1() {
     assert!(stdout.contains("--max-stalled 2048 -> 271"), "{stdout}");
     assert!(stdout.contains("ulimit -n 29200"), "{stdout}");
 
+    // The other checks pass too (they are tests/check.rs's): a generated-media folder,
+    // transcoding off.
+    std::fs::create_dir_all(media.path().join("generated")).expect("mkdir generated");
     let output = under_4096(media.path(), &["--max-connections", "100", "check"])
         .env("MAP_CACHE_ENTRIES", "1000")
+        .env("FFMPEG", "")
         .output()
         .expect("run oip-media check");
     let stdout = String::from_utf8_lossy(&output.stdout);

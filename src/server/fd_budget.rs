@@ -258,26 +258,6 @@ pub fn apply(config: &mut Config) -> Result<Plan, StartError> {
     Ok(plan)
 }
 
-/// `oip-media check`: the settings are validated as serving would, the limit raised,
-/// and the plan printed on stdout. Exit 0 when every bound fits, 1 when start-up would
-/// lower some, 2 when it would refuse to start.
-pub fn check(config: &Config) -> std::process::ExitCode {
-    if let Err(error) = config.validate() {
-        println!("oip-media check: {error}");
-        return std::process::ExitCode::from(2);
-    }
-    match plan(raise_limit(), config) {
-        Ok(plan) => {
-            println!("oip-media check: {plan}");
-            std::process::ExitCode::from(u8::from(plan.lowered()))
-        }
-        Err(message) => {
-            println!("oip-media check: {message}");
-            std::process::ExitCode::from(2)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
