@@ -9,6 +9,7 @@
 //! `gif` (metadata and stills, read with `read()`, never through a mapping).
 
 pub mod access_log;
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod body;
@@ -21,7 +22,7 @@ pub mod fs_pool;
 pub mod gif;
 pub mod gun;
 pub mod http;
-pub mod limit;
+
 pub mod manifest;
 pub mod metrics;
 pub mod outbox;
@@ -32,7 +33,7 @@ pub mod response;
 pub mod routes;
 pub mod sample;
 pub mod server;
-pub mod stalled;
+
 pub mod startup_log;
 pub mod state;
 pub mod store;

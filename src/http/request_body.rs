@@ -27,7 +27,7 @@ use http::{HeaderMap, header};
 use http_body_util::BodyExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::limit::{Limiter, Shed};
+use crate::admission::{Gate as Limiter, Shed};
 
 /// Why a body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,7 +226,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::LimitSettings;
+    use crate::admission::GateSettings as LimitSettings;
     use http::HeaderValue;
     use http_body_util::{Full, StreamBody};
 

@@ -70,7 +70,7 @@ enum Tail {
 
 /// True when `path` is an `/api/media/<id>/info` request (whether or not `<id>` is
 /// valid). The route table admits such a request as `/info` work
-/// ([`crate::state::Admission::Info`]) and [`handle`] answers it as one.
+/// ([`crate::admission::GateId::Info`]) and [`handle`] answers it as one.
 pub fn is_info(path: &str) -> bool {
     matches!(split_tail(path), Some((_, Tail::Info)))
 }

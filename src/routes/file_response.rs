@@ -210,23 +210,21 @@ pub async fn open_or(
 /// filesystem is slow or the pool saturated; nothing about the file is known), 500 for
 /// a job that failed (a bug, logged).
 pub fn filesystem_unavailable(error: FsPoolError) -> Response<Body> {
-    let mut response = match error {
-        FsPoolError::QueueFull | FsPoolError::TimedOut => response::json(
-            StatusCode::SERVICE_UNAVAILABLE,
+    match error {
+        FsPoolError::QueueFull | FsPoolError::TimedOut => crate::admission::retry_later(
             &serde_json::json!({ "error": "Storage busy, retry shortly", "reason": error.to_string() }),
+            1,
         ),
         FsPoolError::Failed => {
             tracing::error!(%error, "filesystem job failed");
-            response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+            let mut response =
+                response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
         }
-    };
-    let unavailable = response.status() == StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    if unavailable {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Whether `path`'s extension is `gif`, case-insensitively, as `Path::extension` would

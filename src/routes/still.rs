@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::file_response::{self, FileHeaders};
 use crate::body::Body;
@@ -42,7 +42,7 @@ pub enum StillQuery {
 }
 
 /// True when `query` asks for a still (`still=1` or `still=true`), whatever else it
-/// says. The route table admits such a request as a still ([`crate::state::Admission::Still`])
+/// says. The route table admits such a request as a still ([`crate::admission::GateId::Still`])
 /// and [`StillQuery::parse`] answers it as one: one test, so the two never disagree.
 pub fn asks_for_still(query: Option<&str>) -> bool {
     query::param_is_one_of(query, "still", &["1", "true"])
@@ -117,22 +117,16 @@ pub fn gif_error(error: &GifError) -> Response<Body> {
             StatusCode::UNPROCESSABLE_ENTITY,
             &format!("GIF too large to process: {reason}"),
         ),
-        GifError::SourceChanged => {
-            let mut response = response::json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The file changed while it was being read; try again",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
+        GifError::SourceChanged => crate::admission::retry_later(
+            &serde_json::json!({ "error": "The file changed while it was being read; try again" }),
+            1,
+        ),
         GifError::Io(reason) => {
             tracing::error!(%reason, "GIF processing failed");
             response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
         }
         GifError::Busy(busy) => file_response::filesystem_unavailable(*busy),
-        GifError::WorkersBusy(why) => crate::limit::shed_response(*why, 1),
+        GifError::WorkersBusy(why) => crate::admission::shed_response(*why, 1),
     }
 }
 

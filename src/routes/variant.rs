@@ -10,7 +10,7 @@
 //!
 //! A variant that does not exist yet is made while the request waits — in the
 //! transcoder's own bounded admission, after giving its GIF-serving slot back
-//! ([`HeldPermit`]); it takes a new slot only when it has bytes to send. With
+//! ([`Lease`]); it takes a new slot only when it has bytes to send. With
 //! `--auto-format`, a plain GIF request whose `Accept` lists `image/webp` gets the WebP
 //! variant when it exists, and never waits for one: a missing one is queued and the GIF
 //! is sent at once.
@@ -31,9 +31,9 @@ use http::{Extensions, HeaderMap, HeaderValue, Method, Response, StatusCode, hea
 
 use super::file_response::{self, FileHeaders};
 use super::still::{Source, gif_error};
+use crate::admission::Lease;
 use crate::body::Body;
 use crate::http::query;
-use crate::limit::HeldPermit;
 use crate::response;
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -153,12 +153,10 @@ pub fn variant_error(error: &VariantError) -> Response<Body> {
     if let Some(reason) = reason {
         body["reason"] = serde_json::Value::String(reason);
     }
-    let mut response = response::json(status, &body);
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return crate::admission::retry_later(&body, retry_after);
     }
+    let mut response = response::json(status, &body);
     no_store(&mut response);
     response
 }
@@ -210,15 +208,13 @@ pub async fn respond(
     for attempt in 0..3 {
         match serve(state, method, headers, &source, &name, describe.clone()).await {
             Ok(mut response) => {
-                let held = extensions
-                    .get::<HeldPermit>()
-                    .is_some_and(|held| held.is_held());
+                let held = extensions.get::<Lease>().is_some_and(|held| held.is_held());
                 if !held {
                     // The slot was given back to wait: take one again to send bytes.
-                    let limiter = &state.admissions.media;
-                    match limiter.acquire().await {
-                        Ok(permit) => limiter.attach(response.body_mut(), permit),
-                        Err(why) => return limiter.shed_response(why),
+                    let gate = &state.gates.media;
+                    match gate.acquire().await {
+                        Ok(permit) => gate.attach(response.body_mut(), permit),
+                        Err(why) => return gate.shed_response(why),
                     }
                 }
                 return response;
@@ -231,7 +227,7 @@ pub async fn respond(
             return variant_error(&error);
         }
         // Waiting for ffmpeg must not hold a GIF-serving slot.
-        if let Some(held) = extensions.get::<HeldPermit>() {
+        if let Some(held) = extensions.get::<Lease>() {
             held.release();
         }
         if let Err(response) = make(state, &source, format).await {
