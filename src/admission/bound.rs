@@ -64,12 +64,18 @@ impl Bound {
 
     /// A place if fewer than the ceiling are taken, borrowed for as long as the bound.
     pub(crate) fn enter(&self) -> Option<Place<&Bound>> {
-        self.take().then_some(Place(self))
+        // Built only once taken: a place built and dropped on refusal would give back a
+        // place it never took (so not `bool::then_some`).
+        if self.take() { Some(Place(self)) } else { None }
     }
 
     /// A place that owns its bound, for work that outlives the caller (a spawned job).
     pub(crate) fn enter_owned(self: &std::sync::Arc<Self>) -> Option<Place<std::sync::Arc<Bound>>> {
-        self.take().then(|| Place(std::sync::Arc::clone(self)))
+        if self.take() {
+            Some(Place(std::sync::Arc::clone(self)))
+        } else {
+            None
+        }
     }
 }
 

@@ -222,11 +222,6 @@ impl BodyPermit {
     fn state(&self) -> MutexGuard<'_, Held> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// True while the body holds an in-flight slot.
-    pub fn in_flight(&self) -> bool {
-        matches!(*self.state(), Held::InFlight(_))
-    }
 }
 
 impl Stallable for BodyPermit {
