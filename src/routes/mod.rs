@@ -21,6 +21,7 @@
 pub mod api_media;
 pub mod file_response;
 pub mod generate;
+pub mod gif;
 pub mod gun_relay;
 pub mod media;
 pub mod ops;

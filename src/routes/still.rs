@@ -11,13 +11,14 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::file_response::{self, FileHeaders};
+use super::gif::Source;
 use crate::body::Body;
 use crate::gif::GifError;
 use crate::gif::still::StillFormat;
 use crate::http::query;
 use crate::response;
 use crate::state::AppState;
-use crate::store::{MappedFile, Root, StoreError};
+use crate::store::{MappedFile, StoreError};
 
 /// A still as asked for: its width (`None`: the GIF's own) and format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,19 +131,6 @@ pub fn gif_error(error: &GifError) -> Response<Body> {
     }
 }
 
-/// The GIF a still is made from, as its route found and described it.
-pub struct Source<'a> {
-    /// The media root it lives under.
-    pub root: &'a Root,
-    /// Its checked path under that root.
-    pub relative: &'a Path,
-    /// The file as the store mapped it (its identity keys the still).
-    pub file: &'a MappedFile,
-    /// How the route describes the GIF: the still keeps its `Cache-Control` and extra
-    /// headers and derives its ETag from the GIF's.
-    pub describe: FileHeaders,
-}
-
 /// Answers a still request for `source`.
 pub async fn respond(
     state: &AppState,
@@ -152,16 +140,17 @@ pub async fn respond(
     ask: StillAsk,
 ) -> Response<Body> {
     let StillAsk { width, format } = ask;
-    let (root, relative) = (source.root.clone(), source.relative.to_path_buf());
-    let resolved = state.fs.run(move || root.resolve(&relative)).await;
+    let resolved = file_response::resolve_or(
+        &state.fs,
+        source.root,
+        source.relative,
+        response::not_found,
+        |_| (),
+    )
+    .await;
     let path = match resolved {
-        Ok(Ok(path)) => path,
-        Err(busy) => return file_response::filesystem_unavailable(busy),
-        Ok(Err(StoreError::Io(error))) => {
-            tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
-            return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
-        }
-        Ok(Err(_)) => return response::not_found(),
+        Ok((path, ())) => path,
+        Err(refused) => return *refused,
     };
     let mut suffix = match width {
         Some(w) => format!("-still-w{w}"),

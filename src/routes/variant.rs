@@ -30,7 +30,8 @@ use std::path::Path;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::file_response::{self, FileHeaders};
-use super::still::{Source, gif_error};
+use super::gif::Source;
+use super::still::gif_error;
 use crate::admission::Lease;
 use crate::body::Body;
 use crate::http::query;
@@ -244,19 +245,14 @@ async fn make(
     source: &Source<'_>,
     format: VariantFormat,
 ) -> Result<String, Box<Response<Body>>> {
-    let (root, relative) = (source.root.clone(), source.relative.to_path_buf());
-    let path = match state.fs.run(move || root.resolve(&relative)).await {
-        Ok(Ok(path)) => path,
-        Err(busy) => return Err(Box::new(file_response::filesystem_unavailable(busy))),
-        Ok(Err(StoreError::Io(error))) => {
-            tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
-            return Err(Box::new(response::json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Cannot read file",
-            )));
-        }
-        Ok(Err(_)) => return Err(Box::new(response::not_found())),
-    };
+    let (path, ()) = file_response::resolve_or(
+        &state.fs,
+        source.root,
+        source.relative,
+        response::not_found,
+        |_| (),
+    )
+    .await?;
     let identity = source.file.identity;
     let info = state
         .gifs
