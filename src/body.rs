@@ -1,5 +1,5 @@
 //! The one response body type: a queue of `Bytes` segments handed to hyper in bounded
-//! chunks, plus the guards (limiter permit, connection activity) that must live exactly as
+//! chunks, plus the guards (gate permit, connection activity) that must live exactly as
 //! long as the body's bytes are being sent.
 //!
 //! Why one hand-written body instead of `Full`/`StreamBody` combinators:
@@ -113,7 +113,7 @@ impl Body {
     }
 
     /// Keeps `guard` alive until the body's last byte was written, or the body is
-    /// abandoned (a limiter permit, a connection-activity token). Order of release is the
+    /// abandoned (a gate permit, a connection-activity token). Order of release is the
     /// order of attachment.
     pub fn attach(&mut self, guard: impl Any + Send + Sync) {
         self.guards.push(Box::new(guard));

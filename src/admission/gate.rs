@@ -49,10 +49,10 @@ pub enum PermitUnit {
     Bytes(u64),
 }
 
-/// Bounds of the limiter, from the configuration.
+/// Bounds of a gate, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct GateSettings {
-    /// Admitted at once (for the media limiter: bodies in flight).
+    /// Admitted at once (for the media gate: bodies in flight).
     pub max_in_flight: usize,
     /// Requests allowed to wait for a slot.
     pub max_queue: usize,
@@ -66,7 +66,7 @@ pub struct GateSettings {
     pub max_stalled: usize,
 }
 
-/// Admission counters of the limiter (`…_admitted_total{kind}`, `…_shed_total{kind}`).
+/// Admission counters of a gate (`…_admitted_total{kind}`, `…_shed_total{kind}`).
 #[derive(Debug, Default)]
 pub struct GateCounters {
     /// Requests admitted without waiting.
@@ -79,7 +79,7 @@ pub struct GateCounters {
     pub shed_queue_timeout: Counter,
 }
 
-/// The shared state of the limiter: one per process, shared by every connection.
+/// One gate: one per admission point and process, shared by every connection.
 #[derive(Debug)]
 pub struct Gate {
     slots: Arc<Semaphore>,
@@ -90,7 +90,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// A limiter with all slots free.
+    /// A gate with all slots free.
     pub fn new(settings: GateSettings) -> Gate {
         Gate {
             slots: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
@@ -118,7 +118,7 @@ impl Gate {
         &self.stalled
     }
 
-    /// Registers this limiter's metrics in `registry` (a sub-registry named after the
+    /// Registers this gate's metrics in `registry` (a sub-registry named after the
     /// admission, e.g. `media`): slots in use and waiters (read at scrape time), the
     /// limit, and the admission and shedding counters.
     ///
@@ -233,7 +233,7 @@ impl Gate {
         self.acquire_many(1).await
     }
 
-    /// Takes `n` slots at once (a limiter whose slots are units of something, such as
+    /// Takes `n` slots at once (a gate whose slots are units of something, such as
     /// KiB of buffered request bodies), with the same bounded wait as [`Gate::acquire`];
     /// more than the limit is never granted (shed as a timeout). One permit holds all `n`;
     /// permits of one holder can be [merged](OwnedSemaphorePermit::merge). Each call
@@ -291,7 +291,7 @@ impl Gate {
         response
     }
 
-    /// Attaches `permit` (taken from this limiter) to `body`, so the slot stays taken
+    /// Attaches `permit` (taken from this gate) to `body`, so the slot stays taken
     /// until the body is finished or dropped; with a stalled pool, as a [`BodyPermit`] the
     /// body's connection can move out of the bound while its client reads nothing.
     pub fn attach(&self, body: &mut Body, permit: OwnedSemaphorePermit) {
@@ -358,29 +358,28 @@ mod tests {
         }
     }
 
-    /// A handler whose body is much larger than one chunk, admitted through `limiter`.
-    async fn serve(limiter: Arc<Gate>) -> Response<Body> {
-        limiter
-            .admit(|_| async {
-                Response::new(Body::from_segments(
-                    vec![bytes::Bytes::from(vec![0u8; 100_000])],
-                    1000,
-                ))
-            })
-            .await
+    /// A handler whose body is much larger than one chunk, admitted through `gate`.
+    async fn serve(gate: Arc<Gate>) -> Response<Body> {
+        gate.admit(|_| async {
+            Response::new(Body::from_segments(
+                vec![bytes::Bytes::from(vec![0u8; 100_000])],
+                1000,
+            ))
+        })
+        .await
     }
 
     #[tokio::test]
     async fn permit_is_held_until_the_body_is_done() {
-        let limiter = Arc::new(Gate::new(settings(2, 0, 10)));
-        let mut first = serve(Arc::clone(&limiter)).await;
+        let gate = Arc::new(Gate::new(settings(2, 0, 10)));
+        let mut first = serve(Arc::clone(&gate)).await;
         assert_eq!(
-            limiter.in_flight(),
+            gate.in_flight(),
             1,
             "handler returned, body not sent: still held"
         );
-        let second = serve(Arc::clone(&limiter)).await;
-        let third = serve(Arc::clone(&limiter)).await;
+        let second = serve(Arc::clone(&gate)).await;
+        let third = serve(Arc::clone(&gate)).await;
         assert_eq!(
             third.status(),
             StatusCode::SERVICE_UNAVAILABLE,
@@ -389,75 +388,72 @@ mod tests {
         assert_eq!(third.headers()[header::RETRY_AFTER], "1");
         // Drain the first body completely: its permit comes back.
         while first.body_mut().frame().await.is_some() {}
-        assert_eq!(limiter.in_flight(), 1);
+        assert_eq!(gate.in_flight(), 1);
         // Abandon the second mid-way: dropping releases too.
         drop(second);
-        assert_eq!(limiter.in_flight(), 0);
-        assert_eq!(limiter.counters().shed_queue_full.get(), 1);
+        assert_eq!(gate.in_flight(), 0);
+        assert_eq!(gate.counters().shed_queue_full.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn queue_is_bounded_in_time() {
-        let limiter = Arc::new(Gate::new(settings(1, 10, 500)));
-        let held = serve(Arc::clone(&limiter)).await;
+        let gate = Arc::new(Gate::new(settings(1, 10, 500)));
+        let held = serve(Arc::clone(&gate)).await;
         let started = tokio::time::Instant::now();
-        let waited = serve(Arc::clone(&limiter)).await;
+        let waited = serve(Arc::clone(&gate)).await;
         assert_eq!(waited.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(started.elapsed(), Duration::from_millis(500));
-        assert_eq!(limiter.counters().shed_queue_timeout.get(), 1);
-        assert_eq!(limiter.waiting(), 0);
+        assert_eq!(gate.counters().shed_queue_timeout.get(), 1);
+        assert_eq!(gate.waiting(), 0);
         drop(held);
     }
 
     #[tokio::test(start_paused = true)]
     async fn queued_request_gets_the_slot_when_a_body_finishes() {
-        let limiter = Arc::new(Gate::new(settings(1, 10, 5_000)));
-        let held = serve(Arc::clone(&limiter)).await;
-        let waiter = tokio::spawn(serve(Arc::clone(&limiter)));
+        let gate = Arc::new(Gate::new(settings(1, 10, 5_000)));
+        let held = serve(Arc::clone(&gate)).await;
+        let waiter = tokio::spawn(serve(Arc::clone(&gate)));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(limiter.waiting(), 1);
+        assert_eq!(gate.waiting(), 1);
         drop(held);
         let response = waiter.await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(limiter.counters().admitted_after_wait.get(), 1);
+        assert_eq!(gate.counters().admitted_after_wait.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_goes_away_gives_its_place_back() {
-        let limiter = Arc::new(Gate::new(settings(1, 1, 60_000)));
-        let held = serve(Arc::clone(&limiter)).await;
-        let waiter = tokio::spawn(serve(Arc::clone(&limiter)));
+        let gate = Arc::new(Gate::new(settings(1, 1, 60_000)));
+        let held = serve(Arc::clone(&gate)).await;
+        let waiter = tokio::spawn(serve(Arc::clone(&gate)));
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(limiter.waiting(), 1);
+        assert_eq!(gate.waiting(), 1);
         // The client goes away (its connection and request future are dropped).
         waiter.abort();
         let _ = waiter.await;
-        assert_eq!(limiter.waiting(), 0, "the place is free again");
-        let next = tokio::spawn(serve(Arc::clone(&limiter)));
+        assert_eq!(gate.waiting(), 0, "the place is free again");
+        let next = tokio::spawn(serve(Arc::clone(&gate)));
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(limiter.waiting(), 1, "and the next request may wait in it");
+        assert_eq!(gate.waiting(), 1, "and the next request may wait in it");
         drop(held);
         assert_eq!(next.await.unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test(start_paused = true)]
     async fn many_slots_are_taken_and_given_back_together() {
-        let limiter = Gate::new(settings(10, 1, 500));
-        let six = limiter.acquire_many(6).await.expect("free");
-        assert_eq!(limiter.in_flight(), 6);
+        let gate = Gate::new(settings(10, 1, 500));
+        let six = gate.acquire_many(6).await.expect("free");
+        assert_eq!(gate.in_flight(), 6);
         let started = tokio::time::Instant::now();
-        assert_eq!(
-            limiter.acquire_many(5).await.unwrap_err(),
-            Shed::QueueTimeout
-        );
+        assert_eq!(gate.acquire_many(5).await.unwrap_err(), Shed::QueueTimeout);
         assert_eq!(started.elapsed(), Duration::from_millis(500));
-        let mut four = limiter.acquire_many(4).await.expect("fits");
+        let mut four = gate.acquire_many(4).await.expect("fits");
         four.merge(six);
-        assert_eq!(limiter.in_flight(), 10);
+        assert_eq!(gate.in_flight(), 10);
         drop(four);
-        assert_eq!(limiter.in_flight(), 0);
+        assert_eq!(gate.in_flight(), 0);
         assert_eq!(
-            limiter.acquire_many(11).await.unwrap_err(),
+            gate.acquire_many(11).await.unwrap_err(),
             Shed::QueueTimeout,
             "more than the limit is never granted"
         );
@@ -465,49 +461,48 @@ mod tests {
 
     #[tokio::test]
     async fn a_handler_can_give_its_slot_back_while_it_waits() {
-        let limiter = Arc::new(Gate::new(settings(1, 0, 10)));
+        let gate = Arc::new(Gate::new(settings(1, 0, 10)));
         let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
         let waiting = {
-            let limiter = Arc::clone(&limiter);
+            let gate = Arc::clone(&gate);
             tokio::spawn(async move {
-                limiter
-                    .admit(|held| async move {
-                        assert!(held.is_held());
-                        assert!(held.release());
-                        assert!(!held.release(), "only once");
-                        let _ = entered_tx.send(());
-                        let _ = go_rx.await;
-                        Response::new(Body::from_segments(
-                            vec![bytes::Bytes::from(vec![0u8; 10])],
-                            10,
-                        ))
-                    })
-                    .await
+                gate.admit(|held| async move {
+                    assert!(held.is_held());
+                    assert!(held.release());
+                    assert!(!held.release(), "only once");
+                    let _ = entered_tx.send(());
+                    let _ = go_rx.await;
+                    Response::new(Body::from_segments(
+                        vec![bytes::Bytes::from(vec![0u8; 10])],
+                        10,
+                    ))
+                })
+                .await
             })
         };
         entered_rx.await.unwrap();
-        assert_eq!(limiter.in_flight(), 0, "the waiting handler holds no slot");
-        let other = serve(Arc::clone(&limiter)).await;
+        assert_eq!(gate.in_flight(), 0, "the waiting handler holds no slot");
+        let other = serve(Arc::clone(&gate)).await;
         assert_eq!(other.status(), StatusCode::OK, "so another request gets it");
-        assert_eq!(limiter.in_flight(), 1);
+        assert_eq!(gate.in_flight(), 1);
         drop(other);
         go_tx.send(()).unwrap();
         let released = waiting.await.unwrap();
         assert_eq!(released.status(), StatusCode::OK);
-        assert_eq!(limiter.in_flight(), 0, "nothing attached after a release");
+        assert_eq!(gate.in_flight(), 0, "nothing attached after a release");
     }
 
     #[tokio::test]
     async fn queue_is_bounded_in_length() {
-        let limiter = Arc::new(Gate::new(settings(1, 2, 60_000)));
-        let held = serve(Arc::clone(&limiter)).await;
-        let w1 = tokio::spawn(serve(Arc::clone(&limiter)));
-        let w2 = tokio::spawn(serve(Arc::clone(&limiter)));
-        while limiter.waiting() < 2 {
+        let gate = Arc::new(Gate::new(settings(1, 2, 60_000)));
+        let held = serve(Arc::clone(&gate)).await;
+        let w1 = tokio::spawn(serve(Arc::clone(&gate)));
+        let w2 = tokio::spawn(serve(Arc::clone(&gate)));
+        while gate.waiting() < 2 {
             tokio::task::yield_now().await;
         }
-        let shed = serve(Arc::clone(&limiter)).await;
+        let shed = serve(Arc::clone(&gate)).await;
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         drop(held);
         let r1 = w1.await.unwrap();

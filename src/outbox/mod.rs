@@ -30,7 +30,7 @@ use crate::store::MappedFile;
 use files::Registrations;
 use stall::{Evict, StallWatch, Stallable};
 
-/// A guard whose drop frees something (a limiter permit, a connection-activity token).
+/// A guard whose drop frees something (a gate permit, a connection-activity token).
 pub type Guard = Box<dyn Any + Send + Sync>;
 
 /// The outbox of one connection, shared by its response bodies and its socket.

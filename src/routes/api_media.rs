@@ -14,7 +14,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::file_response::{self, FileHeaders};
 use super::gif::{self, Representation, Source};
-use super::{still, variant};
+use super::variant;
 use crate::auth::{self, Denied};
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
@@ -152,17 +152,21 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         };
     // Negotiation only for items the manifest says are GIFs: no sniffing per request.
     let declared_gif = mime.is_some_and(is_gif_mime);
-    let (headers, extensions) = (request.headers(), request.extensions());
-    gif::respond(
+    // Bound before the await, so only the boxed future (not a whole response) is held
+    // across it; the request's parts are borrowed in the call, not kept in locals.
+    let later = match gif::respond(
         state,
         method,
-        headers,
-        extensions,
+        request.headers(),
+        request.extensions(),
         source,
         representation,
         declared_gif,
-    )
-    .await
+    ) {
+        gif::Answer::Now(response) => return response,
+        gif::Answer::Later(later) => later,
+    };
+    later.await
 }
 
 /// Headers for the original's bytes.
@@ -286,7 +290,7 @@ async fn info_response(
                     );
                 }
             },
-            Err(error) => return still::gif_error(&error),
+            Err(error) => return gif::gif_error(&error),
         }
         match variant::existing(state, file.identity).await {
             Ok(variants) => {

@@ -19,22 +19,27 @@
 //! - a still derives its type and ETag from the GIF's (`still::respond`), a variant its
 //!   type, ETag and `Last-Modified` (`variant::describe`, `variant::serve`), and
 //!   negotiation adds `Vary: Accept` (`variant::negotiate`);
-//! - answers that are not the file (400, 404, 422, 503) come from `still`, `variant`
-//!   and `errors`-style helpers beside them, and every `503` from
-//!   `admission::retry_later`.
+//! - answers that are not the file: the `400`s from `still` and `variant` (through
+//!   [`Representation::parse`]), a component's failure from [`gif_error`] and
+//!   [`variant_error`] below (the one place a `GifError` or a `VariantError` becomes a
+//!   response), a file that cannot be opened or resolved from `file_response`
+//!   (`open_or`, `resolve_or`), and every `503` from `admission::retry_later`.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use http::{Extensions, HeaderMap, Method, Response};
+use futures_util::future::BoxFuture;
+use http::{Extensions, HeaderMap, Method, Response, StatusCode};
 
 use super::file_response::{self, FileHeaders};
 use super::still::{self, StillAsk, StillQuery};
-use super::variant::{self, Negotiated, VariantQuery};
+use super::variant::{self, Negotiated, VariantQuery, no_store};
 use crate::body::Body;
+use crate::gif::GifError;
+use crate::response;
 use crate::state::AppState;
 use crate::store::{MappedFile, Root};
-use crate::transcode::VariantFormat;
+use crate::transcode::{VariantError, VariantFormat};
 
 /// The GIF a representation is made from, as its route found and described it.
 pub struct Source<'a> {
@@ -49,8 +54,9 @@ pub struct Source<'a> {
     pub describe: FileHeaders,
 }
 
-/// Which representation of the file a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which representation of the file a request asks for. Not `Copy`: moved into
+/// [`respond`], it takes no room in the route's future while the answer is awaited.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Representation {
     /// The file's own bytes (or, with `--auto-format`, the WebP a browser accepts).
     Plain,
@@ -86,43 +92,156 @@ impl Representation {
     }
 }
 
-/// Answers `representation` of `source`. `negotiable`: a plain request may get the WebP variant with `--auto-format` (the
-/// route knows the item is a GIF without sniffing it). `extensions` are the request's:
-/// they hold its GIF-serving lease, given back while a variant is made.
-pub async fn respond(
-    state: &AppState,
-    method: &Method,
-    headers: &HeaderMap,
-    extensions: &Extensions,
-    source: Source<'_>,
+/// The answer to a representation: at once (the plain bytes, no await), or a future
+/// to await. The future is boxed, so a route that awaits it grows by a pointer: a
+/// still's render state or a transcode wait would otherwise size every GIF request's
+/// future (and `--auto-format`'s wait on a variant's mapping ~1,000 bytes, copied as
+/// hyper moves it), which `app::future_size` keeps small.
+pub enum Answer<'a> {
+    /// The response, built without waiting.
+    Now(Response<Body>),
+    /// The response once this future is done.
+    Later(BoxFuture<'a, Response<Body>>),
+}
+
+/// Answers `representation` of `source`. `negotiable`: a plain request may get the
+/// WebP variant with `--auto-format` (the route knows the item is a GIF without
+/// sniffing it). `extensions` are the request's: they hold its GIF-serving lease,
+/// given back while a variant is made.
+pub fn respond<'a>(
+    state: &'a AppState,
+    method: &'a Method,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+    source: Source<'a>,
     representation: Representation,
     negotiable: bool,
-) -> Response<Body> {
+) -> Answer<'a> {
     match representation {
-        // Boxed: a still's render state would otherwise size every GIF request's future.
-        Representation::Still(ask) => {
-            Box::pin(still::respond(state, method, headers, source, ask)).await
-        }
-        // Boxed for the same reason: a transcode wait is rare and large.
-        Representation::Variant(format) => {
-            Box::pin(variant::respond(
-                state, method, headers, extensions, source, format,
-            ))
-            .await
-        }
-        Representation::Plain => {
-            // Boxed and only with `--auto-format`: its wait on a variant's mapping would
-            // otherwise size every GIF request's future (~1,000 bytes, copied as hyper
-            // moves it).
-            let describe = if negotiable && state.config.transcode.auto_format {
-                match Box::pin(variant::negotiate(state, method, headers, &source)).await {
+        Representation::Still(ask) => Answer::Later(Box::pin(still::respond(
+            state, method, headers, source, ask,
+        ))),
+        Representation::Variant(format) => Answer::Later(Box::pin(variant::respond(
+            state, method, headers, extensions, source, format,
+        ))),
+        Representation::Plain if negotiable && state.config.transcode.auto_format => {
+            Answer::Later(Box::pin(async move {
+                let describe = match variant::negotiate(state, method, headers, &source).await {
                     Negotiated::Variant(webp) => return webp,
                     Negotiated::Gif(describe) => describe,
-                }
-            } else {
-                source.describe
-            };
-            file_response::respond(method, headers, source.file, describe, state.chunk)
+                };
+                file_response::respond(method, headers, source.file, describe, state.chunk)
+            }))
         }
+        Representation::Plain => Answer::Now(file_response::respond(
+            method,
+            headers,
+            source.file,
+            source.describe,
+            state.chunk,
+        )),
     }
+}
+
+// Component errors: the one place each becomes a response.
+
+/// `Retry-After` of a 503: a transcode takes about a second.
+const RETRY_AFTER_SECS: u64 = 2;
+
+/// `Retry-After` of a timeout's 503: how long the timeout is remembered.
+const TIMEOUT_RETRY_AFTER_SECS: u64 = crate::transcode::TIMEOUT_REMEMBERED.as_secs();
+
+/// The answer for a GIF that could not be described or rendered.
+pub fn gif_error(error: &GifError) -> Response<Body> {
+    match error {
+        GifError::Invalid(_) => {
+            response::json_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid GIF")
+        }
+        GifError::TooLarge(reason) => response::json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("GIF too large to process: {reason}"),
+        ),
+        GifError::SourceChanged => crate::admission::retry_later(
+            &serde_json::json!({ "error": "The file changed while it was being read; try again" }),
+            1,
+        ),
+        GifError::Io(reason) => {
+            tracing::error!(%reason, "GIF processing failed");
+            response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
+        }
+        GifError::Busy(busy) => file_response::filesystem_unavailable(*busy),
+        GifError::WorkersBusy(why) => crate::admission::shed_response(*why, 1),
+    }
+}
+
+/// The answer for a variant that cannot be had.
+///
+/// Why ffmpeg is unusable or why it failed is logged by the transcoder when it happens
+/// (at start-up, and once per failed variant); the body says only what kind of trouble
+/// it is, because ffmpeg's words name paths on this host (the GIF's, the derived
+/// folder's, ffmpeg's own) and I/O errors. A timeout's reason is ours and says nothing
+/// more than the bound, so it is kept; the host's trouble is named by its kind.
+///
+/// Every `503` carries `Retry-After` and `Cache-Control: no-store`: what failed was not
+/// the GIF, and the next try may well succeed.
+pub fn variant_error(error: &VariantError) -> Response<Body> {
+    let mut retry_after = RETRY_AFTER_SECS;
+    let (status, message, reason) = match error {
+        VariantError::Unavailable(_) => (
+            StatusCode::NOT_IMPLEMENTED,
+            "Variants are not available on this server",
+            None,
+        ),
+        VariantError::Failed(_) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "This GIF cannot be transcoded",
+            None,
+        ),
+        VariantError::TimedOut(reason) => {
+            retry_after = TIMEOUT_RETRY_AFTER_SECS;
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The transcode took too long, retry later",
+                Some(reason.to_string()),
+            )
+        }
+        VariantError::Host { fault, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cannot make the variant now, retry shortly",
+            Some(fault.public_reason().to_owned()),
+        ),
+        VariantError::Busy(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Transcoder busy, retry shortly",
+            Some((*reason).to_owned()),
+        ),
+        VariantError::StillWorking => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Still transcoding, retry shortly",
+            None,
+        ),
+        VariantError::SourceChanged => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The file changed while it was being read; try again",
+            None,
+        ),
+        VariantError::Io(reason) => {
+            tracing::error!(%reason, "transcode failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Cannot make the variant",
+                None,
+            )
+        }
+    };
+    let mut body = serde_json::json!({ "error": message });
+    if let Some(reason) = reason {
+        body["reason"] = serde_json::Value::String(reason);
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return crate::admission::retry_later(&body, retry_after);
+    }
+    let mut response = response::json(status, &body);
+    no_store(&mut response);
+    response
 }

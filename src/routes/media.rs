@@ -60,15 +60,19 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         file: &file,
         describe,
     };
-    let (headers, extensions) = (request.headers(), request.extensions());
-    gif::respond(
+    // Bound before the await, so only the boxed future (not a whole response) is held
+    // across it; the request's parts are borrowed in the call, not kept in locals.
+    let later = match gif::respond(
         state,
         method,
-        headers,
-        extensions,
+        request.headers(),
+        request.extensions(),
         source,
         representation,
         is_gif,
-    )
-    .await
+    ) {
+        gif::Answer::Now(response) => return response,
+        gif::Answer::Later(later) => later,
+    };
+    later.await
 }

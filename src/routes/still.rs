@@ -11,9 +11,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::file_response::{self, FileHeaders};
-use super::gif::Source;
+use super::gif::{Source, gif_error};
 use crate::body::Body;
-use crate::gif::GifError;
 use crate::gif::still::StillFormat;
 use crate::http::query;
 use crate::response;
@@ -106,29 +105,6 @@ pub fn not_a_gif() -> Response<Body> {
         StatusCode::BAD_REQUEST,
         "Still frames are only available for GIFs",
     )
-}
-
-/// The answer for a GIF that could not be described or rendered.
-pub fn gif_error(error: &GifError) -> Response<Body> {
-    match error {
-        GifError::Invalid(_) => {
-            response::json_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid GIF")
-        }
-        GifError::TooLarge(reason) => response::json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &format!("GIF too large to process: {reason}"),
-        ),
-        GifError::SourceChanged => crate::admission::retry_later(
-            &serde_json::json!({ "error": "The file changed while it was being read; try again" }),
-            1,
-        ),
-        GifError::Io(reason) => {
-            tracing::error!(%reason, "GIF processing failed");
-            response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
-        }
-        GifError::Busy(busy) => file_response::filesystem_unavailable(*busy),
-        GifError::WorkersBusy(why) => crate::admission::shed_response(*why, 1),
-    }
 }
 
 /// Answers a still request for `source`.

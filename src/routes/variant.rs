@@ -30,8 +30,7 @@ use std::path::Path;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::file_response::{self, FileHeaders};
-use super::gif::Source;
-use super::still::gif_error;
+use super::gif::{Source, gif_error, variant_error};
 use crate::admission::Lease;
 use crate::body::Body;
 use crate::http::query;
@@ -39,12 +38,6 @@ use crate::response;
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::transcode::{GifSource, VariantError, VariantFormat, VariantJob, Wait};
-
-/// `Retry-After` of a 503: a transcode takes about a second.
-const RETRY_AFTER_SECS: u64 = 2;
-
-/// `Retry-After` of a timeout's 503: how long the timeout is remembered.
-const TIMEOUT_RETRY_AFTER_SECS: u64 = crate::transcode::TIMEOUT_REMEMBERED.as_secs();
 
 /// What the query string asks for (when it does not ask for a still).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,79 +83,7 @@ pub fn not_a_gif() -> Response<Body> {
     )
 }
 
-/// The answer for a variant that cannot be had.
-///
-/// Why ffmpeg is unusable or why it failed is logged by the transcoder when it happens
-/// (at start-up, and once per failed variant); the body says only what kind of trouble
-/// it is, because ffmpeg's words name paths on this host (the GIF's, the derived
-/// folder's, ffmpeg's own) and I/O errors. A timeout's reason is ours and says nothing
-/// more than the bound, so it is kept; the host's trouble is named by its kind.
-///
-/// Every `503` carries `Retry-After` and `Cache-Control: no-store`: what failed was not
-/// the GIF, and the next try may well succeed.
-pub fn variant_error(error: &VariantError) -> Response<Body> {
-    let mut retry_after = RETRY_AFTER_SECS;
-    let (status, message, reason) = match error {
-        VariantError::Unavailable(_) => (
-            StatusCode::NOT_IMPLEMENTED,
-            "Variants are not available on this server",
-            None,
-        ),
-        VariantError::Failed(_) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "This GIF cannot be transcoded",
-            None,
-        ),
-        VariantError::TimedOut(reason) => {
-            retry_after = TIMEOUT_RETRY_AFTER_SECS;
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The transcode took too long, retry later",
-                Some(reason.to_string()),
-            )
-        }
-        VariantError::Host { fault, .. } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Cannot make the variant now, retry shortly",
-            Some(fault.public_reason().to_owned()),
-        ),
-        VariantError::Busy(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Transcoder busy, retry shortly",
-            Some((*reason).to_owned()),
-        ),
-        VariantError::StillWorking => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Still transcoding, retry shortly",
-            None,
-        ),
-        VariantError::SourceChanged => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The file changed while it was being read; try again",
-            None,
-        ),
-        VariantError::Io(reason) => {
-            tracing::error!(%reason, "transcode failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Cannot make the variant",
-                None,
-            )
-        }
-    };
-    let mut body = serde_json::json!({ "error": message });
-    if let Some(reason) = reason {
-        body["reason"] = serde_json::Value::String(reason);
-    }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        return crate::admission::retry_later(&body, retry_after);
-    }
-    let mut response = response::json(status, &body);
-    no_store(&mut response);
-    response
-}
-
-fn no_store(response: &mut Response<Body>) {
+pub(super) fn no_store(response: &mut Response<Body>) {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

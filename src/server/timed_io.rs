@@ -160,7 +160,7 @@ impl Drop for InFlight {
 
 /// A socket wrapper that fails reads and writes with `TimedOut` when a deadline passes,
 /// which makes hyper close the connection and drop the response body (and so its
-/// limiter permit). The timers are boxed so the wrapper stays `Unpin`, as hyper needs.
+/// gate permit). The timers are boxed so the wrapper stays `Unpin`, as hyper needs.
 pub struct TimedIo<T> {
     io: T,
     activity: Arc<ConnActivity>,
