@@ -172,24 +172,20 @@ impl App {
         if let Some(refused) = route.methods.gate(request.method()) {
             return refused;
         }
-        match state
-            .admissions
-            .limiter(route.admit.admission(request.uri()))
-        {
-            Some(limiter) => {
+        match state.gates.gate(route.gate.pick(request.uri())) {
+            Some(gate) => {
                 let mut request = request;
-                limiter
-                    .admit(|held| {
-                        // The handler may give its slot back while it waits for a
-                        // transcode (`routes::variant`), which only a query string
-                        // (`?format=`) asks for: the extensions' map is allocated on
-                        // first insert, and a plain GIF request needs none.
-                        if request.uri().query().is_some() {
-                            request.extensions_mut().insert(held);
-                        }
-                        route.handler.call(state, request)
-                    })
-                    .await
+                gate.admit(|lease| {
+                    // The handler may give its slot back while it waits for a
+                    // transcode (`routes::variant`), which only a query string
+                    // (`?format=`) asks for: the extensions' map is allocated on
+                    // first insert, and a plain GIF request needs none.
+                    if request.uri().query().is_some() {
+                        request.extensions_mut().insert(lease);
+                    }
+                    route.handler.call(state, request)
+                })
+                .await
             }
             None => route.handler.call(state, request).await,
         }
@@ -274,7 +270,7 @@ pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::J
                     .sum::<u64>()
             };
             let (client_errors, server_errors) = (class(4), class(5));
-            let media = &state.admissions.media;
+            let media = &state.gates.media;
             let shed =
                 media.counters().shed_queue_full.get() + media.counters().shed_queue_timeout.get();
             let memory = ProcessMemory::read();

@@ -1,5 +1,5 @@
 //! The one response body type: a queue of `Bytes` segments handed to hyper in bounded
-//! chunks, plus the guards (limiter permit, connection activity) that must live exactly as
+//! chunks, plus the guards (gate permit, connection activity) that must live exactly as
 //! long as the body's bytes are being sent.
 //!
 //! Why one hand-written body instead of `Full`/`StreamBody` combinators:
@@ -35,7 +35,8 @@ use http_body::{Frame, SizeHint};
 
 use crate::access_log::AccessRecord;
 use crate::metrics::Sharded;
-use crate::outbox::{Guard, Outbox, Yielding};
+use crate::outbox::stall::Stallable;
+use crate::outbox::{Guard, Outbox};
 use crate::store::MappedFile;
 
 /// Default chunk size used by bodies built without an explicit one (JSON answers and
@@ -100,11 +101,11 @@ impl Body {
     /// Sends this body through the connection's `outbox`: its file is registered there
     /// for `sendfile`, its guards are released only once its last byte was written, and
     /// those that may leave their bound while the client reads nothing (attached as an
-    /// `Arc<dyn Yielding>`: the media limiter's slot) are told of stalls by the socket.
+    /// `Arc<dyn Stallable>`: the media gate's slot) are told of stalls by the socket.
     /// Called by the server for every response, after the handler attached its guards.
     pub fn send_through(&mut self, outbox: Arc<Outbox>) {
         for guard in &self.guards {
-            if let Some(yielding) = (**guard).downcast_ref::<Arc<dyn Yielding>>() {
+            if let Some(yielding) = (**guard).downcast_ref::<Arc<dyn Stallable>>() {
                 outbox.watch(Arc::downgrade(yielding));
             }
         }
@@ -112,7 +113,7 @@ impl Body {
     }
 
     /// Keeps `guard` alive until the body's last byte was written, or the body is
-    /// abandoned (a limiter permit, a connection-activity token). Order of release is the
+    /// abandoned (a gate permit, a connection-activity token). Order of release is the
     /// order of attachment.
     pub fn attach(&mut self, guard: impl Any + Send + Sync) {
         self.guards.push(Box::new(guard));

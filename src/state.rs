@@ -1,7 +1,7 @@
 //! The shared state every handler reads, built once at start-up from the [`Config`], and
 //! the plain counter types the server and the router bump.
 //!
-//! A leaf of the architecture: it imports the components it holds (store, limiter, GUN
+//! A leaf of the architecture: it imports the components it holds (store, gates, GUN
 //! client, resolver, …) and nothing above it — not `routes`, `app` or `server` — so any
 //! of those may take an `&AppState` without a cycle. A unit test below keeps it so.
 
@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::admission::{Gate, GateSettings, Gates, PermitUnit};
 use crate::auth::JwtVerifier;
 use crate::config::{Config, option_name};
 use crate::cors::CorsPolicy;
@@ -21,7 +22,6 @@ use crate::error::StartError;
 use crate::fs_pool::FsPool;
 use crate::gif::{GifLimits, Gifs};
 use crate::gun::{GunClient, GunError};
-use crate::limit::{LimitSettings, Limiter, PermitUnit};
 use crate::manifest::ManifestCache;
 use crate::metrics::by_kind;
 use crate::replicas::Replicas;
@@ -59,8 +59,8 @@ pub struct AppState {
     /// Invalidations shared with the other replicas through Redis (`REDIS_URL`); does
     /// nothing without it.
     pub replicas: Replicas,
-    /// The bounded admission points routes are declared behind.
-    pub admissions: Admissions,
+    /// The gates (bounded admission points) routes are declared behind.
+    pub gates: Gates,
     /// The CORS allow-list.
     pub cors: CorsPolicy,
     /// Connection counters, filled by the server's accept loop and sockets.
@@ -207,7 +207,7 @@ impl AppState {
                 }
             })?;
         replicas.register(&mut metrics);
-        let admissions = Admissions::new(&config, &mut metrics);
+        let gates = gates(&config, &mut metrics);
         let connections = Arc::new(ConnCounters::new(config.listeners()));
         connections.register(&mut metrics);
         crate::metrics::register_process(&mut metrics);
@@ -229,7 +229,7 @@ impl AppState {
             gun,
             resolver,
             replicas,
-            admissions,
+            gates,
             cors: checked.cors,
             connections,
             metrics,
@@ -259,183 +259,102 @@ impl AppState {
     }
 }
 
-/// Which bounded admission a request goes through; declared per route in the route
-/// table (which may pick one by the request's query string or path, see
-/// `routes::Admit`).
-///
-/// A new admission point (resolves, transcodes…) is a variant here, a field of
-/// [`Admissions`] built from its settings in [`Admissions::new`], and the route-table
-/// lines that name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// No bound beyond the connection's own (health and metrics answer from memory;
-    /// `/api/resolve` takes
-    /// [`Admissions::resolve`] itself, after reading the body).
-    Open,
-    /// The media limiter: requests that send file bytes and wait on nothing else
-    /// (`--max-in-flight`, `--max-queue`, `--queue-timeout`), metrics `oip_media_media_*`.
-    Media,
-    /// Still posters (`?still=1`), which may wait for a render (`--still-max-in-flight`,
-    /// `--still-max-queue`, `--still-queue-timeout`), metrics `oip_media_still_*`.
-    Still,
-    /// `/api/media/<id>/info`, which may wait for a GIF parse (`--info-max-in-flight`,
-    /// `--info-max-queue`, `--info-queue-timeout`), metrics `oip_media_info_*`.
-    Info,
-    /// `POST /gun-relay/put`: a buffered body and a relay call (`--gun-put-max-in-flight`,
-    /// `--gun-put-max-queue`, `--gun-put-queue-timeout`), metrics `oip_media_gun_put_*`.
-    GunPut,
-    /// `GET /gun-relay/get`: an answer from the miss cache, or a wait for the relay
-    /// (`--gun-get-max-in-flight`, `--gun-get-max-queue`, `--gun-get-queue-timeout`),
-    /// metrics `oip_media_gun_get_*`.
-    GunGet,
-}
-
-/// The limiters behind [`Admission`]s, one per bounded admission, each registering its
-/// metrics under its own prefix.
-#[derive(Debug)]
-pub struct Admissions {
-    /// [`Admission::Media`].
-    pub media: Arc<Limiter>,
-    /// [`Admission::Still`].
-    pub still: Arc<Limiter>,
-    /// [`Admission::Info`].
-    pub info: Arc<Limiter>,
-    /// [`Admission::GunPut`].
-    pub gun_put: Arc<Limiter>,
-    /// [`Admission::GunGet`].
-    pub gun_get: Arc<Limiter>,
-    /// Resolutions at once and their queue (`--resolve-max-in-flight`,
-    /// `--resolve-max-queue`, `--resolve-queue-timeout`), metrics `oip_media_resolve_*`.
-    /// Taken by `/api/resolve`'s handler itself once the body has been read, not by
-    /// the route table before it: a client trickling its body must hold no slot. So
-    /// the route is declared [`Admission::Open`].
-    pub resolve: Arc<Limiter>,
-    /// The budget of buffered request bodies, in KiB (`--request-body-budget`,
-    /// `--request-body-queue`, `--request-body-queue-timeout`), metrics
-    /// `oip_media_request_body_*` (in bytes). Charged by the shared body reader
-    /// (`request_body::read_bounded`) as bytes arrive, not by the route table.
-    pub request_body: Arc<Limiter>,
-    /// The share of that budget `/api/resolve` bodies may take, in KiB
-    /// (`--resolve-body-budget`, with the body budget's queue and wait), metrics
-    /// `oip_media_resolve_body_*` (in bytes). Taken by the resolve handler before the body
-    /// budget itself.
-    pub resolve_body: Arc<Limiter>,
-}
-
-impl Admissions {
-    /// Builds every limiter from its settings and registers its metrics.
-    pub fn new(config: &Config, registry: &mut Registry) -> Admissions {
-        // Only media bodies may leave their slot for the stalled pool: every other
-        // admission's work holds memory (a rendered still, an answer) until it is sent.
-        let mut bounded = |prefix: &str,
-                           units: PermitUnit,
-                           max_in_flight,
-                           max_queue,
-                           queue_timeout,
-                           max_stalled| {
-            let limiter = Arc::new(Limiter::new(LimitSettings {
+/// Builds every gate from its settings and registers its metrics.
+fn gates(config: &Config, registry: &mut Registry) -> Gates {
+    // Only media bodies may leave their slot for the stalled pool: every other
+    // admission's work holds memory (a rendered still, an answer) until it is sent.
+    let mut bounded =
+        |prefix: &str, units: PermitUnit, max_in_flight, max_queue, queue_timeout, max_stalled| {
+            let gate = Arc::new(Gate::new(GateSettings {
                 max_in_flight,
                 max_queue,
                 queue_timeout,
                 retry_after_secs: 1,
                 max_stalled,
             }));
-            limiter.register(registry.sub_registry_with_prefix(prefix), units);
-            limiter
+            gate.register(registry.sub_registry_with_prefix(prefix), units);
+            gate
         };
-        let requests = PermitUnit::Request;
-        let budget_bytes = PermitUnit::Bytes(crate::admission_settings::BUDGET_UNIT);
-        let gun = &config.gun;
-        Admissions {
-            media: bounded(
-                "media",
-                requests,
-                config.admission.max_in_flight,
-                config.admission.max_queue,
-                config.admission.queue_timeout,
-                config.admission.max_stalled,
-            ),
-            still: bounded(
-                "still",
-                requests,
-                config.admission.still_max_in_flight,
-                config.admission.still_max_queue,
-                config.admission.still_queue_timeout,
-                0,
-            ),
-            info: bounded(
-                "info",
-                requests,
-                config.admission.info_max_in_flight,
-                config.admission.info_max_queue,
-                config.admission.info_queue_timeout,
-                0,
-            ),
-            gun_put: bounded(
-                "gun_put",
-                requests,
-                gun.gun_put_max_in_flight,
-                gun.gun_put_max_queue,
-                gun.gun_put_queue_timeout,
-                0,
-            ),
-            gun_get: bounded(
-                "gun_get",
-                requests,
-                gun.gun_get_max_in_flight,
-                gun.gun_get_max_queue,
-                gun.gun_get_queue_timeout,
-                0,
-            ),
-            resolve: bounded(
-                "resolve",
-                requests,
-                config.resolver.resolve_max_in_flight,
-                config.resolver.resolve_max_queue,
-                config.resolver.resolve_queue_timeout,
-                0,
-            ),
-            request_body: bounded(
-                "request_body",
-                budget_bytes,
-                usize::try_from(
-                    config
-                        .admission
-                        .request_body_budget
-                        .div_ceil(crate::admission_settings::BUDGET_UNIT),
-                )
-                .unwrap_or(usize::MAX),
-                config.admission.request_body_queue,
-                config.admission.request_body_queue_timeout,
-                0,
-            ),
-            resolve_body: bounded(
-                "resolve_body",
-                budget_bytes,
-                usize::try_from(
-                    config
-                        .resolver
-                        .resolve_body_budget
-                        .div_ceil(crate::admission_settings::BUDGET_UNIT),
-                )
-                .unwrap_or(usize::MAX),
-                config.admission.request_body_queue,
-                config.admission.request_body_queue_timeout,
-                0,
-            ),
-        }
-    }
-
-    /// The limiter of `admission`, if it is bounded.
-    pub fn limiter(&self, admission: Admission) -> Option<&Limiter> {
-        match admission {
-            Admission::Open => None,
-            Admission::Media => Some(&self.media),
-            Admission::Still => Some(&self.still),
-            Admission::Info => Some(&self.info),
-            Admission::GunPut => Some(&self.gun_put),
-            Admission::GunGet => Some(&self.gun_get),
-        }
+    let requests = PermitUnit::Request;
+    let budget_bytes = PermitUnit::Bytes(crate::admission_settings::BUDGET_UNIT);
+    let gun = &config.gun;
+    Gates {
+        media: bounded(
+            "media",
+            requests,
+            config.admission.max_in_flight,
+            config.admission.max_queue,
+            config.admission.queue_timeout,
+            config.admission.max_stalled,
+        ),
+        still: bounded(
+            "still",
+            requests,
+            config.admission.still_max_in_flight,
+            config.admission.still_max_queue,
+            config.admission.still_queue_timeout,
+            0,
+        ),
+        info: bounded(
+            "info",
+            requests,
+            config.admission.info_max_in_flight,
+            config.admission.info_max_queue,
+            config.admission.info_queue_timeout,
+            0,
+        ),
+        gun_put: bounded(
+            "gun_put",
+            requests,
+            gun.gun_put_max_in_flight,
+            gun.gun_put_max_queue,
+            gun.gun_put_queue_timeout,
+            0,
+        ),
+        gun_get: bounded(
+            "gun_get",
+            requests,
+            gun.gun_get_max_in_flight,
+            gun.gun_get_max_queue,
+            gun.gun_get_queue_timeout,
+            0,
+        ),
+        resolve: bounded(
+            "resolve",
+            requests,
+            config.resolver.resolve_max_in_flight,
+            config.resolver.resolve_max_queue,
+            config.resolver.resolve_queue_timeout,
+            0,
+        ),
+        request_body: bounded(
+            "request_body",
+            budget_bytes,
+            usize::try_from(
+                config
+                    .admission
+                    .request_body_budget
+                    .div_ceil(crate::admission_settings::BUDGET_UNIT),
+            )
+            .unwrap_or(usize::MAX),
+            config.admission.request_body_queue,
+            config.admission.request_body_queue_timeout,
+            0,
+        ),
+        resolve_body: bounded(
+            "resolve_body",
+            budget_bytes,
+            usize::try_from(
+                config
+                    .resolver
+                    .resolve_body_budget
+                    .div_ceil(crate::admission_settings::BUDGET_UNIT),
+            )
+            .unwrap_or(usize::MAX),
+            config.admission.request_body_queue,
+            config.admission.request_body_queue_timeout,
+            0,
+        ),
     }
 }
 

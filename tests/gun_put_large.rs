@@ -80,7 +80,7 @@ async fn many_large_puts_at_once_stay_within_the_body_budget() {
         c.admission.request_body_queue_timeout = Duration::from_millis(200);
     })
     .await;
-    let budget = Arc::clone(&server.app().state().admissions.request_body);
+    let budget = Arc::clone(&server.app().state().gates.request_body);
     let peak = Arc::new(AtomicUsize::new(0));
     let sampling = {
         let (budget, peak) = (Arc::clone(&budget), Arc::clone(&peak));

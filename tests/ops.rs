@@ -98,7 +98,7 @@ async fn health_and_metrics_are_never_queued_behind_media() {
     wait_until(
         "the second request is queued",
         Duration::from_secs(5),
-        || state.admissions.media.waiting() >= 1,
+        || state.gates.media.waiting() >= 1,
     )
     .await;
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
@@ -107,7 +107,7 @@ async fn health_and_metrics_are_never_queued_behind_media() {
     assert_eq!(get(server.addr, "/readyz").await.status, 200);
     // Answered while the media request still waited (counts, where a timing would be
     // flaky): health and metrics never queue behind media.
-    assert_eq!(state.admissions.media.waiting(), 1);
+    assert_eq!(state.gates.media.waiting(), 1);
     let text = String::from_utf8(metrics.body).unwrap();
     assert_eq!(
         metric(&text, "oip_media_media_queue_waiting"),
@@ -378,7 +378,7 @@ async fn every_byte_serving_route_shares_the_limiter() {
     let state = std::sync::Arc::clone(server.server.app().state());
     let holder = send_get(server.addr, "/media/fitnessally/big.gif").await;
     wait_until("the slot is taken", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() >= 1
+        state.gates.media.in_flight() >= 1
     })
     .await;
     for path in [
@@ -393,7 +393,7 @@ async fn every_byte_serving_route_shares_the_limiter() {
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
     drop(holder);
     wait_until("the slot is released", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 0
+        state.gates.media.in_flight() == 0
     })
     .await;
     assert_eq!(

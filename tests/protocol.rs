@@ -299,7 +299,7 @@ async fn vary_origin_is_sent_exactly_once_on_every_path() {
 
     // 503: the one slot held by a body nobody reads, no queue.
     let _holder = support::send_get(fx.addr, "/media/fitnessally/big.bin").await;
-    let media = &fx.app().state().admissions.media;
+    let media = &fx.app().state().gates.media;
     support::wait_until("the slot is held", Duration::from_secs(10), || {
         media.in_flight() == 1
     })

@@ -167,11 +167,11 @@ async fn the_media_limiter_is_one_for_all_cores(layout: RuntimeLayout) {
         (2, 10),
         "two slots for the whole server: {statuses:?}"
     );
-    assert_eq!(state.admissions.media.in_flight(), 2);
+    assert_eq!(state.gates.media.in_flight(), 2);
     assert_every_listener_served(&server, layout);
     drop(readers);
     wait_until("slots released", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 0
+        state.gates.media.in_flight() == 0
     })
     .await;
     assert_eq!(

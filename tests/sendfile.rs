@@ -357,7 +357,7 @@ async fn a_file_truncated_mid_sendfile_closes_only_that_connection() {
     let r = get(server.addr, "/media/p/small.gif").await;
     assert_eq!((r.status, r.body.len()), (200, 50_000));
     wait_until("the permit is back", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 0
+        state.gates.media.in_flight() == 0
     })
     .await;
     server.stop().await;
@@ -386,7 +386,7 @@ async fn a_stalled_reader_on_sendfile_is_dropped_and_its_permit_released() {
     wait_until(
         "the stalled client is dropped",
         Duration::from_secs(10),
-        || state.admissions.media.in_flight() == 0,
+        || state.gates.media.in_flight() == 0,
     )
     .await;
     assert_eq!(state.connections.stall_timeouts.get(), 1);
@@ -413,12 +413,12 @@ async fn the_permit_is_held_until_the_last_byte_is_sent() {
         .await
         .unwrap();
     wait_until("the body is admitted", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 1
+        state.gates.media.in_flight() == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        state.admissions.media.in_flight(),
+        state.gates.media.in_flight(),
         1,
         "bytes are still unsent: the permit is still held"
     );
@@ -428,7 +428,7 @@ async fn the_permit_is_held_until_the_last_byte_is_sent() {
     wait_until(
         "the permit comes back once all is sent",
         Duration::from_secs(5),
-        || state.admissions.media.in_flight() == 0,
+        || state.gates.media.in_flight() == 0,
     )
     .await;
     server.stop().await;

@@ -131,7 +131,7 @@ async fn six_hundred_clients_that_never_read_a_20_mb_file_do_not_starve_normal_g
     let server = start_with(media, |_| {}).await;
     let addr = server.addr;
     let state = Arc::clone(server.server.app().state());
-    let media_limiter = &state.admissions.media;
+    let media_limiter = &state.gates.media;
     let max_in_flight = state.config.admission.max_in_flight;
     assert!(max_in_flight < 600, "more attackers than slots");
 
@@ -213,7 +213,7 @@ async fn a_full_stalled_pool_closes_the_connection_stalled_longest() {
     })
     .await;
     let state = Arc::clone(server.server.app().state());
-    let media_limiter = &state.admissions.media;
+    let media_limiter = &state.gates.media;
     let pool = media_limiter.stalled();
 
     // One at a time, each settled in the pool before the next comes, so stall order is
@@ -280,7 +280,7 @@ async fn a_stalled_client_that_reads_again_gets_every_byte_and_its_slot_back() {
     })
     .await;
     let state = Arc::clone(server.server.app().state());
-    let media_limiter = &state.admissions.media;
+    let media_limiter = &state.gates.media;
 
     let mut paused = send_get(server.addr, "/media/p/big.gif").await;
     wait_until("the paused download stalls", Duration::from_secs(5), || {
@@ -418,7 +418,7 @@ async fn non_readers_dropped_by_the_write_stall_timeout_leave_no_send_queue_in_t
     let ports: Vec<u16> = clients.iter().map(|(_, p)| *p).collect();
     // Every body stalls, with its send queue full.
     wait_until("all eight stall", Duration::from_secs(10), || {
-        state.admissions.media.stalled().len() == 8 && holding(port, &ports).len() == 8
+        state.gates.media.stalled().len() == 8 && holding(port, &ports).len() == 8
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -483,7 +483,7 @@ async fn non_readers_dropped_by_a_full_stalled_pool_leave_no_send_queue_in_the_k
     })
     .await;
     let state = Arc::clone(server.server.app().state());
-    let pool = state.admissions.media.stalled();
+    let pool = state.gates.media.stalled();
     let port = server.addr.port();
     let mut clients = Vec::new();
     for i in 0..6usize {

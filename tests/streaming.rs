@@ -45,7 +45,7 @@ async fn truncating_a_mapped_file_mid_response_costs_only_that_connection() {
     slow.read_exact(&mut first).await.unwrap();
     let state = std::sync::Arc::clone(server.server.app().state());
     wait_until("the body is under way", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 1
+        state.gates.media.in_flight() == 1
     })
     .await;
     // Break the write-once rule the way a careless writer would: truncate in place.
@@ -134,7 +134,7 @@ async fn thousands_of_aborted_downloads_leak_no_permit() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    let limiter = std::sync::Arc::clone(&server.server.app().state().admissions.media);
+    let limiter = std::sync::Arc::clone(&server.server.app().state().gates.media);
     wait_until("all permits are back", Duration::from_secs(15), || {
         limiter.in_flight() == 0
     })
@@ -168,13 +168,13 @@ async fn a_client_that_stops_reading_is_dropped_and_its_permit_released() {
 
     let stalled = send_get(server.addr, "/media/p/big.gif").await;
     wait_until("the download is admitted", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 1
+        state.gates.media.in_flight() == 1
     })
     .await;
     wait_until(
         "the stalled client is dropped",
         Duration::from_secs(10),
-        || state.admissions.media.in_flight() == 0,
+        || state.gates.media.in_flight() == 0,
     )
     .await;
     assert_eq!(state.connections.stall_timeouts.get(), 1);
@@ -296,7 +296,7 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         holders.push(send_get(server.addr, "/media/p/big.gif").await);
     }
     wait_until("slots taken", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 4
+        state.gates.media.in_flight() == 4
     })
     .await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -313,12 +313,12 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         shed += 1;
     }
     assert_eq!(shed, 20);
-    let c = state.admissions.media.counters();
+    let c = state.gates.media.counters();
     assert!(c.shed_queue_full.get() >= 12, "queue bounded in length");
     assert!(c.shed_queue_timeout.get() >= 1, "queue bounded in time");
     drop(holders);
     wait_until("slots released", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 0
+        state.gates.media.in_flight() == 0
     })
     .await;
     assert_eq!(

@@ -702,7 +702,7 @@ async fn waiting_for_a_transcode_holds_no_gif_slot() {
     let state = fx.server.app().state().clone();
     media_fixtures_wait(|| state.transcoder.metrics().running().get() == 1).await;
     assert_eq!(
-        state.admissions.media.in_flight(),
+        state.gates.media.in_flight(),
         0,
         "the waiting request holds no slot"
     );
@@ -720,7 +720,7 @@ async fn waiting_for_a_transcode_holds_no_gif_slot() {
     assert_eq!(header(&variant, "content-type"), Some("video/mp4"));
     assert!(!variant.bytes().await.unwrap().is_empty());
     assert_eq!(
-        state.admissions.media.in_flight(),
+        state.gates.media.in_flight(),
         0,
         "and the slot it took to send is back"
     );
@@ -1122,7 +1122,7 @@ async fn a_client_that_gives_up_frees_its_place_and_the_job_still_finishes() {
     }
     let state = fx.server.app().state().clone();
     media_fixtures_wait(|| state.transcoder.metrics().waiting().get() == 0).await;
-    assert_eq!(state.admissions.media.in_flight(), 0);
+    assert_eq!(state.gates.media.in_flight(), 0);
     media_fixtures_wait(|| jobs(&fx, VariantFormat::Mp4, Outcome::ok) == 1).await;
     assert_eq!(fake_runs(dir.path()), 1, "one job for the three who left");
     let r = fx.get("/media/fitnessally/a.gif?format=mp4").await;

@@ -4,7 +4,7 @@
 //! while we parse it must cost an error, not a SIGBUS (SPEC §2). Files are opened with
 //! [`crate::store::open_regular`], so a FIFO swapped in for a GIF is refused rather than
 //! waited on. Decoding and encoding run on Tokio's blocking pool behind a semaphore
-//! (`--still-workers`, a [`Limiter`] whose wait is bounded in length by
+//! (`--still-workers`, a [`Gate`] whose wait is bounded in length by
 //! `--still-worker-queue` and in time by `--still-worker-timeout`, past which the request
 //! gets 503), with the frame, dimension and pixel limits checked before
 //! anything is allocated, so a hostile GIF costs bounded CPU and memory and never stalls
@@ -34,8 +34,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::admission::{Gate, GateSettings, Shed};
 use crate::fs_pool::{FsPool, FsPoolError, Stall};
-use crate::limit::{LimitSettings, Limiter, Shed};
 use crate::store::{FileIdentity, OpenError, Root, open_regular};
 use derived::DerivedDir;
 use meta::GifInfo;
@@ -180,7 +180,7 @@ pub struct Gifs {
     counters: Arc<GifCounters>,
     limits: GifLimits,
     widths: Vec<u32>,
-    workers: Limiter,
+    workers: Gate,
     /// Test hook: slow decodes (see [`Gifs::inject_decode_stall`]).
     stall: Arc<Stall>,
     info: quick_cache::sync::Cache<FileIdentity, Result<GifInfo, GifError>>,
@@ -203,7 +203,7 @@ impl Gifs {
             counters: Arc::default(),
             limits: GifLimits::new(config),
             widths: config.still_widths.clone(),
-            workers: Limiter::new(LimitSettings {
+            workers: Gate::new(GateSettings {
                 max_in_flight: config.still_workers.max(1),
                 max_queue: config.still_worker_queue,
                 queue_timeout: config.still_worker_timeout,
@@ -235,12 +235,12 @@ impl Gifs {
         self.derived.register(registry);
         self.workers.register(
             registry.sub_registry_with_prefix("gif_workers"),
-            crate::limit::PermitUnit::Request,
+            crate::admission::PermitUnit::Request,
         );
     }
 
     /// The decoding workers' admission (slots in use, waiting decodes).
-    pub fn workers(&self) -> &Limiter {
+    pub fn workers(&self) -> &Gate {
         &self.workers
     }
 

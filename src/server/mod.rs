@@ -3,7 +3,7 @@
 //! Two layouts of the serving threads (`--runtime`): one multi-thread runtime with one
 //! accept loop, or one current-thread runtime per core, each with its own accept loop on
 //! its own `SO_REUSEPORT` socket ([`cores`], [`listen`]). Either way every accept loop
-//! shares the one [`App`] (its limiters, caches, filesystem threads and metrics) and
+//! shares the one [`App`] (its gates, caches, filesystem threads and metrics) and
 //! the one connection cap, and shutdown stops them all.
 //!
 //! HTTP/1.1 only: oip-media sits behind the indexer's proxy or a TLS-terminating front
@@ -291,7 +291,7 @@ async fn accept_loop(
                 let body = response.body_mut();
                 body.note_client(peer.ip());
                 body.attach(in_flight);
-                // Guards (the limiter permit, `in_flight`) now last until the body's
+                // Guards (the gate permit, `in_flight`) now last until the body's
                 // last byte is written, and its file bytes may go out with sendfile.
                 body.send_through(outbox);
                 Ok::<_, std::convert::Infallible>(response)
