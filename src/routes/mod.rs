@@ -22,6 +22,7 @@ pub mod api_media;
 pub mod file_response;
 pub mod generate;
 pub mod gif;
+pub mod gif_source;
 pub mod gun_relay;
 pub mod media;
 pub mod ops;

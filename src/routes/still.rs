@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::file_response::{self, FileHeaders};
-use super::gif::{Source, gif_error};
+use super::gif_source::{Source, gif_error};
 use crate::body::Body;
 use crate::gif::still::StillFormat;
 use crate::http::query;

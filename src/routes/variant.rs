@@ -30,7 +30,7 @@ use std::path::Path;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::file_response::{self, FileHeaders};
-use super::gif::{Source, gif_error, variant_error};
+use super::gif_source::{Source, gif_error, no_store, variant_error};
 use crate::admission::Lease;
 use crate::body::Body;
 use crate::http::query;
@@ -81,12 +81,6 @@ pub fn not_a_gif() -> Response<Body> {
         StatusCode::BAD_REQUEST,
         "Variants are only available for GIFs",
     )
-}
-
-pub(super) fn no_store(response: &mut Response<Body>) {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 /// How the variant is described: the variant's type, the GIF's caching, a strong tag
