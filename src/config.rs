@@ -72,6 +72,16 @@ pub enum RuntimeLayout {
     PerCore,
 }
 
+/// Whether the lean HTTP/1 lane answers bodiless `GET`/`HEAD` file requests before
+/// hyper (`--fast-lane`, `src/server/lane/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FastLane {
+    /// The lane takes the requests it can; hyper gets the connection for anything else.
+    On,
+    /// hyper serves every connection.
+    Off,
+}
+
 /// Smallest `--max-request-head`: a browser's ordinary head with cookies fits in 8 KiB.
 pub const MIN_REQUEST_HEAD: u64 = 8 * 1024;
 
@@ -116,6 +126,16 @@ pub struct Config {
     /// per request there (BENCHMARKS.md, "Many cores", has the figures of 2 cores).
     #[arg(long, env = "RUNTIME", value_enum, default_value_t = RuntimeLayout::MultiThread)]
     pub runtime: RuntimeLayout,
+
+    /// The lean HTTP/1 lane (`src/server/lane/`): bodiless `GET`/`HEAD` requests of the
+    /// file routes are parsed with httparse and answered by the service's own head
+    /// writer through the same admissions, stall rules, timeouts, CORS, request ids and
+    /// counters as hyper's; a connection whose request the lane does not take (a body,
+    /// `Expect`, `Upgrade`, any other route, anything unusual in the head) is handed to
+    /// hyper with the bytes already read. `on` uses less CPU and memory per
+    /// connection (docs/benchmarks/fast-lane.md); `off` serves everything with hyper.
+    #[arg(long, env = "FAST_LANE", value_enum, default_value_t = FastLane::Off)]
+    pub fast_lane: FastLane,
 
     // ---------------------------------------------------------------- connections
     /// Most open client connections. Past it the service stops accepting and new
