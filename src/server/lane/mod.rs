@@ -51,8 +51,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::Response;
+use http::{Request, Response};
 use http_body::Body as _;
+use http_body_util::Empty;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -187,35 +188,21 @@ pub(super) async fn serve(
     loop {
         // A complete head the lane takes, or the connection's end or hand-over.
         let mut parse_from = 0;
-        let head = loop {
+        let (request, asked, head_bytes) = loop {
             if buf.len() > parse_from {
                 // A head can only have completed if a line ended in the new bytes.
                 let new_line = buf[parse_from..].contains(&b'\n') || parse_from == 0;
                 parse_from = buf.len();
-                let parsed = if new_line {
-                    head::parse(&buf)
-                } else {
-                    Parsed::Partial
-                };
-                match parsed {
-                    // hyper answers `431` to a whole head past the limit too.
-                    Parsed::Take(head)
-                        if head.len <= lane.max_head && lane.takes(head.path(&buf)) =>
-                    {
-                        break head;
-                    }
-                    Parsed::Take(_) => {
-                        return Box::pin(hand_off(lane, io, buf.freeze(), conn, stop)).await;
-                    }
-                    Parsed::HandOff(why) => {
-                        tracing::trace!(why, "handing the connection to hyper");
-                        return Box::pin(hand_off(lane, io, buf.freeze(), conn, stop)).await;
-                    }
+                // No await while the parse result lives: it is large, and would be kept
+                // in this connection's future for its whole life.
+                let hand_over = match new_line.then(|| next_request(&lane, &mut buf, &stop)) {
+                    Some(Next::Take(request, asked, head)) => break (request, asked, head),
+                    Some(Next::HandOver) => true,
                     // hyper answers `431` from here.
-                    Parsed::Partial if buf.len() >= lane.max_head => {
-                        return Box::pin(hand_off(lane, io, buf.freeze(), conn, stop)).await;
-                    }
-                    Parsed::Partial => {}
+                    Some(Next::Wait) | None => buf.len() >= lane.max_head,
+                };
+                if hand_over {
+                    return Box::pin(hand_off(lane, io, buf.freeze(), conn, stop)).await;
                 }
             }
             let read = if buf.is_empty() {
@@ -236,23 +223,6 @@ pub(super) async fn serve(
             }
         };
 
-        // Everything needed of `head` is taken now: it is not kept across an await.
-        let asked = Asked {
-            is_head: head.method == http::Method::HEAD,
-            version: head.version,
-            // Shutting down: this response is the connection's last.
-            keep_alive: head.keep_alive && !*stop.borrow(),
-        };
-        let head_bytes = buf.split_to(head.len).freeze();
-        let request = head.request(&head_bytes);
-        drop(head);
-        let Some(request) = request else {
-            // `http` refuses something httparse took: hyper answers it (`400`).
-            let mut prefix = BytesMut::with_capacity(head_bytes.len() + buf.len());
-            prefix.extend_from_slice(&head_bytes);
-            prefix.extend_from_slice(&buf);
-            return Box::pin(hand_off(lane, io, prefix.freeze(), conn, stop)).await;
-        };
         conn.app.state().connections.lane_requests.inc();
         let in_flight = conn.activity.begin();
         let mut answering = Box::pin(super::answer(
@@ -276,6 +246,56 @@ pub(super) async fn serve(
         if buf.is_empty() {
             // Nothing pipelined: the buffer goes back until the next request.
             buf = BytesMut::new();
+        }
+    }
+}
+
+/// What the buffered bytes hold, as far as the lane is concerned. Consumed where it is
+/// made (the request moves into its boxed future), so its size stays off the connection.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// A request the lane answers, how it was asked, and the head's bytes (which its URI
+    /// and header values are slices of).
+    Take(Request<Empty<Bytes>>, Asked, Bytes),
+    /// hyper's: hand the connection over with everything buffered.
+    HandOver,
+    /// The head is not complete.
+    Wait,
+}
+
+/// Parses the head at the start of `buf` and, when the lane takes it, splits it off and
+/// builds its request. A plain function, so the parse's large result never lives in the
+/// connection's future.
+fn next_request(lane: &Lane, buf: &mut BytesMut, stop: &watch::Receiver<bool>) -> Next {
+    let head = match head::parse(buf) {
+        Parsed::Take(head) => head,
+        Parsed::HandOff(why) => {
+            tracing::trace!(why, "handing the connection to hyper");
+            return Next::HandOver;
+        }
+        Parsed::Partial => return Next::Wait,
+    };
+    // hyper answers `431` to a whole head past the limit too.
+    if head.len > lane.max_head || !lane.takes(head.path(buf)) {
+        return Next::HandOver;
+    }
+    let asked = Asked {
+        is_head: head.method == http::Method::HEAD,
+        version: head.version,
+        // Shutting down: this response is the connection's last.
+        keep_alive: head.keep_alive && !*stop.borrow(),
+    };
+    let head_bytes = buf.split_to(head.len).freeze();
+    match head.request(&head_bytes) {
+        Some(request) => Next::Take(request, asked, head_bytes),
+        None => {
+            // `http` refuses something httparse took: hyper answers it (`400`), from
+            // the bytes as they came.
+            let mut whole = BytesMut::with_capacity(head_bytes.len() + buf.len());
+            whole.extend_from_slice(&head_bytes);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            Next::HandOver
         }
     }
 }
@@ -414,5 +434,51 @@ mod tests {
             assert_eq!(lane.takes(path.as_bytes()), taken, "{path}");
         }
         assert!(!lane.takes(b"/media/\xff"));
+    }
+
+    /// The connection's future is allocated once per connection and kept while it is
+    /// idle: its size is the lane's memory per idle keep-alive connection, beside the
+    /// socket stack. The request's future is boxed per request and the head buffer is
+    /// released between requests, so neither counts here; this keeps a new inline await
+    /// from growing it unnoticed (the target: 4 KiB per idle connection, all in;
+    /// `benches/conn_memory.rs` measures that figure).
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("web")).unwrap();
+        let app = App::new(crate::config::Config::for_media_dir(dir.path())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_client, (stream, _)) = (client.unwrap(), accepted.unwrap());
+        let counters = Arc::clone(&app.state().connections);
+        let outbox = Arc::new(Outbox::default());
+        let activity = Arc::new(ConnActivity::default());
+        let socket = ZeroCopyIo::new(
+            stream,
+            Arc::clone(&outbox),
+            16 * 1024,
+            Arc::clone(&counters),
+        );
+        let timeouts = super::super::timed_io::Timeouts {
+            header_read: std::time::Duration::from_secs(1),
+            keep_alive: std::time::Duration::from_secs(1),
+            write_stall: std::time::Duration::from_secs(1),
+            stalled_after: std::time::Duration::from_secs(1),
+        };
+        let io = TimedIo::new(socket, Arc::clone(&activity), timeouts, counters);
+        let lane =
+            Arc::new(Lane::new(64 * 1024, hyper::server::conn::http1::Builder::new()).unwrap());
+        let (_stop_tx, stop) = watch::channel(false);
+        let conn = Conn {
+            app: Arc::new(app),
+            activity,
+            outbox,
+        };
+        let serve = serve(lane, io, conn, stop);
+        let size = std::mem::size_of_val(&serve);
+        // 1,376 bytes in a test build (the socket stack inside it is 240; `send`'s
+        // state ~600, kept inline: boxing it would cost an allocation per request).
+        assert!(size <= 1536, "lane::serve: {size} bytes");
     }
 }
