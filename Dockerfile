@@ -9,6 +9,8 @@ COPY benches ./benches
 COPY media ./media
 # The commit oip_media_build_info reports (the build context has no .git).
 ARG OIP_MEDIA_COMMIT=unknown
+# The commit's date `--version` reports: `--build-arg OIP_MEDIA_BUILD_DATE=$(git log -1 --format=%cs)`.
+ARG OIP_MEDIA_BUILD_DATE=
 # The registry and the target folder are build caches (BuildKit or buildah), so a rebuild
 # after a source edit compiles only this crate; the binary is copied out of the cache.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -42,7 +44,7 @@ USER 10001
 EXPOSE 8080
 # Follows PORT (set at run time too); BIND must include loopback (0.0.0.0 or 127.0.0.1).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["sh", "-c", "exec curl -fsS -o /dev/null \"http://127.0.0.1:${PORT:-8080}/healthz\""]
+    CMD ["sh", "-c", "exec curl -fsS -o /dev/null \"http://127.0.0.1:${PORT:-8080}/readyz\""]
 # SIGTERM starts a graceful shutdown (responses under way finish, up to SHUTDOWN_GRACE).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/oip-media"]

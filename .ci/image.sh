@@ -141,7 +141,7 @@ size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")
 size_slim=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE-no-ffmpeg")
 ok "image size: $((size / 1000000)) MB (default, with ffmpeg); $((size_slim / 1000000)) MB (--target no-ffmpeg)"
 healthcheck=$("${PODMAN[@]}" image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE")
-echo "$healthcheck" | grep -q 'healthz' || fail "the image has no HEALTHCHECK (not built in docker format?): $healthcheck"
+echo "$healthcheck" | grep -q 'readyz' || fail "the image has no HEALTHCHECK (not built in docker format?): $healthcheck"
 ok "HEALTHCHECK kept: $healthcheck"
 
 # A free loopback port that is not 8080, so the health check must follow PORT.

@@ -24,6 +24,8 @@
 mod child_server;
 #[path = "../tests/support/hostile.rs"]
 mod hostile;
+#[path = "support/svg.rs"]
+mod svg;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -90,6 +92,9 @@ fn main() {
         );
         println!("|---|---|---:|---|---:|---:|---:|---:|---:|");
         let mut worst_peak = (0, String::new());
+        // For the chart: one row per burst, peak and retained in MiB.
+        let (mut names, mut peaks, mut retained) = (Vec::new(), Vec::new(), Vec::new());
+        let as_mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
         for burst in hostile::bursts(&corpus, scale) {
             if let Some(only) = &only
                 && !burst.route.contains(only.as_str())
@@ -111,6 +116,9 @@ fn main() {
                 mib(m.kernel_peak_above_idle()),
                 mib(m.kernel_held_above_idle()),
             );
+            names.push(format!("{} — {}", burst.route, burst.input));
+            peaks.push(as_mib(m.peak_above_idle()));
+            retained.push(as_mib(m.retained_above_idle()));
             if m.peak_above_idle() > worst_peak.0 {
                 worst_peak = (m.peak_above_idle(), format!("{} — {}", burst.route, burst.input));
             }
@@ -124,6 +132,31 @@ fn main() {
             (end_rss as f64 - start_rss as f64) / (1024.0 * 1024.0),
             mib(worst_peak.0),
             worst_peak.1
+        );
+        let command = match &only {
+            Some(only) => format!("HOSTILE_ONLY=\"{only}\" HOSTILE_SCALE={scale} cargo bench --bench hostile_memory"),
+            None => format!("HOSTILE_SCALE={scale} cargo bench --bench hostile_memory"),
+        };
+        svg::write_chart(
+            "hostile-memory.svg",
+            &svg::BarChart {
+                title: format!(
+                    "RssAnon above idle per hostile burst: peak, and retained {:.0} s later",
+                    settle.as_secs_f64()
+                ),
+                subtitle: format!(
+                    "{command} · {} cores · release binary, WORKERS=2 · commit {}",
+                    std::thread::available_parallelism().map_or(0, |n| n.get()),
+                    svg::commit()
+                ),
+                value_label: "MiB above the level before the burst".into(),
+                categories: names,
+                series: vec![
+                    ("peak".to_owned(), peaks),
+                    (format!("retained after {:.0} s", settle.as_secs_f64()), retained),
+                ],
+            }
+            .to_svg(),
         );
         let (files, bytes) = derived(&corpus.derived_dir());
         println!(

@@ -38,6 +38,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use oip_media::sample::CorpusFile;
 
+#[path = "support/svg.rs"]
+mod svg;
+
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Settings, from environment variables (all optional).
@@ -1254,6 +1257,7 @@ fn long_run(
     corpus: &Path,
     generator: &Generator,
     placement: &Placement,
+    cores: usize,
 ) -> BenchResult<Drift> {
     let rounds = (opts.long_secs / opts.secs.max(1)).max(2);
     let connections = opts.long_connections;
@@ -1316,7 +1320,108 @@ fn long_run(
             "UNDER 200,000: raise BENCH_LONG_SECS"
         },
     );
+    // The table's two RssAnon columns, round by round.
+    let per_round = |kib: &[u64]| {
+        kib.iter()
+            .enumerate()
+            .map(|(i, &k)| ((i + 1) as f64, k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+    };
+    svg::write_chart(
+        "load-long-run-rssanon.svg",
+        &svg::LineChart {
+            title: format!(
+                "oip-media RssAnon over the long run: {rounds} rounds of {} s, {connections} new connections each",
+                opts.secs
+            ),
+            subtitle: chart_subtitle(opts, placement, cores),
+            x_label: format!("round ({requests} requests in all)"),
+            y_label: "RssAnon (MiB)".into(),
+            x_ticks: Some((1..=rounds).map(|r| (r as f64, r.to_string())).collect()),
+            y_from_zero: true,
+            series: vec![
+                svg::Series::new(
+                    "at the end of the round, connections open",
+                    per_round(&ends),
+                    svg::Style::Line,
+                ),
+                svg::Series::new(
+                    "1 s after the connections closed",
+                    per_round(&afters),
+                    svg::Style::Line,
+                ),
+            ],
+        }
+        .to_svg(),
+    );
     Ok(result)
+}
+
+/// What a chart's second line says: the command's settings, the machine, the commit.
+fn chart_subtitle(opts: &Options, placement: &Placement, cores: usize) -> String {
+    format!(
+        "cargo bench --bench load · BENCH_SECS={} BENCH_ROUNDS={} BENCH_WORKERS={} · {cores} cores ({}), {} · commit {}",
+        opts.secs,
+        opts.rounds,
+        opts.workers,
+        cpu_model(),
+        if placement.server.is_some() {
+            "pinned"
+        } else {
+            "unpinned"
+        },
+        svg::commit()
+    )
+}
+
+/// CPU µs per request (user + system, mean over the rounds) against connections, one
+/// line per server: the throughput table's `total µs` column as a picture.
+fn chart_cpu_per_request(
+    opts: &Options,
+    rows: &[Row],
+    labels: &[String],
+    placement: &Placement,
+    cores: usize,
+) {
+    let series = labels
+        .iter()
+        .map(|label| {
+            let points = opts
+                .connections
+                .iter()
+                .filter_map(|&connections| {
+                    let totals: Vec<f64> = rows
+                        .iter()
+                        .filter(|r| &r.label == label && r.m.connections == connections)
+                        .map(|r| r.m.total_us())
+                        .collect();
+                    (!totals.is_empty()).then(|| ((connections as f64).log2(), mean(&totals)))
+                })
+                .collect();
+            svg::Series::new(label.clone(), points, svg::Style::Line)
+        })
+        .collect();
+    svg::write_chart(
+        "load-cpu-per-request.svg",
+        &svg::LineChart {
+            title: format!(
+                "CPU per request against connections (user + system, mean of {} round(s))",
+                opts.rounds
+            ),
+            subtitle: chart_subtitle(opts, placement, cores),
+            x_label: "connections (keep-alive, wrk)".into(),
+            y_label: "CPU µs per request".into(),
+            x_ticks: Some(
+                opts.connections
+                    .iter()
+                    .map(|&c| ((c as f64).log2(), c.to_string()))
+                    .collect(),
+            ),
+            y_from_zero: true,
+            series,
+        }
+        .to_svg(),
+    );
 }
 
 fn overload(
@@ -1614,10 +1719,17 @@ fn main() -> BenchResult<()> {
     if opts.runs("throughput") {
         rows = throughput(&opts, corpus.path(), &generator, &servers, &placement)?;
         print_throughput_summary(&opts, &rows, &labels);
+        chart_cpu_per_request(&opts, &rows, &labels, &placement, cores);
     }
     let mut drift = None;
     if opts.runs("long") {
-        drift = Some(long_run(&opts, corpus.path(), &generator, &placement)?);
+        drift = Some(long_run(
+            &opts,
+            corpus.path(),
+            &generator,
+            &placement,
+            cores,
+        )?);
     }
     if opts.runs("overload") {
         overload(&opts, corpus.path(), &targets, &files, &placement)?;

@@ -21,7 +21,7 @@
 //! - `nosniff`: `SetResponseHeaderLayer` needs the app as a tower service with a boxed
 //!   future (an allocation per request) to insert one static header.
 //! - body limits and timeouts: `RequestBodyLimitLayer`/`TimeoutLayer` answer with their
-//!   own non-JSON bodies and bound the whole request; [`crate::http::request_body`] bounds
+//!   own non-JSON bodies and bound the whole request; [`crate::request_body`] bounds
 //!   each route's body read in size and time and the route answers with its JSON error.
 //! - CORS: see [`crate::cors`].
 
@@ -32,6 +32,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header};
 use tracing::Instrument;
 
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::StartError;
@@ -48,15 +49,17 @@ pub struct App {
     state: Arc<AppState>,
     router: Arc<Router>,
     http: Arc<HttpMetrics>,
+    access_log: AccessLog,
 }
 
 impl App {
     /// Builds every shared component from `config`; fails with a message naming the
     /// setting when a value or a media root is unusable.
     pub fn new(config: Config) -> Result<App, StartError> {
+        let access_log = AccessLog::new(&config.log);
         let mut state = AppState::new(config)?;
         let router = Router::new(ROUTES).map_err(|message| StartError::InvalidSetting {
-            option: "route table",
+            option: "route table".to_owned(),
             message,
         })?;
         let http = HttpMetrics::new(RouteFamily::LABELS, &mut state.metrics);
@@ -64,6 +67,7 @@ impl App {
             state: Arc::new(state),
             router: Arc::new(router),
             http: Arc::new(http),
+            access_log,
         })
     }
 
@@ -91,12 +95,29 @@ impl App {
         // level check rather than a formatted id, method and path per request.
         let span = tracing::debug_span!(
             "request",
-            id = id.to_str().unwrap_or_default(),
+            request_id = id.to_str().unwrap_or_default(),
             method = %request.method(),
             path = request.uri().path(),
         );
-        // Only the Origin is needed after the request is consumed: keep just that.
+        // Only the Origin is needed after the request is consumed: keep just that, and
+        // what the access line names (when this response is logged).
         let origin = request.headers().get(header::ORIGIN).cloned();
+        // Boxed before the await (the box the body carries later anyway): across the
+        // await the future holds a pointer, not the method, path and user agent, which
+        // keeps it under `future_size`'s bound.
+        let access = self.access_log.sampled().then(|| {
+            Box::new(AccessRecord {
+                started,
+                method: request.method().clone(),
+                path: request.uri().path_and_query().cloned(),
+                route: family.label(),
+                status: 0,
+                request_id: HeaderValue::from_static(""),
+                user_agent: request.headers().get(header::USER_AGENT).cloned(),
+                client: None,
+                bytes: 0,
+            })
+        });
         // The id rides along in a task-local, so that a warning or an error logged by
         // the handler names it at any log level (see `request_log`).
         let mut handled = std::pin::pin!(request_log::scope(
@@ -113,8 +134,13 @@ impl App {
         self.http
             .record(family.index(), response.status(), started.elapsed());
         span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+        state.cors.decorate(origin.as_ref(), response.headers_mut());
+        if let Some(mut record) = access {
+            record.status = response.status().as_u16();
+            record.request_id = id.clone();
+            response.body_mut().log_access(record);
+        }
         let headers = response.headers_mut();
-        state.cors.decorate(origin.as_ref(), headers);
         headers.insert(X_REQUEST_ID.clone(), id);
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
         response.body_mut().count_into(self.http.bytes_sent);
@@ -146,24 +172,20 @@ impl App {
         if let Some(refused) = route.methods.gate(request.method()) {
             return refused;
         }
-        match state
-            .admissions
-            .limiter(route.admit.admission(request.uri()))
-        {
-            Some(limiter) => {
+        match state.gates.gate(route.gate.pick(request.uri())) {
+            Some(gate) => {
                 let mut request = request;
-                limiter
-                    .admit(|held| {
-                        // The handler may give its slot back while it waits for a
-                        // transcode (`routes::variant`), which only a query string
-                        // (`?format=`) asks for: the extensions' map is allocated on
-                        // first insert, and a plain GIF request needs none.
-                        if request.uri().query().is_some() {
-                            request.extensions_mut().insert(held);
-                        }
-                        route.handler.call(state, request)
-                    })
-                    .await
+                gate.admit(|lease| {
+                    // The handler may give its slot back while it waits for a
+                    // transcode (`routes::variant`), which only a query string
+                    // (`?format=`) asks for: the extensions' map is allocated on
+                    // first insert, and a plain GIF request needs none.
+                    if request.uri().query().is_some() {
+                        request.extensions_mut().insert(lease);
+                    }
+                    route.handler.call(state, request)
+                })
+                .await
             }
             None => route.handler.call(state, request).await,
         }
@@ -227,7 +249,8 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 }
 
 /// Logs one line of traffic totals every `interval` until the returned task is aborted:
-/// the replacement for the Node app's line per GIF.
+/// the replacement for the Node app's line per GIF and its "Memory Monitor". Counts
+/// (requests, 4xx, 5xx, MiB sent) are since the previous line; the rest are now.
 pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
     let (state, http) = (Arc::clone(&app.state), Arc::clone(&app.http));
     tokio::spawn(async move {
@@ -235,28 +258,42 @@ pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::J
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         let (mut last_requests, mut last_bytes) = (0u64, 0u64);
+        let (mut last_4xx, mut last_5xx) = (0u64, 0u64);
+        let mib = |bytes: u64| (bytes as f64 / f64::from(1 << 20) * 100.0).round() / 100.0;
         loop {
             ticker.tick().await;
             let requests = http.total();
             let bytes = http.bytes_sent.sum();
-            let media = &state.admissions.media;
+            let class = |class: u16| {
+                (0..RouteFamily::LABELS.len())
+                    .map(|route| http.responses(route, class))
+                    .sum::<u64>()
+            };
+            let (client_errors, server_errors) = (class(4), class(5));
+            let media = &state.gates.media;
             let shed =
                 media.counters().shed_queue_full.get() + media.counters().shed_queue_timeout.get();
             let memory = ProcessMemory::read();
+            // Entries of /proc/self/fd: sockets, mapped files kept open, pipes.
+            let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
             tracing::info!(
                 requests = requests - last_requests,
-                mib_sent = (bytes - last_bytes) / (1 << 20),
+                status_4xx = client_errors - last_4xx,
+                status_5xx = server_errors - last_5xx,
+                mib_sent = mib(bytes - last_bytes),
                 // Same meanings as the metrics: slots taken, and bodies in the stalled pool.
                 in_flight = media.slots_in_use(),
                 stalled = media.stalled().len(),
                 shed_total = shed,
                 connections = state.connections.open.get(),
                 mapped_files = state.store.cached_entries(),
-                rss_anon_mib = memory.rss_anon >> 20,
-                rss_file_mib = memory.rss_file >> 20,
+                open_fds,
+                rss_anon_mib = mib(memory.rss_anon),
+                rss_file_mib = mib(memory.rss_file),
                 "traffic summary"
             );
             (last_requests, last_bytes) = (requests, bytes);
+            (last_4xx, last_5xx) = (client_errors, server_errors);
         }
     })
 }

@@ -40,7 +40,7 @@ use http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Why a request may not see a private item. Each maps to the indexer's answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -241,6 +241,22 @@ pub fn authorize_owner(
         Some(owner) if verified.is_owner(owner) => Ok(()),
         _ => Err(Denied::NotOwner),
     }
+}
+
+/// Owners' tokens for private `/api/media` items (`src/auth.rs`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Private media")]
+pub struct AuthSettings {
+    /// Secret of the tokens the indexer issues, for private `/api/media` items.
+    ///
+    /// Secret of the tokens the indexer issues (HMAC: HS256, HS384 or HS512, checked as the
+    /// indexer's jsonwebtoken checks them); private `/api/media` items are served only to their
+    /// owner's token.
+    ///
+    /// Unset: private media is never served (401), and a warning says so at start-up. Never
+    /// printed, not even by `--help`.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The one response body type: a queue of `Bytes` segments handed to hyper in bounded
-//! chunks, plus the guards (limiter permit, connection activity) that must live exactly as
+//! chunks, plus the guards (gate permit, connection activity) that must live exactly as
 //! long as the body's bytes are being sent.
 //!
 //! Why one hand-written body instead of `Full`/`StreamBody` combinators:
@@ -33,8 +33,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use crate::access_log::AccessRecord;
 use crate::metrics::Sharded;
-use crate::outbox::{Guard, Outbox, Yielding};
+use crate::outbox::stall::Stallable;
+use crate::outbox::{Guard, Outbox};
 use crate::store::MappedFile;
 
 /// Default chunk size used by bodies built without an explicit one (JSON answers and
@@ -54,6 +56,8 @@ pub struct Body {
     outbox: Option<Arc<Outbox>>,
     /// `file` is registered in `outbox`.
     registered: bool,
+    /// The response's access-log line, released with the guards once the body ends.
+    access: Option<Box<AccessRecord>>,
 }
 
 impl Body {
@@ -81,6 +85,7 @@ impl Body {
             file: None,
             outbox: None,
             registered: false,
+            access: None,
         }
     }
 
@@ -96,11 +101,11 @@ impl Body {
     /// Sends this body through the connection's `outbox`: its file is registered there
     /// for `sendfile`, its guards are released only once its last byte was written, and
     /// those that may leave their bound while the client reads nothing (attached as an
-    /// `Arc<dyn Yielding>`: the media limiter's slot) are told of stalls by the socket.
+    /// `Arc<dyn Stallable>`: the media gate's slot) are told of stalls by the socket.
     /// Called by the server for every response, after the handler attached its guards.
     pub fn send_through(&mut self, outbox: Arc<Outbox>) {
         for guard in &self.guards {
-            if let Some(yielding) = (**guard).downcast_ref::<Arc<dyn Yielding>>() {
+            if let Some(yielding) = (**guard).downcast_ref::<Arc<dyn Stallable>>() {
                 outbox.watch(Arc::downgrade(yielding));
             }
         }
@@ -108,7 +113,7 @@ impl Body {
     }
 
     /// Keeps `guard` alive until the body's last byte was written, or the body is
-    /// abandoned (a limiter permit, a connection-activity token). Order of release is the
+    /// abandoned (a gate permit, a connection-activity token). Order of release is the
     /// order of attachment.
     pub fn attach(&mut self, guard: impl Any + Send + Sync) {
         self.guards.push(Box::new(guard));
@@ -118,6 +123,21 @@ impl Body {
     /// left, not what was promised: an aborted download counts only its part).
     pub fn count_into(&mut self, counter: &'static Sharded) {
         self.sent = Some(counter);
+    }
+
+    /// Writes `record` as the access-log line of this response once its last byte was
+    /// written (or the body is abandoned), with the bytes actually yielded.
+    pub fn log_access(&mut self, mut record: Box<AccessRecord>) {
+        // Counted down as chunks go: what is left at the end was never handed over.
+        record.bytes = self.remaining;
+        self.access = Some(record);
+    }
+
+    /// Names the client in the access-log line, if this response has one.
+    pub fn note_client(&mut self, client: std::net::IpAddr) {
+        if let Some(record) = &mut self.access {
+            record.client = Some(client);
+        }
     }
 
     /// Bytes still to be yielded.
@@ -148,6 +168,12 @@ impl Body {
     /// Everything has been handed over (or the body is abandoned): release the guards,
     /// or park them in the outbox until the bytes handed over are written.
     fn finish(&mut self) {
+        if let Some(mut record) = self.access.take() {
+            // `bytes` held the body's length: what was yielded is that less what is left.
+            record.bytes -= self.remaining;
+            // Last, so the line is written once everything else was released.
+            self.guards.push(record);
+        }
         match &self.outbox {
             Some(outbox) => {
                 let file = if self.registered {

@@ -8,6 +8,7 @@
 //! two header blocks below. A leaf: it imports nothing of the crate, so the
 //! configuration can check the list without depending on responses.
 
+use crate::settings::Invalid;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
@@ -248,6 +249,36 @@ impl CorsPolicy {
                 HeaderValue::from_static(EXPOSE),
             );
         }
+    }
+}
+
+/// The CORS allow-list (`src/cors.rs`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "CORS")]
+pub struct CorsSettings {
+    /// Origins allowed to read responses cross-origin (comma list).
+    ///
+    /// Origins allowed to read responses cross-origin (comma list).
+    ///
+    /// Entries are exact origins (`https://fitnessally.io`), subdomain wildcards
+    /// (`https://*.fitnessally.io`) or whole schemes (`chrome-extension://*` for the browser
+    /// extensions); a wildcard matches only a real origin (`scheme://host[:port]`: no path,
+    /// query, fragment or userinfo), and a subdomain wildcard only on its own port (`…:8443` to
+    /// name one). Other origins get normal responses without CORS headers, never an error.
+    /// Empty turns CORS off.
+    #[arg(
+        long,
+        env = "CORS_ORIGINS",
+        default_value = "https://fitnessally.io,https://*.fitnessally.io,chrome-extension://*,moz-extension://*,safari-web-extension://*"
+    )]
+    pub cors_origins: String,
+}
+
+impl CorsSettings {
+    /// The allow-list, parsed: what clap cannot check.
+    pub fn policy(&self) -> Result<CorsPolicy, Invalid> {
+        CorsPolicy::parse(&self.cors_origins)
+            .map_err(|message| Invalid::new("cors_origins", message))
     }
 }
 

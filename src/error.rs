@@ -10,7 +10,7 @@ pub enum StartError {
     #[error("{option}: media root {path} is not usable: {source}")]
     MediaRoot {
         /// The flag / environment variable that set it.
-        option: &'static str,
+        option: String,
         /// The path as configured.
         path: PathBuf,
         /// What the file system said.
@@ -42,7 +42,7 @@ pub enum StartError {
     #[error("{option}: {message}")]
     InvalidSetting {
         /// The flag / environment variable.
-        option: &'static str,
+        option: String,
         /// What is wrong with it.
         message: String,
     },

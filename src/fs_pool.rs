@@ -61,31 +61,51 @@ use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
 use crate::metrics::{ReadAtScrape, by_kind};
+use crate::settings::{Invalid, at_least_one, not_zero, parse_duration};
 
 /// Stack of each pool thread. Jobs are shallow (a path walk, an `open`, a `stat`, a
 /// 64 KiB read); parsing and decoding happen elsewhere. Only touched pages count in
 /// RssAnon, so this bounds address space more than memory.
 const THREAD_STACK: usize = 256 * 1024;
 
-/// Bounds of the pool, from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Bounds of the pool every filesystem call of a request runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Filesystem calls")]
 pub struct FsPoolSettings {
-    /// Threads making filesystem calls (`--fs-threads`).
-    pub threads: usize,
-    /// Jobs allowed to wait for a thread (`--fs-queue`).
-    pub queue: usize,
-    /// Longest a caller waits for its job, queued and running (`--fs-timeout`).
-    pub timeout: Duration,
+    /// Threads that make every filesystem call of a request (open, stat, manifest and directory
+    /// reads), so none runs on an async worker.
+    ///
+    /// On a local disk each call takes microseconds and a few threads keep up with any load;
+    /// the bound matters when the filesystem hangs (a network mount, a FIFO): then at most this
+    /// many calls are stuck, and the async workers, `/healthz` and cached files keep answering.
+    #[arg(long, env = "FS_THREADS", default_value_t = 8)]
+    pub fs_threads: usize,
+
+    /// Filesystem calls allowed to wait for a thread; past it a request that needs one gets 503
+    /// + `Retry-After` at once.
+    ///
+    /// 1024 is `--max-in-flight` + `--max-queue` at their defaults, so on a healthy disk the
+    /// media limiter sheds before this fills.
+    #[arg(long, env = "FS_QUEUE", default_value_t = 1024)]
+    pub fs_queue: usize,
+
+    /// Longest a request waits for its filesystem call (queued and running); then 503.
+    ///
+    /// Longest a request waits for its filesystem call (queued and running); past it the
+    /// request gets 503 + `Retry-After` (a cached file is served as it is, see
+    /// `--revalidate-window`).
+    ///
+    /// A loaded local disk answers well within it; a call that takes longer means the
+    /// filesystem is in trouble.
+    #[arg(long, env = "FS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub fs_timeout: Duration,
 }
 
 impl FsPoolSettings {
-    /// The configured bounds (`--fs-threads`, `--fs-queue`, `--fs-timeout`).
-    pub fn from_config(config: &crate::config::Config) -> FsPoolSettings {
-        FsPoolSettings {
-            threads: config.fs_threads,
-            queue: config.fs_queue,
-            timeout: config.fs_timeout,
-        }
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        at_least_one("fs_threads", self.fs_threads)?;
+        not_zero("fs_timeout", self.fs_timeout)
     }
 }
 
@@ -184,10 +204,10 @@ pub struct FsPool {
 }
 
 impl FsPool {
-    /// Starts `settings.threads` threads (at least one).
+    /// Starts `settings.fs_threads` threads (at least one).
     pub fn new(settings: FsPoolSettings) -> std::io::Result<FsPool> {
-        let threads = settings.threads.max(1);
-        let (jobs, queue) = crossbeam_channel::bounded::<Job>(settings.queue);
+        let threads = settings.fs_threads.max(1);
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(settings.fs_queue);
         let shared = Arc::new(Shared::default());
         for n in 0..threads {
             let queue = queue.clone();
@@ -202,7 +222,7 @@ impl FsPool {
             queue,
             shared,
             settings: FsPoolSettings {
-                threads,
+                fs_threads: threads,
                 ..settings
             },
         })
@@ -243,7 +263,7 @@ impl FsPool {
                 return Err(FsPoolError::QueueFull);
             }
         }
-        match tokio::time::timeout(self.settings.timeout, result).await {
+        match tokio::time::timeout(self.settings.fs_timeout, result).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err(FsPoolError::Failed),
             Err(_) => {
@@ -294,12 +314,12 @@ impl FsPool {
         registry.register(
             "fs_pool_threads",
             "Filesystem threads (--fs-threads)",
-            ReadAtScrape::gauge(move || settings.threads as u64),
+            ReadAtScrape::gauge(move || settings.fs_threads as u64),
         );
         registry.register(
             "fs_pool_queue_limit",
             "Filesystem calls allowed to wait for a thread (--fs-queue)",
-            ReadAtScrape::gauge(move || settings.queue as u64),
+            ReadAtScrape::gauge(move || settings.fs_queue as u64),
         );
         let shared = Arc::clone(&self.shared);
         registry.register(
@@ -344,9 +364,9 @@ mod tests {
 
     fn pool(threads: usize, queue: usize, timeout_ms: u64) -> FsPool {
         FsPool::new(FsPoolSettings {
-            threads,
-            queue,
-            timeout: Duration::from_millis(timeout_ms),
+            fs_threads: threads,
+            fs_queue: queue,
+            fs_timeout: Duration::from_millis(timeout_ms),
         })
         .unwrap()
     }

@@ -501,9 +501,9 @@ mod tests {
 
     fn pool() -> FsPool {
         FsPool::new(crate::fs_pool::FsPoolSettings {
-            threads: 2,
-            queue: 16,
-            timeout: Duration::from_millis(300),
+            fs_threads: 2,
+            fs_queue: 16,
+            fs_timeout: Duration::from_millis(300),
         })
         .unwrap()
     }

@@ -1,6 +1,6 @@
 //! Responses every layer builds the same way: JSON bodies, the `{"error": …}` shape the
 //! indexer's clients parse, the 404/405/204 answers, and the headers every response
-//! carries. A leaf: it imports only the body type, so the limiter, the router and every
+//! carries. A leaf: it imports only the body type, so the gates, the router and every
 //! handler can use it without reaching up the chain.
 
 use bytes::Bytes;

@@ -669,7 +669,7 @@ mod tests {
     }
 
     /// Also guards the committed `media/` folder against generator drift: if this fails
-    /// after a deliberate change, regenerate it with `cargo run --bin gen-media bundled`.
+    /// after a deliberate change, regenerate it with `cargo run --features sample --bin gen-media bundled`.
     #[test]
     fn bundled_set_is_complete_in_band_and_matches_the_committed_files() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -81,16 +81,16 @@ fn assert_shed(response: &RawResponse, reason: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stills_waiting_for_renders_never_hold_a_gif_serving_slot() {
     let server = TestServer::start(|c| {
-        c.still_workers = 1;
-        c.still_worker_queue = 8;
-        c.still_worker_timeout = Duration::from_secs(60);
-        c.still_max_in_flight = 2;
-        c.still_max_queue = 2;
-        c.still_queue_timeout = Duration::from_secs(60);
+        c.gif.still_workers = 1;
+        c.gif.still_worker_queue = 8;
+        c.gif.still_worker_timeout = Duration::from_secs(60);
+        c.admission.still_max_in_flight = 2;
+        c.admission.still_max_queue = 2;
+        c.admission.still_queue_timeout = Duration::from_secs(60);
         // As few GIF slots as stills waiting: before stills had their own admission,
         // the four waiting stills held all of them and every GIF got 503.
-        c.max_in_flight = 4;
-        c.max_queue = 0;
+        c.admission.max_in_flight = 4;
+        c.admission.max_queue = 0;
     })
     .await;
     let gif = pattern_gif(64, 48);
@@ -189,9 +189,9 @@ async fn stills_waiting_for_renders_never_hold_a_gif_serving_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decoding_workers_wait_is_bounded_in_length_and_time() {
     let server = TestServer::start(|c| {
-        c.still_workers = 1;
-        c.still_worker_queue = 1;
-        c.still_worker_timeout = Duration::from_millis(400);
+        c.gif.still_workers = 1;
+        c.gif.still_worker_queue = 1;
+        c.gif.still_worker_timeout = Duration::from_millis(400);
     })
     .await;
     let gif = pattern_gif(32, 32);
@@ -251,11 +251,11 @@ async fn the_decoding_workers_wait_is_bounded_in_length_and_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_has_its_own_admission_and_gifs_are_served_while_it_waits() {
     let server = TestServer::start(|c| {
-        c.info_max_in_flight = 1;
-        c.info_max_queue = 1;
-        c.info_queue_timeout = Duration::from_millis(400);
-        c.max_in_flight = 1;
-        c.max_queue = 0;
+        c.admission.info_max_in_flight = 1;
+        c.admission.info_max_queue = 1;
+        c.admission.info_queue_timeout = Duration::from_millis(400);
+        c.admission.max_in_flight = 1;
+        c.admission.max_queue = 0;
     })
     .await;
     let gif = pattern_gif(40, 30);
@@ -410,8 +410,8 @@ async fn request_bodies_share_one_budget_taken_before_they_are_read() {
         c.gun.gun_put_body_limit = 512 << 10;
         c.resolver.resolve_body_limit = 512 << 10;
         c.resolver.resolve_body_timeout = Duration::from_secs(3);
-        c.request_body_budget = 1 << 20;
-        c.request_body_queue = 0;
+        c.admission.request_body_budget = 1 << 20;
+        c.admission.request_body_queue = 0;
     })
     .await;
     // Two slow resolve senders: 400 KiB declared, 200 KiB sent, then nothing. Each

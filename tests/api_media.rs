@@ -11,7 +11,7 @@ const SECRET: &str = "integration-secret";
 const OWNER: &str = "02owner-public-key";
 
 fn with_secret(config: &mut oip_media::Config) {
-    config.jwt_secret = Some(oip_media::config::Secret::new(SECRET));
+    config.auth.jwt_secret = Some(oip_media::config::Secret::new(SECRET));
 }
 
 fn public_manifest(id: &str, mime: &str) -> Value {
@@ -346,7 +346,7 @@ async fn manifest_changes_are_noticed_and_an_unreadable_manifest_serves_nothing(
     // tests/nonblocking_fs.rs).
     let fx = Fixture::start(|c| {
         with_secret(c);
-        c.revalidate_window = std::time::Duration::ZERO;
+        c.store.revalidate_window = std::time::Duration::ZERO;
     })
     .await;
     let id = media_id(0x30);
@@ -473,7 +473,7 @@ fn parsed(fx: &Fixture) -> u64 {
 
 #[tokio::test]
 async fn invalid_and_oversized_gifs_are_422() {
-    let fx = Fixture::start(|c| c.gif_max_frames = 4).await;
+    let fx = Fixture::start(|c| c.gif.gif_max_frames = 4).await;
     let cases = [
         (
             "garbage",

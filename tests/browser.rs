@@ -245,7 +245,7 @@ async fn fifty_clips_play_in_headless_chromium_from_another_origin() {
     let fx = Fixture::start(|c| {
         c.transcode.ffmpeg = "ffmpeg".into();
         c.transcode.transcode_wait = Duration::from_secs(120);
-        c.cors_origins = page_origin.clone();
+        c.cors.cors_origins = page_origin.clone();
     })
     .await;
 

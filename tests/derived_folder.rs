@@ -126,7 +126,7 @@ async fn a_folder_re_created_by_another_user_never_serves_planted_bytes() {
             c.transcode.ffmpeg = "ffmpeg".into();
         }
         // Revalidate cached mappings at once, so the swap is seen on the next request.
-        c.revalidate_window = Duration::ZERO;
+        c.store.revalidate_window = Duration::ZERO;
     })
     .await;
     let gif = fx.put_web("a.gif", &pattern_gif(24, 16));
@@ -203,7 +203,7 @@ async fn a_file_planted_in_the_services_own_folder_is_never_served() {
         println!("skipped: needs root to plant a file owned by another user");
         return;
     }
-    let fx = Fixture::start(|c| c.revalidate_window = Duration::ZERO).await;
+    let fx = Fixture::start(|c| c.store.revalidate_window = Duration::ZERO).await;
     fx.put_web("a.gif", &pattern_gif(24, 16));
     let (status, still) = get(&fx, &format!("{GIF}?still=1")).await;
     assert_eq!(status, 200);

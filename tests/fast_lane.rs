@@ -41,18 +41,18 @@ impl Pair {
         std::fs::create_dir_all(root.join(&id)).unwrap();
         support::write_file(&root.join(&id).join("original"), &pattern_gif(20, 20));
         let configure = |c: &mut oip_media::Config| {
-            c.cors_origins = ORIGINS.into();
+            c.cors.cors_origins = ORIGINS.into();
             tweak(c);
         };
         let lane = start_with(media, |c| {
             configure(c);
-            c.fast_lane = FastLane::On;
+            c.server.fast_lane = FastLane::On;
         })
         .await;
         let mut config = oip_media::Config::for_media_dir(&root);
         support::apply_test_runtime(&mut config);
         configure(&mut config);
-        config.fast_lane = FastLane::Off;
+        config.server.fast_lane = FastLane::Off;
         let hyper = oip_media::start(config).await.expect("server starts");
         Pair { lane, hyper }
     }
@@ -300,7 +300,7 @@ async fn the_smuggling_set_is_left_to_hyper_which_refuses_it() {
 
 #[tokio::test]
 async fn heads_past_the_limit_get_hypers_431_whole_or_trickled() {
-    let pair = Pair::start(|c| c.max_request_head = 8 * 1024).await;
+    let pair = Pair::start(|c| c.server.max_request_head = 8 * 1024).await;
     let big = format!(
         "GET /media/fitnessally/a.gif HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "b".repeat(9 * 1024)
@@ -383,8 +383,8 @@ async fn pipelined_requests_mixing_lane_and_hyper_are_answered_in_order() {
 #[tokio::test]
 async fn slowloris_and_idle_connections_are_closed_by_the_same_timeouts() {
     let pair = Pair::start(|c| {
-        c.header_read_timeout = Duration::from_millis(300);
-        c.keep_alive_timeout = Duration::from_millis(400);
+        c.server.header_read_timeout = Duration::from_millis(300);
+        c.server.keep_alive_timeout = Duration::from_millis(400);
     })
     .await;
     let counters = Arc::clone(pair.lane.app().state());
@@ -442,15 +442,15 @@ async fn a_non_reader_gives_its_slot_back_and_is_dropped_by_the_stall_rules() {
         &support::pattern(32 << 20, 9),
     );
     let server = start_with(media, |c| {
-        c.fast_lane = FastLane::On;
-        c.max_in_flight = 1;
-        c.stalled_after = Duration::from_millis(100);
-        c.write_stall_timeout = Duration::from_secs(1);
-        c.send_buffer = 64 * 1024;
+        c.server.fast_lane = FastLane::On;
+        c.admission.max_in_flight = 1;
+        c.server.stalled_after = Duration::from_millis(100);
+        c.server.write_stall_timeout = Duration::from_secs(1);
+        c.server.send_buffer = 64 * 1024;
     })
     .await;
     let state = Arc::clone(server.app().state());
-    let media_limiter = &state.admissions.media;
+    let media_limiter = &state.gates.media;
     let stalls = state.connections.stall_timeouts.get();
     let client = support::send_get(server.addr, "/media/fitnessally/huge.gif").await;
     wait_until(

@@ -1,6 +1,6 @@
 //! The recommended topology, run for real: a front proxy sends the media routes straight
 //! to oip-media and everything else to the indexer. The proxies are Debian's nginx and
-//! Caddy, configured with the very files README tells users to paste (`deploy/nginx.conf`,
+//! Caddy, configured with the very files docs/deployment.md tells users to paste (`deploy/nginx.conf`,
 //! `deploy/Caddyfile`); the test only swaps their host names and ports for loopback ones.
 //! The indexer is a stand-in that echoes what it received.
 //!
@@ -250,7 +250,7 @@ async fn check_front_proxy(kind: Kind) {
     }
     // A fixed, small send buffer on oip-media's sockets, so what the kernel holds is small
     // next to LARGE and a paused client really pauses oip-media's send.
-    let site = Site::start(|config| config.send_buffer = 64 * 1024).await;
+    let site = Site::start(|config| config.server.send_buffer = 64 * 1024).await;
     let large = forwarding::pattern(LARGE, 11);
     site.put_web("fitnessally/large.gif", &large);
     let indexer = IndexerStandIn::start().await;
@@ -474,11 +474,11 @@ async fn caddy_in_front_with_the_readme_snippet() {
     check_front_proxy(Kind::Caddy).await;
 }
 
-/// README shows the snippets users paste; they must be the files tested here.
+/// docs/deployment.md shows the snippets users paste; they must be the files tested here.
 #[test]
 fn readme_shows_the_tested_snippets() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deployment.md");
+    let readme = std::fs::read_to_string(&doc).expect("docs/deployment.md");
     for (file, fence) in [
         ("nginx.conf", "```nginx\n"),
         ("Caddyfile", "```caddyfile\n"),
@@ -486,7 +486,7 @@ fn readme_shows_the_tested_snippets() {
         let block = format!("{fence}{}```", deploy_file(file));
         assert!(
             readme.contains(&block),
-            "README.md must show deploy/{file} verbatim in a {fence:?} block"
+            "docs/deployment.md must show deploy/{file} verbatim in a {fence:?} block"
         );
     }
 }

@@ -137,7 +137,7 @@ async fn traversal_in_any_form_is_404() {
 #[tokio::test]
 async fn a_missing_folder_answers_404_until_it_appears() {
     let fx = Fixture::start(|c| {
-        c.generated_media_dir = Some(c.media_dir.join("not-yet"));
+        c.store.generated_media_dir = Some(c.store.media_dir.join("not-yet"));
     })
     .await;
     assert_eq!(fx.get("/api/generate/media/a.mp3").await.status(), 404);

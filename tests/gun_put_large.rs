@@ -39,7 +39,7 @@ async fn an_encrypted_record_of_several_mib_goes_through_at_the_default_limit() 
     let server = TestServer::start(move |c| c.gun.gun_peers = Some(peers)).await;
     let config = &server.app().state().config;
     assert_eq!(config.gun.gun_put_body_limit, 128 << 20);
-    assert!(config.request_body_budget >= 2 * config.gun.gun_put_body_limit);
+    assert!(config.admission.request_body_budget >= 2 * config.gun.gun_put_body_limit);
 
     let body = encrypted_put("647f79c2a338:session-1", 6 << 20);
     let text = body.to_string();
@@ -75,12 +75,12 @@ async fn many_large_puts_at_once_stay_within_the_body_budget() {
     let server = TestServer::start(move |c| {
         c.gun.gun_peers = Some(peers);
         c.gun.gun_put_body_limit = 8 << 20;
-        c.request_body_budget = BUDGET;
-        c.request_body_queue = 2;
-        c.request_body_queue_timeout = Duration::from_millis(200);
+        c.admission.request_body_budget = BUDGET;
+        c.admission.request_body_queue = 2;
+        c.admission.request_body_queue_timeout = Duration::from_millis(200);
     })
     .await;
-    let budget = Arc::clone(&server.app().state().admissions.request_body);
+    let budget = Arc::clone(&server.app().state().gates.request_body);
     let peak = Arc::new(AtomicUsize::new(0));
     let sampling = {
         let (budget, peak) = (Arc::clone(&budget), Arc::clone(&peak));

@@ -442,7 +442,7 @@ async fn files_over_the_size_limit_are_404() {
     let media = media_root();
     write_file(&media.path().join("web/p/big.gif"), &[0u8; 4096]);
     write_file(&media.path().join("web/p/small.gif"), &[0u8; 100]);
-    let server = start_with(media, |c| c.max_file_size = 1024).await;
+    let server = start_with(media, |c| c.store.max_file_size = 1024).await;
     assert_eq!(get(server.addr, "/media/p/big.gif").await.status, 404);
     assert_eq!(get(server.addr, "/media/p/small.gif").await.status, 200);
     server.stop().await;
@@ -455,7 +455,10 @@ async fn vanished_and_replaced_files() {
     write_file(&path, b"version one");
     // Window 0: every request checks the file (the default window is covered in
     // tests/nonblocking_fs.rs).
-    let server = start_with(media, |c| c.revalidate_window = std::time::Duration::ZERO).await;
+    let server = start_with(media, |c| {
+        c.store.revalidate_window = std::time::Duration::ZERO
+    })
+    .await;
     assert_eq!(
         get(server.addr, "/media/p/a.gif").await.body,
         b"version one"

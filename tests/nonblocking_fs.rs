@@ -36,7 +36,7 @@ impl Served {
             .build()
             .expect("runtime");
         let mut config = oip_media::Config::for_media_dir(media);
-        config.generated_media_dir = Some(media.join("generated"));
+        config.store.generated_media_dir = Some(media.join("generated"));
         support::apply_test_runtime(&mut config);
         tweak(&mut config);
         let server = runtime
@@ -317,10 +317,10 @@ fn a_hung_filesystem_turns_into_prompt_503s_while_health_and_cached_gifs_answer(
     }
     let window = Duration::from_millis(300);
     let served = Served::start(root, |c| {
-        c.fs_threads = 2;
-        c.fs_queue = 4;
-        c.fs_timeout = Duration::from_millis(500);
-        c.revalidate_window = window;
+        c.fs.fs_threads = 2;
+        c.fs.fs_queue = 4;
+        c.fs.fs_timeout = Duration::from_millis(500);
+        c.store.revalidate_window = window;
     });
     let addr = served.addr;
     let fs = served.state().fs.clone();
@@ -429,9 +429,9 @@ fn a_busy_filesystem_never_serves_private_media_on_a_guess() {
         br#"{"accessLevel":"private","userPublicKey":"owner"}"#,
     );
     let served = Served::start(root, |c| {
-        c.fs_threads = 1;
-        c.fs_queue = 1;
-        c.fs_timeout = Duration::from_millis(300);
+        c.fs.fs_threads = 1;
+        c.fs.fs_queue = 1;
+        c.fs.fs_timeout = Duration::from_millis(300);
     });
     let addr = served.addr;
     served
@@ -463,7 +463,7 @@ fn a_renamed_in_file_is_served_within_one_window_and_never_mixed() {
     write_file(&manifest, br#"{"accessLevel":"public"}"#);
     // The default window (1 s), as in production.
     let served = Served::start(root, |_| {});
-    let window = served.state().config.revalidate_window;
+    let window = served.state().config.store.revalidate_window;
     assert_eq!(window, Duration::from_secs(1));
     let addr = served.addr;
     assert_eq!(get(addr, "/media/fitnessally/a.gif").body, one);

@@ -86,9 +86,9 @@ async fn health_and_metrics_are_never_queued_behind_media() {
         .set_len(64 << 20)
         .unwrap();
     let server = start_with(media, |c| {
-        c.max_in_flight = 1;
-        c.max_queue = 100;
-        c.queue_timeout = Duration::from_secs(30);
+        c.admission.max_in_flight = 1;
+        c.admission.max_queue = 100;
+        c.admission.queue_timeout = Duration::from_secs(30);
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
@@ -98,7 +98,7 @@ async fn health_and_metrics_are_never_queued_behind_media() {
     wait_until(
         "the second request is queued",
         Duration::from_secs(5),
-        || state.admissions.media.waiting() >= 1,
+        || state.gates.media.waiting() >= 1,
     )
     .await;
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
@@ -107,7 +107,7 @@ async fn health_and_metrics_are_never_queued_behind_media() {
     assert_eq!(get(server.addr, "/readyz").await.status, 200);
     // Answered while the media request still waited (counts, where a timing would be
     // flaky): health and metrics never queue behind media.
-    assert_eq!(state.admissions.media.waiting(), 1);
+    assert_eq!(state.gates.media.waiting(), 1);
     let text = String::from_utf8(metrics.body).unwrap();
     assert_eq!(
         metric(&text, "oip_media_media_queue_waiting"),
@@ -153,7 +153,7 @@ async fn cors_reflects_allowed_origins_and_never_errors_for_others() {
     let media = media_root();
     write_file(&media.path().join("web/p/a.gif"), b"gif");
     let server = start_with(media, |c| {
-        c.cors_origins =
+        c.cors.cors_origins =
             "https://fitnessally.io,https://*.fitnessally.io,chrome-extension://*".into();
     })
     .await;
@@ -371,14 +371,14 @@ async fn every_byte_serving_route_shares_the_limiter() {
     );
     write_file(&media.path().join("generated/tts.mp3"), b"audio");
     let server = start_with(media, |c| {
-        c.max_in_flight = 1;
-        c.max_queue = 0;
+        c.admission.max_in_flight = 1;
+        c.admission.max_queue = 0;
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
     let holder = send_get(server.addr, "/media/fitnessally/big.gif").await;
     wait_until("the slot is taken", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() >= 1
+        state.gates.media.in_flight() >= 1
     })
     .await;
     for path in [
@@ -393,7 +393,7 @@ async fn every_byte_serving_route_shares_the_limiter() {
     assert_eq!(get(server.addr, "/healthz").await.status, 200);
     drop(holder);
     wait_until("the slot is released", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 0
+        state.gates.media.in_flight() == 0
     })
     .await;
     assert_eq!(

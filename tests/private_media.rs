@@ -16,9 +16,9 @@ const SECRET: &str = "private-media-secret";
 const OWNER: &str = "02owner-public-key";
 
 fn with_secret(config: &mut oip_media::Config) {
-    config.jwt_secret = Some(oip_media::config::Secret::new(SECRET));
+    config.auth.jwt_secret = Some(oip_media::config::Secret::new(SECRET));
     // Every request reads the manifest again: what is on disk now is what counts.
-    config.revalidate_window = Duration::ZERO;
+    config.store.revalidate_window = Duration::ZERO;
 }
 
 fn bearer(token: &str) -> String {
@@ -228,7 +228,7 @@ fn unsafe_is_root() -> bool {
 async fn a_filesystem_that_does_not_answer_is_a_503_never_the_bytes() {
     let fx = Fixture::start(|c| {
         with_secret(c);
-        c.fs_timeout = Duration::from_millis(200);
+        c.fs.fs_timeout = Duration::from_millis(200);
     })
     .await;
     let id = media_id(0x71);

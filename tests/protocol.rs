@@ -51,7 +51,7 @@ fn first_response(bytes: &[u8], head: bool) -> RawResponse {
 }
 
 async fn server() -> TestServer {
-    TestServer::start(|c| c.cors_origins = ORIGINS.into()).await
+    TestServer::start(|c| c.cors.cors_origins = ORIGINS.into()).await
 }
 
 #[tokio::test]
@@ -209,10 +209,10 @@ fn vary_origin(r: &RawResponse) -> usize {
 async fn vary_origin_is_sent_exactly_once_on_every_path() {
     const SECRET: &str = "vary-secret";
     let fx = TestServer::start(|c| {
-        c.cors_origins = ORIGINS.into();
-        c.max_in_flight = 1;
-        c.max_queue = 0;
-        c.jwt_secret = Some(oip_media::config::Secret::new(SECRET));
+        c.cors.cors_origins = ORIGINS.into();
+        c.admission.max_in_flight = 1;
+        c.admission.max_queue = 0;
+        c.auth.jwt_secret = Some(oip_media::config::Secret::new(SECRET));
     })
     .await;
     fx.put_web("a.gif", b"GIF89a");
@@ -299,7 +299,7 @@ async fn vary_origin_is_sent_exactly_once_on_every_path() {
 
     // 503: the one slot held by a body nobody reads, no queue.
     let _holder = support::send_get(fx.addr, "/media/fitnessally/big.bin").await;
-    let media = &fx.app().state().admissions.media;
+    let media = &fx.app().state().gates.media;
     support::wait_until("the slot is held", Duration::from_secs(10), || {
         media.in_flight() == 1
     })

@@ -82,7 +82,7 @@ async fn a_full_queue_sheds_with_503_retry_after_and_no_store() {
     support::wait_until(
         "the first resolve holds the slot",
         Duration::from_secs(5),
-        || fx.server.app().state().admissions.resolve.in_flight() == 1,
+        || fx.server.app().state().gates.resolve.in_flight() == 1,
     )
     .await;
     let shed = fx.resolve(2).await;
@@ -130,7 +130,7 @@ async fn a_waiting_request_is_shed_after_the_queue_timeout_or_admitted_in_time()
     support::wait_until(
         "the first resolve holds the slot",
         Duration::from_secs(5),
-        || fx.server.app().state().admissions.resolve.in_flight() == 1,
+        || fx.server.app().state().gates.resolve.in_flight() == 1,
     )
     .await;
     let started = std::time::Instant::now();
@@ -147,7 +147,7 @@ async fn a_waiting_request_is_shed_after_the_queue_timeout_or_admitted_in_time()
     support::wait_until(
         "the next resolve holds the slot",
         Duration::from_secs(5),
-        || fx.server.app().state().admissions.resolve.in_flight() == 1,
+        || fx.server.app().state().gates.resolve.in_flight() == 1,
     )
     .await;
     assert_eq!(fx.resolve(4).await.status(), 200);
@@ -186,7 +186,7 @@ async fn a_client_trickling_its_body_holds_no_resolve_slot() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(fx.server.app().state().admissions.resolve.in_flight(), 0);
+    assert_eq!(fx.server.app().state().gates.resolve.in_flight(), 0);
     let response = fx.resolve(1).await;
     assert_eq!(response.status(), 200);
     drop(slow);
@@ -406,11 +406,11 @@ async fn resolve_bodies_stay_within_their_share_of_the_body_budget() {
     let fx = Fixture::start(|c| {
         c.resolver.resolve_body_limit = 1 << 20;
         c.resolver.resolve_body_budget = 2 << 20;
-        c.request_body_queue_timeout = Duration::from_millis(300);
+        c.admission.request_body_queue_timeout = Duration::from_millis(300);
     })
     .await;
     let state = fx.server.app().state();
-    assert_eq!(state.config.request_body_budget, 256 << 20);
+    assert_eq!(state.config.admission.request_body_budget, 256 << 20);
     // Two senders declare 900 KiB each and stall: their shares are taken up front.
     let mut stalled = Vec::new();
     for _ in 0..2 {
@@ -431,7 +431,7 @@ async fn resolve_bodies_stay_within_their_share_of_the_body_budget() {
     support::wait_until(
         "the stalled bodies hold their shares",
         Duration::from_secs(5),
-        || state.admissions.resolve_body.in_flight() == 1800,
+        || state.gates.resolve_body.in_flight() == 1800,
     )
     .await;
     // A third body of 300 KiB does not fit the resolve share (the process-wide budget
@@ -448,7 +448,7 @@ async fn resolve_bodies_stay_within_their_share_of_the_body_budget() {
     assert_eq!(shed.status(), 503);
     assert_eq!(shed.headers()["retry-after"], "1");
     assert!(
-        state.admissions.request_body.in_flight() < 4096,
+        state.gates.request_body.in_flight() < 4096,
         "global budget had room"
     );
     let metrics = fx.metrics().await;
@@ -462,7 +462,7 @@ async fn resolve_bodies_stay_within_their_share_of_the_body_budget() {
     // Once the stalled senders go, their shares come back and the same body resolves.
     drop(stalled);
     support::wait_until("shares given back", Duration::from_secs(5), || {
-        state.admissions.resolve_body.in_flight() == 0
+        state.gates.resolve_body.in_flight() == 0
     })
     .await;
     let ok = fx

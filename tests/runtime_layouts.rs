@@ -44,8 +44,8 @@ async fn serve(
     tweak: impl FnOnce(&mut oip_media::Config),
 ) -> TestServer {
     start_with(media, |c| {
-        c.runtime = layout;
-        c.workers = 2;
+        c.server.runtime = layout;
+        c.server.workers = 2;
         tweak(c);
     })
     .await
@@ -95,7 +95,7 @@ in_both_layouts!(the_connection_cap_is_one_for_all_cores);
 async fn the_connection_cap_is_one_for_all_cores(layout: RuntimeLayout) {
     let media = media_root();
     big_and_small(&media);
-    let server = serve(media, layout, |c| c.max_connections = 2).await;
+    let server = serve(media, layout, |c| c.server.max_connections = 2).await;
     let state = std::sync::Arc::clone(server.app().state());
     // Two idle connections take both slots.
     let first = TcpStream::connect(server.addr).await.unwrap();
@@ -142,9 +142,9 @@ async fn the_media_limiter_is_one_for_all_cores(layout: RuntimeLayout) {
     let media = media_root();
     big_and_small(&media);
     let server = serve(media, layout, |c| {
-        c.max_in_flight = 2;
-        c.max_queue = 1;
-        c.queue_timeout = Duration::from_millis(100);
+        c.admission.max_in_flight = 2;
+        c.admission.max_queue = 1;
+        c.admission.queue_timeout = Duration::from_millis(100);
     })
     .await;
     let state = std::sync::Arc::clone(server.app().state());
@@ -167,11 +167,11 @@ async fn the_media_limiter_is_one_for_all_cores(layout: RuntimeLayout) {
         (2, 10),
         "two slots for the whole server: {statuses:?}"
     );
-    assert_eq!(state.admissions.media.in_flight(), 2);
+    assert_eq!(state.gates.media.in_flight(), 2);
     assert_every_listener_served(&server, layout);
     drop(readers);
     wait_until("slots released", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 0
+        state.gates.media.in_flight() == 0
     })
     .await;
     assert_eq!(
@@ -191,9 +191,9 @@ async fn the_filesystem_pool_is_one_for_all_cores(layout: RuntimeLayout) {
         );
     }
     let server = serve(media, layout, |c| {
-        c.fs_threads = 1;
-        c.fs_queue = 1;
-        c.fs_timeout = Duration::from_millis(300);
+        c.fs.fs_threads = 1;
+        c.fs.fs_queue = 1;
+        c.fs.fs_timeout = Duration::from_millis(300);
     })
     .await;
     let fs = server.app().state().fs.clone();
@@ -272,7 +272,7 @@ in_both_layouts!(silent_connections_time_out_on_every_core);
 async fn silent_connections_time_out_on_every_core(layout: RuntimeLayout) {
     let media = media_root();
     let server = serve(media, layout, |c| {
-        c.header_read_timeout = Duration::from_millis(300);
+        c.server.header_read_timeout = Duration::from_millis(300);
     })
     .await;
     let state = std::sync::Arc::clone(server.app().state());
@@ -302,7 +302,7 @@ async fn shutdown_lets_downloads_on_every_core_finish(layout: RuntimeLayout) {
     let bytes = pattern(8 << 20, 9);
     write_file(&media.path().join("web/fitnessally/big.gif"), &bytes);
     let server = serve(media, layout, |c| {
-        c.shutdown_grace = Duration::from_secs(10)
+        c.server.shutdown_grace = Duration::from_secs(10)
     })
     .await;
     let addr = server.addr;
@@ -341,7 +341,7 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown(layout: RuntimeLayo
     let media = media_root();
     big_and_small(&media);
     let server = serve(media, layout, |c| {
-        c.shutdown_grace = Duration::from_secs(30)
+        c.server.shutdown_grace = Duration::from_secs(30)
     })
     .await;
     // Keep-alive connections that each had an answer and now sit idle, on every core.
@@ -415,9 +415,9 @@ async fn a_second_server_cannot_join_a_per_core_servers_port() {
     for layout in [RuntimeLayout::PerCore, RuntimeLayout::MultiThread] {
         let media = media_root();
         let mut config = oip_media::Config::for_media_dir(media.path());
-        config.runtime = layout;
-        config.workers = 2;
-        config.port = first.addr.port();
+        config.server.runtime = layout;
+        config.server.workers = 2;
+        config.server.port = first.addr.port();
         match oip_media::start(config).await {
             Err(oip_media::StartError::Bind { source, .. }) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse, "{layout:?}");

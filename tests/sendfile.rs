@@ -157,7 +157,7 @@ async fn bodies_under_the_threshold_are_copied_with_the_head() {
     let media = media_root();
     let small = pattern(3_000, 14);
     write_file(&media.path().join("web/p/small.gif"), &small);
-    let server = start_with(media, |c| c.sendfile_min_bytes = 4096).await;
+    let server = start_with(media, |c| c.store.sendfile_min_bytes = 4096).await;
     let state = Arc::clone(server.server.app().state());
     let r = get(server.addr, "/media/p/small.gif").await;
     assert!(r.body == small);
@@ -167,7 +167,7 @@ async fn bodies_under_the_threshold_are_copied_with_the_head() {
     // At 0, even a tiny body goes by sendfile.
     let media = media_root();
     write_file(&media.path().join("web/p/small.gif"), &small);
-    let server = start_with(media, |c| c.sendfile_min_bytes = 0).await;
+    let server = start_with(media, |c| c.store.sendfile_min_bytes = 0).await;
     let state = Arc::clone(server.server.app().state());
     let r = get(server.addr, "/media/p/small.gif").await;
     assert!(r.body == small);
@@ -289,7 +289,7 @@ async fn the_head_shares_its_packets_with_the_body() {
     for min in [0, 1 << 30] {
         let media = media_root();
         write_file(&media.path().join("web/p/a.gif"), &gif);
-        let server = start_with(media, |c| c.sendfile_min_bytes = min).await;
+        let server = start_with(media, |c| c.store.sendfile_min_bytes = min).await;
         let state = Arc::clone(server.server.app().state());
         let Some(count) = segments_for(server.addr, "/media/p/a.gif", gif.len(), 4).await else {
             assert!(
@@ -357,7 +357,7 @@ async fn a_file_truncated_mid_sendfile_closes_only_that_connection() {
     let r = get(server.addr, "/media/p/small.gif").await;
     assert_eq!((r.status, r.body.len()), (200, 50_000));
     wait_until("the permit is back", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 0
+        state.gates.media.in_flight() == 0
     })
     .await;
     server.stop().await;
@@ -373,7 +373,7 @@ async fn a_stalled_reader_on_sendfile_is_dropped_and_its_permit_released() {
         .set_len(64 << 20)
         .unwrap();
     let server = start_with(media, |c| {
-        c.write_stall_timeout = Duration::from_millis(500)
+        c.server.write_stall_timeout = Duration::from_millis(500)
     })
     .await;
     let state = Arc::clone(server.server.app().state());
@@ -386,7 +386,7 @@ async fn a_stalled_reader_on_sendfile_is_dropped_and_its_permit_released() {
     wait_until(
         "the stalled client is dropped",
         Duration::from_secs(10),
-        || state.admissions.media.in_flight() == 0,
+        || state.gates.media.in_flight() == 0,
     )
     .await;
     assert_eq!(state.connections.stall_timeouts.get(), 1);
@@ -402,7 +402,7 @@ async fn the_permit_is_held_until_the_last_byte_is_sent() {
     let media = media_root();
     let gif = pattern(300_000, 18);
     write_file(&media.path().join("web/p/a.gif"), &gif);
-    let server = start_with(media, |c| c.send_buffer = 4096).await;
+    let server = start_with(media, |c| c.server.send_buffer = 4096).await;
     let state = Arc::clone(server.server.app().state());
 
     let socket = TcpSocket::new_v4().unwrap();
@@ -413,12 +413,12 @@ async fn the_permit_is_held_until_the_last_byte_is_sent() {
         .await
         .unwrap();
     wait_until("the body is admitted", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 1
+        state.gates.media.in_flight() == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        state.admissions.media.in_flight(),
+        state.gates.media.in_flight(),
         1,
         "bytes are still unsent: the permit is still held"
     );
@@ -428,7 +428,7 @@ async fn the_permit_is_held_until_the_last_byte_is_sent() {
     wait_until(
         "the permit comes back once all is sent",
         Duration::from_secs(5),
-        || state.admissions.media.in_flight() == 0,
+        || state.gates.media.in_flight() == 0,
     )
     .await;
     server.stop().await;
@@ -442,9 +442,9 @@ async fn descriptors_stay_bounded_while_files_are_replaced_under_load() {
     let path = media.path().join("web/p/a.gif");
     write_file(&path, &pattern(100_000, 19));
     let server = start_with(media, |c| {
-        c.map_cache_entries = 4;
+        c.store.map_cache_entries = 4;
         // Revalidate on every request, so each replacement is seen at once.
-        c.revalidate_window = Duration::ZERO;
+        c.store.revalidate_window = Duration::ZERO;
     })
     .await;
     // Descriptors of files under this media root only (other tests run alongside).

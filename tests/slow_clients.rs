@@ -94,7 +94,7 @@ async fn a_client_reading_4_mib_steadily_at_128_kib_per_second_is_never_cut_off(
     // about 3.9 MB, as the autotuned send buffer kept the socket unwritable for seconds
     // at a time while the client read all along.
     let server = start_with(media, |c| {
-        c.write_stall_timeout = Duration::from_secs(2);
+        c.server.write_stall_timeout = Duration::from_secs(2);
     })
     .await;
     let state = Arc::clone(server.server.app().state());
@@ -131,8 +131,8 @@ async fn six_hundred_clients_that_never_read_a_20_mb_file_do_not_starve_normal_g
     let server = start_with(media, |_| {}).await;
     let addr = server.addr;
     let state = Arc::clone(server.server.app().state());
-    let media_limiter = &state.admissions.media;
-    let max_in_flight = state.config.max_in_flight;
+    let media_limiter = &state.gates.media;
+    let max_in_flight = state.config.admission.max_in_flight;
     assert!(max_in_flight < 600, "more attackers than slots");
 
     let mut attackers = Vec::new();
@@ -207,13 +207,13 @@ async fn a_full_stalled_pool_closes_the_connection_stalled_longest() {
     let media = media_root();
     sparse_file(&media.path().join("web/p/big.gif"), 64 << 20);
     let server = start_with(media, |c| {
-        c.max_in_flight = 2;
-        c.max_stalled = 3;
-        c.stalled_after = Duration::from_millis(200);
+        c.admission.max_in_flight = 2;
+        c.admission.max_stalled = 3;
+        c.server.stalled_after = Duration::from_millis(200);
     })
     .await;
     let state = Arc::clone(server.server.app().state());
-    let media_limiter = &state.admissions.media;
+    let media_limiter = &state.gates.media;
     let pool = media_limiter.stalled();
 
     // One at a time, each settled in the pool before the next comes, so stall order is
@@ -275,12 +275,12 @@ async fn a_stalled_client_that_reads_again_gets_every_byte_and_its_slot_back() {
     let small = pattern(100_000, 6);
     write_file(&media.path().join("web/p/a.gif"), &small);
     let server = start_with(media, |c| {
-        c.max_in_flight = 1;
-        c.stalled_after = Duration::from_millis(200);
+        c.admission.max_in_flight = 1;
+        c.server.stalled_after = Duration::from_millis(200);
     })
     .await;
     let state = Arc::clone(server.server.app().state());
-    let media_limiter = &state.admissions.media;
+    let media_limiter = &state.gates.media;
 
     let mut paused = send_get(server.addr, "/media/p/big.gif").await;
     wait_until("the paused download stalls", Duration::from_secs(5), || {
@@ -405,8 +405,8 @@ async fn non_readers_dropped_by_the_write_stall_timeout_leave_no_send_queue_in_t
     let media = media_root();
     sparse_file(&media.path().join("web/p/big.gif"), 32 << 20);
     let server = start_with(media, |c| {
-        c.write_stall_timeout = Duration::from_secs(2);
-        c.stalled_after = Duration::from_millis(200);
+        c.server.write_stall_timeout = Duration::from_secs(2);
+        c.server.stalled_after = Duration::from_millis(200);
     })
     .await;
     let state = Arc::clone(server.server.app().state());
@@ -418,7 +418,7 @@ async fn non_readers_dropped_by_the_write_stall_timeout_leave_no_send_queue_in_t
     let ports: Vec<u16> = clients.iter().map(|(_, p)| *p).collect();
     // Every body stalls, with its send queue full.
     wait_until("all eight stall", Duration::from_secs(10), || {
-        state.admissions.media.stalled().len() == 8 && holding(port, &ports).len() == 8
+        state.gates.media.stalled().len() == 8 && holding(port, &ports).len() == 8
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -477,13 +477,13 @@ async fn non_readers_dropped_by_a_full_stalled_pool_leave_no_send_queue_in_the_k
     let media = media_root();
     sparse_file(&media.path().join("web/p/big.gif"), 32 << 20);
     let server = start_with(media, |c| {
-        c.max_in_flight = 2;
-        c.max_stalled = 2;
-        c.stalled_after = Duration::from_millis(200);
+        c.admission.max_in_flight = 2;
+        c.admission.max_stalled = 2;
+        c.server.stalled_after = Duration::from_millis(200);
     })
     .await;
     let state = Arc::clone(server.server.app().state());
-    let pool = state.admissions.media.stalled();
+    let pool = state.gates.media.stalled();
     let port = server.addr.port();
     let mut clients = Vec::new();
     for i in 0..6usize {

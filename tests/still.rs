@@ -169,7 +169,7 @@ async fn bad_requests_for_stills() {
 #[tokio::test]
 async fn a_still_is_rendered_once_then_served_from_the_derived_folder() {
     // Window 0: the replaced GIF at the end must be seen at once.
-    let fx = Fixture::start(|c| c.revalidate_window = std::time::Duration::ZERO).await;
+    let fx = Fixture::start(|c| c.store.revalidate_window = std::time::Duration::ZERO).await;
     fx.put_web("once.gif", &pattern_gif(32, 32));
     let path = "/media/fitnessally/once.gif?still=1&w=90";
 
@@ -246,7 +246,7 @@ async fn the_derived_folder_stays_within_its_byte_bound() {
     probe.shutdown().await;
     let bound = one * 3 + one / 2;
 
-    let fx = Fixture::start(|c| c.derived_max_bytes = bound).await;
+    let fx = Fixture::start(|c| c.derived.derived_max_bytes = bound).await;
     for i in 0..6 {
         fx.put_web(&format!("g{i}.gif"), &pattern_gif(60, 60));
     }
@@ -267,7 +267,7 @@ async fn the_derived_folder_stays_within_its_byte_bound() {
     fx.shutdown().await;
 
     // A bound smaller than one still: every still is still answered (from memory).
-    let tiny = Fixture::start(|c| c.derived_max_bytes = 10).await;
+    let tiny = Fixture::start(|c| c.derived.derived_max_bytes = 10).await;
     tiny.put_web("t.gif", &pattern_gif(20, 20));
     let r = tiny.get("/media/fitnessally/t.gif?still=1").await;
     assert_eq!(r.status(), 200);
@@ -280,7 +280,7 @@ async fn the_derived_folder_stays_within_its_byte_bound() {
 async fn stills_of_content_addressed_gifs_follow_their_access_rules() {
     let secret = "still-secret";
     let fx = Fixture::start(|c| {
-        c.jwt_secret = Some(oip_media::config::Secret::new(secret));
+        c.auth.jwt_secret = Some(oip_media::config::Secret::new(secret));
     })
     .await;
     let bytes = pattern_gif(24, 16);
@@ -358,14 +358,14 @@ async fn unusable_still_settings_stop_start_up() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("web")).unwrap();
     let mut config = oip_media::Config::for_media_dir(dir.path());
-    config.still_widths = vec![90, 0];
+    config.gif.still_widths = vec![90, 0];
     let error = oip_media::server::start(config).await.err().unwrap();
     assert!(error.to_string().contains("--still-widths"), "{error}");
 
     let mut config = oip_media::Config::for_media_dir(dir.path());
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    config.derived_dir = file.join("sub");
+    config.derived.derived_dir = file.join("sub");
     let error = oip_media::server::start(config).await.err().unwrap();
     assert!(error.to_string().contains("--derived-dir"), "{error}");
 }

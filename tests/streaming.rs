@@ -38,14 +38,14 @@ async fn truncating_a_mapped_file_mid_response_costs_only_that_connection() {
     write_file(&media.path().join("web/p/small.gif"), b"still here");
     // Window 0: the request after the truncation must see it at once (with the default
     // window it is seen at most one window later; tests/nonblocking_fs.rs covers that).
-    let server = start_with(media, |c| c.revalidate_window = Duration::ZERO).await;
+    let server = start_with(media, |c| c.store.revalidate_window = Duration::ZERO).await;
 
     let mut slow = send_get(server.addr, "/media/p/big.gif").await;
     let mut first = vec![0u8; 64 * 1024];
     slow.read_exact(&mut first).await.unwrap();
     let state = std::sync::Arc::clone(server.server.app().state());
     wait_until("the body is under way", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 1
+        state.gates.media.in_flight() == 1
     })
     .await;
     // Break the write-once rule the way a careless writer would: truncate in place.
@@ -84,7 +84,7 @@ async fn a_replaced_file_is_remapped_while_the_old_response_finishes_intact() {
     let old = pattern(16 << 20, 1);
     write_file(&path, &old);
     // Window 0: the next request must see the new file at once.
-    let server = start_with(media, |c| c.revalidate_window = Duration::ZERO).await;
+    let server = start_with(media, |c| c.store.revalidate_window = Duration::ZERO).await;
 
     let mut slow = send_get(server.addr, "/media/p/a.gif").await;
     let mut first = vec![0u8; 4096];
@@ -113,9 +113,9 @@ async fn thousands_of_aborted_downloads_leak_no_permit() {
     let media = media_root();
     write_file(&media.path().join("web/p/a.gif"), &pattern(2 << 20, 3));
     let server = start_with(media, |c| {
-        c.max_in_flight = 8;
-        c.max_queue = 4096;
-        c.queue_timeout = Duration::from_secs(10);
+        c.admission.max_in_flight = 8;
+        c.admission.max_queue = 4096;
+        c.admission.queue_timeout = Duration::from_secs(10);
     })
     .await;
     let addr = server.addr;
@@ -134,7 +134,7 @@ async fn thousands_of_aborted_downloads_leak_no_permit() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    let limiter = std::sync::Arc::clone(&server.server.app().state().admissions.media);
+    let limiter = std::sync::Arc::clone(&server.server.app().state().gates.media);
     wait_until("all permits are back", Duration::from_secs(15), || {
         limiter.in_flight() == 0
     })
@@ -161,20 +161,20 @@ async fn a_client_that_stops_reading_is_dropped_and_its_permit_released() {
         .set_len(64 << 20)
         .unwrap();
     let server = start_with(media, |c| {
-        c.write_stall_timeout = Duration::from_millis(500)
+        c.server.write_stall_timeout = Duration::from_millis(500)
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
 
     let stalled = send_get(server.addr, "/media/p/big.gif").await;
     wait_until("the download is admitted", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 1
+        state.gates.media.in_flight() == 1
     })
     .await;
     wait_until(
         "the stalled client is dropped",
         Duration::from_secs(10),
-        || state.admissions.media.in_flight() == 0,
+        || state.gates.media.in_flight() == 0,
     )
     .await;
     assert_eq!(state.connections.stall_timeouts.get(), 1);
@@ -230,8 +230,8 @@ async fn idle_and_silent_connections_are_closed_by_their_timeouts() {
     let media = media_root();
     write_file(&media.path().join("web/p/a.gif"), b"gif");
     let server = start_with(media, |c| {
-        c.header_read_timeout = Duration::from_millis(300);
-        c.keep_alive_timeout = Duration::from_millis(600);
+        c.server.header_read_timeout = Duration::from_millis(300);
+        c.server.keep_alive_timeout = Duration::from_millis(600);
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
@@ -284,9 +284,9 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         .unwrap();
     write_file(&media.path().join("web/p/a.gif"), b"gif");
     let server = start_with(media, |c| {
-        c.max_in_flight = 4;
-        c.max_queue = 4;
-        c.queue_timeout = Duration::from_millis(200);
+        c.admission.max_in_flight = 4;
+        c.admission.max_queue = 4;
+        c.admission.queue_timeout = Duration::from_millis(200);
     })
     .await;
     let state = std::sync::Arc::clone(server.server.app().state());
@@ -296,7 +296,7 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         holders.push(send_get(server.addr, "/media/p/big.gif").await);
     }
     wait_until("slots taken", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 4
+        state.gates.media.in_flight() == 4
     })
     .await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -313,12 +313,12 @@ async fn overload_is_shed_with_503_and_retry_after_then_recovers() {
         shed += 1;
     }
     assert_eq!(shed, 20);
-    let c = state.admissions.media.counters();
+    let c = state.gates.media.counters();
     assert!(c.shed_queue_full.get() >= 12, "queue bounded in length");
     assert!(c.shed_queue_timeout.get() >= 1, "queue bounded in time");
     drop(holders);
     wait_until("slots released", Duration::from_secs(5), || {
-        state.admissions.media.in_flight() == 0
+        state.gates.media.in_flight() == 0
     })
     .await;
     assert_eq!(
@@ -365,7 +365,7 @@ async fn open_descriptors_do_not_grow_with_files_served() {
 async fn the_connection_cap_pauses_accepting_until_a_connection_closes() {
     let media = media_root();
     write_file(&media.path().join("web/p/a.gif"), b"gif");
-    let server = start_with(media, |c| c.max_connections = 2).await;
+    let server = start_with(media, |c| c.server.max_connections = 2).await;
     let state = std::sync::Arc::clone(server.server.app().state());
     let first = TcpStream::connect(server.addr).await.unwrap();
     let second = TcpStream::connect(server.addr).await.unwrap();

@@ -337,3 +337,52 @@ fn one_frame_and_same_frame_gifs_are_made_not_failed() {
         assert_plays(&derived.join(&name), &format);
     }
 }
+
+/// Without a terminal (`docker exec` without `-t`, CI) the bar draws nothing: a progress
+/// line comes every `--progress-interval`, sizes are in binary units, and the service's
+/// own log lines (the transcoder's `info` start-up line) stay out of the output.
+#[test]
+fn piped_output_has_progress_lines_human_sizes_and_no_library_lines() {
+    if !ffmpeg_or_skip("piped_output_has_progress_lines") {
+        return;
+    }
+    let media = tempfile::tempdir().unwrap();
+    media_tree(media.path());
+    let fakes = tempfile::tempdir().unwrap();
+    let slow = slow_ffmpeg(fakes.path(), 0.6);
+    let derived = media.path().join(".derived");
+    let derived_arg = derived.to_string_lossy().into_owned();
+    let dir = media.path().to_string_lossy().into_owned();
+    let output = Command::new(BIN)
+        .args(["transcode", "--formats", "mp4", "--jobs", "1"])
+        .args(["--progress-interval", "200ms"])
+        .args(["--derived-dir", &derived_arg, &dir])
+        .env("FFMPEG", &slow)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let progress: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(progress.len() >= 2, "{stdout}");
+    assert!(progress[0].contains("/3 done"), "{stdout}");
+    assert!(
+        progress[0].contains("failed") && progress[0].contains("elapsed"),
+        "{stdout}"
+    );
+    let made = stdout
+        .lines()
+        .find(|l| l.starts_with("made "))
+        .expect("summary");
+    assert!(made.contains("KiB") || made.contains(" B "), "{made}");
+    assert!(!made.contains("bytes"), "{made}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("INFO"), "library lines: {text}");
+        assert!(!text.contains("transcoder ready"), "library lines: {text}");
+    }
+}

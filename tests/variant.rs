@@ -284,8 +284,8 @@ async fn failures_are_remembered_and_answered_422_and_the_gif_is_unaffected() {
     let fake = fake_ffmpeg(dir.path(), "echo 'Invalid data found' >&2; exit 1");
     let fx = Fixture::start(|c| {
         c.transcode.ffmpeg = fake.to_string_lossy().into_owned();
-        c.gif_max_dimension = 64;
-        c.still_widths = vec![32];
+        c.gif.gif_max_dimension = 64;
+        c.gif.still_widths = vec![32];
     })
     .await;
     fx.put_web("a.gif", &pattern_gif(8, 8));
@@ -600,7 +600,7 @@ async fn a_full_derived_folder_is_503_until_space_is_freed() {
         eprintln!("skipped a_full_derived_folder_is_503: cannot mount a tmpfs here (not root?)");
         return;
     };
-    let fx = with_ffmpeg(|c| c.derived_dir = derived.clone()).await;
+    let fx = with_ffmpeg(|c| c.derived.derived_dir = derived.clone()).await;
     // Then every byte taken by something else.
     let filler = derived.join("filler");
     let error = std::fs::write(&filler, vec![1u8; 512 * 1024]).unwrap_err();
@@ -689,8 +689,8 @@ async fn waiting_for_a_transcode_holds_no_gif_slot() {
     // plain GIF request below would be shed with 503.
     let fx = Fixture::start(|c| {
         c.transcode.ffmpeg = slow.to_string_lossy().into_owned();
-        c.max_in_flight = 1;
-        c.max_queue = 0;
+        c.admission.max_in_flight = 1;
+        c.admission.max_queue = 0;
     })
     .await;
     fx.put_web("a.gif", &pattern_gif(16, 16));
@@ -702,7 +702,7 @@ async fn waiting_for_a_transcode_holds_no_gif_slot() {
     let state = fx.server.app().state().clone();
     media_fixtures_wait(|| state.transcoder.metrics().running().get() == 1).await;
     assert_eq!(
-        state.admissions.media.in_flight(),
+        state.gates.media.in_flight(),
         0,
         "the waiting request holds no slot"
     );
@@ -720,7 +720,7 @@ async fn waiting_for_a_transcode_holds_no_gif_slot() {
     assert_eq!(header(&variant, "content-type"), Some("video/mp4"));
     assert!(!variant.bytes().await.unwrap().is_empty());
     assert_eq!(
-        state.admissions.media.in_flight(),
+        state.gates.media.in_flight(),
         0,
         "and the slot it took to send is back"
     );
@@ -870,7 +870,8 @@ async fn private_items_keep_their_owner_check() {
     if !ffmpeg_or_skip("private_items_keep_their_owner_check") {
         return;
     }
-    let fx = with_ffmpeg(|c| c.jwt_secret = Some(oip_media::config::Secret::new(SECRET))).await;
+    let fx =
+        with_ffmpeg(|c| c.auth.jwt_secret = Some(oip_media::config::Secret::new(SECRET))).await;
     let id = media_id(7);
     fx.put_media(
         &id,
@@ -1121,7 +1122,7 @@ async fn a_client_that_gives_up_frees_its_place_and_the_job_still_finishes() {
     }
     let state = fx.server.app().state().clone();
     media_fixtures_wait(|| state.transcoder.metrics().waiting().get() == 0).await;
-    assert_eq!(state.admissions.media.in_flight(), 0);
+    assert_eq!(state.gates.media.in_flight(), 0);
     media_fixtures_wait(|| jobs(&fx, VariantFormat::Mp4, Outcome::ok) == 1).await;
     assert_eq!(fake_runs(dir.path()), 1, "one job for the three who left");
     let r = fx.get("/media/fitnessally/a.gif?format=mp4").await;

@@ -4,7 +4,7 @@
 //! while we parse it must cost an error, not a SIGBUS (SPEC §2). Files are opened with
 //! [`crate::store::open_regular`], so a FIFO swapped in for a GIF is refused rather than
 //! waited on. Decoding and encoding run on Tokio's blocking pool behind a semaphore
-//! (`--still-workers`, a [`Limiter`] whose wait is bounded in length by
+//! (`--still-workers`, a [`Gate`] whose wait is bounded in length by
 //! `--still-worker-queue` and in time by `--still-worker-timeout`, past which the request
 //! gets 503), with the frame, dimension and pixel limits checked before
 //! anything is allocated, so a hostile GIF costs bounded CPU and memory and never stalls
@@ -23,6 +23,7 @@
 
 pub mod derived;
 pub mod meta;
+pub mod settings;
 pub mod still;
 
 use std::fs::File;
@@ -33,12 +34,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::config::Config;
+use crate::admission::{Gate, GateSettings, Shed};
 use crate::fs_pool::{FsPool, FsPoolError, Stall};
-use crate::limit::{LimitSettings, Limiter, Shed};
 use crate::store::{FileIdentity, OpenError, Root, open_regular};
 use derived::DerivedDir;
 use meta::GifInfo;
+use settings::{DerivedSettings, GifSettings};
 use still::StillFormat;
 
 /// Bounds on what a GIF may cost to parse or render.
@@ -54,7 +55,7 @@ pub struct GifLimits {
 
 impl GifLimits {
     /// The configured limits.
-    pub fn from_config(config: &Config) -> GifLimits {
+    pub fn new(config: &GifSettings) -> GifLimits {
         GifLimits {
             max_frames: config.gif_max_frames.max(1),
             max_dimension: config.gif_max_dimension.max(1),
@@ -179,7 +180,7 @@ pub struct Gifs {
     counters: Arc<GifCounters>,
     limits: GifLimits,
     widths: Vec<u32>,
-    workers: Limiter,
+    workers: Gate,
     /// Test hook: slow decodes (see [`Gifs::inject_decode_stall`]).
     stall: Arc<Stall>,
     info: quick_cache::sync::Cache<FileIdentity, Result<GifInfo, GifError>>,
@@ -192,13 +193,17 @@ impl Gifs {
     /// Builds the workers and caches and opens (creating it if needed) the derived
     /// folder; fails only when that folder cannot be created or listed. The derived
     /// folder's filesystem calls run on `fs`.
-    pub fn new(config: &Config, fs: FsPool) -> std::io::Result<Gifs> {
+    pub fn new(
+        config: &GifSettings,
+        derived: &DerivedSettings,
+        fs: FsPool,
+    ) -> std::io::Result<Gifs> {
         let entries = config.gif_info_cache_entries.max(1);
         Ok(Gifs {
             counters: Arc::default(),
-            limits: GifLimits::from_config(config),
+            limits: GifLimits::new(config),
             widths: config.still_widths.clone(),
-            workers: Limiter::new(LimitSettings {
+            workers: Gate::new(GateSettings {
                 max_in_flight: config.still_workers.max(1),
                 max_queue: config.still_worker_queue,
                 queue_timeout: config.still_worker_timeout,
@@ -209,8 +214,8 @@ impl Gifs {
             info: quick_cache::sync::Cache::new(entries),
             renders: quick_cache::sync::Cache::new(entries),
             derived: Arc::new(DerivedDir::open(
-                &config.derived_dir,
-                config.derived_max_bytes,
+                &derived.derived_dir,
+                derived.derived_max_bytes,
             )?),
             fs,
         })
@@ -230,12 +235,12 @@ impl Gifs {
         self.derived.register(registry);
         self.workers.register(
             registry.sub_registry_with_prefix("gif_workers"),
-            crate::limit::PermitUnit::Request,
+            crate::admission::PermitUnit::Request,
         );
     }
 
     /// The decoding workers' admission (slots in use, waiting decodes).
-    pub fn workers(&self) -> &Limiter {
+    pub fn workers(&self) -> &Gate {
         &self.workers
     }
 

@@ -15,6 +15,7 @@ mod cache;
 mod classify;
 mod counters;
 mod error;
+pub mod settings;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -28,7 +29,6 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::config::GunSettings;
 use crate::flight::{Role, SingleFlight};
 use backoff::backoff;
 use breaker::Breaker;
@@ -39,6 +39,7 @@ use counters::bump;
 pub use breaker::BreakerState;
 pub use counters::{GunCounters, GunErrorCounters};
 pub use error::GunError;
+pub use settings::GunSettings;
 
 /// What the relay holds for a soul.
 #[derive(Debug, Clone, PartialEq)]

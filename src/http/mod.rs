@@ -7,7 +7,6 @@ pub mod multipart;
 pub mod path;
 pub mod query;
 pub mod range;
-pub mod request_body;
 pub mod request_head;
 
 use std::time::SystemTime;

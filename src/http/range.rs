@@ -27,11 +27,6 @@ impl ByteRange {
         self.end - self.start + 1
     }
 
-    /// Never true (a range holds at least one byte); here for clippy's sake.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// `Content-Range` value for this range of a `total`-byte file.
     pub fn content_range(&self, total: u64) -> String {
         format!("bytes {}-{}/{}", self.start, self.end, total)

@@ -18,6 +18,8 @@
 //!   since any of them may have been written elsewhere meanwhile, and publishes what
 //!   was queued during the outage.
 
+pub mod settings;
+
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -30,11 +32,12 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::config::{RedisUrl, ReplicaSettings};
 use crate::gun::GunClient;
 use crate::metrics::by_kind;
 use crate::resolve::Resolver;
 use crate::resolve::source::GUN_PREFIX;
+use crate::secret::RedisUrl;
+pub use settings::ReplicaSettings;
 
 /// How often an idle subscription is checked with a `PING`: a Redis that vanished
 /// without closing the connection (a host gone, a partition) is noticed within this

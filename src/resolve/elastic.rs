@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::source::{Batch, Fetched, RecordSource};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The indices searched, in order; the second only for what the first did not have
 /// (the indexer's order).
@@ -342,7 +342,7 @@ impl ElasticSource {
     pub fn with_access(access: &ElasticAccess) -> Result<ElasticSource, ElasticSetupError> {
         let mut base =
             reqwest::Url::parse(access.host.trim()).map_err(|e| ElasticSetupError::Url {
-                url: crate::config::UrlSetting::from(access.host.as_str()).redacted(),
+                url: crate::secret::UrlSetting::from(access.host.as_str()).redacted(),
                 reason: e.to_string(),
             })?;
         let from_url = url_credentials(&base);

@@ -34,6 +34,7 @@ pub mod gun_source;
 pub mod memory;
 pub mod options;
 pub mod recipe;
+pub mod settings;
 pub mod source;
 pub mod stats;
 mod walk;
@@ -53,8 +54,8 @@ pub use options::{FieldFilter, OptionsError, ResolveOptions};
 pub use source::{Batch, Fetched, MemorySource, RecordSource, SourceKind, Sources};
 pub use stats::{Bound, RecordStats, ResolveStats, ResolverCounters};
 
-use crate::config::ResolverSettings;
 use crate::gun::GunClient;
+pub use settings::ResolverSettings;
 use walk::{Builder, Lookup, Memo, Unresolved};
 
 /// Resolved records and what it took to resolve them.

@@ -13,15 +13,15 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::file_response::{self, FileHeaders};
-use super::still::{self, Source, StillQuery};
-use super::variant::{self, Negotiated, VariantQuery};
+use super::gif::{self, Representation, Source};
+use super::variant;
 use crate::auth::{self, Denied};
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
 use crate::manifest::{AccessLevel, Manifest, ManifestError, MediaId, ServedType};
 use crate::response;
 use crate::state::AppState;
-use crate::store::{MappedFile, StoreError};
+use crate::store::MappedFile;
 
 /// Path prefix of this route.
 pub const PREFIX: &str = "/api/media/";
@@ -70,7 +70,7 @@ enum Tail {
 
 /// True when `path` is an `/api/media/<id>/info` request (whether or not `<id>` is
 /// valid). The route table admits such a request as `/info` work
-/// ([`crate::state::Admission::Info`]) and [`handle`] answers it as one.
+/// ([`crate::admission::GateId::Info`]) and [`handle`] answers it as one.
 pub fn is_info(path: &str) -> bool {
     matches!(split_tail(path), Some((_, Tail::Info)))
 }
@@ -144,41 +144,29 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
         file: &file,
         describe,
     };
-    let headers = request.headers();
-    match StillQuery::parse(request.uri().query(), state.gifs.widths()) {
-        StillQuery::NotAsked => {}
-        StillQuery::BadWidth => return still::bad_width(state.gifs.widths()),
-        StillQuery::BadFormat => return still::bad_format(),
-        StillQuery::Asked(_) if says_other_type => return still::not_a_gif(),
-        StillQuery::Asked(ask) => {
-            // Boxed: a still's render state would otherwise size every request's future.
-            return Box::pin(still::respond(state, method, headers, source, ask)).await;
-        }
-    }
-    match VariantQuery::parse(request.uri().query()) {
-        VariantQuery::NotAsked => {}
-        VariantQuery::BadFormat => return variant::bad_format(),
-        VariantQuery::Asked(_) if says_other_type => return variant::not_a_gif(),
-        VariantQuery::Asked(format) => {
-            let extensions = request.extensions();
-            return Box::pin(variant::respond(
-                state, method, headers, extensions, source, format,
-            ))
-            .await;
-        }
-    }
+    // A still or a variant of anything the manifest does not call something else.
+    let representation =
+        match Representation::parse(request.uri().query(), state.gifs.widths(), !says_other_type) {
+            Ok(representation) => representation,
+            Err(refused) => return *refused,
+        };
     // Negotiation only for items the manifest says are GIFs: no sniffing per request.
     let declared_gif = mime.is_some_and(is_gif_mime);
-    // Boxed, as on the media route: only with `--auto-format`.
-    let describe = if declared_gif && state.config.transcode.auto_format {
-        match Box::pin(variant::negotiate(state, method, headers, &source)).await {
-            Negotiated::Variant(webp) => return webp,
-            Negotiated::Gif(describe) => describe,
-        }
-    } else {
-        source.describe
+    // Bound before the await, so only the boxed future (not a whole response) is held
+    // across it; the request's parts are borrowed in the call, not kept in locals.
+    let later = match gif::respond(
+        state,
+        method,
+        request.headers(),
+        request.extensions(),
+        source,
+        representation,
+        declared_gif,
+    ) {
+        gif::Answer::Now(response) => return response,
+        gif::Answer::Later(later) => later,
     };
-    file_response::respond(method, headers, &file, describe, state.chunk)
+    later.await
 }
 
 /// Headers for the original's bytes.
@@ -270,23 +258,17 @@ async fn info_response(
     let declared_gif = declared.is_some_and(is_gif_mime);
     let sniff = declared.is_none();
     // The confinement check and the sniff are filesystem calls: one pool job for both.
-    let (root, job_original) = (state.media_root.clone(), original.to_path_buf());
-    let resolved = state
-        .fs
-        .run(move || {
-            let real = root.resolve(&job_original)?;
-            let sniffed = sniff.then(|| crate::gif::meta::looks_like_gif(&real));
-            Ok::<_, StoreError>((real, sniffed))
-        })
-        .await;
+    let resolved = file_response::resolve_or(
+        &state.fs,
+        &state.media_root,
+        original,
+        media_not_found,
+        move |real| sniff.then(|| crate::gif::meta::looks_like_gif(real)),
+    )
+    .await;
     let (real, sniffed) = match resolved {
-        Ok(Ok(found)) => found,
-        Err(busy) => return file_response::filesystem_unavailable(busy),
-        Ok(Err(StoreError::Io(error))) => {
-            tracing::error!(media_id = id.as_str(), %error, "cannot resolve media");
-            return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
-        }
-        Ok(Err(_)) => return media_not_found(),
+        Ok(found) => found,
+        Err(refused) => return *refused,
     };
     let is_gif = declared_gif
         || sniffed.is_some_and(|sniffed| {
@@ -308,7 +290,7 @@ async fn info_response(
                     );
                 }
             },
-            Err(error) => return still::gif_error(&error),
+            Err(error) => return gif::gif_error(&error),
         }
         match variant::existing(state, file.identity).await {
             Ok(variants) => {

@@ -8,11 +8,11 @@ use crate::body::Body;
 use crate::http::conditional::EntityTag;
 use crate::http::{self as rfc, FileOutcome, Validators, multipart};
 use crate::response;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::fs_pool::FsPoolError;
+use crate::fs_pool::{FsPool, FsPoolError};
 use crate::store::{MappedFile, Root, Store, StoreError};
 
 /// How one route describes its files.
@@ -205,28 +205,62 @@ pub async fn open_or(
     }
 }
 
+/// Resolves `relative` under `root` to its real path on the filesystem pool, and runs
+/// `then` on that path in the same pool job (a sniff of its first bytes, say); or the
+/// answer when it cannot: a busy filesystem is a 503 (see [`filesystem_unavailable`]),
+/// an I/O failure a 500 (logged with the path and the cause), anything else (missing,
+/// outside the root) the route's own 404 (`not_found`). The one "real path" step of
+/// the routes that hand a path to a component (stills, variants, `/info`), beside
+/// [`open_or`], the one file-open step.
+pub async fn resolve_or<T: Send + 'static>(
+    fs: &FsPool,
+    root: &Root,
+    relative: &Path,
+    not_found: fn() -> Response<Body>,
+    then: impl FnOnce(&Path) -> T + Send + 'static,
+) -> Result<(PathBuf, T), Box<Response<Body>>> {
+    let (root, job_relative) = (root.clone(), relative.to_path_buf());
+    let resolved = fs
+        .run(move || {
+            let real = root.resolve(&job_relative)?;
+            let more = then(&real);
+            Ok::<_, StoreError>((real, more))
+        })
+        .await;
+    match resolved {
+        Ok(Ok(found)) => Ok(found),
+        Err(busy) => Err(Box::new(filesystem_unavailable(busy))),
+        Ok(Err(StoreError::Io(error))) => {
+            tracing::error!(path = %relative.display(), %error, "cannot resolve file");
+            Err(Box::new(response::json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Cannot read file",
+            )))
+        }
+        Ok(Err(_)) => Err(Box::new(not_found())),
+    }
+}
+
 /// The answer when the filesystem pool could not do a request's filesystem call: 503
 /// with `Retry-After` and `Cache-Control: no-store` for a refusal or a timeout (the
 /// filesystem is slow or the pool saturated; nothing about the file is known), 500 for
 /// a job that failed (a bug, logged).
 pub fn filesystem_unavailable(error: FsPoolError) -> Response<Body> {
-    let mut response = match error {
-        FsPoolError::QueueFull | FsPoolError::TimedOut => response::json(
-            StatusCode::SERVICE_UNAVAILABLE,
+    match error {
+        FsPoolError::QueueFull | FsPoolError::TimedOut => crate::admission::retry_later(
             &serde_json::json!({ "error": "Storage busy, retry shortly", "reason": error.to_string() }),
+            1,
         ),
         FsPoolError::Failed => {
             tracing::error!(%error, "filesystem job failed");
-            response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+            let mut response =
+                response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
         }
-    };
-    let unavailable = response.status() == StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    if unavailable {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Whether `path`'s extension is `gif`, case-insensitively, as `Path::extension` would

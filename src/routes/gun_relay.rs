@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::body::Body;
 use crate::gun::{GunClient, GunError, GunRecord};
 use crate::http::query;
-use crate::http::request_body::{BodyError, read_bounded};
+use crate::request_body::{BodyError, read_bounded};
 use crate::response;
 use crate::state::AppState;
 
@@ -93,11 +93,11 @@ where
     let settings = &state.config.gun;
     let (parts, body) = request.into_parts();
     let limit = settings.gun_put_body_limit;
-    let budget = &state.admissions.request_body;
+    let budget = &state.gates.request_body;
     let timeout = settings.gun_put_body_timeout;
     let body = match read_bounded(&parts.headers, body, limit, timeout, budget).await {
         Ok(body) => body,
-        Err(BodyError::Busy(why)) => return crate::limit::shed_response(why, 1),
+        Err(BodyError::Busy(why)) => return crate::admission::shed_response(why, 1),
         Err(error) => return respond(body_error(&error)),
     };
     let answer = put(gun, &body, settings.gun_breaker_cooldown).await;

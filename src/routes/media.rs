@@ -1,15 +1,14 @@
 //! `GET|HEAD /media/<project>/<file>`: the exercise-GIF route (SPEC §1A), served from
 //! `MEDIA_DIR/web` with the indexer's headers and none of its defects. `?still=1`
-//! on a GIF hands over to [`super::still`] for a poster, `?format=` to
-//! [`super::variant`] for an MP4, WebM or WebP variant.
+//! on a GIF asks for a poster, `?format=` for an MP4, WebM or WebP variant: the one GIF
+//! representation path of [`super::gif`].
 
 use std::path::Path;
 
 use http::{HeaderValue, Request, Response};
 
 use super::file_response::{self, FileHeaders};
-use super::still::StillQuery;
-use super::variant::{self, Negotiated, VariantQuery};
+use super::gif::{self, Representation, Source};
 use crate::body::Body;
 use crate::http::path::safe_relative;
 use crate::response;
@@ -42,22 +41,11 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
     // The query string is ignored, except for a still poster of a GIF (`?still=1`) or
     // a variant of one (`?format=`).
     let is_gif = file_response::is_gif(relative);
-    let still = match StillQuery::parse(request.uri().query(), state.gifs.widths()) {
-        StillQuery::NotAsked => None,
-        StillQuery::BadWidth => return super::still::bad_width(state.gifs.widths()),
-        StillQuery::BadFormat => return super::still::bad_format(),
-        StillQuery::Asked(_) if !is_gif => return super::still::not_a_gif(),
-        StillQuery::Asked(ask) => Some(ask),
-    };
-    let variant = match still.map_or_else(
-        || VariantQuery::parse(request.uri().query()),
-        |_| VariantQuery::NotAsked,
-    ) {
-        VariantQuery::NotAsked => None,
-        VariantQuery::BadFormat => return variant::bad_format(),
-        VariantQuery::Asked(_) if !is_gif => return variant::not_a_gif(),
-        VariantQuery::Asked(format) => Some(format),
-    };
+    let representation =
+        match Representation::parse(request.uri().query(), state.gifs.widths(), is_gif) {
+            Ok(representation) => representation,
+            Err(refused) => return *refused,
+        };
     let file =
         match file_response::open_or(&state.store, &state.web_root, relative, response::not_found)
             .await
@@ -66,34 +54,25 @@ pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Body> 
             Err(refused) => return *refused,
         };
     let describe = FileHeaders::for_plain_file(relative, &file, CACHE_CONTROL);
-    let source = super::still::Source {
+    let source = Source {
         root: &state.web_root,
         relative,
         file: &file,
         describe,
     };
-    let headers = request.headers();
-    if let Some(ask) = still {
-        // Boxed: a still's render state would otherwise size every GIF request's future.
-        return Box::pin(super::still::respond(state, method, headers, source, ask)).await;
-    }
-    if let Some(format) = variant {
-        // Boxed for the same reason: a transcode wait is rare and large.
-        let extensions = request.extensions();
-        return Box::pin(variant::respond(
-            state, method, headers, extensions, source, format,
-        ))
-        .await;
-    }
-    // Boxed and only with `--auto-format`: its wait on a variant's mapping would
-    // otherwise size every GIF request's future (~1,000 bytes, copied as hyper moves it).
-    let describe = if is_gif && state.config.transcode.auto_format {
-        match Box::pin(variant::negotiate(state, method, headers, &source)).await {
-            Negotiated::Variant(webp) => return webp,
-            Negotiated::Gif(describe) => describe,
-        }
-    } else {
-        source.describe
+    // Bound before the await, so only the boxed future (not a whole response) is held
+    // across it; the request's parts are borrowed in the call, not kept in locals.
+    let later = match gif::respond(
+        state,
+        method,
+        request.headers(),
+        request.extensions(),
+        source,
+        representation,
+        is_gif,
+    ) {
+        gif::Answer::Now(response) => return response,
+        gif::Answer::Later(later) => later,
     };
-    file_response::respond(method, headers, &file, describe, state.chunk)
+    later.await
 }

@@ -21,6 +21,7 @@
 pub mod api_media;
 pub mod file_response;
 pub mod generate;
+pub mod gif;
 pub mod gun_relay;
 pub mod media;
 pub mod ops;
@@ -31,9 +32,10 @@ pub mod variant;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 
+use crate::admission::GateId;
 use crate::body::Body;
 use crate::response;
-use crate::state::{Admission, AppState};
+use crate::state::AppState;
 
 /// Route families, the `route` label of `oip_media_http_responses_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,14 +216,14 @@ impl Handler {
     }
 }
 
-/// How a route picks the admission its handler runs behind.
+/// How a route picks the gate its handler runs behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub enum GateRule {
     /// Always this one.
-    Always(Admission),
-    /// A GIF route (`/media/…`, `/api/media/<id>`): [`Admission::Media`] for the file's
-    /// bytes, but [`Admission::Still`] when the query asks for a still
-    /// ([`still::asks_for_still`]) and [`Admission::Info`] for `/api/media/<id>/info`
+    Always(GateId),
+    /// A GIF route (`/media/…`, `/api/media/<id>`): [`GateId::Media`] for the file's
+    /// bytes, but [`GateId::Still`] when the query asks for a still
+    /// ([`still::asks_for_still`]) and [`GateId::Info`] for `/api/media/<id>/info`
     /// ([`api_media::is_info`]). A still or `/info` may wait for a render or a parse: it
     /// runs behind its own bound and never holds a GIF-serving slot while it waits. The
     /// handler makes the same choice from the same two functions, so the admission a
@@ -229,15 +231,15 @@ pub enum Admit {
     GifWork,
 }
 
-impl Admit {
-    /// The admission of a request for `uri` on a route declared with `self`. Pure:
-    /// reads the path and the query string, allocates nothing.
-    pub fn admission(self, uri: &http::Uri) -> Admission {
+impl GateRule {
+    /// The gate of a request for `uri` on a route declared with `self`. Pure: reads
+    /// the path and the query string, allocates nothing.
+    pub fn pick(self, uri: &http::Uri) -> GateId {
         match self {
-            Admit::Always(admission) => admission,
-            Admit::GifWork if api_media::is_info(uri.path()) => Admission::Info,
-            Admit::GifWork if still::asks_for_still(uri.query()) => Admission::Still,
-            Admit::GifWork => Admission::Media,
+            GateRule::Always(id) => id,
+            GateRule::GifWork if api_media::is_info(uri.path()) => GateId::Info,
+            GateRule::GifWork if still::asks_for_still(uri.query()) => GateId::Still,
+            GateRule::GifWork => GateId::Media,
         }
     }
 }
@@ -251,8 +253,8 @@ pub struct Route {
     pub family: RouteFamily,
     /// Methods answered; others get `405` + `Allow`.
     pub methods: Methods,
-    /// The admission bound the handler runs behind.
-    pub admit: Admit,
+    /// The gate the handler runs behind.
+    pub gate: GateRule,
     /// What answers it.
     pub handler: Handler,
 }
@@ -261,25 +263,25 @@ const fn route(
     pattern: &'static str,
     family: RouteFamily,
     methods: Methods,
-    admit: Admit,
+    gate: GateRule,
     handler: Handler,
 ) -> Route {
     Route {
         pattern,
         family,
         methods,
-        admit,
+        gate,
         handler,
     }
 }
 
-use Admit::GifWork;
+use GateRule::GifWork;
 use RouteFamily as F;
 
-const MEDIA_LIMIT: Admit = Admit::Always(Admission::Media);
-const OPEN: Admit = Admit::Always(Admission::Open);
-const GUN_PUT: Admit = Admit::Always(Admission::GunPut);
-const GUN_GET: Admit = Admit::Always(Admission::GunGet);
+const MEDIA_LIMIT: GateRule = GateRule::Always(GateId::Media);
+const OPEN: GateRule = GateRule::Always(GateId::Open);
+const GUN_PUT: GateRule = GateRule::Always(GateId::GunPut);
+const GUN_GET: GateRule = GateRule::Always(GateId::GunGet);
 
 /// Every route of the service. Paths matching none get the JSON 404 (family `other`).
 /// Prefix forms are listed twice (`/x/` and `/x/{*rest}`) because a catch-all matches
@@ -465,48 +467,48 @@ mod tests {
         for route in ROUTES {
             let bytes = matches!(route.family, F::Media | F::ApiMedia | F::Generate);
             assert_eq!(
-                route.admit.admission(&plain) == Admission::Media,
+                route.gate.pick(&plain) == GateId::Media,
                 bytes,
                 "{}",
                 route.pattern
             );
         }
-        let put = router().at("/gun-relay/put").map(|r| r.admit);
-        assert_eq!(put, Some(Admit::Always(Admission::GunPut)));
+        let put = router().at("/gun-relay/put").map(|r| r.gate);
+        assert_eq!(put, Some(GateRule::Always(GateId::GunPut)));
     }
 
     /// The admission a request gets, by the route it matched and its path and query.
-    fn admission_of(target: &str) -> Admission {
+    fn admission_of(target: &str) -> GateId {
         let uri: http::Uri = target.parse().unwrap();
         router()
             .at(uri.path())
-            .map_or(Admission::Open, |r| r.admit.admission(&uri))
+            .map_or(GateId::Open, |r| r.gate.pick(&uri))
     }
 
     #[test]
     fn stills_and_info_never_take_a_gif_serving_slot() {
         let id = "a".repeat(64);
         for (target, expected) in [
-            ("/media/fitnessally/a.gif", Admission::Media),
-            ("/media/fitnessally/a.gif?w=90", Admission::Media),
-            ("/media/fitnessally/a.gif?still=0", Admission::Media),
-            ("/media/fitnessally/a.gif?still=1", Admission::Still),
-            ("/media/fitnessally/a.gif?w=90&still=true", Admission::Still),
-            ("/media/fitnessally/a.gif?still=1&w=91", Admission::Still),
-            ("/media/fitnessally/a.png?still=1", Admission::Still),
+            ("/media/fitnessally/a.gif", GateId::Media),
+            ("/media/fitnessally/a.gif?w=90", GateId::Media),
+            ("/media/fitnessally/a.gif?still=0", GateId::Media),
+            ("/media/fitnessally/a.gif?still=1", GateId::Still),
+            ("/media/fitnessally/a.gif?w=90&still=true", GateId::Still),
+            ("/media/fitnessally/a.gif?still=1&w=91", GateId::Still),
+            ("/media/fitnessally/a.png?still=1", GateId::Still),
             // A file named `info` under /media is a file, not /info.
-            ("/media/fitnessally/info", Admission::Media),
-            (&format!("/api/media/{id}"), Admission::Media),
-            (&format!("/api/media/{id}?still=1"), Admission::Still),
-            (&format!("/api/media/{id}/info"), Admission::Info),
-            (&format!("/api/media/{id}/info?still=1"), Admission::Info),
-            (&format!("/api/media/{id}/other"), Admission::Media),
-            ("/api/media?id=a.mp3&still=1", Admission::Media),
-            ("/api/generate/media/a.mp3?still=1", Admission::Media),
-            ("/gun-relay/put", Admission::GunPut),
-            ("/gun-relay/get?soul=x", Admission::GunGet),
-            ("/api/resolve", Admission::Open),
-            ("/metrics", Admission::Open),
+            ("/media/fitnessally/info", GateId::Media),
+            (&format!("/api/media/{id}"), GateId::Media),
+            (&format!("/api/media/{id}?still=1"), GateId::Still),
+            (&format!("/api/media/{id}/info"), GateId::Info),
+            (&format!("/api/media/{id}/info?still=1"), GateId::Info),
+            (&format!("/api/media/{id}/other"), GateId::Media),
+            ("/api/media?id=a.mp3&still=1", GateId::Media),
+            ("/api/generate/media/a.mp3?still=1", GateId::Media),
+            ("/gun-relay/put", GateId::GunPut),
+            ("/gun-relay/get?soul=x", GateId::GunGet),
+            ("/api/resolve", GateId::Open),
+            ("/metrics", GateId::Open),
         ] {
             assert_eq!(admission_of(target), expected, "{target}");
         }

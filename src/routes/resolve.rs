@@ -24,7 +24,7 @@
 //!
 //! Admission comes after the body is read and before anything is built from it: a
 //! client trickling its body holds no resolve slot, and a waiting request holds only
-//! its bytes. The slot (a [`Limiter`](crate::limit::Limiter) permit) travels in the
+//! its bytes. The slot (a [`Gate`](crate::admission::Gate) permit) travels in the
 //! response body and is released when the answer has been sent or abandoned, since
 //! the serialized answer is memory until then.
 
@@ -35,9 +35,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde_json::Value;
 
+use crate::admission::{Gate, Shed};
 use crate::body::Body;
-use crate::http::request_body::{BodyError, BoundedBody, read_bounded, share_units};
-use crate::limit::{Limiter, Shed};
+use crate::request_body::{BodyError, BoundedBody, read_bounded, share_units};
 use crate::resolve::bounded_parse::{BoundedParseError, parse_within};
 use crate::resolve::{OptionsError, Resolution, ResolveOptions};
 use crate::response;
@@ -121,7 +121,7 @@ where
     let resolve_share = if units == 0 {
         None
     } else {
-        match state.admissions.resolve_body.acquire_many(units).await {
+        match state.gates.resolve_body.acquire_many(units).await {
             Ok(share) => Some(share),
             Err(why) => return refused(&InputError::Busy(why)),
         }
@@ -130,14 +130,14 @@ where
         request,
         settings.resolve_body_limit,
         settings.resolve_body_timeout,
-        &state.admissions.request_body,
+        &state.gates.request_body,
     )
     .await
     {
         Ok(read) => read,
         Err(error) => return refused(&error),
     };
-    let admission = &state.admissions.resolve;
+    let admission = &state.gates.resolve;
     let permit = match admission.acquire().await {
         Ok(permit) => permit,
         Err(why) => return admission.shed_response(why),
@@ -186,7 +186,7 @@ fn internal_error() -> Response<Body> {
 fn refused(error: &InputError) -> Response<Body> {
     tracing::debug!(?error, "refused resolve request");
     if let InputError::Busy(why) = error {
-        return crate::limit::shed_response(*why, 1);
+        return crate::admission::shed_response(*why, 1);
     }
     response::json_error(error.status(), &error.to_string())
 }
@@ -198,7 +198,7 @@ pub async fn read_body<B>(
     request: Request<B>,
     limit: u64,
     timeout: Duration,
-    budget: &Limiter,
+    budget: &Gate,
 ) -> Result<(Option<String>, BoundedBody), InputError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::file_response::{self, FileHeaders};
+use super::gif::{Source, gif_error};
 use crate::body::Body;
-use crate::gif::GifError;
 use crate::gif::still::StillFormat;
 use crate::http::query;
 use crate::response;
 use crate::state::AppState;
-use crate::store::{MappedFile, Root, StoreError};
+use crate::store::{MappedFile, StoreError};
 
 /// A still as asked for: its width (`None`: the GIF's own) and format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub enum StillQuery {
 }
 
 /// True when `query` asks for a still (`still=1` or `still=true`), whatever else it
-/// says. The route table admits such a request as a still ([`crate::state::Admission::Still`])
+/// says. The route table admits such a request as a still ([`crate::admission::GateId::Still`])
 /// and [`StillQuery::parse`] answers it as one: one test, so the two never disagree.
 pub fn asks_for_still(query: Option<&str>) -> bool {
     query::param_is_one_of(query, "still", &["1", "true"])
@@ -107,48 +107,6 @@ pub fn not_a_gif() -> Response<Body> {
     )
 }
 
-/// The answer for a GIF that could not be described or rendered.
-pub fn gif_error(error: &GifError) -> Response<Body> {
-    match error {
-        GifError::Invalid(_) => {
-            response::json_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid GIF")
-        }
-        GifError::TooLarge(reason) => response::json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &format!("GIF too large to process: {reason}"),
-        ),
-        GifError::SourceChanged => {
-            let mut response = response::json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The file changed while it was being read; try again",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
-        GifError::Io(reason) => {
-            tracing::error!(%reason, "GIF processing failed");
-            response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot process GIF")
-        }
-        GifError::Busy(busy) => file_response::filesystem_unavailable(*busy),
-        GifError::WorkersBusy(why) => crate::limit::shed_response(*why, 1),
-    }
-}
-
-/// The GIF a still is made from, as its route found and described it.
-pub struct Source<'a> {
-    /// The media root it lives under.
-    pub root: &'a Root,
-    /// Its checked path under that root.
-    pub relative: &'a Path,
-    /// The file as the store mapped it (its identity keys the still).
-    pub file: &'a MappedFile,
-    /// How the route describes the GIF: the still keeps its `Cache-Control` and extra
-    /// headers and derives its ETag from the GIF's.
-    pub describe: FileHeaders,
-}
-
 /// Answers a still request for `source`.
 pub async fn respond(
     state: &AppState,
@@ -158,16 +116,17 @@ pub async fn respond(
     ask: StillAsk,
 ) -> Response<Body> {
     let StillAsk { width, format } = ask;
-    let (root, relative) = (source.root.clone(), source.relative.to_path_buf());
-    let resolved = state.fs.run(move || root.resolve(&relative)).await;
+    let resolved = file_response::resolve_or(
+        &state.fs,
+        source.root,
+        source.relative,
+        response::not_found,
+        |_| (),
+    )
+    .await;
     let path = match resolved {
-        Ok(Ok(path)) => path,
-        Err(busy) => return file_response::filesystem_unavailable(busy),
-        Ok(Err(StoreError::Io(error))) => {
-            tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
-            return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read file");
-        }
-        Ok(Err(_)) => return response::not_found(),
+        Ok((path, ())) => path,
+        Err(refused) => return *refused,
     };
     let mut suffix = match width {
         Some(w) => format!("-still-w{w}"),

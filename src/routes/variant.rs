@@ -10,7 +10,7 @@
 //!
 //! A variant that does not exist yet is made while the request waits — in the
 //! transcoder's own bounded admission, after giving its GIF-serving slot back
-//! ([`HeldPermit`]); it takes a new slot only when it has bytes to send. With
+//! ([`Lease`]); it takes a new slot only when it has bytes to send. With
 //! `--auto-format`, a plain GIF request whose `Accept` lists `image/webp` gets the WebP
 //! variant when it exists, and never waits for one: a missing one is queued and the GIF
 //! is sent at once.
@@ -30,20 +30,14 @@ use std::path::Path;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::file_response::{self, FileHeaders};
-use super::still::{Source, gif_error};
+use super::gif::{Source, gif_error, variant_error};
+use crate::admission::Lease;
 use crate::body::Body;
 use crate::http::query;
-use crate::limit::HeldPermit;
 use crate::response;
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::transcode::{GifSource, VariantError, VariantFormat, VariantJob, Wait};
-
-/// `Retry-After` of a 503: a transcode takes about a second.
-const RETRY_AFTER_SECS: u64 = 2;
-
-/// `Retry-After` of a timeout's 503: how long the timeout is remembered.
-const TIMEOUT_RETRY_AFTER_SECS: u64 = crate::transcode::TIMEOUT_REMEMBERED.as_secs();
 
 /// What the query string asks for (when it does not ask for a still).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,81 +83,7 @@ pub fn not_a_gif() -> Response<Body> {
     )
 }
 
-/// The answer for a variant that cannot be had.
-///
-/// Why ffmpeg is unusable or why it failed is logged by the transcoder when it happens
-/// (at start-up, and once per failed variant); the body says only what kind of trouble
-/// it is, because ffmpeg's words name paths on this host (the GIF's, the derived
-/// folder's, ffmpeg's own) and I/O errors. A timeout's reason is ours and says nothing
-/// more than the bound, so it is kept; the host's trouble is named by its kind.
-///
-/// Every `503` carries `Retry-After` and `Cache-Control: no-store`: what failed was not
-/// the GIF, and the next try may well succeed.
-pub fn variant_error(error: &VariantError) -> Response<Body> {
-    let mut retry_after = RETRY_AFTER_SECS;
-    let (status, message, reason) = match error {
-        VariantError::Unavailable(_) => (
-            StatusCode::NOT_IMPLEMENTED,
-            "Variants are not available on this server",
-            None,
-        ),
-        VariantError::Failed(_) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "This GIF cannot be transcoded",
-            None,
-        ),
-        VariantError::TimedOut(reason) => {
-            retry_after = TIMEOUT_RETRY_AFTER_SECS;
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The transcode took too long, retry later",
-                Some(reason.to_string()),
-            )
-        }
-        VariantError::Host { fault, .. } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Cannot make the variant now, retry shortly",
-            Some(fault.public_reason().to_owned()),
-        ),
-        VariantError::Busy(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Transcoder busy, retry shortly",
-            Some((*reason).to_owned()),
-        ),
-        VariantError::StillWorking => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Still transcoding, retry shortly",
-            None,
-        ),
-        VariantError::SourceChanged => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The file changed while it was being read; try again",
-            None,
-        ),
-        VariantError::Io(reason) => {
-            tracing::error!(%reason, "transcode failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Cannot make the variant",
-                None,
-            )
-        }
-    };
-    let mut body = serde_json::json!({ "error": message });
-    if let Some(reason) = reason {
-        body["reason"] = serde_json::Value::String(reason);
-    }
-    let mut response = response::json(status, &body);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    }
-    no_store(&mut response);
-    response
-}
-
-fn no_store(response: &mut Response<Body>) {
+pub(super) fn no_store(response: &mut Response<Body>) {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -210,15 +130,13 @@ pub async fn respond(
     for attempt in 0..3 {
         match serve(state, method, headers, &source, &name, describe.clone()).await {
             Ok(mut response) => {
-                let held = extensions
-                    .get::<HeldPermit>()
-                    .is_some_and(|held| held.is_held());
+                let held = extensions.get::<Lease>().is_some_and(|held| held.is_held());
                 if !held {
                     // The slot was given back to wait: take one again to send bytes.
-                    let limiter = &state.admissions.media;
-                    match limiter.acquire().await {
-                        Ok(permit) => limiter.attach(response.body_mut(), permit),
-                        Err(why) => return limiter.shed_response(why),
+                    let gate = &state.gates.media;
+                    match gate.acquire().await {
+                        Ok(permit) => gate.attach(response.body_mut(), permit),
+                        Err(why) => return gate.shed_response(why),
                     }
                 }
                 return response;
@@ -231,7 +149,7 @@ pub async fn respond(
             return variant_error(&error);
         }
         // Waiting for ffmpeg must not hold a GIF-serving slot.
-        if let Some(held) = extensions.get::<HeldPermit>() {
+        if let Some(held) = extensions.get::<Lease>() {
             held.release();
         }
         if let Err(response) = make(state, &source, format).await {
@@ -248,19 +166,14 @@ async fn make(
     source: &Source<'_>,
     format: VariantFormat,
 ) -> Result<String, Box<Response<Body>>> {
-    let (root, relative) = (source.root.clone(), source.relative.to_path_buf());
-    let path = match state.fs.run(move || root.resolve(&relative)).await {
-        Ok(Ok(path)) => path,
-        Err(busy) => return Err(Box::new(file_response::filesystem_unavailable(busy))),
-        Ok(Err(StoreError::Io(error))) => {
-            tracing::error!(path = %source.relative.display(), %error, "cannot resolve GIF");
-            return Err(Box::new(response::json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Cannot read file",
-            )));
-        }
-        Ok(Err(_)) => return Err(Box::new(response::not_found())),
-    };
+    let (path, ()) = file_response::resolve_or(
+        &state.fs,
+        source.root,
+        source.relative,
+        response::not_found,
+        |_| (),
+    )
+    .await?;
     let identity = source.file.identity;
     let info = state
         .gifs

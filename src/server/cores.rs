@@ -7,7 +7,7 @@
 //! stays on the thread the kernel's hash gave it, busy or not. BENCHMARKS.md ("Many
 //! cores") measures both; the default follows the measurement.
 //!
-//! Nothing of the application is per thread: the connection cap, the limiters, the
+//! Nothing of the application is per thread: the connection cap, the gates, the
 //! caches, the filesystem threads and the metrics are the same objects for every
 //! thread, all `Sync`, their waiters woken across runtimes by tokio's sync primitives.
 //! What is per thread: the timers and the socket readiness of the connections it

@@ -48,10 +48,10 @@ impl Fitted {
     /// The bounds of `config`.
     pub fn of(config: &Config) -> Self {
         Fitted {
-            map_cache_entries: config.map_cache_entries as u64,
-            max_connections: config.max_connections as u64,
-            max_in_flight: config.max_in_flight as u64,
-            max_stalled: config.max_stalled as u64,
+            map_cache_entries: config.store.map_cache_entries as u64,
+            max_connections: config.server.max_connections as u64,
+            max_in_flight: config.admission.max_in_flight as u64,
+            max_stalled: config.admission.max_stalled as u64,
         }
     }
 
@@ -232,7 +232,11 @@ pub fn limit() -> Option<u64> {
 /// notice), naming the limit that keeps them.
 pub fn apply(config: &mut Config) -> Result<Plan, StartError> {
     let plan = plan(raise_limit(), config).map_err(|message| StartError::InvalidSetting {
-        option: "--max-connections/--max-in-flight",
+        option: format!(
+            "{}, {}",
+            crate::config::option_name("max_connections"),
+            crate::config::option_name("max_in_flight")
+        ),
         message,
     })?;
     if plan.lowered() {
@@ -246,32 +250,12 @@ pub fn apply(config: &mut Config) -> Result<Plan, StartError> {
             "{plan}"
         );
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-        config.map_cache_entries = as_usize(plan.fitted.map_cache_entries);
-        config.max_connections = as_usize(plan.fitted.max_connections);
-        config.max_in_flight = as_usize(plan.fitted.max_in_flight);
-        config.max_stalled = as_usize(plan.fitted.max_stalled);
+        config.store.map_cache_entries = as_usize(plan.fitted.map_cache_entries);
+        config.server.max_connections = as_usize(plan.fitted.max_connections);
+        config.admission.max_in_flight = as_usize(plan.fitted.max_in_flight);
+        config.admission.max_stalled = as_usize(plan.fitted.max_stalled);
     }
     Ok(plan)
-}
-
-/// `oip-media check`: the settings are validated as serving would, the limit raised,
-/// and the plan printed on stdout. Exit 0 when every bound fits, 1 when start-up would
-/// lower some, 2 when it would refuse to start.
-pub fn check(config: &Config) -> std::process::ExitCode {
-    if let Err(error) = config.validate() {
-        println!("oip-media check: {error}");
-        return std::process::ExitCode::from(2);
-    }
-    match plan(raise_limit(), config) {
-        Ok(plan) => {
-            println!("oip-media check: {plan}");
-            std::process::ExitCode::from(u8::from(plan.lowered()))
-        }
-        Err(message) => {
-            println!("oip-media check: {message}");
-            std::process::ExitCode::from(2)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Two layouts of the serving threads (`--runtime`): one multi-thread runtime with one
 //! accept loop, or one current-thread runtime per core, each with its own accept loop on
 //! its own `SO_REUSEPORT` socket ([`cores`], [`listen`]). Either way every accept loop
-//! shares the one [`App`] (its limiters, caches, filesystem threads and metrics) and
+//! shares the one [`App`] (its gates, caches, filesystem threads and metrics) and
 //! the one connection cap, and shutdown stops them all.
 //!
 //! HTTP/1.1 only: oip-media sits behind the indexer's proxy or a TLS-terminating front
@@ -13,6 +13,7 @@ mod cores;
 pub mod fd_budget;
 mod lane;
 mod listen;
+pub mod settings;
 pub mod tcp_progress;
 pub mod timed_io;
 pub mod zero_copy;
@@ -101,13 +102,13 @@ pub async fn start_with_shutdown(
 ) -> Result<RunningServer, StartError> {
     let mut config = config;
     fd_budget::apply(&mut config)?;
-    let addr = SocketAddr::new(config.bind, config.port);
+    let addr = SocketAddr::new(config.server.bind, config.server.port);
     let listeners = listen::bind(addr, config.listeners())
         .map_err(|source| StartError::Bind { addr, source })?;
     let addr = listeners[0]
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    let layout = config.runtime;
+    let layout = config.server.runtime;
     let app = App::new(config)?;
     let shared = Shared::new(&app)?;
     // `true` tells every accept loop to stop; a dropped sender does too.
@@ -131,8 +132,8 @@ pub async fn start_with_shutdown(
             .map_err(|source| StartError::Workers { source })?,
     };
     drop(stop_rx);
-    let summary = crate::app::spawn_summary(&app, shared.config.summary_interval);
-    let grace = shared.config.shutdown_grace;
+    let summary = crate::app::spawn_summary(&app, shared.config.log.summary_interval);
+    let grace = shared.config.server.shutdown_grace;
     let task = tokio::spawn(async move {
         shutdown.await;
         tracing::info!(
@@ -175,14 +176,14 @@ pub(crate) struct Shared {
 impl Shared {
     fn new(app: &App) -> Result<Shared, StartError> {
         let config = Arc::clone(&app.state().config);
-        let lane = match config.fast_lane {
+        let lane = match config.server.fast_lane {
             FastLane::On => Some(Arc::new(
                 lane::Lane::new(
-                    config.max_request_head,
-                    http1_builder(config.max_request_head),
+                    config.server.max_request_head,
+                    http1_builder(config.server.max_request_head),
                 )
                 .map_err(|message| StartError::InvalidSetting {
-                    option: "route table",
+                    option: "route table".to_owned(),
                     message,
                 })?,
             )),
@@ -190,13 +191,13 @@ impl Shared {
         };
         Ok(Shared {
             lane,
-            connection_slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            connection_slots: Arc::new(Semaphore::new(config.server.max_connections.max(1))),
             counters: Arc::clone(&app.state().connections),
             timeouts: Timeouts {
-                header_read: config.header_read_timeout,
-                keep_alive: config.keep_alive_timeout,
-                write_stall: config.write_stall_timeout,
-                stalled_after: config.stalled_after,
+                header_read: config.server.header_read_timeout,
+                keep_alive: config.server.keep_alive_timeout,
+                write_stall: config.server.write_stall_timeout,
+                stalled_after: config.server.stalled_after,
             },
             app: app.clone(),
             config,
@@ -212,6 +213,7 @@ async fn answer<B>(
     app: Arc<App>,
     in_flight: InFlight,
     outbox: Arc<Outbox>,
+    peer: std::net::IpAddr,
     request: Request<B>,
 ) -> Response<Body>
 where
@@ -220,7 +222,10 @@ where
 {
     let mut response = app.handle(request).await;
     let body = response.body_mut();
+    body.note_client(peer);
     body.attach(in_flight);
+    // Guards (the gate permit, `in_flight`) now last until the body's last byte is
+    // written, and its file bytes may go out with sendfile.
     body.send_through(outbox);
     response
 }
@@ -251,7 +256,7 @@ async fn accept_loop(
     // Every lane connection holds a sender: once all are dropped, they are all done.
     let (lane_open, mut lane_done) = mpsc::channel::<()>(1);
     let stop_conn = stop.clone();
-    let builder = http1_builder(config.max_request_head);
+    let builder = http1_builder(config.server.max_request_head);
     let accepted_here = counters.accepted_by_listener.get(index).cloned();
     let stop = stopped(stop);
     tokio::pin!(stop);
@@ -279,7 +284,7 @@ async fn accept_loop(
             Err(_) => {
                 counters.cap_reached.inc();
                 tracing::warn!(
-                    max_connections = config.max_connections,
+                    max_connections = config.server.max_connections,
                     "connection cap reached; new clients wait in the backlog"
                 );
                 tokio::select! {
@@ -297,8 +302,8 @@ async fn accept_loop(
         }
         counters.open.inc();
         let _ = stream.set_nodelay(true);
-        if config.send_buffer > 0 {
-            let size = usize::try_from(config.send_buffer).unwrap_or(usize::MAX);
+        if config.server.send_buffer > 0 {
+            let size = usize::try_from(config.server.send_buffer).unwrap_or(usize::MAX);
             if let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(size) {
                 tracing::debug!(%error, "cannot set SO_SNDBUF");
             }
@@ -310,7 +315,7 @@ async fn accept_loop(
         let socket = ZeroCopyIo::new(
             stream,
             Arc::clone(&outbox),
-            config.sendfile_min_bytes,
+            config.store.sendfile_min_bytes,
             Arc::clone(&counters),
         );
         let timed = TimedIo::new(
@@ -326,6 +331,7 @@ async fn accept_loop(
         if let Some(lane) = &lane {
             let conn = lane::Conn {
                 app: conn_app,
+                peer: peer.ip(),
                 activity,
                 outbox,
             };
@@ -350,7 +356,9 @@ async fn accept_loop(
             let app = Arc::clone(&conn_app);
             let outbox = Arc::clone(&outbox);
             async move {
-                Ok::<_, std::convert::Infallible>(answer(app, in_flight, outbox, request).await)
+                Ok::<_, std::convert::Infallible>(
+                    answer(app, in_flight, outbox, peer.ip(), request).await,
+                )
             }
         });
         let watched = graceful.watch(builder.serve_connection(io, service));
@@ -366,7 +374,7 @@ async fn accept_loop(
 
     drop(listener);
     drop(lane_open);
-    tokio::time::timeout(config.shutdown_grace, async {
+    tokio::time::timeout(config.server.shutdown_grace, async {
         graceful.shutdown().await;
         // Lane connections saw the stop themselves; wait for the last to finish.
         let _ = lane_done.recv().await;

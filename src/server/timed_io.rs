@@ -29,7 +29,7 @@
 //!   client that keeps accepting bytes, however slowly, is never cut off;
 //! - no progress for `stalled_after` tells the socket the send is stalled
 //!   ([`SendProgress::stalled`]): the response's media slot leaves the in-flight bound
-//!   for the bounded pool of stalled bodies (`crate::stalled`), and comes back on the
+//!   for the bounded pool of stalled bodies (`crate::admission::StalledPool`), and comes back on the
 //!   next progress ([`SendProgress::resumed`]). A stalled connection also watches for
 //!   being dropped from that pool ([`SendProgress::poll_evicted`]);
 //! - no progress for `write_stall` fails the write with `TimedOut`, as before.
@@ -160,7 +160,7 @@ impl Drop for InFlight {
 
 /// A socket wrapper that fails reads and writes with `TimedOut` when a deadline passes,
 /// which makes hyper close the connection and drop the response body (and so its
-/// limiter permit). The timers are boxed so the wrapper stays `Unpin`, as hyper needs.
+/// gate permit). The timers are boxed so the wrapper stays `Unpin`, as hyper needs.
 pub struct TimedIo<T> {
     io: T,
     activity: Arc<ConnActivity>,

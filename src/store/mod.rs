@@ -36,6 +36,7 @@
 
 mod mapping;
 mod regular;
+pub mod settings;
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -50,11 +51,11 @@ use bytes::Bytes;
 use http::HeaderValue;
 use prometheus_client::registry::Registry;
 
-use crate::config::Config;
 use crate::fs_pool::{FsPool, FsPoolError};
 use crate::http::conditional::EntityTag;
 use crate::metrics::{ReadAtScrape, ShardedCounter, by_kind};
 pub use regular::{OpenError, open_regular};
+pub use settings::StoreSettings;
 
 /// What makes a file "the same file": if any of these change, the path now names a
 /// different file (renamed into place, or rewritten) and must be mapped again.
@@ -449,16 +450,16 @@ pub struct Store {
 
 impl Store {
     /// An empty cache with the configured bounds, making its filesystem calls on `fs`.
-    pub fn new(config: &Config, fs: FsPool) -> Store {
-        let entries = config.map_cache_entries.max(1);
-        let bytes = config.map_cache_bytes.max(1);
+    pub fn new(settings: &StoreSettings, fs: FsPool) -> Store {
+        let entries = settings.map_cache_entries.max(1);
+        let bytes = settings.map_cache_bytes.max(1);
         let floor = (bytes / entries as u64).max(1);
         Store {
             cache: quick_cache::sync::Cache::with_weighter(entries, bytes, MapWeighter { floor }),
-            max_file_size: config.max_file_size,
+            max_file_size: settings.max_file_size,
             counters: StoreCounters::default(),
             fs,
-            window_ns: u64::try_from(config.revalidate_window.as_nanos()).unwrap_or(u64::MAX),
+            window_ns: u64::try_from(settings.revalidate_window.as_nanos()).unwrap_or(u64::MAX),
             epoch: Instant::now(),
         }
     }
@@ -623,13 +624,14 @@ fn not_found_or_io(error: io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::fs_pool::FsPoolSettings;
 
     fn pool() -> FsPool {
         FsPool::new(FsPoolSettings {
-            threads: 2,
-            queue: 16,
-            timeout: Duration::from_millis(300),
+            fs_threads: 2,
+            fs_queue: 16,
+            fs_timeout: Duration::from_millis(300),
         })
         .unwrap()
     }
@@ -642,14 +644,17 @@ mod tests {
 
     fn store_with(entries: usize, bytes: u64) -> Store {
         let config = config_with(|c| {
-            c.map_cache_entries = entries;
-            c.map_cache_bytes = bytes;
+            c.store.map_cache_entries = entries;
+            c.store.map_cache_bytes = bytes;
         });
-        Store::new(&config, pool())
+        Store::new(&config.store, pool())
     }
 
     fn store_with_window(window: Duration) -> Store {
-        Store::new(&config_with(|c| c.revalidate_window = window), pool())
+        Store::new(
+            &config_with(|c| c.store.revalidate_window = window).store,
+            pool(),
+        )
     }
 
     /// Replaces `name` the way writers do: a new file renamed into place.
@@ -819,7 +824,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("big"), vec![0u8; 2048]).unwrap();
         let root = Root::open(dir.path()).unwrap();
-        let store = Store::new(&config_with(|c| c.max_file_size = 1024), pool());
+        let store = Store::new(&config_with(|c| c.store.max_file_size = 1024).store, pool());
         assert!(matches!(
             store.open(&root, Path::new("big")).await,
             Err(StoreError::TooLarge {

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{GifSource, Known, Transcoder, VariantError, VariantFormat, VariantJob, Wait};
-use crate::config::{Config, TranscodeCommand};
+use crate::config::Config;
 use crate::gif::derived::DerivedDir;
 use crate::store::FileIdentity;
 
@@ -54,6 +54,27 @@ pub struct Found {
     pub path: PathBuf,
     /// Its identity (names its variants).
     pub identity: FileIdentity,
+}
+
+/// Arguments of `oip-media transcode`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TranscodeCommand {
+    /// Formats to make (comma list of mp4, webm, webp).
+    #[arg(long, value_delimiter = ',', default_value = "mp4,webm,webp")]
+    pub formats: Vec<super::VariantFormat>,
+
+    /// Media tree to walk (default: `MEDIA_DIR`). Every `*.gif` under it, and every
+    /// `<mediaId>/original` that is a GIF, gets its variants; hidden folders are skipped.
+    pub dir: Option<PathBuf>,
+
+    /// Transcodes run at once (default: `--transcode-workers`).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+
+    /// Interval of the progress line printed when stderr is not a terminal (`docker
+    /// exec` without `-t`, CI, a log file), where the progress bar stays hidden.
+    #[arg(long, default_value = "5s", value_parser = crate::settings::parse_duration)]
+    pub progress_interval: std::time::Duration,
 }
 
 /// Runs the subcommand; returns the process's exit status.
@@ -137,6 +158,17 @@ async fn transcode_tree(
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
+    // Without a terminal the bar draws nothing: a line every `--progress-interval` says
+    // where the run is instead.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::now() + command.progress_interval,
+        command
+            .progress_interval
+            .max(std::time::Duration::from_millis(10)),
+    );
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let total = todo.len();
     let workers = config.transcode.transcode_workers.max(1);
     let mut tally = Tally::default();
     let mut results = futures_util::stream::iter(todo)
@@ -151,6 +183,10 @@ async fn transcode_tree(
     loop {
         let next = tokio::select! {
             next = results.next() => next,
+            _ = progress.tick(), if plain => {
+                println!("{}", progress_line(&tally, total, started));
+                continue;
+            }
             which = interrupt.as_mut() => {
                 bar.abandon();
                 // Kill every job's process group, wait until they are gone and their
@@ -208,13 +244,16 @@ async fn prepare(config: &Config, command: &TranscodeCommand) -> Result<Prepared
     let dir = command
         .dir
         .clone()
-        .unwrap_or_else(|| config.media_dir.clone());
-    let derived = match DerivedDir::open(&config.derived_dir, config.derived_max_bytes) {
+        .unwrap_or_else(|| config.store.media_dir.clone());
+    let derived = match DerivedDir::open(
+        &config.derived.derived_dir,
+        config.derived.derived_max_bytes,
+    ) {
         Ok(derived) => Arc::new(derived),
         Err(error) => {
             eprintln!(
                 "oip-media transcode: cannot use the derived folder {} (--derived-dir): {error}",
-                config.derived_dir.display()
+                config.derived.derived_dir.display()
             );
             return Err(ExitCode::FAILURE);
         }
@@ -222,7 +261,17 @@ async fn prepare(config: &Config, command: &TranscodeCommand) -> Result<Prepared
     let transcoder = {
         let config = config.clone();
         let derived = Arc::clone(&derived);
-        match tokio::task::spawn_blocking(move || Transcoder::new(&config, derived)).await {
+        match tokio::task::spawn_blocking(move || {
+            let limits = crate::gif::GifLimits::new(&config.gif);
+            Transcoder::new(
+                &config.transcode,
+                limits,
+                config.store.max_file_size,
+                derived,
+            )
+        })
+        .await
+        {
             Ok(transcoder) => Arc::new(transcoder),
             Err(error) => {
                 eprintln!("oip-media transcode: {error}");
@@ -264,6 +313,34 @@ async fn prepare(config: &Config, command: &TranscodeCommand) -> Result<Prepared
     Ok((transcoder, derived, dir, gifs, todo, formats))
 }
 
+/// One progress line: jobs done of all, failures, bytes made, time so far.
+fn progress_line(tally: &Tally, total: usize, started: Instant) -> String {
+    let done = tally.made + tally.up_to_date + tally.failed;
+    format!(
+        "progress: {done}/{total} done ({} made, {} up to date, {} failed), {} written, {:.0?} elapsed",
+        tally.made,
+        tally.up_to_date,
+        tally.failed,
+        human_bytes(tally.variant_bytes),
+        std::time::Duration::from_secs(started.elapsed().as_secs())
+    )
+}
+
+/// `bytes` in binary units with one decimal (`512 B`, `1.5 KiB`, `3.2 MiB`, `1.1 GiB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Prints the totals and the derived folder's state; the exit status.
 fn summary(tally: &Tally, started: Instant, derived: &DerivedDir) -> ExitCode {
     let ratio = if tally.source_bytes > 0 {
@@ -272,18 +349,19 @@ fn summary(tally: &Tally, started: Instant, derived: &DerivedDir) -> ExitCode {
         0.0
     };
     println!(
-        "made {} ({} bytes from {} bytes of GIF, {ratio:.2}x), {} up to date, {} failed, in {:.1?}",
+        "made {} ({} from {} of GIF, {ratio:.2}x), {} up to date, {} failed, in {:.1?}",
         tally.made,
-        tally.variant_bytes,
-        tally.source_bytes,
+        human_bytes(tally.variant_bytes),
+        human_bytes(tally.source_bytes),
         tally.up_to_date,
         tally.failed,
         started.elapsed()
     );
     let used = derived.used_bytes().unwrap_or(0);
     println!(
-        "derived folder: {used} of {} bytes (--derived-max-bytes), {} files evicted",
-        derived.max_bytes(),
+        "derived folder: {} of {} (--derived-max-bytes), {} files evicted",
+        human_bytes(used),
+        human_bytes(derived.max_bytes()),
         derived.evicted_files()
     );
     if derived.evicted_files() > 0 {

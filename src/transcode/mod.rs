@@ -43,13 +43,13 @@ mod format;
 pub mod group;
 pub mod metrics;
 pub mod run;
+pub mod settings;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::admission::{Bound, Place};
 use crate::flight::SingleFlight;
 use crate::gif::derived::{self, DerivedDir};
 use crate::gif::meta::GifInfo;
@@ -59,6 +59,7 @@ pub use fault::Fault;
 pub use ffmpeg::{EncodeSettings, Ffmpeg, Recipe};
 pub use format::VariantFormat;
 use metrics::{Outcome, TranscodeMetrics};
+pub use settings::TranscodeSettings;
 
 /// Why a variant cannot be had (each maps to one status in `routes::variant`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -223,8 +224,8 @@ struct Inner {
     workers: Arc<tokio::sync::Semaphore>,
     /// How many workers there are (the semaphore's permits).
     worker_count: u32,
-    max_queue: usize,
-    queued: AtomicUsize,
+    /// Jobs waiting for a worker (`--transcode-queue`), mirrored in the `queued` gauge.
+    queued: Arc<Bound>,
     /// The GIF's own failures, by variant name.
     failures: moka::sync::Cache<String, Arc<str>>,
     /// Timeouts, by variant name, for [`TIMEOUT_REMEMBERED`].
@@ -250,16 +251,23 @@ pub struct Transcoder {
     inner: Arc<Inner>,
     flights: SingleFlight<Result<Made, VariantError>>,
     wait: Duration,
-    max_waiting: usize,
-    waiting: AtomicUsize,
+    /// Requests waiting for a transcode (`--transcode-max-waiting`), mirrored in the
+    /// `waiting` gauge.
+    waiting: Bound,
 }
 
 impl Transcoder {
     /// Finds ffmpeg and its encoders (blocking: two or three short child processes,
     /// once at start-up) and logs what was found. Never fails: without a usable ffmpeg
     /// the transcoder exists and says why every variant is unavailable.
-    pub fn new(config: &Config, derived: Arc<DerivedDir>) -> Transcoder {
-        let t = &config.transcode;
+    /// `limits` are the GIF limits a source must meet; `max_file_size`
+    /// (`--max-file-size`) bounds a variant's bytes with the derived folder's own bound.
+    pub fn new(
+        t: &TranscodeSettings,
+        limits: GifLimits,
+        max_file_size: u64,
+        derived: Arc<DerivedDir>,
+    ) -> Transcoder {
         let engine = discover(&t.ffmpeg, &t.mp4_encoder);
         match &engine {
             Ok(engine) => {
@@ -293,20 +301,22 @@ impl Transcoder {
         let settings = EncodeSettings {
             mp4_crf: t.mp4_crf,
             threads: t.transcode_threads.max(1),
-            max_output_bytes: config.max_file_size.min(derived.max_bytes()),
+            max_output_bytes: max_file_size.min(derived.max_bytes()),
         };
+        let metrics = TranscodeMetrics::default();
+        let queued = Bound::with_gauge(t.transcode_queue, metrics.queued().clone());
+        let waiting = Bound::with_gauge(t.transcode_max_waiting, metrics.waiting().clone());
         Transcoder {
             engine,
             inner: Arc::new(Inner {
                 program: t.ffmpeg.clone(),
                 settings,
-                limits: GifLimits::from_config(config),
+                limits,
                 timeout: t.transcode_timeout,
                 derived,
                 workers: Arc::new(tokio::sync::Semaphore::new(worker_count as usize)),
                 worker_count,
-                max_queue: t.transcode_queue,
-                queued: AtomicUsize::new(0),
+                queued: Arc::new(queued),
                 failures: moka::sync::Cache::builder()
                     .max_capacity(4096)
                     .time_to_live(failure_ttl)
@@ -316,12 +326,11 @@ impl Transcoder {
                     .time_to_live(failure_ttl.min(TIMEOUT_REMEMBERED))
                     .build(),
                 stop: tokio::sync::watch::Sender::new(false),
-                metrics: TranscodeMetrics::default(),
+                metrics,
             }),
             flights: SingleFlight::new(),
             wait: t.transcode_wait,
-            max_waiting: t.transcode_max_waiting,
-            waiting: AtomicUsize::new(0),
+            waiting,
         }
     }
 
@@ -444,24 +453,21 @@ impl Transcoder {
             .is_ok()
     }
 
-    /// A place among the waiting requests, or `Busy`.
-    fn reserve_waiting(&self) -> Result<WaitingSlot<'_>, VariantError> {
-        self.waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                (w < self.max_waiting).then_some(w + 1)
-            })
-            .map_err(|_| VariantError::Busy("too many requests waiting for transcodes"))?;
-        self.inner.metrics.waiting().inc();
-        Ok(WaitingSlot(self))
+    /// A place among the waiting requests, given back when its wait ends however it
+    /// ends, or `Busy`.
+    fn reserve_waiting(&self) -> Result<Place<&Bound>, VariantError> {
+        self.waiting.enter().ok_or(VariantError::Busy(
+            "too many requests waiting for transcodes",
+        ))
     }
 
     /// The transcoder's state for `/readyz`: never fails readiness, since GIFs do not
     /// depend on it.
     pub fn status(&self) -> serde_json::Value {
         let queue = serde_json::json!({
-            "queued": self.inner.queued.load(Ordering::Relaxed),
+            "queued": self.inner.queued.len(),
             "running": self.inner.metrics.running().get(),
-            "waitingRequests": self.waiting.load(Ordering::Relaxed),
+            "waitingRequests": self.waiting.len(),
         });
         match &self.engine {
             // The discovery error names ffmpeg's path and an I/O error: the start-up log
@@ -502,27 +508,6 @@ impl Transcoder {
 /// a little for removing their temp files.
 pub const STOP_WITHIN: Duration = Duration::from_secs(group::GONE_WITHIN.as_secs() + 2);
 
-/// Releases a waiting request's place when its wait ends, however it ends.
-struct WaitingSlot<'a>(&'a Transcoder);
-
-impl Drop for WaitingSlot<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-        self.0.inner.metrics.waiting().dec();
-    }
-}
-
-/// A job's place in the queue (taken before its task is spawned, so at most
-/// `--transcode-queue` tasks ever wait for a worker), released when it gets a worker.
-struct QueueSlot(Arc<Inner>);
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.queued().dec();
-    }
-}
-
 /// Marks an ffmpeg run in the `running` gauge for as long as it lives.
 struct Running<'a>(&'a TranscodeMetrics);
 
@@ -541,18 +526,12 @@ fn start_job(
     name: String,
 ) -> futures_util::future::BoxFuture<'static, Result<Made, VariantError>> {
     use futures_util::FutureExt;
-    let reserved = inner
-        .queued
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-            (q < inner.max_queue).then_some(q + 1)
-        })
-        .is_ok();
-    if !reserved {
+    // The job's place in the queue, taken before its task is spawned (so at most
+    // `--transcode-queue` tasks ever wait for a worker), given back when it gets one.
+    let Some(slot) = inner.queued.enter_owned() else {
         inner.metrics.job(job.format, Outcome::rejected);
         return async { Err(VariantError::Busy("transcode queue full")) }.boxed();
-    }
-    inner.metrics.queued().inc();
-    let slot = QueueSlot(Arc::clone(&inner));
+    };
     async move {
         let permit = Arc::clone(&inner.workers).acquire_owned().await;
         drop(slot);

@@ -75,7 +75,7 @@ impl Site {
         write(&dir.path().join("secret.txt"), SECRET_TEXT.as_bytes());
 
         let mut config = Config::for_media_dir(&media);
-        config.jwt_secret = Some(Secret::new(JWT_SECRET));
+        config.auth.jwt_secret = Some(Secret::new(JWT_SECRET));
         configure(&mut config);
         let server = oip_media::start(config).await.expect("oip-media starts");
         let addr = server.local_addr();

@@ -102,7 +102,7 @@ impl TestServer {
 
     /// The derived folder of this server.
     pub fn derived_dir(&self) -> PathBuf {
-        self.server.app().state().config.derived_dir.clone()
+        self.server.app().state().config.derived.derived_dir.clone()
     }
 
     /// Files in the derived folder (temp files included, its naming key not) and their
@@ -190,12 +190,12 @@ pub fn test_fast_lane() -> Option<oip_media::config::FastLane> {
 /// lane [`test_fast_lane`] asks for.
 pub fn apply_test_runtime(config: &mut oip_media::Config) {
     if let Some(lane) = test_fast_lane() {
-        config.fast_lane = lane;
+        config.server.fast_lane = lane;
     }
     if let Some(layout) = test_runtime() {
-        config.runtime = layout;
+        config.server.runtime = layout;
         if layout == oip_media::config::RuntimeLayout::PerCore {
-            config.workers = 2;
+            config.server.workers = 2;
         }
     }
 }

@@ -139,6 +139,8 @@ pub(super) struct Conn {
     pub(super) app: Arc<App>,
     pub(super) activity: Arc<ConnActivity>,
     pub(super) outbox: Arc<Outbox>,
+    /// The client's address, for the access log.
+    pub(super) peer: std::net::IpAddr,
 }
 
 /// Reads what the socket has into `buf` (through the thread's scratch buffer, so an
@@ -233,6 +235,7 @@ pub(super) async fn serve(
                 Arc::clone(&conn.app),
                 in_flight,
                 Arc::clone(&conn.outbox),
+                conn.peer,
                 request,
             ));
             poll_fn(|cx| match answering.as_mut().poll(cx) {
@@ -390,13 +393,14 @@ async fn hand_off(
         app,
         activity,
         outbox,
+        peer,
     } = conn;
     app.state().connections.lane_handoffs.inc();
     let service = service_fn(move |request| {
         let in_flight = activity.begin();
         let app = Arc::clone(&app);
         let outbox = Arc::clone(&outbox);
-        async move { Ok::<_, Infallible>(super::answer(app, in_flight, outbox, request).await) }
+        async move { Ok::<_, Infallible>(super::answer(app, in_flight, outbox, peer, request).await) }
     });
     let mut connection = pin!(
         lane.builder
@@ -478,6 +482,7 @@ mod tests {
             app: Arc::new(app),
             activity,
             outbox,
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
         };
         let serve = serve(lane, io, conn, stop);
         let size = std::mem::size_of_val(&serve);

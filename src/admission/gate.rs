@@ -1,12 +1,13 @@
-//! A bounded admission point: a concurrency limiter whose permit lives as long as the
-//! response **body**, with a wait queue bounded in length and in time. The router runs a
-//! route's handler through [`Limiter::admit`] when the route table declares the route
-//! behind this limiter (see `state::Admission`); one limiter per admission point (GIF
-//! bytes, stills, `/info`, GUN puts, …), each registering its own metrics under its
-//! prefix with the same shape (`<prefix>_in_flight`, `_queue_waiting`, `_in_flight_limit`,
-//! `_queue_limit`, `_admitted_total{kind}`, `_shed_total{kind}`). A component whose work
-//! is not a request (the GIF decoding workers) bounds itself with the same type through
-//! [`Limiter::acquire`], holding the permit for as long as the work runs.
+//! A gate: one bounded admission point — a count of permits (`max_in_flight`), a wait
+//! queue bounded in length (a [`Bound`]) and in time (`queue_timeout`) — whose permit
+//! lives as long as the response **body**. The router runs a route's handler through
+//! [`Gate::admit`] when the route table declares the route behind a gate (see
+//! [`super::GateId`]); one gate per admission point (GIF bytes, stills, `/info`, GUN
+//! puts, …), each registering its own metrics under its prefix with the same shape
+//! (`<prefix>_in_flight`, `_queue_waiting`, `_in_flight_limit`, `_queue_limit`,
+//! `_admitted_total{kind}`, `_shed_total{kind}`). A component whose work is not a
+//! request (the GIF decoding workers) bounds itself with the same type through
+//! [`Gate::acquire`], holding the permit for as long as the work runs.
 //!
 //! Why not `tower::limit::ConcurrencyLimit`: it releases its permit when the handler's
 //! future completes, i.e. when the headers are ready — before a single body byte was
@@ -16,29 +17,30 @@
 //!
 //! Why a bounded queue with shedding: the Node app queued without bound and its latency
 //! and memory grew together. Here a request waits only while both the queue has room and
-//! its wait is short; otherwise it gets a 503 with `Retry-After` at once.
+//! its wait is short; otherwise it gets [`super::shed_response`] at once.
 //!
-//! Why a pool of stalled bodies (`max_stalled`, the media limiter's): a body whose client
-//! reads nothing would hold its slot until the write-stall timeout, and a few hundred
-//! such clients would hold them all. With a pool, the body's slot is a [`Slot`] that the
-//! socket moves out of the in-flight bound into the bounded pool once the send makes no
-//! progress, and back when it moves again; see `stalled`.
+//! Why a pool of stalled bodies (`max_stalled`, the media gate's): a body whose client
+//! reads nothing would hold its permit until the write-stall timeout, and a few hundred
+//! such clients would hold them all. With a pool, the body's permit is a [`BodyPermit`]
+//! that the socket moves out of the in-flight count into the bounded pool once the send
+//! makes no progress, and back when it moves again; see [`super::stalled`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::Response;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::Shed;
+use super::bound::Bound;
+use super::stalled::{BodyPermit, StalledPool};
 use crate::body::Body;
 use crate::metrics::{ReadAtScrape, by_kind};
-use crate::stalled::{Slot, StalledPool};
 
-/// What one permit of a [`Limiter`] stands for, in its metrics.
+/// What one permit of a [`Gate`] stands for, in its metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PermitUnit {
     /// A request (a slot).
@@ -47,10 +49,10 @@ pub enum PermitUnit {
     Bytes(u64),
 }
 
-/// Bounds of the limiter, from the configuration.
+/// Bounds of a gate, from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct LimitSettings {
-    /// Admitted at once (for the media limiter: bodies in flight).
+pub struct GateSettings {
+    /// Admitted at once (for the media gate: bodies in flight).
     pub max_in_flight: usize,
     /// Requests allowed to wait for a slot.
     pub max_queue: usize,
@@ -64,20 +66,9 @@ pub struct LimitSettings {
     pub max_stalled: usize,
 }
 
-/// Why a request was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Shed {
-    /// The wait queue was full.
-    #[error("wait queue full")]
-    QueueFull,
-    /// The request waited `queue_timeout` without getting a slot.
-    #[error("waited too long for a slot")]
-    QueueTimeout,
-}
-
-/// Admission counters of the limiter (`…_admitted_total{kind}`, `…_shed_total{kind}`).
+/// Admission counters of a gate (`…_admitted_total{kind}`, `…_shed_total{kind}`).
 #[derive(Debug, Default)]
-pub struct LimiterCounters {
+pub struct GateCounters {
     /// Requests admitted without waiting.
     pub admitted_at_once: Counter,
     /// Requests admitted after waiting in the queue.
@@ -88,24 +79,24 @@ pub struct LimiterCounters {
     pub shed_queue_timeout: Counter,
 }
 
-/// The shared state of the limiter: one per process, shared by every connection.
+/// One gate: one per admission point and process, shared by every connection.
 #[derive(Debug)]
-pub struct Limiter {
+pub struct Gate {
     slots: Arc<Semaphore>,
-    waiting: Arc<AtomicUsize>,
-    settings: LimitSettings,
-    counters: LimiterCounters,
+    queue: Arc<Bound>,
+    settings: GateSettings,
+    counters: GateCounters,
     stalled: Arc<StalledPool>,
 }
 
-impl Limiter {
-    /// A limiter with all slots free.
-    pub fn new(settings: LimitSettings) -> Limiter {
-        Limiter {
+impl Gate {
+    /// A gate with all slots free.
+    pub fn new(settings: GateSettings) -> Gate {
+        Gate {
             slots: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
-            waiting: Arc::new(AtomicUsize::new(0)),
+            queue: Arc::new(Bound::new(settings.max_queue)),
             settings,
-            counters: LimiterCounters::default(),
+            counters: GateCounters::default(),
             stalled: Arc::new(StalledPool::new(settings.max_stalled)),
         }
     }
@@ -127,7 +118,7 @@ impl Limiter {
         &self.stalled
     }
 
-    /// Registers this limiter's metrics in `registry` (a sub-registry named after the
+    /// Registers this gate's metrics in `registry` (a sub-registry named after the
     /// admission, e.g. `media`): slots in use and waiters (read at scrape time), the
     /// limit, and the admission and shedding counters.
     ///
@@ -159,11 +150,11 @@ impl Limiter {
                 ((limit - slots.available_permits()) as u64).saturating_mul(scale)
             }),
         );
-        let waiting = Arc::clone(&self.waiting);
+        let queue = Arc::clone(&self.queue);
         registry.register(
             "queue_waiting",
             "Requests waiting for a limiter slot",
-            ReadAtScrape::gauge(move || waiting.load(Ordering::Relaxed) as u64),
+            ReadAtScrape::gauge(move || queue.len() as u64),
         );
         let max_in_flight = (self.settings.max_in_flight as u64).saturating_mul(scale);
         registry.register(
@@ -223,16 +214,16 @@ impl Limiter {
 
     /// Requests waiting for a slot now.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.queue.len()
     }
 
     /// The configured bounds.
-    pub fn settings(&self) -> LimitSettings {
+    pub fn settings(&self) -> GateSettings {
         self.settings
     }
 
     /// Admission counters.
-    pub fn counters(&self) -> &LimiterCounters {
+    pub fn counters(&self) -> &GateCounters {
         &self.counters
     }
 
@@ -242,8 +233,8 @@ impl Limiter {
         self.acquire_many(1).await
     }
 
-    /// Takes `n` slots at once (a limiter whose slots are units of something, such as
-    /// KiB of buffered request bodies), with the same bounded wait as [`Limiter::acquire`];
+    /// Takes `n` slots at once (a gate whose slots are units of something, such as
+    /// KiB of buffered request bodies), with the same bounded wait as [`Gate::acquire`];
     /// more than the limit is never granted (shed as a timeout). One permit holds all `n`;
     /// permits of one holder can be [merged](OwnedSemaphorePermit::merge). Each call
     /// counts once in the admission counters.
@@ -255,7 +246,7 @@ impl Limiter {
         // Reserve a place in the queue, or shed if there is none. The place is given
         // back when this future ends or is dropped (a client that goes away while it
         // waits must not keep its place forever).
-        let Some(_place) = QueuePlace::take(&self.waiting, self.settings.max_queue) else {
+        let Some(_place) = self.queue.enter() else {
             self.counters.shed_queue_full.inc();
             return Err(Shed::QueueFull);
         };
@@ -279,20 +270,20 @@ impl Limiter {
 
     /// Runs `handler` once a slot is taken and attaches the permit to the response body,
     /// so the slot stays taken until the body is finished or dropped; a shed request gets
-    /// [`Limiter::shed_response`] and `handler` never runs. `handler` makes its future only
+    /// [`Gate::shed_response`] and `handler` never runs. `handler` makes its future only
     /// once admitted, so a request waiting in the queue holds no handler state. It gets
-    /// the slot as a [`HeldPermit`], which it may give back while it waits for something
+    /// the slot as a [`Lease`], which it may give back while it waits for something
     /// other than sending bytes (a transcode); a slot given back is not attached.
     pub async fn admit<F, Fut>(&self, handler: F) -> Response<Body>
     where
-        F: FnOnce(HeldPermit) -> Fut,
+        F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = Response<Body>>,
     {
         let permit = match self.acquire().await {
             Ok(permit) => permit,
             Err(why) => return self.shed_response(why),
         };
-        let held = HeldPermit::new(permit);
+        let held = Lease::new(permit);
         let mut response = handler(held.clone()).await;
         if let Some(permit) = held.take() {
             self.attach(response.body_mut(), permit);
@@ -300,71 +291,37 @@ impl Limiter {
         response
     }
 
-    /// Attaches `permit` (taken from this limiter) to `body`, so the slot stays taken
-    /// until the body is finished or dropped; with a stalled pool, as a [`Slot`] the
+    /// Attaches `permit` (taken from this gate) to `body`, so the slot stays taken
+    /// until the body is finished or dropped; with a stalled pool, as a [`BodyPermit`] the
     /// body's connection can move out of the bound while its client reads nothing.
     pub fn attach(&self, body: &mut Body, permit: OwnedSemaphorePermit) {
         if self.settings.max_stalled == 0 {
             body.attach(permit);
         } else {
-            let slot = Slot::new(permit, Arc::clone(&self.slots), Arc::clone(&self.stalled));
-            body.attach(slot.into_guard());
+            let permit =
+                BodyPermit::new(permit, Arc::clone(&self.slots), Arc::clone(&self.stalled));
+            body.attach(permit.into_guard());
         }
     }
 
     /// The 503 a shed request gets: JSON, `Retry-After`, never cached.
     pub fn shed_response(&self, why: Shed) -> Response<Body> {
-        shed_response(why, self.settings.retry_after_secs)
+        super::shed_response(why, self.settings.retry_after_secs)
     }
 }
 
-/// A place in a limiter's wait queue, given back when dropped.
-struct QueuePlace<'a>(&'a AtomicUsize);
-
-impl<'a> QueuePlace<'a> {
-    /// A place if fewer than `max` are taken.
-    fn take(waiting: &'a AtomicUsize, max: usize) -> Option<QueuePlace<'a>> {
-        waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                (w < max).then_some(w + 1)
-            })
-            .ok()
-            .map(|_| QueuePlace(waiting))
-    }
-}
-
-impl Drop for QueuePlace<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The 503 for work shed by a limiter (`retry_after_secs` in `Retry-After`): JSON
-/// naming the reason, never cached. Also what a handler answers when work it waits
-/// on inside a component (a GIF decoding slot) was shed.
-pub fn shed_response(why: Shed, retry_after_secs: u64) -> Response<Body> {
-    let mut response = crate::response::json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &serde_json::json!({ "error": "Server busy, retry shortly", "reason": why.to_string() }),
-    );
-    let headers = response.headers_mut();
-    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-/// The slot of a request admitted by [`Limiter::admit`], handed to the handler (the
+/// The slot of a request admitted by [`Gate::admit`], handed to the handler (the
 /// router puts it in the request's extensions). A handler that must wait for something
-/// other than sending bytes — a transcode — [`releases`](HeldPermit::release) it, so
+/// other than sending bytes — a transcode — [`releases`](Lease::release) it, so
 /// waiting never holds a GIF-serving slot, and takes a new one with
-/// [`Limiter::acquire`] when it has bytes to send. Whatever is still held when the
+/// [`Gate::acquire`] when it has bytes to send. Whatever is still held when the
 /// handler returns is attached to the body.
 #[derive(Debug, Clone)]
-pub struct HeldPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub struct Lease(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
-impl HeldPermit {
-    fn new(permit: OwnedSemaphorePermit) -> HeldPermit {
-        HeldPermit(Arc::new(Mutex::new(Some(permit))))
+impl Lease {
+    fn new(permit: OwnedSemaphorePermit) -> Lease {
+        Lease(Arc::new(Mutex::new(Some(permit))))
     }
 
     fn take(&self) -> Option<OwnedSemaphorePermit> {
@@ -388,10 +345,11 @@ impl HeldPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{StatusCode, header};
     use http_body_util::BodyExt;
 
-    fn settings(max_in_flight: usize, max_queue: usize, queue_ms: u64) -> LimitSettings {
-        LimitSettings {
+    fn settings(max_in_flight: usize, max_queue: usize, queue_ms: u64) -> GateSettings {
+        GateSettings {
             max_in_flight,
             max_queue,
             queue_timeout: Duration::from_millis(queue_ms),
@@ -400,29 +358,28 @@ mod tests {
         }
     }
 
-    /// A handler whose body is much larger than one chunk, admitted through `limiter`.
-    async fn serve(limiter: Arc<Limiter>) -> Response<Body> {
-        limiter
-            .admit(|_| async {
-                Response::new(Body::from_segments(
-                    vec![bytes::Bytes::from(vec![0u8; 100_000])],
-                    1000,
-                ))
-            })
-            .await
+    /// A handler whose body is much larger than one chunk, admitted through `gate`.
+    async fn serve(gate: Arc<Gate>) -> Response<Body> {
+        gate.admit(|_| async {
+            Response::new(Body::from_segments(
+                vec![bytes::Bytes::from(vec![0u8; 100_000])],
+                1000,
+            ))
+        })
+        .await
     }
 
     #[tokio::test]
     async fn permit_is_held_until_the_body_is_done() {
-        let limiter = Arc::new(Limiter::new(settings(2, 0, 10)));
-        let mut first = serve(Arc::clone(&limiter)).await;
+        let gate = Arc::new(Gate::new(settings(2, 0, 10)));
+        let mut first = serve(Arc::clone(&gate)).await;
         assert_eq!(
-            limiter.in_flight(),
+            gate.in_flight(),
             1,
             "handler returned, body not sent: still held"
         );
-        let second = serve(Arc::clone(&limiter)).await;
-        let third = serve(Arc::clone(&limiter)).await;
+        let second = serve(Arc::clone(&gate)).await;
+        let third = serve(Arc::clone(&gate)).await;
         assert_eq!(
             third.status(),
             StatusCode::SERVICE_UNAVAILABLE,
@@ -431,75 +388,72 @@ mod tests {
         assert_eq!(third.headers()[header::RETRY_AFTER], "1");
         // Drain the first body completely: its permit comes back.
         while first.body_mut().frame().await.is_some() {}
-        assert_eq!(limiter.in_flight(), 1);
+        assert_eq!(gate.in_flight(), 1);
         // Abandon the second mid-way: dropping releases too.
         drop(second);
-        assert_eq!(limiter.in_flight(), 0);
-        assert_eq!(limiter.counters().shed_queue_full.get(), 1);
+        assert_eq!(gate.in_flight(), 0);
+        assert_eq!(gate.counters().shed_queue_full.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn queue_is_bounded_in_time() {
-        let limiter = Arc::new(Limiter::new(settings(1, 10, 500)));
-        let held = serve(Arc::clone(&limiter)).await;
+        let gate = Arc::new(Gate::new(settings(1, 10, 500)));
+        let held = serve(Arc::clone(&gate)).await;
         let started = tokio::time::Instant::now();
-        let waited = serve(Arc::clone(&limiter)).await;
+        let waited = serve(Arc::clone(&gate)).await;
         assert_eq!(waited.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(started.elapsed(), Duration::from_millis(500));
-        assert_eq!(limiter.counters().shed_queue_timeout.get(), 1);
-        assert_eq!(limiter.waiting(), 0);
+        assert_eq!(gate.counters().shed_queue_timeout.get(), 1);
+        assert_eq!(gate.waiting(), 0);
         drop(held);
     }
 
     #[tokio::test(start_paused = true)]
     async fn queued_request_gets_the_slot_when_a_body_finishes() {
-        let limiter = Arc::new(Limiter::new(settings(1, 10, 5_000)));
-        let held = serve(Arc::clone(&limiter)).await;
-        let waiter = tokio::spawn(serve(Arc::clone(&limiter)));
+        let gate = Arc::new(Gate::new(settings(1, 10, 5_000)));
+        let held = serve(Arc::clone(&gate)).await;
+        let waiter = tokio::spawn(serve(Arc::clone(&gate)));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(limiter.waiting(), 1);
+        assert_eq!(gate.waiting(), 1);
         drop(held);
         let response = waiter.await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(limiter.counters().admitted_after_wait.get(), 1);
+        assert_eq!(gate.counters().admitted_after_wait.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_goes_away_gives_its_place_back() {
-        let limiter = Arc::new(Limiter::new(settings(1, 1, 60_000)));
-        let held = serve(Arc::clone(&limiter)).await;
-        let waiter = tokio::spawn(serve(Arc::clone(&limiter)));
+        let gate = Arc::new(Gate::new(settings(1, 1, 60_000)));
+        let held = serve(Arc::clone(&gate)).await;
+        let waiter = tokio::spawn(serve(Arc::clone(&gate)));
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(limiter.waiting(), 1);
+        assert_eq!(gate.waiting(), 1);
         // The client goes away (its connection and request future are dropped).
         waiter.abort();
         let _ = waiter.await;
-        assert_eq!(limiter.waiting(), 0, "the place is free again");
-        let next = tokio::spawn(serve(Arc::clone(&limiter)));
+        assert_eq!(gate.waiting(), 0, "the place is free again");
+        let next = tokio::spawn(serve(Arc::clone(&gate)));
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(limiter.waiting(), 1, "and the next request may wait in it");
+        assert_eq!(gate.waiting(), 1, "and the next request may wait in it");
         drop(held);
         assert_eq!(next.await.unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test(start_paused = true)]
     async fn many_slots_are_taken_and_given_back_together() {
-        let limiter = Limiter::new(settings(10, 1, 500));
-        let six = limiter.acquire_many(6).await.expect("free");
-        assert_eq!(limiter.in_flight(), 6);
+        let gate = Gate::new(settings(10, 1, 500));
+        let six = gate.acquire_many(6).await.expect("free");
+        assert_eq!(gate.in_flight(), 6);
         let started = tokio::time::Instant::now();
-        assert_eq!(
-            limiter.acquire_many(5).await.unwrap_err(),
-            Shed::QueueTimeout
-        );
+        assert_eq!(gate.acquire_many(5).await.unwrap_err(), Shed::QueueTimeout);
         assert_eq!(started.elapsed(), Duration::from_millis(500));
-        let mut four = limiter.acquire_many(4).await.expect("fits");
+        let mut four = gate.acquire_many(4).await.expect("fits");
         four.merge(six);
-        assert_eq!(limiter.in_flight(), 10);
+        assert_eq!(gate.in_flight(), 10);
         drop(four);
-        assert_eq!(limiter.in_flight(), 0);
+        assert_eq!(gate.in_flight(), 0);
         assert_eq!(
-            limiter.acquire_many(11).await.unwrap_err(),
+            gate.acquire_many(11).await.unwrap_err(),
             Shed::QueueTimeout,
             "more than the limit is never granted"
         );
@@ -507,49 +461,48 @@ mod tests {
 
     #[tokio::test]
     async fn a_handler_can_give_its_slot_back_while_it_waits() {
-        let limiter = Arc::new(Limiter::new(settings(1, 0, 10)));
+        let gate = Arc::new(Gate::new(settings(1, 0, 10)));
         let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
         let waiting = {
-            let limiter = Arc::clone(&limiter);
+            let gate = Arc::clone(&gate);
             tokio::spawn(async move {
-                limiter
-                    .admit(|held| async move {
-                        assert!(held.is_held());
-                        assert!(held.release());
-                        assert!(!held.release(), "only once");
-                        let _ = entered_tx.send(());
-                        let _ = go_rx.await;
-                        Response::new(Body::from_segments(
-                            vec![bytes::Bytes::from(vec![0u8; 10])],
-                            10,
-                        ))
-                    })
-                    .await
+                gate.admit(|held| async move {
+                    assert!(held.is_held());
+                    assert!(held.release());
+                    assert!(!held.release(), "only once");
+                    let _ = entered_tx.send(());
+                    let _ = go_rx.await;
+                    Response::new(Body::from_segments(
+                        vec![bytes::Bytes::from(vec![0u8; 10])],
+                        10,
+                    ))
+                })
+                .await
             })
         };
         entered_rx.await.unwrap();
-        assert_eq!(limiter.in_flight(), 0, "the waiting handler holds no slot");
-        let other = serve(Arc::clone(&limiter)).await;
+        assert_eq!(gate.in_flight(), 0, "the waiting handler holds no slot");
+        let other = serve(Arc::clone(&gate)).await;
         assert_eq!(other.status(), StatusCode::OK, "so another request gets it");
-        assert_eq!(limiter.in_flight(), 1);
+        assert_eq!(gate.in_flight(), 1);
         drop(other);
         go_tx.send(()).unwrap();
         let released = waiting.await.unwrap();
         assert_eq!(released.status(), StatusCode::OK);
-        assert_eq!(limiter.in_flight(), 0, "nothing attached after a release");
+        assert_eq!(gate.in_flight(), 0, "nothing attached after a release");
     }
 
     #[tokio::test]
     async fn queue_is_bounded_in_length() {
-        let limiter = Arc::new(Limiter::new(settings(1, 2, 60_000)));
-        let held = serve(Arc::clone(&limiter)).await;
-        let w1 = tokio::spawn(serve(Arc::clone(&limiter)));
-        let w2 = tokio::spawn(serve(Arc::clone(&limiter)));
-        while limiter.waiting() < 2 {
+        let gate = Arc::new(Gate::new(settings(1, 2, 60_000)));
+        let held = serve(Arc::clone(&gate)).await;
+        let w1 = tokio::spawn(serve(Arc::clone(&gate)));
+        let w2 = tokio::spawn(serve(Arc::clone(&gate)));
+        while gate.waiting() < 2 {
             tokio::task::yield_now().await;
         }
-        let shed = serve(Arc::clone(&limiter)).await;
+        let shed = serve(Arc::clone(&gate)).await;
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         drop(held);
         let r1 = w1.await.unwrap();

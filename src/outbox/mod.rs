@@ -1,16 +1,11 @@
 //! What the responses on one connection have handed to hyper and the socket has not yet
-//! sent: the files their body bytes may be sent from, and the guards (limiter permit,
-//! in-flight token) to release once the last byte is on the wire.
-//!
-//! # Why a per-connection outbox
-//! hyper writes a response by handing its socket a list of `IoSlice`s: the head it
-//! rendered, then the body chunks it was given. A chunk of a mapped file is a slice of the
-//! mapping, and the socket (`server::zero_copy::ZeroCopyIo`) can send those bytes with
-//! `sendfile` from the file instead of copying them — if it can tell which file a slice
-//! belongs to. A response body therefore *registers* its file here when it yields its
-//! first chunk; the socket looks each slice's address up among the registered mappings.
-//! A registration holds the mapping (and its file) alive, so an address can never be
-//! reused by another allocation while it is registered.
+//! sent: the one handle a connection's bodies and its socket share. Its three parts, one
+//! job each:
+//! - [`files`]: the mapped files their body bytes may be sent from (`sendfile`);
+//! - here: the guards (gate permit, in-flight token) to release once the last byte is
+//!   on the wire;
+//! - [`stall`]: telling admission guards that the client stopped reading, and closing the
+//!   connection when a stalled pool drops it.
 //!
 //! # Why guards wait for the flush
 //! hyper polls a body for its next chunk *before* it has written the previous ones: it
@@ -20,44 +15,22 @@
 //! the whole body. Instead, a body that has yielded its last chunk (or is dropped) parks
 //! its guards and its registration here, and the socket releases them on the next
 //! `poll_flush`: hyper calls its socket's `poll_flush` only once its write buffer is
-//! empty, i.e. once every byte it was given has been written.
-//!
-//! # Why stalls are told here
-//! A response whose client stops reading keeps its admission slot (the media limiter's
-//! permit) until the write-stall timeout drops the connection; hundreds of clients that
-//! ask for a large file and never read would hold every slot that long. The socket
-//! (`server::timed_io`) is what sees a send make no progress, and the slot lives in a
-//! body or in this outbox, so the outbox is where the two meet: a body hands its
-//! [`Yielding`] guards to the outbox ([`Outbox::watch`], from `Body::send_through`), the
-//! socket calls [`Outbox::stalled`] when the send has made no progress for a while and
-//! [`Outbox::resumed`] when it moves again, and a guard moved to the limiter's bounded
-//! pool of stalled bodies may ask the connection to close ([`Outbox::evict`]) when the
-//! pool needs room for a newer one. The socket learns of that with
-//! [`Outbox::poll_evicted`] and fails its write, so hyper closes the connection.
+//! empty, i.e. once every byte it was given has been written. Registrations and parked
+//! guards share one lock: the release that ends a registration is one step.
+
+pub mod files;
+pub mod stall;
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Context;
 
-use futures_util::task::AtomicWaker;
-
 use crate::store::MappedFile;
+use files::Registrations;
+use stall::{Evict, StallWatch, Stallable};
 
-/// A guard that may step out of its admission bound while its connection makes no
-/// progress (the media limiter's slot, `limit::Slot`). Attached to a body like any
-/// guard (as an `Arc<dyn Yielding>`); the outbox keeps only a weak reference, so the
-/// guard still goes when the body's guards go.
-pub trait Yielding: Send + Sync {
-    /// The connection has sent nothing for a while: leave the bound (idempotent).
-    /// `connection` is what to [`Outbox::evict`] if the guard's new place needs it.
-    fn stall(&self, connection: &Weak<Outbox>);
-    /// The connection moves again: come back into the bound if there is room. True when
-    /// the guard is in its bound (or never left it).
-    fn resume(&self) -> bool;
-}
-
-/// A guard whose drop frees something (a limiter permit, a connection-activity token).
+/// A guard whose drop frees something (a gate permit, a connection-activity token).
 pub type Guard = Box<dyn Any + Send + Sync>;
 
 /// The outbox of one connection, shared by its response bodies and its socket.
@@ -69,17 +42,13 @@ pub struct Outbox {
     has_parked: AtomicBool,
     // `files.len()`, so a write with nothing registered takes no lock.
     registered: AtomicUsize,
-    // Set once the stalled pool dropped this connection; `evict_waker` wakes its task.
-    evicted: AtomicBool,
-    evict_waker: AtomicWaker,
+    stall: StallWatch,
 }
 
 #[derive(Default)]
 struct State {
-    files: Vec<Arc<MappedFile>>,
+    files: Registrations,
     parked: Vec<Parked>,
-    // Guards of this connection's responses that may leave their bound on a stall.
-    watched: Vec<Weak<dyn Yielding>>,
 }
 
 impl std::fmt::Debug for State {
@@ -87,7 +56,6 @@ impl std::fmt::Debug for State {
         f.debug_struct("State")
             .field("files", &self.files.len())
             .field("parked", &self.parked)
-            .field("watched", &self.watched.len())
             .finish()
     }
 }
@@ -116,9 +84,8 @@ impl Outbox {
     /// Makes `file`'s mapping known to the socket: slices inside it may be sent from
     /// the file. Called by a body before it yields its first chunk of `file`.
     pub fn register(&self, file: Arc<MappedFile>) {
-        let mut state = self.state();
-        state.files.push(file);
-        self.registered.store(state.files.len(), Ordering::Release);
+        let registered = self.state().files.add(file);
+        self.registered.store(registered, Ordering::Release);
     }
 
     /// Releases `guards` and ends the registration of `file` (if any) once everything
@@ -141,10 +108,8 @@ impl Outbox {
             let mut state = self.state();
             let parked = std::mem::take(&mut state.parked);
             for done in &parked {
-                if let Some(file) = &done.file
-                    && let Some(at) = state.files.iter().position(|f| Arc::ptr_eq(f, file))
-                {
-                    state.files.swap_remove(at);
+                if let Some(file) = &done.file {
+                    state.files.remove(file);
                 }
             }
             self.has_parked.store(false, Ordering::Release);
@@ -157,7 +122,7 @@ impl Outbox {
 
     /// Runs `f` over the registered mappings (one lock for a whole write).
     pub fn with_files<R>(&self, f: impl FnOnce(&[Arc<MappedFile>]) -> R) -> R {
-        f(&self.state().files)
+        f(self.state().files.all())
     }
 
     /// The file and offset `slice` can be sent from, if it lies inside a registered
@@ -178,75 +143,48 @@ impl Outbox {
 
     /// The connection is gone: drop every registration and release every guard.
     pub fn clear(&self) {
-        let (files, parked, watched) = {
+        let (files, parked) = {
             let mut state = self.state();
             self.has_parked.store(false, Ordering::Release);
             self.registered.store(0, Ordering::Release);
-            (
-                std::mem::take(&mut state.files),
-                std::mem::take(&mut state.parked),
-                std::mem::take(&mut state.watched),
-            )
+            (state.files.take(), std::mem::take(&mut state.parked))
         };
         drop(files);
         drop(parked);
-        drop(watched);
+        self.stall.clear();
     }
 
-    /// Lets the socket tell `guard` about stalls (see the module docs). Called by a body
-    /// when it is given this outbox, for each [`Yielding`] guard it holds.
-    pub fn watch(&self, guard: Weak<dyn Yielding>) {
-        let mut state = self.state();
-        // Forget the guards of finished responses (at most a couple live at a time).
-        state.watched.retain(|w| w.strong_count() > 0);
-        state.watched.push(guard);
+    /// Lets the socket tell `guard` about stalls ([`StallWatch::watch`]).
+    pub fn watch(&self, guard: Weak<dyn Stallable>) {
+        self.stall.watch(guard);
     }
 
-    fn watched(&self) -> Vec<Arc<dyn Yielding>> {
-        let state = self.state();
-        state.watched.iter().filter_map(Weak::upgrade).collect()
-    }
-
-    /// The socket has sent nothing for `--stalled-after`: every watched guard leaves its
-    /// bound. Called once per stall check, never on the write path.
+    /// The socket has sent nothing for `--stalled-after` ([`StallWatch::stalled`]), with
+    /// this connection as what a stalled pool may evict.
     pub fn stalled(self: &Arc<Self>) {
-        let me = Arc::downgrade(self);
-        // Outside the lock: a guard's own lock and its pool's are taken below.
-        for guard in self.watched() {
-            guard.stall(&me);
-        }
+        let me: Weak<dyn Evict> = Arc::downgrade(self) as Weak<dyn Evict>;
+        self.stall.stalled(&me);
     }
 
-    /// The socket sends again: watched guards come back into their bound if there is
-    /// room. True when all of them are in it (nothing is left in a stalled pool).
+    /// The socket sends again ([`StallWatch::resumed`]).
     pub fn resumed(&self) -> bool {
-        let mut all_back = true;
-        for guard in self.watched() {
-            all_back &= guard.resume();
-        }
-        all_back
+        self.stall.resumed()
     }
 
-    /// Asks the connection to close: a stalled pool dropped it to make room. Its socket
-    /// fails its next write (see [`Outbox::poll_evicted`]).
-    pub fn evict(&self) {
-        self.evicted.store(true, Ordering::Release);
-        self.evict_waker.wake();
-    }
-
-    /// True once [`Outbox::evict`] was called; otherwise arranges for `cx` to be woken
-    /// when it is. The socket asks only while its send is stalled.
+    /// True once a stalled pool evicted this connection ([`StallWatch::poll_evicted`]).
     pub fn poll_evicted(&self, cx: &mut Context<'_>) -> bool {
-        if self.evicted.load(Ordering::Acquire) {
-            return true;
-        }
-        self.evict_waker.register(cx.waker());
-        self.evicted.load(Ordering::Acquire)
+        self.stall.poll_evicted(cx)
     }
 
     /// Mappings registered now (for tests).
     pub fn registered(&self) -> usize {
         self.state().files.len()
+    }
+}
+
+impl Evict for Outbox {
+    fn evict(&self) {
+        self.stall.evict();
     }
 }
 

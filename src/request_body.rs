@@ -14,7 +14,7 @@
 //! piece at a time held the budget against each other (32 bodies of 8 MiB, each holding
 //! 2 MiB and waiting for more, took 17 s to shed). Past the budget a body waits in a
 //! bounded queue for a bounded time, then gets `503`; a slow sender holds its share for
-//! at most the route's body timeout. The budget is a [`Limiter`] whose slots are KiB,
+//! at most the route's body timeout. The budget is a [`Gate`] whose slots are KiB,
 //! with the same bounds and metrics as every admission point
 //! (`oip_media_request_body_*`, in bytes).
 
@@ -27,7 +27,7 @@ use http::{HeaderMap, header};
 use http_body_util::BodyExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::limit::{Limiter, Shed};
+use crate::admission::{Gate, Shed};
 
 /// Why a body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +73,7 @@ impl Deref for BoundedBody {
 }
 
 /// The budget's unit: bytes are charged in whole KiB, rounded up.
-pub const BUDGET_UNIT: u64 = 1024;
+pub use crate::admission_settings::BUDGET_UNIT;
 
 fn units(bytes: usize) -> u32 {
     u32::try_from((bytes as u64).div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
@@ -99,14 +99,14 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads the body of a request whose headers are `headers`, within `limit` bytes and
-/// `timeout`, once its share of `budget` (a [`Limiter`] counting [`BUDGET_UNIT`]s) is
+/// `timeout`, once its share of `budget` (a [`Gate`] counting [`BUDGET_UNIT`]s) is
 /// taken.
 pub async fn read_bounded<B>(
     headers: &HeaderMap,
     body: B,
     limit: u64,
     timeout: Duration,
-    budget: &Limiter,
+    budget: &Gate,
 ) -> Result<BoundedBody, BodyError>
 where
     B: http_body::Body<Data = Bytes>,
@@ -151,7 +151,7 @@ where
 /// A body of a declared `len` (at most the limit): its share taken first, then its
 /// frames copied into one buffer of that size as they arrive (each frame freed once
 /// copied), so it costs `len` and one frame. hyper ends the body at `len` bytes.
-async fn read_declared<B>(body: B, len: u64, budget: &Limiter) -> Result<BoundedBody, BodyError>
+async fn read_declared<B>(body: B, len: u64, budget: &Gate) -> Result<BoundedBody, BodyError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -185,7 +185,7 @@ where
 
 /// A body of no declared length: twice `limit` taken first (its frames, then one joined
 /// copy of them), the unused part given back once it is joined.
-async fn read_chunked<B>(body: B, limit: u64, budget: &Limiter) -> Result<BoundedBody, BodyError>
+async fn read_chunked<B>(body: B, limit: u64, budget: &Gate) -> Result<BoundedBody, BodyError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -226,13 +226,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::LimitSettings;
+    use crate::admission::GateSettings;
     use http::HeaderValue;
     use http_body_util::{Full, StreamBody};
 
     /// A budget of `kib` KiB, `queue` waiting, 200 ms of wait.
-    fn budget(kib: usize, queue: usize) -> Limiter {
-        Limiter::new(LimitSettings {
+    fn budget(kib: usize, queue: usize) -> Gate {
+        Gate::new(GateSettings {
             max_in_flight: kib,
             max_queue: queue,
             queue_timeout: Duration::from_millis(200),

@@ -2,7 +2,7 @@
 //! pool bounded in count that drops the longest-stalled body when it is full.
 //!
 //! # Why a second pool
-//! The media limiter (`limit`) bounds bodies in flight (`--max-in-flight`), and a body
+//! The media gate (`admission::Gate`) bounds bodies in flight (`--max-in-flight`), and a body
 //! holds its slot until its last byte is on the wire. A client that asks for a large
 //! file and never reads holds that slot until the write-stall timeout drops it: 600 of
 //! them took all 512 slots, and every normal GIF request got `503` for as long as the
@@ -32,10 +32,11 @@
 //! `--stalled-after` each time.
 //!
 //! # Who calls what
-//! The limiter attaches a [`Slot`] (as an `Arc<dyn Yielding>`) to each media body; the
-//! body hands it to its connection's [`Outbox`]; the socket (`server::timed_io`) calls
-//! [`Outbox::stalled`] and [`Outbox::resumed`], which reach [`Slot::stall`] and
-//! [`Slot::resume`]; the pool calls [`Outbox::evict`] on the connection it drops.
+//! The media gate attaches a [`BodyPermit`] (as an `Arc<dyn Stallable>`) to each media
+//! body; the body hands it to its connection's outbox (`outbox::stall::StallWatch`); the
+//! socket (`server::timed_io`) calls `stalled` and `resumed` there, which reach
+//! [`Stallable::stall`] and [`Stallable::resume`] of the permit; the pool calls
+//! [`Evict::evict`] on the connection it drops.
 //! Lock order: a slot's lock, then the pool's; the pool never takes a slot's lock.
 
 use std::collections::BTreeMap;
@@ -45,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::outbox::{Outbox, Yielding};
+use crate::outbox::stall::{Evict, Stallable};
 
 /// Counters of a stalled pool (`…_stalled_events_total{kind}`).
 #[derive(Debug, Default)]
@@ -58,12 +59,12 @@ pub struct StalledCounters {
     pub dropped: Counter,
 }
 
-/// The bounded pool of stalled bodies of one limiter.
+/// The bounded pool of stalled bodies of one gate.
 #[derive(Debug)]
 pub struct StalledPool {
     capacity: usize,
     entries: Mutex<Entries>,
-    // `entries.by_age.len()`, readable without the lock (metrics, `Limiter::in_flight`).
+    // `entries.by_age.len()`, readable without the lock (metrics, `Gate::in_flight`).
     len: AtomicUsize,
     counters: StalledCounters,
 }
@@ -72,7 +73,7 @@ pub struct StalledPool {
 struct Entries {
     next_ticket: u64,
     // Ticket order is stall order: the first entry is the longest stalled.
-    by_age: BTreeMap<u64, Weak<Outbox>>,
+    by_age: BTreeMap<u64, Weak<dyn Evict>>,
 }
 
 impl StalledPool {
@@ -113,7 +114,7 @@ impl StalledPool {
 
     /// Adds the body of `connection` as the youngest entry and returns its ticket;
     /// closes the connections of the oldest entries past the capacity.
-    fn enter(&self, connection: Weak<Outbox>) -> u64 {
+    fn enter(&self, connection: Weak<dyn Evict>) -> u64 {
         let mut dropped = Vec::new();
         let ticket = {
             let mut entries = self.entries();
@@ -132,8 +133,8 @@ impl StalledPool {
         // Outside the lock: waking a connection's task is not ours to hold a lock over.
         for oldest in dropped {
             self.counters.dropped.inc();
-            if let Some(outbox) = oldest.upgrade() {
-                outbox.evict();
+            if let Some(connection) = oldest.upgrade() {
+                connection.evict();
             }
         }
         ticket
@@ -162,10 +163,12 @@ impl StalledPool {
                 Ok(permit)
             }
             Err(_) => {
-                let connection = entries.by_age.remove(&ticket).unwrap_or_default();
                 let young = entries.next_ticket;
                 entries.next_ticket += 1;
-                entries.by_age.insert(young, connection);
+                // Present: checked above, under the same lock.
+                if let Some(connection) = entries.by_age.remove(&ticket) {
+                    entries.by_age.insert(young, connection);
+                }
                 Err(young)
             }
         };
@@ -179,10 +182,10 @@ impl StalledPool {
 }
 
 /// A media body's admission: an in-flight slot, or a place in the stalled pool. Attached
-/// to the body as an `Arc<dyn Yielding>` (see [`Slot::into_guard`]); dropping it frees
+/// to the body as an `Arc<dyn Stallable>` (see [`BodyPermit::into_guard`]); dropping it frees
 /// whichever it holds.
 #[derive(Debug)]
-pub struct Slot {
+pub struct BodyPermit {
     slots: Arc<Semaphore>,
     pool: Arc<StalledPool>,
     state: Mutex<Held>,
@@ -196,14 +199,14 @@ enum Held {
     Stalled(u64),
 }
 
-impl Slot {
+impl BodyPermit {
     /// The admission of a body that took `permit` from `slots` and may wait in `pool`.
     pub fn new(
         permit: OwnedSemaphorePermit,
         slots: Arc<Semaphore>,
         pool: Arc<StalledPool>,
-    ) -> Slot {
-        Slot {
+    ) -> BodyPermit {
+        BodyPermit {
             slots,
             pool,
             state: Mutex::new(Held::InFlight(permit)),
@@ -212,22 +215,17 @@ impl Slot {
 
     /// The guard to attach to the body (`Body::attach`), in the one type the body's
     /// outbox watches for.
-    pub fn into_guard(self) -> Arc<dyn Yielding> {
+    pub fn into_guard(self) -> Arc<dyn Stallable> {
         Arc::new(self)
     }
 
     fn state(&self) -> MutexGuard<'_, Held> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// True while the body holds an in-flight slot.
-    pub fn in_flight(&self) -> bool {
-        matches!(*self.state(), Held::InFlight(_))
-    }
 }
 
-impl Yielding for Slot {
-    fn stall(&self, connection: &Weak<Outbox>) {
+impl Stallable for BodyPermit {
+    fn stall(&self, connection: &Weak<dyn Evict>) {
         let released = {
             let mut state = self.state();
             if matches!(*state, Held::Stalled(_)) {
@@ -259,7 +257,7 @@ impl Yielding for Slot {
     }
 }
 
-impl Drop for Slot {
+impl Drop for BodyPermit {
     fn drop(&mut self) {
         if let Held::Stalled(ticket) = *self.state() {
             self.pool.leave(ticket);
@@ -270,6 +268,7 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Outbox;
 
     struct Fixture {
         slots: Arc<Semaphore>,
@@ -285,11 +284,11 @@ mod tests {
         }
 
         /// A body admitted now, sent through its own connection's outbox.
-        fn admit(&self) -> (Arc<dyn Yielding>, Arc<Outbox>) {
+        fn admit(&self) -> (Arc<dyn Stallable>, Arc<Outbox>) {
             let permit = Arc::clone(&self.slots)
                 .try_acquire_owned()
                 .expect("a free slot");
-            let slot = Slot::new(permit, Arc::clone(&self.slots), Arc::clone(&self.pool));
+            let slot = BodyPermit::new(permit, Arc::clone(&self.slots), Arc::clone(&self.pool));
             let guard = slot.into_guard();
             let outbox = Arc::new(Outbox::default());
             outbox.watch(Arc::downgrade(&guard));
