@@ -26,7 +26,7 @@ pub use crate::replicas::settings::ReplicaSettings;
 pub use crate::resolve::settings::ResolverSettings;
 pub use crate::secret::{RedisUrl, Secret, UrlSetting};
 pub use crate::server::settings::{
-    MAX_REQUEST_HEAD, MIN_REQUEST_HEAD, RuntimeLayout, ServerSettings,
+    FastLane, MAX_REQUEST_HEAD, MIN_REQUEST_HEAD, RuntimeLayout, ServerSettings,
 };
 use crate::settings::Invalid;
 pub use crate::settings::{parse_bytes, parse_duration, parse_rate};

@@ -396,6 +396,10 @@ pub struct ConnCounters {
     /// Responses cut short because their file ended before them (truncated while
     /// being sent): each closed its connection.
     pub short_file_sends: Counter,
+    /// Requests the fast lane answered itself (`--fast-lane on`).
+    pub lane_requests: Counter,
+    /// Connections the fast lane handed to hyper (a request it does not take).
+    pub lane_handoffs: Counter,
 }
 
 impl ConnCounters {
@@ -468,6 +472,16 @@ impl ConnCounters {
             "short_file_sends",
             "Responses cut short (connection closed) because their file ended early: truncated while sent",
             self.short_file_sends.clone(),
+        );
+        registry.register(
+            "fast_lane_requests",
+            "Requests answered by the fast lane (--fast-lane on)",
+            self.lane_requests.clone(),
+        );
+        registry.register(
+            "fast_lane_handoffs",
+            "Connections the fast lane handed to hyper (a request it does not take)",
+            self.lane_handoffs.clone(),
         );
     }
 }

@@ -11,6 +11,7 @@
 
 mod cores;
 pub mod fd_budget;
+mod lane;
 mod listen;
 pub mod settings;
 pub mod tcp_progress;
@@ -22,19 +23,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::config::{Config, RuntimeLayout};
+use crate::body::Body;
+use crate::config::{Config, FastLane, RuntimeLayout};
 use crate::error::StartError;
 use crate::outbox::Outbox;
 use crate::state::ConnCounters;
-use timed_io::{ConnActivity, TimedIo, Timeouts};
+use timed_io::{ConnActivity, InFlight, TimedIo, Timeouts};
 use zero_copy::ZeroCopyIo;
 
 /// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -107,7 +110,7 @@ pub async fn start_with_shutdown(
         .map_err(|source| StartError::Bind { addr, source })?;
     let layout = config.server.runtime;
     let app = App::new(config)?;
-    let shared = Shared::new(&app);
+    let shared = Shared::new(&app)?;
     // `true` tells every accept loop to stop; a dropped sender does too.
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops = match layout {
@@ -166,12 +169,28 @@ pub(crate) struct Shared {
     connection_slots: Arc<Semaphore>,
     counters: Arc<ConnCounters>,
     timeouts: Timeouts,
+    /// `--fast-lane on`: what its connections share.
+    lane: Option<Arc<lane::Lane>>,
 }
 
 impl Shared {
-    fn new(app: &App) -> Shared {
+    fn new(app: &App) -> Result<Shared, StartError> {
         let config = Arc::clone(&app.state().config);
-        Shared {
+        let lane = match config.server.fast_lane {
+            FastLane::On => Some(Arc::new(
+                lane::Lane::new(
+                    config.server.max_request_head,
+                    http1_builder(config.server.max_request_head),
+                )
+                .map_err(|message| StartError::InvalidSetting {
+                    option: "route table".to_owned(),
+                    message,
+                })?,
+            )),
+            FastLane::Off => None,
+        };
+        Ok(Shared {
+            lane,
             connection_slots: Arc::new(Semaphore::new(config.server.max_connections.max(1))),
             counters: Arc::clone(&app.state().connections),
             timeouts: Timeouts {
@@ -182,8 +201,33 @@ impl Shared {
             },
             app: app.clone(),
             config,
-        }
+        })
     }
+}
+
+/// One request of a connection, whichever lane parsed it: the app answers it, and its
+/// body carries the connection's in-flight token and sends through the connection's
+/// outbox, so guards (the limiter permit, `in_flight`) last until the body's last byte
+/// is written, and its file bytes may go out with sendfile.
+async fn answer<B>(
+    app: Arc<App>,
+    in_flight: InFlight,
+    outbox: Arc<Outbox>,
+    peer: std::net::IpAddr,
+    request: Request<B>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut response = app.handle(request).await;
+    let body = response.body_mut();
+    body.note_client(peer);
+    body.attach(in_flight);
+    // Guards (the gate permit, `in_flight`) now last until the body's last byte is
+    // written, and its file bytes may go out with sendfile.
+    body.send_through(outbox);
+    response
 }
 
 /// Resolves once the server is told to stop (or its controller is gone).
@@ -206,8 +250,12 @@ async fn accept_loop(
         connection_slots,
         counters,
         timeouts,
+        lane,
     } = shared;
     let graceful = GracefulShutdown::new();
+    // Every lane connection holds a sender: once all are dropped, they are all done.
+    let (lane_open, mut lane_done) = mpsc::channel::<()>(1);
+    let stop_conn = stop.clone();
     let builder = http1_builder(config.server.max_request_head);
     let accepted_here = counters.accepted_by_listener.get(index).cloned();
     let stop = stopped(stop);
@@ -270,16 +318,37 @@ async fn accept_loop(
             config.store.sendfile_min_bytes,
             Arc::clone(&counters),
         );
-        let io = TokioIo::new(TimedIo::new(
+        let timed = TimedIo::new(
             socket,
             Arc::clone(&activity),
             timeouts,
             Arc::clone(&counters),
-        ));
+        );
         // This connection's own handle on the app: a request clones it (one count in a
         // line only this connection touches) rather than the app's three shared `Arc`s,
         // whose counts every core would bounce between them on every request.
         let conn_app = Arc::new(app.clone());
+        if let Some(lane) = &lane {
+            let conn = lane::Conn {
+                app: conn_app,
+                peer: peer.ip(),
+                activity,
+                outbox,
+            };
+            let serve = lane::serve(Arc::clone(lane), timed, conn, stop_conn.clone());
+            let counters = Arc::clone(&counters);
+            let open = lane_open.clone();
+            tokio::spawn(async move {
+                if let Err(error) = serve.await {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                counters.open.dec();
+                drop(slot);
+                drop(open);
+            });
+            continue;
+        }
+        let io = TokioIo::new(timed);
         let service = service_fn(move |request| {
             // Begin before the future runs: the socket must see "busy" as soon as the
             // head is parsed, not when the handler is first polled.
@@ -287,14 +356,9 @@ async fn accept_loop(
             let app = Arc::clone(&conn_app);
             let outbox = Arc::clone(&outbox);
             async move {
-                let mut response = app.handle(request).await;
-                let body = response.body_mut();
-                body.note_client(peer.ip());
-                body.attach(in_flight);
-                // Guards (the gate permit, `in_flight`) now last until the body's
-                // last byte is written, and its file bytes may go out with sendfile.
-                body.send_through(outbox);
-                Ok::<_, std::convert::Infallible>(response)
+                Ok::<_, std::convert::Infallible>(
+                    answer(app, in_flight, outbox, peer.ip(), request).await,
+                )
             }
         });
         let watched = graceful.watch(builder.serve_connection(io, service));
@@ -309,9 +373,14 @@ async fn accept_loop(
     }
 
     drop(listener);
-    tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown())
-        .await
-        .is_ok()
+    drop(lane_open);
+    tokio::time::timeout(config.server.shutdown_grace, async {
+        graceful.shutdown().await;
+        // Lane connections saw the stop themselves; wait for the last to finish.
+        let _ = lane_done.recv().await;
+    })
+    .await
+    .is_ok()
 }
 
 /// hyper's HTTP/1 settings for every connection. `max_request_head` was checked by

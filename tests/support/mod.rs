@@ -172,9 +172,26 @@ pub fn test_runtime() -> Option<oip_media::config::RuntimeLayout> {
     )
 }
 
+/// The fast lane every server of this fixture runs with: `OIP_TEST_FAST_LANE=on` (or
+/// `off`) runs a whole test binary's servers with it (`.ci/run` runs the server suites
+/// once more with the lane the default does not use); unset, the service's default.
+/// `tests/fast_lane.rs` runs both lanes whatever this says.
+pub fn test_fast_lane() -> Option<oip_media::config::FastLane> {
+    use clap::ValueEnum;
+    let raw = std::env::var("OIP_TEST_FAST_LANE").ok()?;
+    Some(
+        oip_media::config::FastLane::from_str(&raw, true)
+            .unwrap_or_else(|_| panic!("OIP_TEST_FAST_LANE={raw}: use on or off")),
+    )
+}
+
 /// `config` in the layout [`test_runtime`] asks for; in the per-core layout, two
-/// serving threads (so connections are spread even on a one-core machine).
+/// serving threads (so connections are spread even on a one-core machine). With the
+/// lane [`test_fast_lane`] asks for.
 pub fn apply_test_runtime(config: &mut oip_media::Config) {
+    if let Some(lane) = test_fast_lane() {
+        config.server.fast_lane = lane;
+    }
     if let Some(layout) = test_runtime() {
         config.server.runtime = layout;
         if layout == oip_media::config::RuntimeLayout::PerCore {
@@ -185,13 +202,19 @@ pub fn apply_test_runtime(config: &mut oip_media::Config) {
 
 /// `RUNTIME` and `WORKERS` for a child `oip-media` process, from [`test_runtime`].
 pub fn test_runtime_env() -> Vec<(&'static str, &'static str)> {
-    match test_runtime() {
+    let mut env = match test_runtime() {
         Some(oip_media::config::RuntimeLayout::PerCore) => {
             vec![("RUNTIME", "per-core"), ("WORKERS", "2")]
         }
         Some(oip_media::config::RuntimeLayout::MultiThread) => vec![("RUNTIME", "multi-thread")],
         None => Vec::new(),
+    };
+    match test_fast_lane() {
+        Some(oip_media::config::FastLane::On) => env.push(("FAST_LANE", "on")),
+        Some(oip_media::config::FastLane::Off) => env.push(("FAST_LANE", "off")),
+        None => {}
     }
+    env
 }
 
 /// Starts a server over `media` with `tweak` applied to the default test config (in

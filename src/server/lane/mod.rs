@@ -1,0 +1,495 @@
+//! The fast lane (`--fast-lane on`): bodiless `GET`/`HEAD` requests of the file routes
+//! answered without hyper's HTTP/1 dispatcher; everything else handed to hyper.
+//!
+//! # Why
+//! Nearly every request a front proxy sends here is a bodiless `GET` or `HEAD` of a file.
+//! For those, hyper's dispatcher, encoder and buffers cost more than the request's own
+//! work (issue 25: ~18,000 of ~22,700 instructions per GIF request), and hyper keeps two
+//! 8 KiB buffers per connection at their high-water size for as long as the connection
+//! lives. The lane reads a head into a buffer that starts at 1 KiB, grows only up to
+//! `--max-request-head`, and is released between requests: an idle keep-alive connection
+//! holds no buffer at all (reads go through one scratch buffer per thread and only what
+//! arrived is kept).
+//!
+//! # What is shared with hyper's lane, and what is not
+//! One implementation of everything but the HTTP/1 framing: the request goes through
+//! [`super::answer`] (`App::handle`: request id, head checks, CORS, routing, admission,
+//! counters; the body's in-flight token and the connection's outbox) exactly as hyper's
+//! service does, and the bytes go through the same socket stack (`TimedIo` over
+//! `ZeroCopyIo`: head and idle timeouts, the stall rules and the stalled pool, `sendfile`,
+//! guards released at the flush). The lane writes the head itself ([`encode`], hyper's
+//! rules) and the body's chunks as hyper would: the head and the first chunk in one
+//! vectored write.
+//!
+//! # Conservative by construction
+//! The lane takes only what [`head::parse`] accepts, on a file route; anything else — a
+//! body, `Expect`, `Upgrade`, another route, a head it finds unusual, a head still
+//! incomplete at `--max-request-head` — goes to hyper *with the bytes already read*
+//! ([`rewind::Rewind`]), and hyper serves the connection from then on, refusals (`400`,
+//! `431`) included. Pipelined requests are answered in order: the lane finishes each
+//! response before it looks at the next head, and hands over only between responses.
+//!
+//! # Where the two could differ, and which is right
+//! - A client that closes its sending side while a request is in flight: hyper drops the
+//!   request (its `mid_message_detect_eof`); the lane does the same, as long as no
+//!   pipelined byte is buffered (hyper's condition too).
+//! - Graceful shutdown: an idle connection closes at once; one with a request under way
+//!   finishes it with `connection: close` (hyper's `graceful_shutdown`).
+//! - `Date` comes from a per-thread cache of the current second, hyper's from its own:
+//!   the two may name different seconds at a second's edge, never a different format.
+
+mod encode;
+mod head;
+mod rewind;
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response};
+use http_body::Body as _;
+use http_body_util::Empty;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+use super::timed_io::{ConnActivity, TimedIo};
+use super::zero_copy::ZeroCopyIo;
+use crate::app::App;
+use crate::body::Body;
+use crate::outbox::Outbox;
+use crate::routes::{ROUTES, Route, RouteFamily, Router};
+use encode::{Asked, Framing};
+use head::Parsed;
+use rewind::Rewind;
+
+/// The socket stack under both lanes.
+pub(super) type Socket = TimedIo<ZeroCopyIo>;
+
+/// First size of a connection's head buffer: an ordinary proxied GIF request's head
+/// (~300–700 bytes) fits, as in nginx's `client_header_buffer_size 1k`.
+const FIRST_BUFFER: usize = 1024;
+
+/// Bytes one read may take: the thread's scratch buffer, copied into the connection's
+/// own buffer only as far as it was filled.
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Why a lane connection ended badly (logged at `debug`, as hyper's errors are).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LaneError {
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("the client closed the connection while a request was in flight")]
+    ClosedMidRequest,
+    #[error("after the hand-over to hyper: {0}")]
+    Hyper(#[from] hyper::Error),
+}
+
+/// What every lane connection of a server shares.
+pub(super) struct Lane {
+    router: Router,
+    max_head: usize,
+    builder: hyper::server::conn::http1::Builder,
+}
+
+/// The routes the lane answers: those that serve files' bytes (GIFs, stills, variants,
+/// `/api/media/<id>`, generated audio), the ones behind the media limiter. The ops,
+/// relay and resolver routes go to hyper.
+pub(crate) fn is_file_route(route: &Route) -> bool {
+    matches!(
+        route.family,
+        RouteFamily::Media | RouteFamily::ApiMedia | RouteFamily::Generate
+    )
+}
+
+impl Lane {
+    /// `builder` is hyper's, for the connections handed over. Fails as `App::new` does
+    /// when the route table has a conflict.
+    pub(super) fn new(
+        max_request_head: u64,
+        builder: hyper::server::conn::http1::Builder,
+    ) -> Result<Lane, String> {
+        Ok(Lane {
+            router: Router::new(ROUTES)?,
+            max_head: usize::try_from(max_request_head).unwrap_or(usize::MAX),
+            builder,
+        })
+    }
+
+    fn takes(&self, path: &[u8]) -> bool {
+        std::str::from_utf8(path)
+            .ok()
+            .and_then(|path| self.router.at(path))
+            .is_some_and(is_file_route)
+    }
+}
+
+/// One connection's handles on the app, as hyper's service holds them.
+pub(super) struct Conn {
+    pub(super) app: Arc<App>,
+    pub(super) activity: Arc<ConnActivity>,
+    pub(super) outbox: Arc<Outbox>,
+    /// The client's address, for the access log.
+    pub(super) peer: std::net::IpAddr,
+}
+
+/// Reads what the socket has into `buf` (through the thread's scratch buffer, so an
+/// empty `buf` holds no memory while it waits). `Ok(0)`: end of stream.
+fn poll_read_more(
+    io: &mut Socket,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    SCRATCH_BUFFER.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut read = ReadBuf::new(&mut scratch[..]);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        let filled = read.filled();
+        if !filled.is_empty() {
+            if buf.capacity() - buf.len() < filled.len() {
+                buf.reserve(filled.len().max(FIRST_BUFFER).max(buf.len()));
+            }
+            buf.extend_from_slice(filled);
+        }
+        Poll::Ready(Ok(filled.len()))
+    })
+}
+
+/// While a request is in flight: hyper's check for a client that went away. With
+/// nothing buffered, a read that ends the stream ends the request; bytes that arrive
+/// are kept (a pipelined request) and end the watch, as in hyper.
+fn poll_gone(io: &mut Socket, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<LaneError> {
+    if !buf.is_empty() {
+        return Poll::Pending;
+    }
+    match poll_read_more(io, buf, cx) {
+        Poll::Ready(Ok(0)) => Poll::Ready(LaneError::ClosedMidRequest),
+        Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(error)) => Poll::Ready(error.into()),
+    }
+}
+
+/// Serves one connection until it closes: the lane's requests here, the rest by hyper.
+pub(super) async fn serve(
+    lane: Arc<Lane>,
+    mut io: Socket,
+    conn: Conn,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), LaneError> {
+    let mut buf = BytesMut::new();
+    loop {
+        // A complete head the lane takes, or the connection's end or hand-over.
+        let mut parse_from = 0;
+        let (request, asked, head_bytes) = loop {
+            if buf.len() > parse_from {
+                // A head can only have completed if a line ended in the new bytes.
+                let new_line = buf[parse_from..].contains(&b'\n') || parse_from == 0;
+                parse_from = buf.len();
+                // No await while the parse result lives: it is large, and would be kept
+                // in this connection's future for its whole life.
+                let hand_over = match new_line.then(|| next_request(&lane, &mut buf, &stop)) {
+                    Some(Next::Take(request, asked, head)) => break (request, asked, head),
+                    Some(Next::HandOver) => true,
+                    // hyper answers `431` from here.
+                    Some(Next::Wait) | None => buf.len() >= lane.max_head,
+                };
+                if hand_over {
+                    return Box::pin(hand_off(lane, io, buf.freeze(), conn, stop)).await;
+                }
+            }
+            let read = if buf.is_empty() {
+                // Idle between requests: shutting down closes the connection here.
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    read = poll_fn(|cx| poll_read_more(&mut io, &mut buf, cx)) => read?,
+                    () = stopping(&mut stop) => return Ok(()),
+                }
+            } else {
+                poll_fn(|cx| poll_read_more(&mut io, &mut buf, cx)).await?
+            };
+            if read == 0 {
+                // The client is done (an unfinished head gets no answer, as from hyper).
+                return Ok(());
+            }
+        };
+
+        conn.app.state().connections.lane_requests.inc();
+        let in_flight = conn.activity.begin();
+        // Inline, as hyper keeps its request future: boxing it cost two copies of its
+        // ~3 KB per request (callgrind), more than the allocation it saves an idle
+        // connection.
+        let response = {
+            let mut answering = pin!(super::answer(
+                Arc::clone(&conn.app),
+                in_flight,
+                Arc::clone(&conn.outbox),
+                conn.peer,
+                request,
+            ));
+            poll_fn(|cx| match answering.as_mut().poll(cx) {
+                Poll::Ready(response) => Poll::Ready(Ok(response)),
+                Poll::Pending => poll_gone(&mut io, &mut buf, cx).map(Err),
+            })
+            .await?
+        };
+        let framing = send(&mut io, &mut buf, asked, response).await?;
+        drop(head_bytes);
+        if framing.close {
+            let _ = io.shutdown().await;
+            return Ok(());
+        }
+        if buf.is_empty() {
+            // Nothing pipelined: the buffer goes back until the next request.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// What the buffered bytes hold, as far as the lane is concerned. Consumed where it is
+/// made (the request moves into its boxed future), so its size stays off the connection.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// A request the lane answers, how it was asked, and the head's bytes (which its URI
+    /// and header values are slices of).
+    Take(Request<Empty<Bytes>>, Asked, Bytes),
+    /// hyper's: hand the connection over with everything buffered.
+    HandOver,
+    /// The head is not complete.
+    Wait,
+}
+
+/// Parses the head at the start of `buf` and, when the lane takes it, splits it off and
+/// builds its request. A plain function, so the parse's large result never lives in the
+/// connection's future.
+fn next_request(lane: &Lane, buf: &mut BytesMut, stop: &watch::Receiver<bool>) -> Next {
+    let head = match head::parse(buf) {
+        Parsed::Take(head) => head,
+        Parsed::HandOff(why) => {
+            tracing::trace!(why, "handing the connection to hyper");
+            return Next::HandOver;
+        }
+        Parsed::Partial => return Next::Wait,
+    };
+    // hyper answers `431` to a whole head past the limit too.
+    if head.len > lane.max_head || !lane.takes(head.path(buf)) {
+        return Next::HandOver;
+    }
+    let asked = Asked {
+        is_head: head.method == http::Method::HEAD,
+        version: head.version,
+        // Shutting down: this response is the connection's last.
+        keep_alive: head.keep_alive && !*stop.borrow(),
+    };
+    let head_bytes = buf.split_to(head.len).freeze();
+    match head.request(&head_bytes) {
+        Some(request) => Next::Take(request, asked, head_bytes),
+        None => {
+            // `http` refuses something httparse took: hyper answers it (`400`), from
+            // the bytes as they came.
+            let mut whole = BytesMut::with_capacity(head_bytes.len() + buf.len());
+            whole.extend_from_slice(&head_bytes);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            Next::HandOver
+        }
+    }
+}
+
+/// Writes `response`: its head, then its body's chunks (the first in the same vectored
+/// write as the head), then flushes, which releases the response's guards.
+async fn send(
+    io: &mut Socket,
+    buf: &mut BytesMut,
+    asked: Asked,
+    response: Response<Body>,
+) -> Result<Framing, LaneError> {
+    let (mut parts, body) = response.into_parts();
+    let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
+    let framing = encode::encode(
+        asked,
+        parts.status,
+        parts.version,
+        &mut parts.headers,
+        body.remaining(),
+        &mut head,
+    );
+    drop(parts);
+    let mut head = Bytes::from(head);
+    // `HEAD`, `204`, `304`: the body is dropped unsent; its guards wait for the flush.
+    let mut body = (framing.body_len > 0).then_some(body);
+    let mut chunk = Bytes::new();
+    poll_fn(|cx| {
+        loop {
+            if chunk.is_empty()
+                && let Some(pending) = body.as_mut()
+            {
+                match Pin::new(pending).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            chunk = data;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(None) => body = None,
+                    Poll::Ready(Some(Err(never))) => match never {},
+                    // Our bodies never wait; a body that did would be written once ready.
+                    Poll::Pending if head.is_empty() => {
+                        return poll_gone(io, buf, cx).map(Err);
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if head.is_empty() && chunk.is_empty() {
+                if body.is_some() {
+                    continue;
+                }
+                return Pin::new(&mut *io).poll_flush(cx).map_err(LaneError::from);
+            }
+            let slices = [IoSlice::new(&head), IoSlice::new(&chunk)];
+            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                Poll::Ready(Ok(written)) => written,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => return poll_gone(io, buf, cx).map(Err),
+            };
+            let from_head = written.min(head.len());
+            head.advance(from_head);
+            chunk.advance(written - from_head);
+        }
+    })
+    .await?;
+    Ok(framing)
+}
+
+/// Resolves once the server is told to stop (or its controller is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stop| stop).await;
+}
+
+/// Hands the connection to hyper with the bytes the lane had read: hyper serves it from
+/// then on, through the same service as every hyper connection.
+async fn hand_off(
+    lane: Arc<Lane>,
+    io: Socket,
+    prefix: Bytes,
+    conn: Conn,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), LaneError> {
+    let Conn {
+        app,
+        activity,
+        outbox,
+        peer,
+    } = conn;
+    app.state().connections.lane_handoffs.inc();
+    let service = service_fn(move |request| {
+        let in_flight = activity.begin();
+        let app = Arc::clone(&app);
+        let outbox = Arc::clone(&outbox);
+        async move { Ok::<_, Infallible>(super::answer(app, in_flight, outbox, peer, request).await) }
+    });
+    let mut connection = pin!(
+        lane.builder
+            .serve_connection(TokioIo::new(Rewind::new(io, prefix)), service)
+    );
+    if *stop.borrow() {
+        connection.as_mut().graceful_shutdown();
+        return Ok(connection.await?);
+    }
+    tokio::select! {
+        served = connection.as_mut() => Ok(served?),
+        () = stopping(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            Ok(connection.await?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lane_takes_the_file_routes_only() {
+        let lane = Lane::new(64 * 1024, hyper::server::conn::http1::Builder::new()).unwrap();
+        for (path, taken) in [
+            ("/media/fitnessally/a.gif", true),
+            ("/api/media/abc", true),
+            ("/api/media/abc/info", true),
+            ("/api/media", true),
+            ("/api/generate/media/a.mp3", true),
+            ("/gun-relay/get", false),
+            ("/api/resolve", false),
+            ("/metrics", false),
+            ("/healthz", false),
+            ("/", false),
+            ("/nope", false),
+        ] {
+            assert_eq!(lane.takes(path.as_bytes()), taken, "{path}");
+        }
+        assert!(!lane.takes(b"/media/\xff"));
+    }
+
+    /// The connection's future is allocated once per connection and kept while it is
+    /// idle: its size is the lane's memory per idle keep-alive connection, beside the
+    /// socket stack's timers and the connection's shared handles. The head buffer is
+    /// released between requests, so it does not count here; this keeps a new inline await
+    /// from growing it unnoticed (the issue's target: 4 KiB per idle connection, all in;
+    /// `benches/conn_memory.rs` measures that figure).
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("web")).unwrap();
+        let app = App::new(crate::config::Config::for_media_dir(dir.path())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_client, (stream, _)) = (client.unwrap(), accepted.unwrap());
+        let counters = Arc::clone(&app.state().connections);
+        let outbox = Arc::new(Outbox::default());
+        let activity = Arc::new(ConnActivity::default());
+        let socket = ZeroCopyIo::new(
+            stream,
+            Arc::clone(&outbox),
+            16 * 1024,
+            Arc::clone(&counters),
+        );
+        let timeouts = super::super::timed_io::Timeouts {
+            header_read: std::time::Duration::from_secs(1),
+            keep_alive: std::time::Duration::from_secs(1),
+            write_stall: std::time::Duration::from_secs(1),
+            stalled_after: std::time::Duration::from_secs(1),
+        };
+        let io = TimedIo::new(socket, Arc::clone(&activity), timeouts, counters);
+        let lane =
+            Arc::new(Lane::new(64 * 1024, hyper::server::conn::http1::Builder::new()).unwrap());
+        let (_stop_tx, stop) = watch::channel(false);
+        let conn = Conn {
+            app: Arc::new(app),
+            activity,
+            outbox,
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+        };
+        let serve = serve(lane, io, conn, stop);
+        let size = std::mem::size_of_val(&serve);
+        // 3,984 bytes in a test build: the socket stack (240), `send`'s state (~600)
+        // and the request's future (~2.6 KB), all inline. Boxing the request's future
+        // made this 1,376 but cost two copies of it per request (+670 instructions per
+        // GIF request under callgrind: docs/benchmarks/fast-lane.md).
+        assert!(size <= 4096, "lane::serve: {size} bytes");
+    }
+}
