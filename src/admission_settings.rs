@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::settings::{Invalid, at_least_one, not_zero, parse_bytes, parse_duration};
+use crate::settings::{Invalid, at_least_one, flag, not_zero, parse_bytes, parse_duration};
 
 /// The unit the body budget counts in: its slots are KiB, so a budget of gigabytes fits
 /// the limiter's `u32` permits.
@@ -129,15 +129,20 @@ impl AdmissionSettings {
 
     /// Advisories: valid settings that work against each other. A normal request waits up
     /// to 1.25 × `--stalled-after` for non-readers' slots to be given back; past
-    /// `--queue-timeout` it would get `503` behind them instead.
-    pub fn advisories(&self, stalled_after: Duration) -> Vec<String> {
+    /// `--queue-timeout` it would get `503` behind them instead. `stalled_after` is the
+    /// server group's setting, named in the note as `stalled_after_flag` (that group sits
+    /// above this one, which cannot import it).
+    pub fn advisories(&self, stalled_after: Duration, stalled_after_flag: &str) -> Vec<String> {
         let mut notes = Vec::new();
         if self.max_stalled > 0 && stalled_after.mul_f64(1.25) >= self.queue_timeout {
             notes.push(format!(
-                "--stalled-after ({:?}) × 1.25 is not below --queue-timeout ({:?}): requests \
+                "{} ({:?}) × 1.25 is not below {} ({:?}): requests \
                  waiting behind clients that stopped reading may get 503 before their slots \
                  move to the stalled pool",
-                stalled_after, self.queue_timeout
+                stalled_after_flag,
+                stalled_after,
+                flag::<Self>("queue_timeout"),
+                self.queue_timeout
             ));
         }
         notes

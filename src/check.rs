@@ -20,7 +20,8 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{Config, parse_duration};
+use crate::config::{Config, option_name, parse_duration};
+use crate::settings::{env_name, flag};
 
 /// Arguments of `oip-media check`.
 #[derive(Debug, Clone, clap::Args)]
@@ -247,7 +248,11 @@ async fn bounded(
         Err(_) => Line::new(
             Level::Fail,
             name,
-            format!("no answer within {} (--check-timeout)", human(timeout)),
+            format!(
+                "no answer within {} ({})",
+                human(timeout),
+                flag::<CheckArgs>("check_timeout")
+            ),
         ),
     }
 }
@@ -282,7 +287,8 @@ fn media_roots(config: &Config) -> Vec<Line> {
             Level::Fail,
             "media root",
             format!(
-                "--media-dir/MEDIA_DIR {}: {error}",
+                "{} {}: {error}",
+                option_name("media_dir"),
                 config.store.media_dir.display()
             ),
         ),
@@ -316,8 +322,9 @@ fn media_roots(config: &Config) -> Vec<Line> {
             "generated",
             format!(
                 "{}: {error}: /api/generate/media and /api/media?id= answer 404 until it \
-                 exists (--generated-media-dir/GENERATED_MEDIA_DIR)",
-                generated.display()
+                 exists ({})",
+                generated.display(),
+                option_name("generated_media_dir")
             ),
         ),
     });
@@ -333,7 +340,10 @@ async fn ffmpeg(config: &Config, timeout: Duration) -> Line {
         return Line::new(
             Level::Ok,
             "ffmpeg",
-            "transcoding is off (--ffmpeg/FFMPEG is empty): ?format= answers 501",
+            format!(
+                "transcoding is off ({} is empty): ?format= answers 501",
+                option_name("ffmpeg")
+            ),
         );
     }
     // Two child processes, each bounded (and killed with its group) by half the timeout.
@@ -397,7 +407,10 @@ async fn elasticsearch(config: &Config, timeout: Duration) -> Line {
         return Line::new(
             Level::Ok,
             NAME,
-            "not configured (ELASTICSEARCHHOST unset): only did:gun: references resolve",
+            format!(
+                "not configured ({} unset): only did:gun: references resolve",
+                env_name::<Config>("elasticsearch_host")
+            ),
         );
     };
     let shown = host.redacted();
@@ -436,7 +449,8 @@ async fn elasticsearch(config: &Config, timeout: Duration) -> Line {
         ),
         FailureKind::Tls => format!(
             "TLS: the handshake with {shown} failed: {cause} (an untrusted certificate? \
-             --elastic-ca-file/ELASTIC_CA_FILE; https:// to a plain-http port?)"
+             {}; https:// to a plain-http port?)",
+            option_name("elastic_ca_file")
         ),
         FailureKind::Timeout => {
             format!("timeout: {shown} did not answer within {}", human(timeout))
@@ -464,7 +478,10 @@ async fn gun_relay(config: &Config, timeout: Duration) -> Line {
         return Line::new(
             Level::Ok,
             NAME,
-            "not configured (GUN_PEERS unset): /gun-relay/ answers 503",
+            format!(
+                "not configured ({} unset): /gun-relay/ answers 503",
+                env_name::<Config>("gun_peers")
+            ),
         );
     }
     let mut settings = config.gun.clone();
@@ -509,7 +526,10 @@ async fn redis(config: &Config, timeout: Duration) -> Line {
         return Line::new(
             Level::Ok,
             NAME,
-            "not configured (REDIS_URL unset): invalidations stay on this replica",
+            format!(
+                "not configured ({} unset): invalidations stay on this replica",
+                env_name::<Config>("redis_url")
+            ),
         );
     };
     let shown = url.redacted();

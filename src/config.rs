@@ -28,7 +28,7 @@ pub use crate::secret::{RedisUrl, Secret, UrlSetting};
 pub use crate::server::settings::{
     FastLane, MAX_REQUEST_HEAD, MIN_REQUEST_HEAD, RuntimeLayout, ServerSettings,
 };
-use crate::settings::Invalid;
+use crate::settings::{Invalid, flag};
 pub use crate::settings::{parse_bytes, parse_duration, parse_rate};
 pub use crate::store::settings::{MAX_REVALIDATE_WINDOW, StoreSettings};
 pub use crate::transcode::settings::TranscodeSettings;
@@ -101,18 +101,7 @@ pub struct Config {
 /// name) is `id`, as clap knows them: `--max-in-flight / MAX_IN_FLIGHT`. What every
 /// validation message names, so none is typed by hand.
 pub fn option_name(id: &str) -> String {
-    let command = Config::command();
-    let Some(arg) = command.get_arguments().find(|arg| arg.get_id() == id) else {
-        // Only a typo in a group's `validate` gets here; a unit test walks them all.
-        return id.to_owned();
-    };
-    let long = arg.get_long().map(|long| format!("--{long}"));
-    let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
-    match (long, env) {
-        (Some(long), Some(env)) => format!("{long} / {env}"),
-        (Some(name), None) | (None, Some(name)) => name,
-        (None, None) => id.to_owned(),
-    }
+    crate::settings::option_name::<Config>(id)
 }
 
 impl Config {
@@ -160,7 +149,8 @@ impl Config {
 
     /// Settings that are valid but work against each other: logged as warnings at start.
     pub fn advisories(&self) -> Vec<String> {
-        self.admission.advisories(self.server.stalled_after)
+        self.admission
+            .advisories(self.server.stalled_after, &flag::<Config>("stalled_after"))
     }
 
     /// Checks values clap cannot: each group checks its own, then the few that span
@@ -192,8 +182,9 @@ impl Config {
             .max(self.gun.gun_put_body_limit);
         if self.admission.request_body_budget < largest_body.saturating_mul(2) {
             let message = format!(
-                "must be at least twice the largest body limit (--resolve-body-limit, \
-                 --gun-put-body-limit): {} bytes",
+                "must be at least twice the largest body limit ({}, {}): {} bytes",
+                flag::<Config>("resolve_body_limit"),
+                flag::<Config>("gun_put_body_limit"),
                 largest_body.saturating_mul(2)
             );
             return Err(Invalid::new("request_body_budget", message));

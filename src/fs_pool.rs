@@ -61,7 +61,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
 use crate::metrics::{ReadAtScrape, by_kind};
-use crate::settings::{Invalid, at_least_one, not_zero, parse_duration};
+use crate::settings::{Invalid, at_least_one, flag, not_zero, parse_duration};
 
 /// Stack of each pool thread. Jobs are shallow (a path walk, an `open`, a `stat`, a
 /// 64 KiB read); parsing and decoding happen elsewhere. Only touched pages count in
@@ -313,12 +313,18 @@ impl FsPool {
         let settings = self.settings;
         registry.register(
             "fs_pool_threads",
-            "Filesystem threads (--fs-threads)",
+            format!(
+                "Filesystem threads ({})",
+                flag::<FsPoolSettings>("fs_threads")
+            ),
             ReadAtScrape::gauge(move || settings.fs_threads as u64),
         );
         registry.register(
             "fs_pool_queue_limit",
-            "Filesystem calls allowed to wait for a thread (--fs-queue)",
+            format!(
+                "Filesystem calls allowed to wait for a thread ({})",
+                flag::<FsPoolSettings>("fs_queue")
+            ),
             ReadAtScrape::gauge(move || settings.fs_queue as u64),
         );
         let shared = Arc::clone(&self.shared);

@@ -1,5 +1,7 @@
 //! What every settings group shares: the parsers of durations, sizes and rates its
-//! flags take, and [`Invalid`], the answer of a group's `validate`. A leaf: the groups
+//! flags take, [`Invalid`], the answer of a group's `validate`, and [`option_name`],
+//! [`flag`] and [`env_name`], the names clap gives a group's settings, for messages (so
+//! no message types one by hand). A leaf: the groups
 //! live beside their components (`gun::GunSettings`, `store::StoreSettings`, …) and
 //! import only this, so `config`, which flattens them, imports no component that
 //! imports it back.
@@ -66,6 +68,63 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{raw}` is too large"))
 }
 
+/// The flag and environment variable of `S`'s setting whose argument id (its field's
+/// name) is `id`, as clap knows them: `--gun-attempts / GUN_ATTEMPTS`. What a message
+/// naming a setting says, so that no message types a flag's name by hand and a renamed
+/// flag renames it everywhere.
+///
+/// Generic over the settings group, not bound to `config::Config`, so that a component
+/// names its own settings without importing `config` (which imports the components).
+/// Builds the group's clap arguments on each call: meant for errors and start-up notes,
+/// not for a request's path.
+pub fn option_name<S: clap::Args>(id: &str) -> String {
+    let command = S::augment_args(clap::Command::new("oip-media"));
+    let Some(arg) = command.get_arguments().find(|arg| arg.get_id() == id) else {
+        // Only a typo in a caller gets here; the callers' tests catch it.
+        return id.to_owned();
+    };
+    let long = arg.get_long().map(|long| format!("--{long}"));
+    let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
+    match (long, env) {
+        (Some(long), Some(env)) => format!("{long} / {env}"),
+        (Some(name), None) | (None, Some(name)) => name,
+        (None, None) => id.to_owned(),
+    }
+}
+
+/// [`option_name`] of each of `ids`, joined by `, `: the settings that decide one thing
+/// together (`--bind / BIND, --port / PORT`).
+pub fn option_names<S: clap::Args>(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|id| option_name::<S>(id))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The environment variable alone of `S`'s setting `id` (`GUN_PEERS`), for a message
+/// that speaks of the deployment's environment (`GUN_PEERS unset`). `id` itself when
+/// the setting has none (a typo in a caller).
+pub fn env_name<S: clap::Args>(id: &str) -> String {
+    let command = S::augment_args(clap::Command::new("oip-media"));
+    command
+        .get_arguments()
+        .find(|arg| arg.get_id() == id)
+        .and_then(|arg| arg.get_env())
+        .map_or_else(|| id.to_owned(), |env| env.to_string_lossy().into_owned())
+}
+
+/// The long flag alone of `S`'s setting `id` (`--gun-response-limit`), for a message that
+/// names the setting mid-sentence, where [`option_name`]'s environment twin would only be
+/// noise. `id` itself when the setting has no long flag (a typo in a caller).
+pub fn flag<S: clap::Args>(id: &str) -> String {
+    let command = S::augment_args(clap::Command::new("oip-media"));
+    command
+        .get_arguments()
+        .find(|arg| arg.get_id() == id)
+        .and_then(|arg| arg.get_long())
+        .map_or_else(|| id.to_owned(), |long| format!("--{long}"))
+}
+
 /// A setting whose value the service cannot work with: its clap argument id (the field's
 /// name, `max_in_flight`) and what is wrong. [`crate::config::Config::validate`] turns the
 /// id into the flag and environment names clap knows (`--max-in-flight / MAX_IN_FLIGHT`),
@@ -101,5 +160,51 @@ pub fn not_zero(id: &'static str, value: Duration) -> Result<(), Invalid> {
     match value.is_zero() {
         true => Err(Invalid::new(id, "must be greater than zero")),
         false => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A settings group of its own, so these tests hold whatever the real groups become.
+    #[derive(Debug, clap::Args)]
+    struct Sample {
+        /// A flag with an environment twin.
+        #[arg(long, env = "SAMPLE_ATTEMPTS", default_value_t = 3)]
+        sample_attempts: u32,
+        /// A flag renamed away from its field's name.
+        #[arg(long = "renamed-flag")]
+        old_name: Option<String>,
+    }
+
+    #[test]
+    fn option_name_is_the_flag_and_env_clap_knows() {
+        assert_eq!(
+            option_name::<Sample>("sample_attempts"),
+            "--sample-attempts / SAMPLE_ATTEMPTS"
+        );
+        // The message follows the flag, not the field: a rename shows in it.
+        assert_eq!(option_name::<Sample>("old_name"), "--renamed-flag");
+        assert_eq!(flag::<Sample>("old_name"), "--renamed-flag");
+        assert_eq!(flag::<Sample>("sample_attempts"), "--sample-attempts");
+        assert_eq!(env_name::<Sample>("sample_attempts"), "SAMPLE_ATTEMPTS");
+        assert_eq!(env_name::<Sample>("old_name"), "old_name");
+        assert_eq!(
+            option_names::<Sample>(&["sample_attempts", "old_name"]),
+            "--sample-attempts / SAMPLE_ATTEMPTS, --renamed-flag"
+        );
+        // An unknown id is shown as it is rather than dropped.
+        assert_eq!(option_name::<Sample>("not_a_setting"), "not_a_setting");
+        assert_eq!(flag::<Sample>("not_a_setting"), "not_a_setting");
+        assert_eq!(env_name::<Sample>("not_a_setting"), "not_a_setting");
+    }
+
+    #[test]
+    fn a_real_group_names_its_flags() {
+        assert_eq!(
+            option_name::<crate::gun::GunSettings>("gun_attempts"),
+            "--gun-attempts / GUN_ATTEMPTS"
+        );
     }
 }

@@ -26,6 +26,7 @@ use crate::manifest::ManifestCache;
 use crate::metrics::by_kind;
 use crate::replicas::Replicas;
 use crate::resolve::Resolver;
+use crate::settings::env_name;
 use crate::store::{LazyRoot, Root, Store};
 use crate::transcode::Transcoder;
 
@@ -141,14 +142,16 @@ impl AppState {
         if generated_root.get().is_none() {
             tracing::warn!(
                 path = %generated_root.configured_path().display(),
-                "generated-media folder (--generated-media-dir/GENERATED_MEDIA_DIR) is missing; \
-                 /api/generate/media and /api/media?id= answer 404 until it exists"
+                "generated-media folder ({}) is missing; \
+                 /api/generate/media and /api/media?id= answer 404 until it exists",
+                option_name("generated_media_dir")
             );
         }
         let jwt = config.auth.jwt_secret.as_ref().and_then(JwtVerifier::new);
         if jwt.is_none() {
             tracing::warn!(
-                "JWT_SECRET is not set: private /api/media items will not be served (401)"
+                "{} is not set: private /api/media items will not be served (401)",
+                env_name::<Config>("jwt_secret")
             );
         }
         let manifests = ManifestCache::new(
@@ -162,6 +165,7 @@ impl AppState {
         );
         let gifs = Gifs::new(&config.gif, &config.derived, fs.clone()).map_err(|source| {
             StartError::DerivedDir {
+                option: option_name("derived_dir"),
                 path: config.derived.derived_dir.clone(),
                 source,
             }
@@ -177,10 +181,9 @@ impl AppState {
         let gun = match config.gun.gun_peers {
             Some(_) => {
                 let client = GunClient::new(&config.gun).map_err(|error| match error {
-                    GunError::Config { option, message } => StartError::InvalidSetting {
-                        option: option.to_owned(),
-                        message,
-                    },
+                    GunError::Config { option, message } => {
+                        StartError::InvalidSetting { option, message }
+                    }
                     other => StartError::InvalidSetting {
                         option: option_name("gun_peers"),
                         message: other.to_string(),
@@ -475,7 +478,10 @@ impl ConnCounters {
         );
         registry.register(
             "fast_lane_requests",
-            "Requests answered by the fast lane (--fast-lane on)",
+            format!(
+                "Requests answered by the fast lane ({} on)",
+                crate::settings::flag::<Config>("fast_lane")
+            ),
             self.lane_requests.clone(),
         );
         registry.register(
@@ -496,8 +502,9 @@ pub(crate) fn with_layout_hint(
         return std::io::Error::new(
             error.kind(),
             format!(
-                "{error} (MEDIA_DIR is the indexer's data/media: it must hold a web/ folder, \
-                 /media/<project>/<file> being served from MEDIA_DIR/web/<project>/<file>)"
+                "{error} ({media} is the indexer's data/media: it must hold a web/ folder, \
+                 /media/<project>/<file> being served from {media}/web/<project>/<file>)",
+                media = env_name::<Config>("media_dir")
             ),
         );
     }

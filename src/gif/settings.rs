@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::settings::{Invalid, at_least_one, not_zero, parse_bytes, parse_duration};
+use crate::settings::{Invalid, at_least_one, flag, not_zero, parse_bytes, parse_duration};
 
 /// Bounds on what a GIF may cost to parse or render, the still widths, and the decoding
 /// workers (`src/gif/`).
@@ -94,7 +94,8 @@ impl GifSettings {
             .find(|w| **w == 0 || **w > self.gif_max_dimension)
         {
             let message = format!(
-                "width {bad} is not between 1 and --gif-max-dimension ({})",
+                "width {bad} is not between 1 and {} ({})",
+                flag::<Self>("gif_max_dimension"),
                 self.gif_max_dimension
             );
             return Err(Invalid::new("still_widths", message));

@@ -11,8 +11,8 @@ pub enum GunError {
     /// a scheme this build cannot speak).
     #[error("{option}: {message}")]
     Config {
-        /// The flag / environment variable to fix.
-        option: &'static str,
+        /// The flag / environment variable to fix, as clap names it.
+        option: String,
         /// What is wrong with it.
         message: String,
     },

@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::flight::{Role, SingleFlight};
+use crate::settings::{flag, option_name};
 use backoff::backoff;
 use breaker::Breaker;
 use cache::NegativeCache;
@@ -96,13 +97,13 @@ impl GunClient {
         let base = base_url(settings.gun_peers.as_deref())?;
         if settings.gun_attempts == 0 {
             return Err(GunError::Config {
-                option: "--gun-attempts/GUN_ATTEMPTS",
+                option: option_name::<GunSettings>("gun_attempts"),
                 message: "must be at least 1 (the first request counts)".into(),
             });
         }
         if settings.gun_pool_size == 0 {
             return Err(GunError::Config {
-                option: "--gun-pool-size/GUN_POOL_SIZE",
+                option: option_name::<GunSettings>("gun_pool_size"),
                 message: "must be at least 1".into(),
             });
         }
@@ -122,7 +123,7 @@ impl GunClient {
             http = http.tls_certs_only(Vec::<reqwest::Certificate>::new());
         }
         let http = http.build().map_err(|e| GunError::Config {
-            option: "--gun-peers/GUN_PEERS",
+            option: option_name::<GunSettings>("gun_peers"),
             message: format!("cannot build the HTTP client: {e}"),
         })?;
         let counters = GunCounters::default();
@@ -460,7 +461,8 @@ impl Inner {
                 if status.is_success() {
                     return Err(GunError::InvalidResponse {
                         reason: format!(
-                            "body larger than --gun-response-limit ({} bytes)",
+                            "body larger than {} ({} bytes)",
+                            flag::<GunSettings>("gun_response_limit"),
                             self.response_limit
                         ),
                     });
@@ -479,7 +481,8 @@ impl Inner {
         if !self.warned_misconfigured.swap(true, Ordering::Relaxed) {
             tracing::error!(
                 %error,
-                "GUN_PEERS does not lead to a GUN relay's API: fix the URL (not cached as a miss)"
+                "{} does not lead to a GUN relay's API: fix the URL (not cached as a miss)",
+                option_name::<GunSettings>("gun_peers")
             );
         }
     }
@@ -527,7 +530,7 @@ fn describe(error: &dyn std::error::Error) -> String {
 /// trailing slash; plain `http://` with a host, no query or fragment.
 fn base_url(peers: Option<&str>) -> Result<String, GunError> {
     let config = |message: String| GunError::Config {
-        option: "--gun-peers/GUN_PEERS",
+        option: option_name::<GunSettings>("gun_peers"),
         message,
     };
     let first = peers
@@ -589,7 +592,7 @@ fn log_summary(now: &GunCounters, last: Totals, cached: u64) -> Totals {
         return totals; // nothing happened since the last line
     }
     macro_rules! summary {
-        ($level:ident, $message:literal) => {
+        ($level:ident, $($message:tt)+) => {
             tracing::$level!(
                 calls_since_last = calls,
                 requests = now.requests.get(),
@@ -608,12 +611,16 @@ fn log_summary(now: &GunCounters, last: Totals, cached: u64) -> Totals {
                 unavailable = now.errors.unavailable.get(),
                 circuit_open = now.errors.circuit_open.get(),
                 breaker = ?now.breaker_state(),
-                $message
+                $($message)+
             )
         };
     }
     if totals.misconfigured > last.misconfigured {
-        summary!(error, "GUN relay summary: GUN_PEERS is misconfigured");
+        summary!(
+            error,
+            "GUN relay summary: {} is misconfigured",
+            option_name::<GunSettings>("gun_peers")
+        );
     } else {
         summary!(info, "GUN relay summary");
     }
@@ -651,6 +658,34 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_config_error_names_the_setting_as_clap_does() {
+        let mut settings = crate::Config::for_media_dir("/nonexistent").gun;
+        settings.gun_peers = Some("http://127.0.0.1:1".into());
+        settings.gun_attempts = 0;
+        let error = GunClient::new(&settings).map(drop).expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .starts_with("--gun-attempts / GUN_ATTEMPTS: "),
+            "{error}"
+        );
+        settings.gun_attempts = 1;
+        settings.gun_pool_size = 0;
+        let error = GunClient::new(&settings).map(drop).expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .starts_with("--gun-pool-size / GUN_POOL_SIZE: "),
+            "{error}"
+        );
+        let error = base_url(None).expect_err("no peers");
+        assert!(
+            error.to_string().starts_with("--gun-peers / GUN_PEERS: "),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -32,11 +32,12 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::gun::GunClient;
+use crate::gun::{GunClient, GunSettings};
 use crate::metrics::by_kind;
 use crate::resolve::Resolver;
 use crate::resolve::source::GUN_PREFIX;
 use crate::secret::RedisUrl;
+use crate::settings::{env_name, flag};
 pub use settings::ReplicaSettings;
 
 /// How often an idle subscription is checked with a `PING`: a Redis that vanished
@@ -241,8 +242,9 @@ impl Replicas {
             }
             Err(_) => {
                 tracing::error!(
-                    "REDIS_URL is set but there is no async runtime to connect from: \
-                     invalidations are not shared"
+                    "{} is set but there is no async runtime to connect from: \
+                     invalidations are not shared",
+                    env_name::<ReplicaSettings>("redis_url")
                 );
                 None
             }
@@ -297,7 +299,10 @@ impl Replicas {
         let c = &self.shared.counters;
         registry.register(
             "redis_connected",
-            "1 while invalidations are shared through Redis (0: disconnected, or REDIS_URL unset)",
+            format!(
+                "1 while invalidations are shared through Redis (0: disconnected, or {} unset)",
+                env_name::<ReplicaSettings>("redis_url")
+            ),
             c.connected.clone(),
         );
         registry.register(
@@ -411,7 +416,8 @@ async fn run(
                     redis = %link.url,
                     %reason,
                     "Redis connection lost: serving from local caches (misses trusted for \
-                     --gun-miss-ttl-without-redis), reconnecting with backoff"
+                     {}), reconnecting with backoff",
+                    flag::<GunSettings>("gun_miss_ttl_without_redis")
                 );
                 shared.set_connected(false);
                 down_logged = true;
@@ -425,7 +431,8 @@ async fn run(
                         redis = %link.url,
                         %reason,
                         "cannot connect to Redis: serving from local caches (misses trusted \
-                         for --gun-miss-ttl-without-redis), retrying with backoff"
+                         for {}), retrying with backoff",
+                        flag::<GunSettings>("gun_miss_ttl_without_redis")
                     );
                     down_logged = true;
                 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::secret::RedisUrl;
-use crate::settings::{Invalid, at_least_one, not_zero, parse_duration};
+use crate::settings::{Invalid, at_least_one, flag, not_zero, parse_duration};
 
 /// Settings of cache invalidation shared between replicas (`src/replicas/`): with
 /// `REDIS_URL` set, a put through any replica removes the soul from every replica's GUN
@@ -65,7 +65,7 @@ impl ReplicaSettings {
         if self.redis_reconnect_max < self.redis_reconnect_base {
             return Err(Invalid::new(
                 "redis_reconnect_max",
-                "must be at least --redis-reconnect-base",
+                format!("must be at least {}", flag::<Self>("redis_reconnect_base")),
             ));
         }
         at_least_one("redis_publish_queue", self.redis_publish_queue)?;

@@ -22,8 +22,10 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::settings::ResolverSettings;
 use super::source::{Batch, Fetched, RecordSource};
 use crate::secret::Secret;
+use crate::settings::{env_name, flag};
 
 /// The indices searched, in order; the second only for what the first did not have
 /// (the indexer's order).
@@ -57,7 +59,7 @@ pub enum ElasticSetupError {
         reason: String,
     },
     /// `--elastic-ca-file` cannot be read or holds no PEM certificate.
-    #[error("cannot use --elastic-ca-file `{path}`: {reason}")]
+    #[error("cannot use {} `{path}`: {reason}", flag::<ResolverSettings>("elastic_ca_file"))]
     CaFile {
         /// The file.
         path: PathBuf,
@@ -79,7 +81,9 @@ pub enum ElasticError {
     /// Elasticsearch refused the credentials (401) or their rights (403). Its body is
     /// not kept: it names the user.
     #[error(
-        "Elasticsearch refused the request ({status}): check ELASTICCLIENTUSERNAME / ELASTICCLIENTPASSWORD and the user's rights on the indices"
+        "Elasticsearch refused the request ({status}): check {} / {} and the user's rights on the indices",
+        env_name::<ResolverSettings>("elastic_username"),
+        env_name::<ResolverSettings>("elastic_password")
     )]
     Auth {
         /// 401 or 403.
@@ -389,10 +393,11 @@ impl ElasticSource {
                 source = cause.source();
             }
             if base.scheme() == "https" {
-                reason.push_str(
+                reason.push_str(&format!(
                     " (an https:// Elasticsearch needs the system's root certificates \
-                     or --elastic-ca-file)",
-                );
+                     or {})",
+                    flag::<ResolverSettings>("elastic_ca_file")
+                ));
             }
             ElasticSetupError::Client(reason)
         })?;

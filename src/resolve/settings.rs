@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::secret::{Secret, UrlSetting};
-use crate::settings::{Invalid, at_least_one, not_zero, parse_bytes, parse_duration};
+use crate::settings::{Invalid, at_least_one, flag, not_zero, parse_bytes, parse_duration};
 
 /// Settings of the record resolver (SPEC §4): where referenced records come from, and
 /// the hard bounds on the work one request may cause and the memory the process-wide
@@ -199,7 +199,8 @@ impl ResolverSettings {
         not_zero("resolve_queue_timeout", self.resolve_queue_timeout)?;
         if self.resolve_body_budget < self.resolve_body_limit.saturating_mul(2) {
             let message = format!(
-                "must be at least twice --resolve-body-limit: {} bytes",
+                "must be at least twice {}: {} bytes",
+                flag::<Self>("resolve_body_limit"),
                 self.resolve_body_limit.saturating_mul(2)
             );
             return Err(Invalid::new("resolve_body_budget", message));

@@ -19,6 +19,7 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 use crate::config::Config;
 use crate::error::StartError;
+use crate::settings::{flag, option_names};
 
 /// Descriptors kept for everything but connections, bodies and mapped files.
 pub const RESERVE: u64 = 256;
@@ -66,12 +67,12 @@ impl Fitted {
 
     /// The four bounds with their settings' names, in the order the overflow is taken
     /// back from (the largest and cheapest to lose first).
-    fn named(&self) -> [(&'static str, u64); 4] {
+    fn named(&self) -> [(String, u64); 4] {
         [
-            ("--max-connections", self.max_connections),
-            ("--map-cache-entries", self.map_cache_entries),
-            ("--max-stalled", self.max_stalled),
-            ("--max-in-flight", self.max_in_flight),
+            (flag::<Config>("max_connections"), self.max_connections),
+            (flag::<Config>("map_cache_entries"), self.map_cache_entries),
+            (flag::<Config>("max_stalled"), self.max_stalled),
+            (flag::<Config>("max_in_flight"), self.max_in_flight),
         ]
     }
 }
@@ -232,11 +233,7 @@ pub fn limit() -> Option<u64> {
 /// notice), naming the limit that keeps them.
 pub fn apply(config: &mut Config) -> Result<Plan, StartError> {
     let plan = plan(raise_limit(), config).map_err(|message| StartError::InvalidSetting {
-        option: format!(
-            "{}, {}",
-            crate::config::option_name("max_connections"),
-            crate::config::option_name("max_in_flight")
-        ),
+        option: option_names::<Config>(&["max_connections", "max_in_flight"]),
         message,
     })?;
     if plan.lowered() {

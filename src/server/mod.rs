@@ -36,7 +36,9 @@ use crate::body::Body;
 use crate::config::{Config, FastLane, RuntimeLayout};
 use crate::error::StartError;
 use crate::outbox::Outbox;
+use crate::settings::option_names;
 use crate::state::ConnCounters;
+use settings::ServerSettings;
 use timed_io::{ConnActivity, InFlight, TimedIo, Timeouts};
 use zero_copy::ZeroCopyIo;
 
@@ -90,6 +92,16 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     })
 }
 
+/// The error of a listening socket on `addr` that could not be set up, naming the
+/// settings that chose the address.
+fn cannot_listen(addr: SocketAddr) -> impl Fn(std::io::Error) -> StartError {
+    move |source| StartError::Bind {
+        options: option_names::<ServerSettings>(&["bind", "port"]),
+        addr,
+        source,
+    }
+}
+
 /// Like [`start`], with the shutdown trigger given as a future (main passes the signal
 /// handler).
 ///
@@ -103,11 +115,8 @@ pub async fn start_with_shutdown(
     let mut config = config;
     fd_budget::apply(&mut config)?;
     let addr = SocketAddr::new(config.server.bind, config.server.port);
-    let listeners = listen::bind(addr, config.listeners())
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let addr = listeners[0]
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let listeners = listen::bind(addr, config.listeners()).map_err(cannot_listen(addr))?;
+    let addr = listeners[0].local_addr().map_err(cannot_listen(addr))?;
     let layout = config.server.runtime;
     let app = App::new(config)?;
     let shared = Shared::new(&app)?;
@@ -118,8 +127,7 @@ pub async fn start_with_shutdown(
             .into_iter()
             .enumerate()
             .map(|(index, listener)| {
-                let listener = TcpListener::from_std(listener)
-                    .map_err(|source| StartError::Bind { addr, source })?;
+                let listener = TcpListener::from_std(listener).map_err(cannot_listen(addr))?;
                 let (done_tx, done_rx) = oneshot::channel();
                 let serve = accept_loop(index, listener, shared.clone(), stop_rx.clone());
                 tokio::spawn(async move {
@@ -128,8 +136,12 @@ pub async fn start_with_shutdown(
                 Ok(done_rx)
             })
             .collect::<Result<Vec<_>, StartError>>()?,
-        RuntimeLayout::PerCore => cores::spawn(listeners, &shared, &stop_rx)
-            .map_err(|source| StartError::Workers { source })?,
+        RuntimeLayout::PerCore => {
+            cores::spawn(listeners, &shared, &stop_rx).map_err(|source| StartError::Workers {
+                options: option_names::<ServerSettings>(&["runtime", "workers"]),
+                source,
+            })?
+        }
     };
     drop(stop_rx);
     let summary = crate::app::spawn_summary(&app, shared.config.log.summary_interval);
@@ -400,4 +412,21 @@ fn http1_builder(max_request_head: u64) -> hyper::server::conn::http1::Builder {
         // hyper's buffer): `ZeroCopyIo` sends mapped ones with sendfile.
         .writev(true);
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_that_cannot_be_set_up_names_the_settings_that_chose_it() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let error = cannot_listen(addr)(std::io::ErrorKind::AddrInUse.into());
+        assert!(
+            error
+                .to_string()
+                .starts_with("--bind / BIND, --port / PORT: cannot listen on 127.0.0.1:1: "),
+            "{error}"
+        );
+    }
 }

@@ -22,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{GifSource, Known, Transcoder, VariantError, VariantFormat, VariantJob, Wait};
 use crate::config::Config;
 use crate::gif::derived::DerivedDir;
+use crate::settings::flag;
 use crate::store::FileIdentity;
 
 /// A signal that stops the run: its name and the exit status a shell would report for
@@ -252,8 +253,9 @@ async fn prepare(config: &Config, command: &TranscodeCommand) -> Result<Prepared
         Ok(derived) => Arc::new(derived),
         Err(error) => {
             eprintln!(
-                "oip-media transcode: cannot use the derived folder {} (--derived-dir): {error}",
-                config.derived.derived_dir.display()
+                "oip-media transcode: cannot use the derived folder {} ({}): {error}",
+                config.derived.derived_dir.display(),
+                flag::<Config>("derived_dir")
             );
             return Err(ExitCode::FAILURE);
         }
@@ -359,14 +361,16 @@ fn summary(tally: &Tally, started: Instant, derived: &DerivedDir) -> ExitCode {
     );
     let used = derived.used_bytes().unwrap_or(0);
     println!(
-        "derived folder: {} of {} (--derived-max-bytes), {} files evicted",
+        "derived folder: {} of {} ({}), {} files evicted",
         human_bytes(used),
         human_bytes(derived.max_bytes()),
+        flag::<Config>("derived_max_bytes"),
         derived.evicted_files()
     );
     if derived.evicted_files() > 0 {
         println!(
-            "warning: the derived folder is too small to hold every variant; raise --derived-max-bytes"
+            "warning: the derived folder is too small to hold every variant; raise {}",
+            flag::<Config>("derived_max_bytes")
         );
     }
     if tally.failed > 0 {

@@ -54,6 +54,7 @@ use crate::flight::SingleFlight;
 use crate::gif::derived::{self, DerivedDir};
 use crate::gif::meta::GifInfo;
 use crate::gif::{GifError, GifLimits};
+use crate::settings::{flag, option_name};
 use crate::store::FileIdentity;
 pub use fault::Fault;
 pub use ffmpeg::{EncodeSettings, Ffmpeg, Recipe};
@@ -474,8 +475,8 @@ impl Transcoder {
             // has it; `/readyz` says which kind of "no".
             Err(reason) => serde_json::json!({
                 "available": false,
-                "reason": if reason.as_ref() == TURNED_OFF {
-                    "transcoding is turned off"
+                "reason": if reason.starts_with(TURNED_OFF) {
+                    TURNED_OFF
                 } else {
                     "ffmpeg cannot be used (see the oip-media log)"
                 },
@@ -729,13 +730,15 @@ fn from_gif_error(error: GifError) -> VariantError {
     }
 }
 
-/// Why there is no engine when `--ffmpeg` is empty.
-const TURNED_OFF: &str = "transcoding is turned off (--ffmpeg/FFMPEG is empty)";
+/// How the reason there is no engine starts when `--ffmpeg` is empty, which `/readyz`
+/// tells apart from an ffmpeg that cannot be used.
+const TURNED_OFF: &str = "transcoding is turned off";
 
 /// Finds ffmpeg and decides the recipe of each format.
 fn discover(program: &str, mp4_encoder: &str) -> Result<Engine, Arc<str>> {
     if program.trim().is_empty() {
-        return Err(TURNED_OFF.into());
+        let setting = option_name::<TranscodeSettings>("ffmpeg");
+        return Err(format!("{TURNED_OFF} ({setting} is empty)").into());
     }
     let ffmpeg = Ffmpeg::discover(program).map_err(|e| Arc::from(e.to_string()))?;
     let mut notes = Vec::new();
@@ -750,7 +753,8 @@ fn discover(program: &str, mp4_encoder: &str) -> Result<Engine, Arc<str>> {
     if mp4_encoder == ffmpeg::H264_NVENC {
         if !ffmpeg.has(ffmpeg::H264_NVENC) {
             notes.push(format!(
-                "--mp4-encoder h264_nvenc: ffmpeg does not list it; using {}",
+                "{} h264_nvenc: ffmpeg does not list it; using {}",
+                flag::<TranscodeSettings>("mp4_encoder"),
                 ffmpeg::LIBX264
             ));
         } else {
@@ -761,8 +765,9 @@ fn discover(program: &str, mp4_encoder: &str) -> Result<Engine, Arc<str>> {
                     // log only.
                     tracing::warn!(%error, "h264_nvenc test encode failed");
                     notes.push(format!(
-                        "--mp4-encoder h264_nvenc: ffmpeg lists it but a test encode failed \
+                        "{} h264_nvenc: ffmpeg lists it but a test encode failed \
                          (no NVIDIA GPU or driver?); using {}",
+                        flag::<TranscodeSettings>("mp4_encoder"),
                         ffmpeg::LIBX264
                     ));
                 }
