@@ -1,6 +1,7 @@
 //! A count with a ceiling: the one bounded-count guard every bounded wait of the service
-//! takes a place in — a gate's wait queue ([`super::Gate`]), and the transcoder's job
-//! queue and its waiting requests. A [`Place`] is taken only while the count is below
+//! takes a place in — a gate's wait queue ([`super::Gate`]), the media gate's pool of
+//! stalled bodies ([`super::stalled::StalledPool`]), and the transcoder's job queue and
+//! its waiting requests. A [`Place`] is taken only while the count is below
 //! the ceiling, and given back when it is dropped, however the holder's work ends (a
 //! client that goes away while it waits must not keep its place forever).
 

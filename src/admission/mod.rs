@@ -10,7 +10,7 @@
 //! | permit | a slot of a gate's count (`tokio::sync::OwnedSemaphorePermit`), attached to the response body so it lives as long as the bytes are being sent |
 //! | [`Lease`] | an admitted request's permit as its handler holds it: given back early while it waits for something else (a transcode) |
 //! | [`stalled::BodyPermit`] | a media body's permit that can step out of the count into the gate's [`stalled::StalledPool`] while its client reads nothing ([`stalled`]) |
-//! | [`Bound`] / [`Place`] | a count with a ceiling and a place in it, given back on drop: a gate's wait queue, the transcoder's job queue and waiting requests ([`bound`]) |
+//! | [`Bound`] / [`Place`] | a count with a ceiling and a place in it, given back on drop: a gate's wait queue, the stalled pool's bodies, the transcoder's job queue and waiting requests ([`bound`]) |
 //! | [`Shed`] | why a request was turned away |
 //! | [`retry_later`] / [`shed_response`] | the one `503` + `Retry-After` + `no-store` answer ([`shed`]) |
 //!

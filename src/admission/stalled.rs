@@ -38,14 +38,20 @@
 //! [`Stallable::stall`] and [`Stallable::resume`] of the permit; the pool calls
 //! [`Evict::evict`] on the connection it drops.
 //! Lock order: a slot's lock, then the pool's; the pool never takes a slot's lock.
+//!
+//! # Counting
+//! The pool's occupancy is a [`Bound`], the bounded count every admission point uses:
+//! each entry holds a [`Place`] in it, so an entry removed for whatever reason (finished,
+//! dropped for room) gives its place back by being dropped. Places are taken and entries
+//! removed under the pool's lock, so the count is always the number of entries.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::bound::{Bound, Place};
 use crate::outbox::stall::{Evict, Stallable};
 
 /// Counters of a stalled pool (`…_stalled_events_total{kind}`).
@@ -62,10 +68,9 @@ pub struct StalledCounters {
 /// The bounded pool of stalled bodies of one gate.
 #[derive(Debug)]
 pub struct StalledPool {
-    capacity: usize,
+    // The entries' places; readable without the lock (metrics, `Gate::in_flight`).
+    occupancy: Arc<Bound>,
     entries: Mutex<Entries>,
-    // `entries.by_age.len()`, readable without the lock (metrics, `Gate::in_flight`).
-    len: AtomicUsize,
     counters: StalledCounters,
 }
 
@@ -73,16 +78,25 @@ pub struct StalledPool {
 struct Entries {
     next_ticket: u64,
     // Ticket order is stall order: the first entry is the longest stalled.
-    by_age: BTreeMap<u64, Weak<dyn Evict>>,
+    by_age: BTreeMap<u64, Entry>,
+}
+
+/// A stalled body in the pool: its connection, to drop it for room, and its place in
+/// the pool's count, given back when the entry goes.
+#[derive(Debug)]
+struct Entry {
+    connection: Weak<dyn Evict>,
+    // Held for its drop, which gives the place back.
+    _place: Place<Arc<Bound>>,
 }
 
 impl StalledPool {
-    /// A pool of at most `capacity` bodies (0: bodies never leave the in-flight bound).
+    /// A pool of at most `capacity` bodies (0: bodies never leave the in-flight bound;
+    /// the gate does not stall them, and a pool asked anyway keeps the youngest one).
     pub fn new(capacity: usize) -> StalledPool {
         StalledPool {
-            capacity,
+            occupancy: Arc::new(Bound::new(capacity.max(1))),
             entries: Mutex::default(),
-            len: AtomicUsize::new(0),
             counters: StalledCounters::default(),
         }
     }
@@ -92,14 +106,9 @@ impl StalledPool {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Most bodies the pool holds.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Bodies in the pool now.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.occupancy.len()
     }
 
     /// True when the pool holds no body.
@@ -113,20 +122,36 @@ impl StalledPool {
     }
 
     /// Adds the body of `connection` as the youngest entry and returns its ticket;
-    /// closes the connections of the oldest entries past the capacity.
+    /// when the pool is full, closes the connection of the oldest entry to make room.
     fn enter(&self, connection: Weak<dyn Evict>) -> u64 {
         let mut dropped = Vec::new();
         let ticket = {
             let mut entries = self.entries();
             let ticket = entries.next_ticket;
             entries.next_ticket += 1;
-            entries.by_age.insert(ticket, connection);
-            while entries.by_age.len() > self.capacity.max(1) {
-                if let Some((_, oldest)) = entries.by_age.pop_first() {
-                    dropped.push(oldest);
+            let place = loop {
+                if let Some(place) = self.occupancy.enter_owned() {
+                    break Some(place);
                 }
+                // Full: the longest stalled leaves, and its place with it.
+                match entries.by_age.pop_first() {
+                    Some((_, oldest)) => dropped.push(oldest.connection),
+                    // Every place is an entry's, taken and given back under this lock,
+                    // so a full count has an entry; were it not so, the newcomer is the
+                    // one dropped rather than counted nowhere.
+                    None => break None,
+                }
+            };
+            match place {
+                Some(place) => {
+                    let entry = Entry {
+                        connection,
+                        _place: place,
+                    };
+                    entries.by_age.insert(ticket, entry);
+                }
+                None => dropped.push(connection),
             }
-            self.len.store(entries.by_age.len(), Ordering::Release);
             ticket
         };
         self.counters.entered.inc();
@@ -143,10 +168,8 @@ impl StalledPool {
     /// Removes `ticket` (a body finished or was dropped); false if it was not there
     /// (already dropped for room).
     fn leave(&self, ticket: u64) -> bool {
-        let mut entries = self.entries();
-        let removed = entries.by_age.remove(&ticket).is_some();
-        self.len.store(entries.by_age.len(), Ordering::Release);
-        removed
+        // The entry's place goes back as it is dropped, still under the lock.
+        self.entries().by_age.remove(&ticket).is_some()
     }
 
     /// The body of `ticket` moved again: back into the in-flight bound if `slots` has a
@@ -165,14 +188,13 @@ impl StalledPool {
             Err(_) => {
                 let young = entries.next_ticket;
                 entries.next_ticket += 1;
-                // Present: checked above, under the same lock.
-                if let Some(connection) = entries.by_age.remove(&ticket) {
-                    entries.by_age.insert(young, connection);
+                // Present: checked above, under the same lock. It keeps its place.
+                if let Some(entry) = entries.by_age.remove(&ticket) {
+                    entries.by_age.insert(young, entry);
                 }
                 Err(young)
             }
         };
-        self.len.store(entries.by_age.len(), Ordering::Release);
         drop(entries);
         if result.is_ok() {
             self.counters.resumed.inc();
@@ -357,6 +379,20 @@ mod tests {
         assert_eq!(fx.pool.len(), 2);
         drop((a, e));
         assert_eq!(fx.pool.len(), 0);
+    }
+
+    #[test]
+    fn a_pool_of_zero_asked_anyway_keeps_only_the_youngest() {
+        let fx = Fixture::new(4, 0);
+        let (a, a_conn) = fx.admit();
+        let (b, b_conn) = fx.admit();
+        a_conn.stalled();
+        b_conn.stalled();
+        assert!(evicted(&a_conn), "made room for the younger");
+        assert!(!evicted(&b_conn));
+        assert_eq!(fx.pool.len(), 1);
+        drop((a, b));
+        assert_eq!((fx.pool.len(), fx.slots.available_permits()), (0, 4));
     }
 
     #[test]
