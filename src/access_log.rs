@@ -40,7 +40,7 @@ use std::time::Duration;
 
 /// Whether, and how often, responses are logged.
 #[derive(Debug, Clone, Copy)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     /// Share of responses logged, 0 to 1; 0 when the log is off.
     rate: f64,
 }

@@ -251,7 +251,10 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 /// Logs one line of traffic totals every `interval` until the returned task is aborted:
 /// the replacement for the Node app's line per GIF and its "Memory Monitor". Counts
 /// (requests, 4xx, 5xx, MiB sent) are since the previous line; the rest are now.
-pub fn spawn_summary(app: &App, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_summary(
+    app: &App,
+    interval: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
     let (state, http) = (Arc::clone(&app.state), Arc::clone(&app.http));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);

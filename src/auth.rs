@@ -44,7 +44,7 @@ use crate::secret::Secret;
 
 /// Why a request may not see a private item. Each maps to the indexer's answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// No token, a token that does not verify (see the module's table), or no secret
     /// configured to verify it with: 401.
     #[error("Authentication required for private media")]
@@ -205,7 +205,7 @@ fn is_base64url(part: &str) -> bool {
 /// False when the request carries more than one `Authorization` line: the route answers
 /// `400` rather than pick one (RFC 9110 §11.6.2 defines a single credentials value, and
 /// two proxies disagreeing on which one counts is how access checks get bypassed).
-pub fn single_authorization(headers: &HeaderMap) -> bool {
+pub(crate) fn single_authorization(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::AUTHORIZATION)
         .iter()
@@ -214,7 +214,7 @@ pub fn single_authorization(headers: &HeaderMap) -> bool {
 }
 
 /// The token in `Authorization: Bearer <token>` (scheme case-insensitive), if any.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -226,7 +226,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// Decides whether the request behind `headers` may see an item owned by `owner`
 /// (`None` when the manifest names no owner: nobody matches). Without a verifier
 /// (no `JWT_SECRET`) nobody is authenticated.
-pub fn authorize_owner(
+pub(crate) fn authorize_owner(
     verifier: Option<&JwtVerifier>,
     headers: &HeaderMap,
     owner: Option<&str>,

@@ -33,7 +33,10 @@ pub fn man(command: clap::Command) -> ExitCode {
 }
 
 /// The man page of `command` (its subcommands listed in it) into `out`.
-pub fn man_page(command: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+pub(crate) fn man_page(
+    command: clap::Command,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     clap_mangen::Man::new(command).render(out)
 }
 

@@ -15,14 +15,14 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-pub use crate::access_log::LogSettings;
-pub use crate::admission_settings::AdmissionSettings;
-pub use crate::auth::AuthSettings;
-pub use crate::cors::CorsSettings;
-pub use crate::fs_pool::FsPoolSettings;
+pub(crate) use crate::access_log::LogSettings;
+pub(crate) use crate::admission_settings::AdmissionSettings;
+pub(crate) use crate::auth::AuthSettings;
+pub(crate) use crate::cors::CorsSettings;
+pub(crate) use crate::fs_pool::FsPoolSettings;
 pub use crate::gif::settings::{DerivedSettings, GifSettings};
 pub use crate::gun::settings::GunSettings;
-pub use crate::replicas::settings::ReplicaSettings;
+pub(crate) use crate::replicas::settings::ReplicaSettings;
 pub use crate::resolve::settings::ResolverSettings;
 pub use crate::secret::{RedisUrl, Secret, UrlSetting};
 pub use crate::server::settings::{
@@ -31,7 +31,7 @@ pub use crate::server::settings::{
 use crate::settings::{Invalid, flag};
 pub use crate::settings::{parse_bytes, parse_duration, parse_rate};
 pub use crate::store::settings::{MAX_REVALIDATE_WINDOW, StoreSettings};
-pub use crate::transcode::settings::TranscodeSettings;
+pub(crate) use crate::transcode::settings::TranscodeSettings;
 
 /// Every setting of the service, one group per component. Built by clap from flags and
 /// environment variables in `main` (through [`crate::cli::Cli`], which adds the
@@ -100,7 +100,7 @@ pub struct Config {
 /// The flag and environment variable of the setting whose argument id (its field's
 /// name) is `id`, as clap knows them: `--max-in-flight / MAX_IN_FLIGHT`. What every
 /// validation message names, so none is typed by hand.
-pub fn option_name(id: &str) -> String {
+pub(crate) fn option_name(id: &str) -> String {
     crate::settings::option_name::<Config>(id)
 }
 

@@ -10,26 +10,32 @@
 //! mapping).
 //!
 //! # What the library exports, and why
-//! The library is the service; its callers are the `oip-media` binary, the integration
-//! tests and the benches. It exports what they use and nothing else:
-//! - [`start`], [`RunningServer`], [`App`], [`Config`], [`StartError`]: what `main` runs
-//!   and what every test starts on `127.0.0.1:0`;
-//! - `config` (settings and subcommands), `server` (start-up with a shutdown signal, the
-//!   descriptor budget), `app`, `state`, `routes` (route families), `startup_log`,
-//!   `request_log`, `metrics`: what `main`, the operations tests and the load bench read;
+//! The library is the service; its callers are the `oip-media` binary (`src/main.rs`),
+//! `gen-media` (`src/bin/`), the integration tests and the benches. It exports what they
+//! use and nothing else:
+//! - [`start`], [`RunningServer`], [`Config`], [`StartError`]: what `main` runs and what
+//!   every test starts on `127.0.0.1:0`;
+//! - for `main`: `cli` and `cli_docs` (the command line, completions, man page), `check`,
+//!   `startup_log`, `request_log`, `access_log`, `app` (the sample URL it logs), `version`;
+//! - `config` (the settings groups a test changes), `server` (start-up with a shutdown
+//!   signal), `state` and `routes` (the route families the operations tests and the load
+//!   bench read), `metrics`: for `main`, the tests and the benches;
 //! - `resolve`, `gun`, `transcode`, `gif`, `fs_pool`, `auth`: components the tests and
 //!   benches drive directly (the resolver's memory accounting, the GUN client, the
 //!   transcode CLI and its metrics, a GIF's played delay, the pool, token checks);
 //! - `sample` (only with the `sample` feature): sample GIFs and corpora for `gen-media`,
 //!   the tests and the benches — not part of the service.
 //!
-//! Everything else (`admission`, `body`, `outbox`, `store`, `http`, `response`, `cors`,
-//! `manifest`, `replicas`, `access_log`, `exposition`, `error`, `flight`) is internal:
-//! `pub(crate)`, free to change without touching a caller outside the crate.
+//! Inside those modules, only what these callers name is `pub`, with the types their
+//! signatures need; the rest is `pub(crate)`. Every other module (`admission`,
+//! `admission_settings`, `body`, `outbox`, `store`, `http`, `response`, `cors`,
+//! `manifest`, `replicas`, `exposition`, `error`, `flight`, `request_body`, `secret`,
+//! `settings`) is internal: `pub(crate)`, free to change without touching a caller outside
+//! the crate.
 
 pub mod access_log;
 pub(crate) mod admission;
-pub mod admission_settings;
+pub(crate) mod admission_settings;
 pub mod app;
 pub mod auth;
 pub(crate) mod body;
@@ -56,16 +62,15 @@ pub(crate) mod response;
 pub mod routes;
 #[cfg(feature = "sample")]
 pub mod sample;
-pub mod secret;
+pub(crate) mod secret;
 pub mod server;
-pub mod settings;
+pub(crate) mod settings;
 pub mod startup_log;
 pub mod state;
 pub(crate) mod store;
 pub mod transcode;
 pub mod version;
 
-pub use app::App;
 pub use config::Config;
 pub use error::StartError;
 pub use server::{RunningServer, start};

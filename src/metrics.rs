@@ -102,7 +102,7 @@ impl prometheus_client::metrics::counter::Atomic<u64> for Sharded {
 
 /// A prometheus-client counter over [`Sharded`]: registered, encoded and cloned like a
 /// [`Counter`], but cheap to bump from every worker at once.
-pub type ShardedCounter = Counter<u64, Sharded>;
+pub(crate) type ShardedCounter = Counter<u64, Sharded>;
 
 /// The registry every component registers in, with the `oip_media` prefix.
 pub fn registry() -> Registry {
@@ -133,10 +133,12 @@ struct KindLabel {
 /// component keeps the [`Counter`]s in its own fields and bumps them directly; this view
 /// holds clones of the same atomics, so a scrape reads the live values.
 #[derive(Debug)]
-pub struct ByKind<A = AtomicU64>(Vec<(&'static str, Counter<u64, A>)>);
+pub(crate) struct ByKind<A = AtomicU64>(Vec<(&'static str, Counter<u64, A>)>);
 
 /// A [`ByKind`] view of `(kind, counter)` pairs, every kind shown even at zero.
-pub fn by_kind<A, const N: usize>(kinds: [(&'static str, &Counter<u64, A>); N]) -> ByKind<A> {
+pub(crate) fn by_kind<A, const N: usize>(
+    kinds: [(&'static str, &Counter<u64, A>); N],
+) -> ByKind<A> {
     ByKind(
         kinds
             .into_iter()
@@ -167,7 +169,7 @@ impl<A: prometheus_client::metrics::counter::Atomic<u64> + std::fmt::Debug> Enco
 
 /// A gauge (or a counter kept elsewhere) whose value is read when `/metrics` is scraped:
 /// slots in use, cache sizes, process memory. Nothing runs on the request path.
-pub struct ReadAtScrape<F> {
+pub(crate) struct ReadAtScrape<F> {
     read: F,
     kind: MetricType,
 }
@@ -320,7 +322,7 @@ impl HttpMetrics {
 
 /// Upper bounds (seconds) of the request-duration buckets: from a GIF answered from the
 /// mapping cache (tens of µs) to a resolve that waits on Elasticsearch (seconds).
-pub const DURATION_BUCKETS: [f64; 19] = [
+pub(crate) const DURATION_BUCKETS: [f64; 19] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -433,7 +435,7 @@ impl EncodeMetric for DurationView {
 /// (heap, stacks: where a leak shows) and file-backed pages (our mapped GIFs: page cache,
 /// reclaimable, not a leak).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ProcessMemory {
+pub(crate) struct ProcessMemory {
     /// `RssAnon`, bytes.
     pub rss_anon: u64,
     /// `RssFile`, bytes.
@@ -478,7 +480,7 @@ pub fn kernel_tcp_memory() -> u64 {
 }
 
 /// The `mem` field (pages) of the `TCP:` line of `/proc/net/sockstat`'s text.
-pub fn sockstat_tcp_pages(text: &str) -> Option<u64> {
+pub(crate) fn sockstat_tcp_pages(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("TCP:"))?;
     let mut fields = line.split_whitespace().skip(1);
     while let Some(name) = fields.next() {
@@ -503,7 +505,7 @@ pub fn open_fds() -> u64 {
 }
 
 /// Registers the process gauges (RssAnon, RssFile, open descriptors), read at scrape time.
-pub fn register_process(registry: &mut Registry) {
+pub(crate) fn register_process(registry: &mut Registry) {
     registry.register(
         "process_rss_anon_bytes",
         "Anonymous resident memory (heap, stacks): a leak shows here",
@@ -534,7 +536,7 @@ pub fn register_process(registry: &mut Registry) {
 /// CPU time, virtual size and start of this process from `/proc/self/stat` (and
 /// `/proc/stat`'s boot time), for the standard `process_*` metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ProcessStat {
+pub(crate) struct ProcessStat {
     /// User plus system CPU time, seconds.
     pub cpu_seconds: f64,
     /// Virtual memory size, bytes.
@@ -583,7 +585,7 @@ fn boot_time() -> Option<u64> {
 
 /// The process's start, seconds since the epoch: from `/proc` when it can be read,
 /// else the first call's clock (registration happens at start-up).
-pub fn process_start_time() -> f64 {
+pub(crate) fn process_start_time() -> f64 {
     static START: OnceLock<f64> = OnceLock::new();
     *START.get_or_init(|| {
         let ticks = ProcessStat::read().start_ticks;
@@ -629,7 +631,7 @@ impl<F: Fn() -> f64 + Send + Sync + 'static> EncodeMetric for ReadF64<F> {
 /// `/proc` at scrape time. (The service's own `oip_media_process_rss_anon_bytes` and
 /// `…_rss_file_bytes` split the resident set; `oip_media_process_open_fds` and
 /// `…_fd_limit` stay for existing dashboards.)
-pub fn standard_process_registry() -> &'static Registry {
+pub(crate) fn standard_process_registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         let mut registry = Registry::default();
@@ -699,7 +701,7 @@ pub const COMMIT: &str = env!("OIP_MEDIA_COMMIT");
 
 /// Registers `build_info{version,commit} 1` (a gauge, as Prometheus's own
 /// `prometheus_build_info`: joins on it work in both exposition formats).
-pub fn register_build_info(registry: &mut Registry) {
+pub(crate) fn register_build_info(registry: &mut Registry) {
     let family = Family::<BuildLabels, prometheus_client::metrics::gauge::Gauge>::default();
     family
         .get_or_create(&BuildLabels {
@@ -715,7 +717,7 @@ pub fn register_build_info(registry: &mut Registry) {
 }
 
 /// The soft open-file limit in force (`u64::MAX` when unlimited).
-pub fn fd_limit() -> u64 {
+pub(crate) fn fd_limit() -> u64 {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     limit.current.unwrap_or(u64::MAX)
 }

@@ -56,7 +56,7 @@ pub fn settings(command: &clap::Command, matches: &ArgMatches) -> Vec<Setting> {
 }
 
 /// `value` of the flag `name`, fit for a log.
-pub fn redact(name: &str, value: &str) -> String {
+pub(crate) fn redact(name: &str, value: &str) -> String {
     let lower = name.to_ascii_lowercase();
     if ["secret", "password", "token", "key"]
         .iter()

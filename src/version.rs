@@ -22,7 +22,7 @@ pub const FEATURES: &str = env!("OIP_MEDIA_FEATURES");
 
 /// `0.1.0 (commit abc1234, built 2026-12-07, features: jemalloc)`: what `--version`
 /// prints after the program's name.
-pub const LONG: &str = concat!(
+pub(crate) const LONG: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("OIP_MEDIA_COMMIT"),

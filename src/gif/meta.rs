@@ -56,7 +56,7 @@ pub fn played_delay_ms(delay: u16) -> u64 {
 /// True when the file at `path` starts with a GIF signature. Reads six bytes; anything
 /// but a regular file is not a GIF (and is never waited on). Blocking: call it on the
 /// filesystem pool.
-pub fn looks_like_gif(path: &Path) -> std::io::Result<bool> {
+pub(crate) fn looks_like_gif(path: &Path) -> std::io::Result<bool> {
     let mut magic = [0u8; 6];
     let mut file = match crate::store::open_regular(path) {
         Ok((file, _)) => file,

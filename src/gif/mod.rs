@@ -21,10 +21,10 @@
 //! and single-flight rendering (concurrent requests for the same still wait for one
 //! render instead of starting their own).
 
-pub mod derived;
+pub(crate) mod derived;
 pub mod meta;
-pub mod settings;
-pub mod still;
+pub(crate) mod settings;
+pub(crate) mod still;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

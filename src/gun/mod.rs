@@ -15,7 +15,7 @@ mod cache;
 mod classify;
 mod counters;
 mod error;
-pub mod settings;
+pub(crate) mod settings;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -38,9 +38,9 @@ use classify::{GetAnswer, classify_get, classify_put};
 use counters::bump;
 
 pub use breaker::BreakerState;
-pub use counters::{GunCounters, GunErrorCounters};
+pub(crate) use counters::GunCounters;
 pub use error::GunError;
-pub use settings::GunSettings;
+pub(crate) use settings::GunSettings;
 
 /// What the relay holds for a soul.
 #[derive(Debug, Clone, PartialEq)]

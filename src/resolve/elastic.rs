@@ -331,17 +331,6 @@ pub struct ElasticSource {
 }
 
 impl ElasticSource {
-    /// A source for the Elasticsearch at `host` (`http://host:9200`, as in the
-    /// indexer's `ELASTICSEARCHHOST`), each search limited to `timeout`, with the
-    /// credentials the URL carries, if any.
-    pub fn new(host: &str, timeout: Duration) -> Result<ElasticSource, ElasticSetupError> {
-        ElasticSource::with_access(&ElasticAccess {
-            host: host.to_owned(),
-            timeout,
-            ..ElasticAccess::default()
-        })
-    }
-
     /// A source reached as `access` says.
     pub fn with_access(access: &ElasticAccess) -> Result<ElasticSource, ElasticSetupError> {
         let mut base =
@@ -617,22 +606,31 @@ fn hit_sources(body: &[u8]) -> Result<Vec<Value>, ElasticError> {
 mod tests {
     use super::*;
 
+    /// A source for the Elasticsearch at `host`, with the credentials the URL carries.
+    fn source_at(host: &str, timeout: Duration) -> Result<ElasticSource, ElasticSetupError> {
+        ElasticSource::with_access(&ElasticAccess {
+            host: host.to_owned(),
+            timeout,
+            ..ElasticAccess::default()
+        })
+    }
+
     #[test]
     fn urls_are_checked_and_joined_below_a_prefix() {
-        let es = ElasticSource::new("http://es:9200", Duration::from_secs(1)).unwrap();
+        let es = source_at("http://es:9200", Duration::from_secs(1)).unwrap();
         assert_eq!(
             es.base.join("records/_search").unwrap().as_str(),
             "http://es:9200/records/_search"
         );
-        let es = ElasticSource::new("http://h/prefix", Duration::from_secs(1)).unwrap();
+        let es = source_at("http://h/prefix", Duration::from_secs(1)).unwrap();
         assert_eq!(
             es.base.join("records/_search").unwrap().as_str(),
             "http://h/prefix/records/_search"
         );
-        let es = ElasticSource::new("https://es:9200", Duration::from_secs(1)).unwrap();
+        let es = source_at("https://es:9200", Duration::from_secs(1)).unwrap();
         assert!(es.is_https() && !es.has_credentials());
-        assert!(ElasticSource::new("es:9200 nope", Duration::from_secs(1)).is_err());
-        let error = ElasticSource::new("ftp://u:secret@es:21", Duration::from_secs(1))
+        assert!(source_at("es:9200 nope", Duration::from_secs(1)).is_err());
+        let error = source_at("ftp://u:secret@es:21", Duration::from_secs(1))
             .err()
             .unwrap()
             .to_string();
@@ -645,8 +643,7 @@ mod tests {
 
     #[test]
     fn credentials_come_from_the_settings_or_else_the_url_and_leave_the_url() {
-        let es =
-            ElasticSource::new("https://el%40stic:p%3Ass@es:9200", Duration::from_secs(1)).unwrap();
+        let es = source_at("https://el%40stic:p%3Ass@es:9200", Duration::from_secs(1)).unwrap();
         let credentials = es.credentials.as_ref().unwrap();
         assert_eq!(credentials.username, "el@stic");
         assert_eq!(credentials.password.expose(), "p:ss");

@@ -72,7 +72,7 @@ pub fn value_bytes(value: &Value, sizing: Sizing) -> u64 {
 }
 
 /// Heap bytes of a string's buffer.
-pub fn string_bytes(s: &String, sizing: Sizing) -> u64 {
+pub(crate) fn string_bytes(s: &String, sizing: Sizing) -> u64 {
     let capacity = match sizing {
         Sizing::AsHeld => s.capacity(),
         Sizing::AsCloned => s.len(),
@@ -81,12 +81,12 @@ pub fn string_bytes(s: &String, sizing: Sizing) -> u64 {
 }
 
 /// Heap bytes of a string of `len` bytes allocated exactly.
-pub fn str_bytes(len: usize) -> u64 {
+pub(crate) fn str_bytes(len: usize) -> u64 {
     allocation(len as u64)
 }
 
 /// Heap bytes of an array's buffer of `capacity` slots (its items not included).
-pub fn array_bytes(capacity: usize) -> u64 {
+pub(crate) fn array_bytes(capacity: usize) -> u64 {
     allocation(capacity as u64 * VALUE)
 }
 
@@ -95,7 +95,7 @@ pub fn array_bytes(capacity: usize) -> u64 {
 /// entry at a time, with `with_capacity(len)` or by `clone()`, an `IndexMap` of `len`
 /// entries has the same table, the smallest one whose capacity holds `len`, and
 /// entries reserved to that capacity.
-pub fn map_bytes(len: usize) -> u64 {
+pub(crate) fn map_bytes(len: usize) -> u64 {
     if len == 0 {
         return 0;
     }
@@ -138,7 +138,7 @@ fn allocation(bytes: u64) -> u64 {
 
 /// The cost of a map of `len` entries in [`map_bytes`] terms, for code that builds one
 /// and wants to charge each insert: `map_bytes(len + 1) - map_bytes(len)`.
-pub fn map_growth(len: usize) -> u64 {
+pub(crate) fn map_growth(len: usize) -> u64 {
     map_bytes(len + 1) - map_bytes(len)
 }
 

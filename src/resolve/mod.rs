@@ -28,15 +28,17 @@
 //! that meets a record twice (a cycle) has met it before at a shallower level.
 
 pub mod bounded_parse;
-pub mod cache;
-pub mod elastic;
-pub mod gun_source;
+pub(crate) mod cache;
+pub(crate) mod elastic;
+pub(crate) mod gun_source;
 pub mod memory;
-pub mod options;
-pub mod recipe;
-pub mod settings;
-pub mod source;
-pub mod stats;
+#[cfg(test)]
+mod memory_source;
+pub(crate) mod options;
+pub(crate) mod recipe;
+pub(crate) mod settings;
+pub(crate) mod source;
+pub(crate) mod stats;
 mod walk;
 
 use std::sync::Arc;
@@ -45,17 +47,17 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-pub use cache::{CachedRecord, FoundRecord, RecordCache};
-pub use elastic::{
-    ElasticAccess, ElasticError, ElasticHealth, ElasticSetupError, ElasticSource, FailureKind,
-};
-pub use gun_source::GunSource;
-pub use options::{FieldFilter, OptionsError, ResolveOptions};
-pub use source::{Batch, Fetched, MemorySource, RecordSource, SourceKind, Sources};
-pub use stats::{Bound, RecordStats, ResolveStats, ResolverCounters};
+pub(crate) use cache::CachedRecord;
+pub use cache::{FoundRecord, RecordCache};
+pub(crate) use elastic::{ElasticAccess, ElasticHealth, ElasticSetupError, ElasticSource};
+pub(crate) use gun_source::GunSource;
+pub(crate) use options::OptionsError;
+pub use options::{FieldFilter, ResolveOptions};
+pub(crate) use source::{Fetched, RecordSource, SourceKind, Sources};
+pub(crate) use stats::{RecordStats, ResolveStats, ResolverCounters};
 
 use crate::gun::GunClient;
-pub use settings::ResolverSettings;
+pub(crate) use settings::ResolverSettings;
 use walk::{Builder, Lookup, Memo, Unresolved};
 
 /// Resolved records and what it took to resolve them.

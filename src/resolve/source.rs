@@ -4,8 +4,7 @@
 //! out with a bound (GUN: one get per soul). Elasticsearch is asked for every DID the
 //! cache could not answer, GUN for the `did:gun:` ones Elasticsearch did not have.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -82,75 +81,10 @@ pub struct Sources {
     pub indexed: Option<Arc<dyn RecordSource>>,
 }
 
-/// Records held in memory, keyed by DID: for tests, and for embedding the resolver
-/// over records already in hand. Counts how often each DID was asked for.
-#[derive(Debug, Default)]
-pub struct MemorySource {
-    records: HashMap<String, Value>,
-    asked: Mutex<HashMap<String, u64>>,
-}
-
-impl MemorySource {
-    /// A source answering with `records`, each under its `oip.did` and `oip.didTx`
-    /// (how the indexer's lookups match).
-    pub fn new(records: impl IntoIterator<Item = Value>) -> MemorySource {
-        let mut by_did = HashMap::new();
-        for record in records {
-            for field in ["did", "didTx"] {
-                if let Some(did) = record
-                    .pointer(&format!("/oip/{field}"))
-                    .and_then(Value::as_str)
-                {
-                    by_did
-                        .entry(did.to_owned())
-                        .or_insert_with(|| record.clone());
-                }
-            }
-        }
-        MemorySource {
-            records: by_did,
-            asked: Mutex::default(),
-        }
-    }
-
-    /// How many times `did` was asked for.
-    pub fn asked(&self, did: &str) -> u64 {
-        self.asked_log().get(did).copied().unwrap_or(0)
-    }
-
-    /// How many DIDs were asked for in all.
-    pub fn asked_total(&self) -> u64 {
-        self.asked_log().values().sum()
-    }
-
-    fn asked_log(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.asked.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl RecordSource for MemorySource {
-    fn fetch<'a>(&'a self, dids: &'a [String], _deadline: Instant) -> BoxFuture<'a, Batch> {
-        let answers = {
-            let mut asked = self.asked_log();
-            dids.iter()
-                .map(|did| {
-                    *asked.entry(did.clone()).or_default() += 1;
-                    self.records
-                        .get(did)
-                        .map_or(Fetched::Missing, |r| Fetched::Found(r.clone()))
-                })
-                .collect()
-        };
-        Box::pin(std::future::ready(Batch {
-            answers,
-            requests: 1,
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resolve::memory_source::MemorySource;
     use serde_json::json;
 
     #[test]

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::memory_source::MemorySource;
+use super::stats::Bound;
 use super::*;
 use crate::config::{Config, ResolverSettings};
 

@@ -21,7 +21,7 @@
 //!   negotiation adds `Vary: Accept` (`variant::negotiate`);
 //! - answers that are not the file: the `400`s from `still` and `variant` (through
 //!   [`Representation::parse`]), a component's failure from [`gif_error`] and
-//!   [`variant_error`] below (the one place a `GifError` or a `VariantError` becomes a
+//!   [`variant_error`](super::gif_source::variant_error) (the one place a `GifError` or a `VariantError` becomes a
 //!   response), a file that cannot be opened or resolved from `file_response`
 //!   (`open_or`, `resolve_or`), and every `503` from `admission::retry_later`.
 
@@ -29,7 +29,7 @@ use futures_util::future::BoxFuture;
 use http::{Extensions, HeaderMap, Method, Response};
 
 use super::file_response;
-pub use super::gif_source::{Source, gif_error, variant_error};
+pub use super::gif_source::{Source, gif_error};
 use super::still::{self, StillAsk, StillQuery};
 use super::variant::{self, Negotiated, VariantQuery};
 use crate::body::Body;

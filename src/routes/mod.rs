@@ -18,17 +18,17 @@
 //! Handlers keep their own path decoding where confinement needs the raw tail
 //! (`media`, `api_media`, `generate`): the pattern only picks the route.
 
-pub mod api_media;
-pub mod file_response;
-pub mod generate;
-pub mod gif;
-pub mod gif_source;
-pub mod gun_relay;
-pub mod media;
-pub mod ops;
-pub mod resolve;
-pub mod still;
-pub mod variant;
+pub(crate) mod api_media;
+pub(crate) mod file_response;
+pub(crate) mod generate;
+pub(crate) mod gif;
+pub(crate) mod gif_source;
+pub(crate) mod gun_relay;
+pub(crate) mod media;
+pub(crate) mod ops;
+pub(crate) mod resolve;
+pub(crate) mod still;
+pub(crate) mod variant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -82,7 +82,7 @@ impl RouteFamily {
 
 /// The methods a route answers, and the `Allow` header that lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Methods {
+pub(crate) struct Methods {
     mask: u8,
     allow: &'static str,
 }
@@ -144,12 +144,12 @@ impl Methods {
 }
 
 /// Every method some route answers: the `Allow` of `OPTIONS *`.
-pub const SERVER_ALLOW: &str = "GET, HEAD, POST, OPTIONS";
+pub(crate) const SERVER_ALLOW: &str = "GET, HEAD, POST, OPTIONS";
 
 /// The answer to the asterisk-form target `*` (RFC 9112 §3.2.4), which names the server
 /// rather than a resource and exists for `OPTIONS` only: `204` with the methods the
 /// server answers somewhere ([`SERVER_ALLOW`]); any other method with `*` is a `400`.
-pub fn asterisk(method: &Method) -> Response<Body> {
+pub(crate) fn asterisk(method: &Method) -> Response<Body> {
     if *method == Method::OPTIONS {
         response::options(SERVER_ALLOW)
     } else {
@@ -162,7 +162,7 @@ pub fn asterisk(method: &Method) -> Response<Body> {
 
 /// What answers a route, once its method is allowed and its admission granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handler {
+pub(crate) enum Handler {
     /// [`media::handle`]
     Media,
     /// [`api_media::handle`]
@@ -219,7 +219,7 @@ impl Handler {
 
 /// How a route picks the gate its handler runs behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GateRule {
+pub(crate) enum GateRule {
     /// Always this one.
     Always(GateId),
     /// A GIF route (`/media/…`, `/api/media/<id>`): [`GateId::Media`] for the file's
@@ -247,7 +247,7 @@ impl GateRule {
 
 /// One route: everything the router needs to know about a path pattern.
 #[derive(Debug, Clone, Copy)]
-pub struct Route {
+pub(crate) struct Route {
     /// `matchit` pattern (`{name}` a segment, `{*name}` the rest of the path).
     pub pattern: &'static str,
     /// The metrics label.
@@ -287,7 +287,7 @@ const GUN_GET: GateRule = GateRule::Always(GateId::GunGet);
 /// Every route of the service. Paths matching none get the JSON 404 (family `other`).
 /// Prefix forms are listed twice (`/x/` and `/x/{*rest}`) because a catch-all matches
 /// one character at least; the handler refuses an empty tail itself.
-pub const ROUTES: &[Route] = &[
+pub(crate) const ROUTES: &[Route] = &[
     route("/media/", F::Media, Methods::READ, GifWork, Handler::Media),
     route(
         "/media/{*file}",
@@ -384,7 +384,7 @@ pub const ROUTES: &[Route] = &[
 ];
 
 /// The matcher built from [`ROUTES`], once at start-up.
-pub struct Router {
+pub(crate) struct Router {
     tree: matchit::Router<Route>,
 }
 

@@ -223,11 +223,6 @@ pub fn raise_limit() -> Option<u64> {
     getrlimit(Resource::Nofile).current
 }
 
-/// The soft open-file limit in force (`None`: unlimited), for metrics.
-pub fn limit() -> Option<u64> {
-    getrlimit(Resource::Nofile).current
-}
-
 /// Raises the limit and fits `config`'s bounds into it. Lowered bounds are one `error`
 /// line (a protection running below its configured size is an operator's problem, not a
 /// notice), naming the limit that keeps them.
@@ -381,6 +376,6 @@ mod tests {
     fn the_soft_limit_is_raised_to_the_hard_limit() {
         let raised = raise_limit();
         assert_eq!(raised, getrlimit(Resource::Nofile).maximum);
-        assert_eq!(limit(), raised);
+        assert_eq!(getrlimit(Resource::Nofile).current, raised);
     }
 }

@@ -10,13 +10,13 @@
 //! proxy, which speak HTTP/1.1 to their upstreams.
 
 mod cores;
-pub mod fd_budget;
+pub(crate) mod fd_budget;
 mod lane;
 mod listen;
-pub mod settings;
-pub mod tcp_progress;
-pub mod timed_io;
-pub mod zero_copy;
+pub(crate) mod settings;
+pub(crate) mod tcp_progress;
+pub(crate) mod timed_io;
+pub(crate) mod zero_copy;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -329,7 +329,7 @@ fn progress_line(tally: &Tally, total: usize, started: Instant) -> String {
 }
 
 /// `bytes` in binary units with one decimal (`512 B`, `1.5 KiB`, `3.2 MiB`, `1.1 GiB`).
-pub fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -421,7 +421,7 @@ async fn one(transcoder: &Transcoder, gif: &Found, format: VariantFormat) -> Out
 /// content-addressed store's) that start with a GIF signature. Hidden files and
 /// folders (the derived folder, temp files) are skipped, and symlinked folders are not
 /// followed (no cycles). Sorted by path, so runs are repeatable. Blocking.
-pub fn find_gifs(dir: &Path) -> std::io::Result<Vec<Found>> {
+pub(crate) fn find_gifs(dir: &Path) -> std::io::Result<Vec<Found>> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {

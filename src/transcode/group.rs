@@ -28,7 +28,7 @@ use rustix::process::{Pid, Signal};
 /// How long a job waits for its killed group to be gone before it gives up waiting
 /// (and says so in the log). SIGKILL ends a process within milliseconds unless it is
 /// stuck in the kernel.
-pub const GONE_WITHIN: Duration = Duration::from_secs(5);
+pub(crate) const GONE_WITHIN: Duration = Duration::from_secs(5);
 
 /// `program`, set up to run as the leader of a new process group that dies with this
 /// process.
@@ -62,7 +62,7 @@ fn die_with(parent: Pid) -> io::Result<()> {
 
 /// The process group of one job (its id is the pid of the child [`command`] started).
 #[derive(Debug)]
-pub struct Group {
+pub(crate) struct Group {
     pgid: Pid,
     /// Set once the group is known to be empty: its id may then be reused, and must
     /// not be signalled any more.

@@ -37,13 +37,13 @@
 //! format and the encoder's tag, so a replaced GIF or a change of encoder never serves
 //! an old variant.
 pub mod cli;
-pub mod fault;
-pub mod ffmpeg;
+pub(crate) mod fault;
+pub(crate) mod ffmpeg;
 mod format;
 pub mod group;
 pub mod metrics;
-pub mod run;
-pub mod settings;
+pub(crate) mod run;
+pub(crate) mod settings;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,11 +56,11 @@ use crate::gif::meta::GifInfo;
 use crate::gif::{GifError, GifLimits};
 use crate::settings::{flag, option_name};
 use crate::store::FileIdentity;
-pub use fault::Fault;
-pub use ffmpeg::{EncodeSettings, Ffmpeg, Recipe};
+pub(crate) use fault::Fault;
+pub(crate) use ffmpeg::{EncodeSettings, Ffmpeg, Recipe};
 pub use format::VariantFormat;
 use metrics::{Outcome, TranscodeMetrics};
-pub use settings::TranscodeSettings;
+pub(crate) use settings::TranscodeSettings;
 
 /// Why a variant cannot be had (each maps to one status in `routes::variant`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,7 +137,7 @@ impl VariantError {
 /// `--transcode-failure-ttl`): long enough that a burst of requests for a GIF that
 /// takes too long does not start a burst of jobs, short enough that a timeout caused by
 /// a busy host is not held against the GIF.
-pub const TIMEOUT_REMEMBERED: Duration = Duration::from_secs(10);
+pub(crate) const TIMEOUT_REMEMBERED: Duration = Duration::from_secs(10);
 
 /// What is known about a variant without doing any work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -507,7 +507,7 @@ impl Transcoder {
 
 /// How long [`Transcoder::stop`] waits for the jobs to end: their groups' bound, and
 /// a little for removing their temp files.
-pub const STOP_WITHIN: Duration = Duration::from_secs(group::GONE_WITHIN.as_secs() + 2);
+pub(crate) const STOP_WITHIN: Duration = Duration::from_secs(group::GONE_WITHIN.as_secs() + 2);
 
 /// Marks an ffmpeg run in the `running` gauge for as long as it lives.
 struct Running<'a>(&'a TranscodeMetrics);
