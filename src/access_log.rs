@@ -3,7 +3,7 @@
 //! byte count are what the client got, not what the handler promised.
 //!
 //! The record ([`AccessRecord`]) is made by [`crate::app`] once the handler answered,
-//! rides in the response [`Body`](crate::body::Body) (which fills in the bytes it yielded)
+//! rides in the response `Body` (which fills in the bytes it yielded)
 //! and is released with the body's other guards: after the flush that wrote the last
 //! chunk when the body went through a connection's outbox, else when the body ends or is
 //! dropped. Its `Drop` writes the line, under the target `oip_media::access` (so
@@ -18,7 +18,7 @@
 //! Written by hand, not through `tracing`'s formatter, once `main` has installed the
 //! log ([`write_directly`]): `tracing-subscriber` formatting ten fields cost about
 //! 15,000 instructions per response under callgrind (`docs/benchmarks/access-log.md`),
-//! more than the rest of a cached GIF response. [`line`] writes the same bytes the
+//! more than the rest of a cached GIF response. [`line()`] writes the same bytes the
 //! subscriber wrote for this event (same timestamp, level, target, field order, quoting
 //! and JSON escaping; `tests/logs.rs` reads both formats) into a per-thread buffer,
 //! with integers by `itoa` and the timestamp's date and time formatted once a second,
@@ -167,7 +167,7 @@ struct Direct {
 
 static DIRECT: OnceLock<Direct> = OnceLock::new();
 
-/// From now on, access lines are written to stdout in `format` by [`line`], not
+/// From now on, access lines are written to stdout in `format` by [`line()`], not
 /// through `tracing`. Call after the global subscriber is installed (its filter decides
 /// whether the line is on) and only where that subscriber writes plain lines to stdout
 /// in the same format (no colour codes).

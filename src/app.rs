@@ -1,10 +1,10 @@
-//! The application: the shared [`AppState`], the [route table](crate::routes::ROUTES), and
+//! The application: the shared [`AppState`], the route table (`routes::ROUTES`), and
 //! the per-request wrapper every request goes through. Kept free of sockets so tests can
 //! call [`App::handle`] directly.
 //!
 //! Per request, in order: the request id (the caller's, or a fresh one; carried in a
 //! task-local so that `WARN`/`ERROR` lines name it, see [`crate::request_log`]), a `debug` span,
-//! the RFC 9112 head checks (`Host`, transfer codings: [`request_head`]), a CORS preflight
+//! the RFC 9112 head checks (`Host`, transfer codings: `request_head`), a CORS preflight
 //! answered before any route, one `matchit` lookup that yields the
 //! route family, method gate, admission bound and handler; then the response gets its
 //! CORS headers, `X-Request-Id` and `nosniff`, is counted by family and status class, and
@@ -21,9 +21,9 @@
 //! - `nosniff`: `SetResponseHeaderLayer` needs the app as a tower service with a boxed
 //!   future (an allocation per request) to insert one static header.
 //! - body limits and timeouts: `RequestBodyLimitLayer`/`TimeoutLayer` answer with their
-//!   own non-JSON bodies and bound the whole request; [`crate::request_body`] bounds
+//!   own non-JSON bodies and bound the whole request; `crate::request_body` bounds
 //!   each route's body read in size and time and the route answers with its JSON error.
-//! - CORS: see [`crate::cors`].
+//! - CORS: see `crate::cors`.
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -32,7 +32,7 @@
 //! text; an empty `JWT_SECRET` disables private media (Node refuses every token then too).
 //!
 //! Two `Authorization` header lines are refused with `400` by the route before any of this
-//! ([`single_authorization`]): RFC 9110 defines one credentials value per request.
+//! (`single_authorization`): RFC 9110 defines one credentials value per request.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -7,7 +7,7 @@
 //! Adding a setting touches one file: its group. The field (with its doc, flag, env and
 //! default) goes into the group's struct, and a check clap cannot make goes into the
 //! group's `validate`, which names the setting by its field (`Invalid::new("fs_threads",
-//! …)`); [`option_name`] turns that into the flag and env names clap knows. This module
+//! …)`); `option_name` turns that into the flag and env names clap knows. This module
 //! depends on no component's code, only on the groups' types, so no component that is
 //! built from its settings imports it back.
 

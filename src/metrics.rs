@@ -3,8 +3,8 @@
 //! [`Registry`] (prefix `oip_media`) that `/metrics` encodes; nothing is copied or
 //! re-rendered at scrape time, and the hot path only bumps atomics it already holds.
 //!
-//! Here: the two metric shapes the components share ([`by_kind`], a fixed set of counters
-//! under a `kind` label; [`ReadAtScrape`], a value read when `/metrics` is scraped, for
+//! Here: the two metric shapes the components share (`by_kind`, a fixed set of counters
+//! under a `kind` label; `ReadAtScrape`, a value read when `/metrics` is scraped, for
 //! gauges such as cache sizes and slots in use), the per-route response accounting
 //! ([`HttpMetrics`]), process memory and descriptors, and the encoding. A leaf: it
 //! imports nothing of the crate, so every component may register through it.
@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 /// not bounce one line between them. Reading sums the shards, so the value stays exact
 /// (each add lands in exactly one shard); only the scrape pays for the sum.
 ///
-/// Used through [`ShardedCounter`] wherever the request path counts (responses, body
+/// Used through `ShardedCounter` wherever the request path counts (responses, body
 /// bytes, mapping-cache lookups). Shards: twice the available parallelism rounded up to
 /// a power of two (at most 128), 128 bytes each (a pair of lines, which adjacent-line
 /// prefetchers fetch together).
@@ -110,7 +110,7 @@ pub fn registry() -> Registry {
 }
 
 /// Encodes `registry`, then the standard unprefixed `process_*` metrics
-/// ([`standard_process_registry`]), in the OpenMetrics text format.
+/// (`standard_process_registry`), in the OpenMetrics text format.
 pub fn encode(registry: &Registry) -> String {
     use prometheus_client::encoding::text::{encode_eof, encode_registry};
     let mut out = String::with_capacity(16 * 1024);

@@ -2,9 +2,9 @@
 //!
 //! Everything here reads files with `read()`, never through a mapping: a GIF truncated
 //! while we parse it must cost an error, not a SIGBUS (SPEC §2). Files are opened with
-//! [`crate::store::open_regular`], so a FIFO swapped in for a GIF is refused rather than
+//! `crate::store::open_regular`, so a FIFO swapped in for a GIF is refused rather than
 //! waited on. Decoding and encoding run on Tokio's blocking pool behind a semaphore
-//! (`--still-workers`, a [`Gate`] whose wait is bounded in length by
+//! (`--still-workers`, a `Gate` whose wait is bounded in length by
 //! `--still-worker-queue` and in time by `--still-worker-timeout`, past which the request
 //! gets 503), with the frame, dimension and pixel limits checked before
 //! anything is allocated, so a hostile GIF costs bounded CPU and memory and never stalls
@@ -12,8 +12,8 @@
 //! filesystem pool ([`crate::fs_pool`]), within its bounds.
 //!
 //! - [`meta`]: width, height, frames, duration, loop count.
-//! - [`still`]: the first frame as a PNG, WebP or JPEG, optionally resized.
-//! - [`derived`]: the bounded, private folder stills (and the transcoder's video
+//! - `still`: the first frame as a PNG, WebP or JPEG, optionally resized.
+//! - `derived`: the bounded, private folder stills (and the transcoder's video
 //!   variants) are written to once.
 //!
 //! [`Gifs`] ties them together: the worker slots, a bounded cache of results (so a file

@@ -2,7 +2,7 @@
 //! the `/gun-relay/` endpoints) to the relay's HTTP API (SPEC §3).
 //!
 //! A call goes: empty soul? → negative cache → single-flight → (breaker → connection slot →
-//! one request → [`classify`]) × attempts, with backoff, all within one deadline. Only
+//! one request → `classify`) × attempts, with backoff, all within one deadline. Only
 //! "unavailable" answers are retried; a record miss is cached, a put forgets it.
 //!
 //! Build one client per process (the application does, in `App::new`) and share it as

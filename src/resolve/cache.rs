@@ -83,7 +83,7 @@ pub struct Epoch(u64);
 
 impl RecordCache {
     /// An empty cache holding at most `max_entries` records and `max_bytes` of memory
-    /// (records, keys and bookkeeping, see [`entry_cost`]); found records live `ttl`,
+    /// (records, keys and bookkeeping, see `entry_cost`); found records live `ttl`,
     /// misses `negative_ttl`.
     pub fn new(max_entries: u64, max_bytes: u64, ttl: Duration, negative_ttl: Duration) -> Self {
         let max_entries = max_entries.max(1);
@@ -189,7 +189,7 @@ impl RecordCache {
         self.max_bytes
     }
 
-    /// Walks the entries actually held and returns (count, Σ [`entry_cost`]): an
+    /// Walks the entries actually held and returns (count, Σ `entry_cost`): an
     /// independent check of the bounds that does not rely on moka's own accounting.
     /// Linear in the cache size; for tests and diagnostics.
     pub fn measure(&self) -> (u64, u64) {

@@ -1,4 +1,4 @@
-//! Builds the response for a mapped file from an [`http::FileOutcome`] — the second half
+//! Builds the response for a mapped file from an [`crate::http::FileOutcome`] — the second half
 //! of "decide, then build". Shared by every route that sends file bytes, so they all get
 //! the same ranges, preconditions and headers.
 

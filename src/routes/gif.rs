@@ -9,7 +9,7 @@
 //! file, describes it as a [`Source`], and hands both to [`respond`].
 //!
 //! # Where a GIF response's headers are set
-//! One place builds them: [`file_response::respond`], from a [`FileHeaders`]
+//! One place builds them: [`file_response::respond`], from a [`FileHeaders`](file_response::FileHeaders)
 //! (`Content-Type`, `Cache-Control`, `ETag`, `Last-Modified`, the extra headers such as
 //! `Vary`, plus `Content-Length`, `Accept-Ranges` and `Content-Range`). What goes into
 //! that `FileHeaders` is decided by the route and this module's callees:

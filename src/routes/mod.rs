@@ -1,6 +1,6 @@
 //! The route table and the handlers, one file per route family.
 //!
-//! [`ROUTES`] is the one place a route is declared: its path pattern, the route family
+//! `ROUTES` is the one place a route is declared: its path pattern, the route family
 //! that labels its metrics, the methods it answers (everything else gets `405` with an
 //! `Allow` derived from the same list, and `OPTIONS` a `204` where it is listed), the
 //! admission bound it runs behind, and its handler. The router (`app`) matches a path
@@ -11,7 +11,7 @@
 //! type, so the response body handed to hyper is ours end to end (the server attaches
 //! its in-flight token to it and the zero-copy send recognises its mapped slices). axum
 //! would box every handler future, convert bodies into its own type and need a second
-//! layer for per-route admission. Handlers are named by the [`Handler`] enum rather than
+//! layer for per-route admission. Handlers are named by the `Handler` enum rather than
 //! stored as function pointers: an `async fn` generic over the request body cannot be a
 //! function pointer without boxing its future on every request.
 //!

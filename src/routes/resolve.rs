@@ -24,7 +24,7 @@
 //!
 //! Admission comes after the body is read and before anything is built from it: a
 //! client trickling its body holds no resolve slot, and a waiting request holds only
-//! its bytes. The slot (a [`Gate`](crate::admission::Gate) permit) travels in the
+//! its bytes. The slot (a [`Gate`] permit) travels in the
 //! response body and is released when the answer has been sent or abandoned, since
 //! the serialized answer is memory until then.
 

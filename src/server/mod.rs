@@ -2,7 +2,7 @@
 //!
 //! Two layouts of the serving threads (`--runtime`): one multi-thread runtime with one
 //! accept loop, or one current-thread runtime per core, each with its own accept loop on
-//! its own `SO_REUSEPORT` socket ([`cores`], [`listen`]). Either way every accept loop
+//! its own `SO_REUSEPORT` socket (`cores`, `listen`). Either way every accept loop
 //! shares the one [`App`] (its gates, caches, filesystem threads and metrics) and
 //! the one connection cap, and shutdown stops them all.
 //!
@@ -79,7 +79,7 @@ impl RunningServer {
 /// Binds the configured address, builds the application and starts serving: on the
 /// current Tokio runtime (`--runtime multi-thread`), or on `--workers` threads of their
 /// own (`--runtime per-core`). Returns once the sockets accept connections. Raises the
-/// open-file limit first and fits the descriptor bounds into it (see [`fd_budget`]).
+/// open-file limit first and fits the descriptor bounds into it (see `fd_budget`).
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     start_with_shutdown(config, async move {

@@ -13,7 +13,7 @@
 //!   an `oip-media` killed by the OOM killer leaves no encoder behind (the signal goes
 //!   to the direct child only: the group kill below covers the rest, whenever this
 //!   process lives to send it).
-//! - [`Group`] kills the group (`killpg(SIGKILL)`) and waits, bounded, until no member
+//! - `Group` kills the group (`killpg(SIGKILL)`) and waits, bounded, until no member
 //!   is alive; dropped without that, it still kills the group, so a job dropped with
 //!   its runtime leaves nothing running.
 //!

@@ -1,10 +1,10 @@
 //! The transcoder: MP4, WebM and WebP variants of GIFs, made once by ffmpeg off the hot
 //! path and kept in the derived folder beside stills.
 //!
-//! - [`ffmpeg`]: finding ffmpeg, its encoders, and each variant's command line.
-//! - [`run`]: one ffmpeg child process with a timeout that kills it.
+//! - `ffmpeg`: finding ffmpeg, its encoders, and each variant's command line.
+//! - `run`: one ffmpeg child process with a timeout that kills it.
 //! - [`group`]: the process group each run lives in, killed and waited for as a whole.
-//! - [`fault`]: whose fault a failure is (the GIF's, remembered; or the host's, not).
+//! - `fault`: whose fault a failure is (the GIF's, remembered; or the host's, not).
 //! - [`metrics`]: jobs by outcome, queue depth, encode seconds, bytes vs the GIFs.
 //! - [`cli`]: `oip-media transcode`, which pre-makes variants for a whole media tree.
 //!
@@ -28,10 +28,10 @@
 //!   GIF ffmpeg cannot read is not re-encoded on every request; the host's failures
 //!   (disk full, no permission, a missing folder, a killed encoder, no ffmpeg to start)
 //!   are not remembered (503 + `Retry-After`), and a timeout only for
-//!   [`TIMEOUT_REMEMBERED`] (503, with its reason on every answer meanwhile);
+//!   `TIMEOUT_REMEMBERED` (503, with its reason on every answer meanwhile);
 //! - the output goes to a `0600` temp file in the derived folder and is renamed into
 //!   place, under the byte bound and eviction shared with stills
-//!   ([`crate::gif::derived`]).
+//!   (`crate::gif::derived`).
 //!
 //! Variant file names carry the source's identity (device, inode, size, mtime), the
 //! format and the encoder's tag, so a replaced GIF or a change of encoder never serves
@@ -73,14 +73,14 @@ pub enum VariantError {
     #[error("{0}")]
     Failed(Arc<str>),
     /// ffmpeg ran past the job timeout and was killed; remembered for
-    /// [`TIMEOUT_REMEMBERED`] only, with this reason: 503 + `Retry-After`.
+    /// `TIMEOUT_REMEMBERED` only, with this reason: 503 + `Retry-After`.
     #[error("{0}")]
     TimedOut(Arc<str>),
     /// The host's fault, for now (disk full, no permission, a missing folder, a killed
     /// encoder, ffmpeg that cannot start): not remembered; 503 + `Retry-After`.
     #[error("{reason}")]
     Host {
-        /// Which kind of trouble (its public wording is [`Fault::public_reason`]).
+        /// Which kind of trouble (its public wording is `Fault::public_reason`).
         fault: Fault,
         /// What happened, for the log (may name paths).
         reason: Arc<str>,
@@ -397,7 +397,7 @@ impl Transcoder {
 
     /// Stops the transcoder: no job starts ffmpeg any more, every running ffmpeg's
     /// process group is killed, and this returns once every job has ended (its
-    /// processes gone, its temp file removed), or after [`STOP_WITHIN`].
+    /// processes gone, its temp file removed), or after `STOP_WITHIN`.
     pub async fn stop(&self) {
         self.inner.stop.send_replace(true);
         let all = self.inner.worker_count;
