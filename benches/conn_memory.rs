@@ -244,7 +244,14 @@ fn heap_census(media: &Path, paths: &[String], connections: usize) -> BenchResul
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let server = runtime.block_on(oip_media::start(oip_media::Config::for_media_dir(media)))?;
+    let mut config = oip_media::Config::for_media_dir(media);
+    // The census follows `FAST_LANE` as the measured servers do, so that it explains the
+    // lane's figure when the lane is on.
+    if std::env::var("FAST_LANE").is_ok_and(|lane| lane == "on") {
+        config.server.fast_lane = oip_media::config::FastLane::On;
+    }
+    let lane = config.server.fast_lane;
+    let server = runtime.block_on(oip_media::start(config))?;
     let addr = server.local_addr();
     for path in paths {
         drop(conn_memory::request_and_keep(addr, path)?);
@@ -263,7 +270,7 @@ fn heap_census(media: &Path, paths: &[String], connections: usize) -> BenchResul
     let n = connections as f64;
     let (mut bytes, mut blocks) = (0i64, 0i64);
     println!(
-        "heap census, oip-media in-process ({connections} held connections, 1 worker): per connection"
+        "heap census, oip-media in-process ({connections} held connections, 1 worker, fast lane {lane:?}): per connection"
     );
     for c in 0..census::CLASSES {
         let (db, dn) = (after[c].0 - before[c].0, after[c].1 - before[c].1);
