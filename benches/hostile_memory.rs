@@ -19,6 +19,7 @@
 //! `HOSTILE_ONLY=<text>` runs only the bursts whose route or input contains it;
 //! `HOSTILE_SERVER_ENV="NAME=value NAME=value"` adds settings to the server's environment
 //! (to compare a bound with it turned up, say).
+//! `OIP_MEDIA_BIN=<path>` runs that binary instead of this build's.
 
 #[path = "../tests/support/child_server.rs"]
 mod child_server;
@@ -68,7 +69,10 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
         let relay = RelaySink::start().await;
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_oip-media"));
+        // `OIP_MEDIA_BIN` measures another build (a branch's, copied aside), as in
+        // `benches/load.rs`; by default, this build's.
+        let binary = std::env::var_os("OIP_MEDIA_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oip-media")), PathBuf::from);
         let mut env = corpus.env(Some(relay.addr));
         let extra = std::env::var("HOSTILE_SERVER_ENV").unwrap_or_default();
         for setting in extra.split_whitespace() {
