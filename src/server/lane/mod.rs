@@ -226,25 +226,12 @@ pub(super) async fn serve(
         };
 
         conn.app.state().connections.lane_requests.inc();
-        let in_flight = conn.activity.begin();
-        // Inline, as hyper keeps its request future: boxing it cost two copies of its
-        // ~3 KB per request (callgrind), more than the allocation it saves an idle
-        // connection.
-        let response = {
-            let mut answering = pin!(super::answer(
-                Arc::clone(&conn.app),
-                in_flight,
-                Arc::clone(&conn.outbox),
-                conn.peer,
-                request,
-            ));
-            poll_fn(|cx| match answering.as_mut().poll(cx) {
-                Poll::Ready(response) => Poll::Ready(Ok(response)),
-                Poll::Pending => poll_gone(&mut io, &mut buf, cx).map(Err),
-            })
-            .await?
-        };
-        let framing = send(&mut io, &mut buf, asked, response).await?;
+        // Boxed, and only while a request is under way: the request's and the response's
+        // futures are ~4 KB, and a connection's own future is what it keeps for its whole
+        // life (a release build kept 8,112 bytes inline per connection, idle or not).
+        // The box costs one allocation and one copy per request (callgrind figures:
+        // docs/benchmarks/fast-lane.md); it buys an idle connection that holds ~1 KB.
+        let framing = Box::pin(exchange(&mut io, &mut buf, &conn, request, asked)).await?;
         drop(head_bytes);
         if framing.close {
             let _ = io.shutdown().await;
@@ -255,6 +242,33 @@ pub(super) async fn serve(
             buf = BytesMut::new();
         }
     }
+}
+
+/// One request's exchange: the app answers it (while the client is watched for going
+/// away, as hyper does), then the response is written and flushed.
+async fn exchange(
+    io: &mut Socket,
+    buf: &mut BytesMut,
+    conn: &Conn,
+    request: Request<Empty<Bytes>>,
+    asked: Asked,
+) -> Result<Framing, LaneError> {
+    let in_flight = conn.activity.begin();
+    let response = {
+        let mut answering = pin!(super::answer(
+            Arc::clone(&conn.app),
+            in_flight,
+            Arc::clone(&conn.outbox),
+            conn.peer,
+            request,
+        ));
+        poll_fn(|cx| match answering.as_mut().poll(cx) {
+            Poll::Ready(response) => Poll::Ready(Ok(response)),
+            Poll::Pending => poll_gone(io, buf, cx).map(Err),
+        })
+        .await?
+    };
+    send(io, buf, asked, response).await
 }
 
 /// What the buffered bytes hold, as far as the lane is concerned. Consumed where it is
@@ -486,10 +500,10 @@ mod tests {
         };
         let serve = serve(lane, io, conn, stop);
         let size = std::mem::size_of_val(&serve);
-        // 3,984 bytes in a test build: the socket stack (240), `send`'s state (~600)
-        // and the request's future (~2.6 KB), all inline. Boxing the request's future
-        // made this 1,376 but cost two copies of it per request (+670 instructions per
-        // GIF request under callgrind: docs/benchmarks/fast-lane.md).
-        assert!(size <= 4096, "lane::serve: {size} bytes");
+        // 872 bytes in a test build: the socket stack (240), the head buffer's handle,
+        // the shared handles and the idle read's state. A request's exchange (the app's
+        // future and `send`'s, ~4 KB) is boxed only while it is under way; inline it made
+        // this 3,984 here and 8,112 in a release build, kept for the connection's life.
+        assert!(size <= 1024, "lane::serve: {size} bytes");
     }
 }
