@@ -476,7 +476,7 @@ mod tests {
         };
         let serve = serve(lane, io, conn, stop);
         let size = std::mem::size_of_val(&serve);
-        // 3,984 bytes in a test build: the socket stack (240), `send`'s state (~600)
+        // 3,968 bytes in a test build: the socket stack (240), `send`'s state (~600)
         // and the request's future (~2.6 KB), all inline. Boxing the request's future
         // made this 1,376 but cost two copies of it per request (+670 instructions per
         // GIF request under callgrind: docs/benchmarks/fast-lane.md).
