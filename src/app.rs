@@ -82,14 +82,38 @@ impl App {
     }
 
     /// Answers one request. Never fails: every error becomes a response.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    // Not `async`: the future is `respond`'s own, with no layer around it to size,
+    // move or poll.
+    pub fn handle<B>(&self, request: Request<B>) -> impl Future<Output = Response<Body>> + '_
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let route = self.route_of(request.uri().path());
+        self.respond(route, request)
+    }
+
+    /// The route of a request's path (`request.uri().path()`), in [`ROUTES`].
+    pub(crate) fn route_of(&self, path: &str) -> Option<&'static Route> {
+        self.router.at(path)
+    }
+
+    /// [`App::handle`] for a request whose route the caller looked up with
+    /// [`App::route_of`], or in [`ROUTES`] from the same path: hyper's lane looks it up
+    /// as it makes the request's future; the fast lane, which needs the route to know
+    /// that it takes the request, hands over the one it found rather than have it
+    /// looked up twice.
+    pub(crate) async fn respond<B>(
+        &self,
+        route: Option<&'static Route>,
+        request: Request<B>,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = std::time::Instant::now();
         let id = request_id(request.headers());
-        let route = self.router.at(request.uri().path()).copied();
         let family = route.map_or(RouteFamily::Other, |route| route.family);
         // `debug`: at the default `info` level the span is never built, so it costs a
         // level check rather than a formatted id, method and path per request.
@@ -147,7 +171,11 @@ impl App {
         response
     }
 
-    async fn dispatch<B>(&self, route: Option<Route>, request: Request<B>) -> Response<Body>
+    async fn dispatch<B>(
+        &self,
+        route: Option<&'static Route>,
+        request: Request<B>,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -43,6 +43,9 @@ pub fn safe_relative_path(tail: &str) -> Result<PathBuf, PathRejection> {
 /// 3,400 instructions per request under callgrind, a tenth of a GIF request). The
 /// rules are the same either way; an encoded tail is decoded as before.
 pub fn safe_relative(tail: &str) -> Result<Cow<'_, str>, PathRejection> {
+    if plainly_safe(tail.as_bytes()) {
+        return Ok(Cow::Borrowed(tail));
+    }
     if let Some(checked) = check_plain(tail) {
         return checked.map(|()| Cow::Borrowed(tail));
     }
@@ -80,6 +83,23 @@ pub fn safe_relative_decoded(value: &str) -> Result<PathBuf, PathRejection> {
         path.push(segment);
     }
     Ok(path)
+}
+
+/// True when `tail` passes every rule with nothing to decode: no `%`, `\` or NUL, and
+/// every segment non-empty and not starting with a dot. The answer for nearly every
+/// request, in one branch-free pass over pairs of bytes that the compiler vectorises
+/// (the byte-by-byte walk of [`check_plain`] cost ~680 instructions per GIF request
+/// under callgrind); anything else gets its verdict from [`check_plain`].
+fn plainly_safe(tail: &[u8]) -> bool {
+    let odd = |byte: u8| (byte == b'%') | (byte == b'\\') | (byte == 0);
+    let (Some((&first, rest)), Some(&last)) = (tail.split_first(), tail.last()) else {
+        return false;
+    };
+    let mut bad = odd(first) | (first == b'/') | (first == b'.') | (last == b'/');
+    for (&before, &byte) in tail.iter().zip(rest) {
+        bad |= odd(byte) | ((before == b'/') & ((byte == b'/') | (byte == b'.')));
+    }
+    !bad
 }
 
 /// The rules of [`safe_relative`] applied to `tail` in one pass over its bytes, when
@@ -136,6 +156,39 @@ fn check_segment(decoded: &str) -> Result<(), PathRejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The short cut says yes exactly where the full walk does, on every string of up
+    /// to five bytes over the bytes the rules look at.
+    #[test]
+    fn the_plain_short_cut_agrees_with_the_walk() {
+        let alphabet = [b'a', b'/', b'.', b'%', b'\\', 0];
+        let mut tails: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut shorter = tails.clone();
+        for _ in 0..5 {
+            shorter = shorter
+                .iter()
+                .flat_map(|tail| {
+                    alphabet.iter().map(move |&byte| {
+                        let mut longer = tail.clone();
+                        longer.push(byte);
+                        longer
+                    })
+                })
+                .collect();
+            tails.extend(shorter.iter().cloned());
+        }
+        for tail in tails {
+            let text = std::str::from_utf8(&tail).unwrap();
+            assert_eq!(
+                plainly_safe(&tail),
+                check_plain(text) == Some(Ok(())),
+                "{text:?}"
+            );
+        }
+        assert!(plainly_safe(
+            b"fitnessally/02891301-Dumbbell-Bench-Press_Chest_180.gif"
+        ));
+    }
 
     #[test]
     fn ordinary_names_decode_once() {

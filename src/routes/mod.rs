@@ -384,24 +384,27 @@ pub(crate) const ROUTES: &[Route] = &[
 ];
 
 /// The matcher built from [`ROUTES`], once at start-up.
+///
+/// It holds references into the table, so a route found is a pointer: it rides in the
+/// request's future (and from the fast lane to the app) at 8 bytes, not 48.
 pub(crate) struct Router {
-    tree: matchit::Router<Route>,
+    tree: matchit::Router<&'static Route>,
 }
 
 impl Router {
     /// Builds the matcher; fails with the offending pattern when two routes conflict.
-    pub fn new(routes: &[Route]) -> Result<Router, String> {
+    pub fn new(routes: &'static [Route]) -> Result<Router, String> {
         let mut tree = matchit::Router::new();
         for route in routes {
-            tree.insert(route.pattern, *route)
+            tree.insert(route.pattern, route)
                 .map_err(|error| format!("route `{}`: {error}", route.pattern))?;
         }
         Ok(Router { tree })
     }
 
     /// The route of `path`, if any. Allocates nothing.
-    pub fn at(&self, path: &str) -> Option<&Route> {
-        self.tree.at(path).ok().map(|matched| matched.value)
+    pub fn at(&self, path: &str) -> Option<&'static Route> {
+        self.tree.at(path).ok().map(|matched| *matched.value)
     }
 }
 

@@ -13,9 +13,10 @@
 //!
 //! # What is shared with hyper's lane, and what is not
 //! One implementation of everything but the HTTP/1 framing: the request goes through
-//! [`super::answer`] (`App::handle`: request id, head checks, CORS, routing, admission,
+//! [`super::answer`] (`App::respond`: request id, head checks, CORS, routing, admission,
 //! counters; the body's in-flight token and the connection's outbox) exactly as hyper's
-//! service does, and the bytes go through the same socket stack (`TimedIo` over
+//! service does (the route is the one the lane found in the same table, not looked up
+//! again), and the bytes go through the same socket stack (`TimedIo` over
 //! `ZeroCopyIo`: head and idle timeouts, the stall rules and the stalled pool, `sendfile`,
 //! guards released at the flush). The lane writes the head itself ([`encode`], hyper's
 //! rules) and the body's chunks as hyper would: the head and the first chunk in one
@@ -126,11 +127,9 @@ impl Lane {
         })
     }
 
-    fn takes(&self, path: &[u8]) -> bool {
-        std::str::from_utf8(path)
-            .ok()
-            .and_then(|path| self.router.at(path))
-            .is_some_and(is_file_route)
+    /// The route of `path` when the lane takes it (a file route).
+    fn route_of(&self, path: &str) -> Option<&'static Route> {
+        self.router.at(path).filter(|route| is_file_route(route))
     }
 }
 
@@ -190,7 +189,7 @@ pub(super) async fn serve(
     loop {
         // A complete head the lane takes, or the connection's end or hand-over.
         let mut parse_from = 0;
-        let (request, asked, head_bytes) = loop {
+        let (request, asked, route) = loop {
             if buf.len() > parse_from {
                 // A head can only have completed if a line ended in the new bytes.
                 let new_line = buf[parse_from..].contains(&b'\n') || parse_from == 0;
@@ -198,7 +197,7 @@ pub(super) async fn serve(
                 // No await while the parse result lives: it is large, and would be kept
                 // in this connection's future for its whole life.
                 let hand_over = match new_line.then(|| next_request(&lane, &mut buf, &stop)) {
-                    Some(Next::Take(request, asked, head)) => break (request, asked, head),
+                    Some(Next::Take(request, asked, route)) => break (request, asked, route),
                     Some(Next::HandOver) => true,
                     // hyper answers `431` from here.
                     Some(Next::Wait) | None => buf.len() >= lane.max_head,
@@ -231,8 +230,7 @@ pub(super) async fn serve(
         // life (a release build kept 8,112 bytes inline per connection, idle or not).
         // The box costs one allocation and one copy per request (callgrind figures:
         // docs/benchmarks/fast-lane.md); it buys an idle connection that holds ~1 KB.
-        let framing = Box::pin(exchange(&mut io, &mut buf, &conn, request, asked)).await?;
-        drop(head_bytes);
+        let framing = Box::pin(exchange(&mut io, &mut buf, &conn, route, request, asked)).await?;
         if framing.close {
             let _ = io.shutdown().await;
             return Ok(());
@@ -250,13 +248,16 @@ async fn exchange(
     io: &mut Socket,
     buf: &mut BytesMut,
     conn: &Conn,
+    route: &'static Route,
     request: Request<Empty<Bytes>>,
     asked: Asked,
 ) -> Result<Framing, LaneError> {
     let in_flight = conn.activity.begin();
     let response = {
+        // The route the lane found: the app does not look it up again.
         let mut answering = pin!(super::answer(
             Arc::clone(&conn.app),
+            Some(route),
             in_flight,
             Arc::clone(&conn.outbox),
             conn.peer,
@@ -272,12 +273,12 @@ async fn exchange(
 }
 
 /// What the buffered bytes hold, as far as the lane is concerned. Consumed where it is
-/// made (the request moves into its boxed future), so its size stays off the connection.
+/// made (the request moves into the request's future), so its size stays off the
+/// connection.
 #[allow(clippy::large_enum_variant)]
 enum Next {
-    /// A request the lane answers, how it was asked, and the head's bytes (which its URI
-    /// and header values are slices of).
-    Take(Request<Empty<Bytes>>, Asked, Bytes),
+    /// A request the lane answers, how it was asked, and its route.
+    Take(Request<Empty<Bytes>>, Asked, &'static Route),
     /// hyper's: hand the connection over with everything buffered.
     HandOver,
     /// The head is not complete.
@@ -285,40 +286,24 @@ enum Next {
 }
 
 /// Parses the head at the start of `buf` and, when the lane takes it, splits it off and
-/// builds its request. A plain function, so the parse's large result never lives in the
+/// builds its request. A plain function, so the parse's large state never lives in the
 /// connection's future.
 fn next_request(lane: &Lane, buf: &mut BytesMut, stop: &watch::Receiver<bool>) -> Next {
-    let head = match head::parse(buf) {
-        Parsed::Take(head) => head,
+    let taken = match head::parse(buf, lane.max_head, |path| lane.route_of(path)) {
+        Parsed::Take(taken) => taken,
         Parsed::HandOff(why) => {
             tracing::trace!(why, "handing the connection to hyper");
             return Next::HandOver;
         }
         Parsed::Partial => return Next::Wait,
     };
-    // hyper answers `431` to a whole head past the limit too.
-    if head.len > lane.max_head || !lane.takes(head.path(buf)) {
-        return Next::HandOver;
-    }
     let asked = Asked {
-        is_head: head.method == http::Method::HEAD,
-        version: head.version,
+        is_head: taken.request.method() == http::Method::HEAD,
+        version: taken.request.version(),
         // Shutting down: this response is the connection's last.
-        keep_alive: head.keep_alive && !*stop.borrow(),
+        keep_alive: taken.keep_alive && !*stop.borrow(),
     };
-    let head_bytes = buf.split_to(head.len).freeze();
-    match head.request(&head_bytes) {
-        Some(request) => Next::Take(request, asked, head_bytes),
-        None => {
-            // `http` refuses something httparse took: hyper answers it (`400`), from
-            // the bytes as they came.
-            let mut whole = BytesMut::with_capacity(head_bytes.len() + buf.len());
-            whole.extend_from_slice(&head_bytes);
-            whole.extend_from_slice(buf);
-            *buf = whole;
-            Next::HandOver
-        }
-    }
+    Next::Take(taken.request, asked, taken.route)
 }
 
 /// Writes `response`: its head, then its body's chunks (the first in the same vectored
@@ -410,11 +395,14 @@ async fn hand_off(
         peer,
     } = conn;
     app.state().connections.lane_handoffs.inc();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
         let in_flight = activity.begin();
+        let route = app.route_of(request.uri().path());
         let app = Arc::clone(&app);
         let outbox = Arc::clone(&outbox);
-        async move { Ok::<_, Infallible>(super::answer(app, in_flight, outbox, peer, request).await) }
+        async move {
+            Ok::<_, Infallible>(super::answer(app, route, in_flight, outbox, peer, request).await)
+        }
     });
     let mut connection = pin!(
         lane.builder
@@ -453,9 +441,12 @@ mod tests {
             ("/", false),
             ("/nope", false),
         ] {
-            assert_eq!(lane.takes(path.as_bytes()), taken, "{path}");
+            assert_eq!(lane.route_of(path).is_some(), taken, "{path}");
         }
-        assert!(!lane.takes(b"/media/\xff"));
+        // A path that is not text never reaches the lookup.
+        let mut buf = BytesMut::from(&b"GET /media/\xff HTTP/1.1\r\nHost: h\r\n\r\n"[..]);
+        let parsed = head::parse(&mut buf, lane.max_head, |path| lane.route_of(path));
+        assert!(matches!(parsed, Parsed::HandOff(_)));
     }
 
     /// The connection's future is allocated once per connection and kept while it is
