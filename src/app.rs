@@ -126,6 +126,7 @@ impl App {
         // Only the Origin is needed after the request is consumed: keep just that, and
         // what the access line names (when this response is logged).
         let origin = request.headers().get(header::ORIGIN).cloned();
+        let has_body = !http_body::Body::is_end_stream(request.body());
         // Boxed before the await (the box the body carries later anyway): across the
         // await the future holds a pointer, not the method, path and user agent, which
         // keeps it under `future_size`'s bound.
@@ -164,9 +165,13 @@ impl App {
             record.request_id = id.clone();
             response.body_mut().log_access(record);
         }
+        let closes = has_body && response::closes_after_body(response.status());
         let headers = response.headers_mut();
         headers.insert(X_REQUEST_ID.clone(), id);
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+        if closes {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response.body_mut().count_into(self.http.bytes_sent);
         response
     }

@@ -72,6 +72,20 @@ pub fn options(allow: &'static str) -> Response<Body> {
     response
 }
 
+/// Whether a response to a request that carried a body must close the connection: a
+/// `413` or a `408` answers before the body was read to its end, so the connection
+/// cannot carry another request (hyper closes it once it cannot drain the rest). Saying
+/// `Connection: close` tells the client so; without it a keep-alive client (Node's
+/// agent, the indexer's companion) puts the socket back in its pool and its next
+/// request fails with `EPIPE` on a connection the server has closed, as nginx's
+/// `413` avoids the same way.
+pub(crate) fn closes_after_body(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +105,19 @@ mod tests {
         let r = options("POST, OPTIONS");
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         assert_eq!(r.headers()[header::ALLOW], "POST, OPTIONS");
+    }
+
+    #[test]
+    fn only_answers_given_before_the_body_was_read_close_the_connection() {
+        assert!(closes_after_body(StatusCode::PAYLOAD_TOO_LARGE));
+        assert!(closes_after_body(StatusCode::REQUEST_TIMEOUT));
+        for kept in [
+            StatusCode::OK,
+            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert!(!closes_after_body(kept), "{kept}");
+        }
     }
 }

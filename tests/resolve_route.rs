@@ -263,6 +263,31 @@ async fn malformed_requests_get_400_with_the_reason() {
     fx.server.shutdown().await;
 }
 
+/// A `413` answered before the body is read says `Connection: close` and closes: a
+/// keep-alive client (Node's agent, the indexer's companion) that reused the socket would
+/// otherwise write its next request into a closed connection and get `EPIPE`.
+#[tokio::test]
+async fn an_early_413_closes_the_connection_and_says_so() {
+    let fx = Fixture::start(vec![], |c| c.resolver.resolve_body_limit = 1024).await;
+    let mut stream = tokio::net::TcpStream::connect(fx.server.local_addr())
+        .await
+        .unwrap();
+    // A keep-alive request whose head declares 200 KB: the body's first bytes only.
+    let head = "POST /api/resolve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 200000\r\n\r\n{\"records\": [";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open after its 413"
+    );
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    fx.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_declared_or_not() {
     let fx = Fixture::start(vec![], |c| c.resolver.resolve_body_limit = 1024).await;
