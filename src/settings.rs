@@ -78,18 +78,29 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
 /// Builds the group's clap arguments on each call: meant for errors and start-up notes,
 /// not for a request's path.
 pub fn option_name<S: clap::Args>(id: &str) -> String {
-    let command = S::augment_args(clap::Command::new("oip-media"));
-    let Some(arg) = command.get_arguments().find(|arg| arg.get_id() == id) else {
-        // Only a typo in a caller gets here; the callers' tests catch it.
-        return id.to_owned();
-    };
-    let long = arg.get_long().map(|long| format!("--{long}"));
-    let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
-    match (long, env) {
-        (Some(long), Some(env)) => format!("{long} / {env}"),
-        (Some(name), None) | (None, Some(name)) => name,
-        (None, None) => id.to_owned(),
-    }
+    described::<S>(id, |arg| {
+        let long = arg.get_long().map(|long| format!("--{long}"));
+        let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
+        match (long, env) {
+            (Some(long), Some(env)) => Some(format!("{long} / {env}")),
+            (Some(name), None) | (None, Some(name)) => Some(name),
+            (None, None) => None,
+        }
+    })
+}
+
+/// What `describe` says of `S`'s argument `id`; `id` itself when there is no such
+/// argument (only a typo in a caller gets here; the callers' tests catch it) or it has
+/// nothing to say. The one lookup behind [`option_name`], [`env_name`] and [`flag`].
+fn described<S: clap::Args>(
+    id: &str,
+    describe: impl FnOnce(&clap::Arg) -> Option<String>,
+) -> String {
+    S::augment_args(clap::Command::new("oip-media"))
+        .get_arguments()
+        .find(|arg| arg.get_id() == id)
+        .and_then(describe)
+        .unwrap_or_else(|| id.to_owned())
 }
 
 /// [`option_name`] of each of `ids`, joined by `, `: the settings that decide one thing
@@ -105,24 +116,16 @@ pub fn option_names<S: clap::Args>(ids: &[&str]) -> String {
 /// that speaks of the deployment's environment (`GUN_PEERS unset`). `id` itself when
 /// the setting has none (a typo in a caller).
 pub fn env_name<S: clap::Args>(id: &str) -> String {
-    let command = S::augment_args(clap::Command::new("oip-media"));
-    command
-        .get_arguments()
-        .find(|arg| arg.get_id() == id)
-        .and_then(|arg| arg.get_env())
-        .map_or_else(|| id.to_owned(), |env| env.to_string_lossy().into_owned())
+    described::<S>(id, |arg| {
+        arg.get_env().map(|env| env.to_string_lossy().into_owned())
+    })
 }
 
 /// The long flag alone of `S`'s setting `id` (`--gun-response-limit`), for a message that
 /// names the setting mid-sentence, where [`option_name`]'s environment twin would only be
 /// noise. `id` itself when the setting has no long flag (a typo in a caller).
 pub fn flag<S: clap::Args>(id: &str) -> String {
-    let command = S::augment_args(clap::Command::new("oip-media"));
-    command
-        .get_arguments()
-        .find(|arg| arg.get_id() == id)
-        .and_then(|arg| arg.get_long())
-        .map_or_else(|| id.to_owned(), |long| format!("--{long}"))
+    described::<S>(id, |arg| arg.get_long().map(|long| format!("--{long}")))
 }
 
 /// A setting whose value the service cannot work with: its clap argument id (the field's
