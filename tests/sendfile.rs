@@ -314,6 +314,95 @@ async fn the_head_shares_its_packets_with_the_body() {
     assert_eq!(segments[1], 3, "one segment per response");
 }
 
+/// Sends `count` GETs of `path` on one keep-alive connection, one after the other, each
+/// read to the end of its `body_len`-byte body; returns how long they all took.
+async fn sequential_gets(
+    server: std::net::SocketAddr,
+    path: &str,
+    body_len: usize,
+    count: usize,
+) -> Duration {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let started = Instant::now();
+    for _ in 0..count {
+        let ask = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        stream.write_all(ask.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        while find(&raw, b"\r\n\r\n").is_none_or(|end| raw.len() < end + 4 + body_len) {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed early");
+            raw.extend_from_slice(&buf[..n]);
+        }
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn the_cork_is_lifted_when_each_response_ends() {
+    // A file response is sent corked (TCP_CORK, as nginx's tcp_nopush) and the flush
+    // that ends it lifts the cork. Were it left on, the last part-filled packet of every
+    // response would wait for the kernel's 200 ms cork timer: 20 responses of a
+    // 3,000-byte file (sent by sendfile, below one segment) would take 4 s or more.
+    let small = pattern(3_000, 17);
+    let big = pattern(700_000, 18);
+    let media = media_root();
+    write_file(&media.path().join("web/p/small.gif"), &small);
+    write_file(&media.path().join("web/p/big.gif"), &big);
+    let server = start_with(media, |c| c.store.sendfile_min_bytes = 0).await;
+    let state = Arc::clone(server.server.app().state());
+    let took = sequential_gets(server.addr, "/media/p/small.gif", small.len(), 20).await;
+    assert_eq!(sent(&state), (20 * 3_000, 0), "all by sendfile, corked");
+    assert!(
+        took < Duration::from_secs(3),
+        "20 small responses took {took:?}: a response waited for the cork timer"
+    );
+    // Files that end in a part-filled packet after many full ones.
+    let took = sequential_gets(server.addr, "/media/p/big.gif", big.len(), 5).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "5 large responses took {took:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_lane_sends_a_file_in_one_sendfile_when_the_socket_has_room() {
+    // The body yields 256 KiB chunks; the fast lane gathers them (up to 1 MiB) into one
+    // write, so a 900 KB file is one `sendfile`, not four, when the socket's buffer
+    // can take it all (a fixed 4 MiB one here; autotuning starts smaller).
+    let gif = pattern(900_000, 19);
+    let media = media_root();
+    write_file(&media.path().join("web/p/a.gif"), &gif);
+    let server = start_with(media, |c| {
+        c.server.fast_lane = oip_media::config::FastLane::On;
+        c.server.send_buffer = 4 << 20;
+    })
+    .await;
+    let state = Arc::clone(server.server.app().state());
+    let calls = || state.connections.sendfile_calls.get();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    // The client reads nothing until the server has written: every byte the server
+    // sends must fit the buffers at once.
+    stream
+        .write_all(b"GET /media/p/a.gif HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sent(&state).0 < 900_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let raw = read_all(&mut stream, Duration::from_secs(10)).await;
+    let body_start = find(&raw, b"\r\n\r\n").unwrap() + 4;
+    assert!(raw[body_start..] == gif[..], "exact bytes");
+    assert_eq!(sent(&state), (900_000, 0));
+    assert_eq!(calls(), 1, "one sendfile for the four chunks");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_file_truncated_mid_sendfile_closes_only_that_connection() {
     let media = media_root();

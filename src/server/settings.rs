@@ -93,9 +93,6 @@ pub struct ServerSettings {
 
     /// Kernel send buffer of each client socket (`SO_SNDBUF`); 0: the kernel autotunes.
     ///
-    /// Kernel send buffer of each client socket (`SO_SNDBUF`); 0 leaves it to the kernel's
-    /// autotuning.
-    ///
     /// The kernel buffers up to a few MiB per connection on its own, which holds a whole GIF
     /// for a slow client (and counts against the container's memory in cgroup v2); a fixed size
     /// bounds that memory and keeps slow bodies visible to the limiter. 256KiB still fills a 40

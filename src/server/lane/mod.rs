@@ -306,8 +306,69 @@ fn next_request(lane: &Lane, buf: &mut BytesMut, stop: &watch::Receiver<bool>) -
     Next::Take(taken.request, asked, taken.route)
 }
 
-/// Writes `response`: its head, then its body's chunks (the first in the same vectored
-/// write as the head), then flushes, which releases the response's guards.
+/// Most body chunks one write hands the socket.
+const GATHER_CHUNKS: usize = 8;
+
+/// Most body bytes one write hands the socket: a file sent in one `sendfile` where it
+/// fits, as nginx's `sendfile_max_chunk` (2 MiB) does, rather than one call (and one
+/// push of a part-filled packet) per chunk the body yields. Also the most that a
+/// response can count as sent ahead of the socket (the body counts what it yields), as
+/// hyper's write buffer (~400 KiB, 16 buffers) allows for its lane.
+const GATHER_BYTES: usize = 1 << 20;
+
+/// The body chunks gathered for the next write, in order: `chunks[first..end]`.
+#[derive(Default)]
+struct Gathered {
+    chunks: [Bytes; GATHER_CHUNKS],
+    first: usize,
+    end: usize,
+    bytes: usize,
+}
+
+impl Gathered {
+    fn is_empty(&self) -> bool {
+        self.first == self.end
+    }
+
+    /// Room for another chunk in this write.
+    fn has_room(&self) -> bool {
+        self.end - self.first < GATHER_CHUNKS && self.bytes < GATHER_BYTES
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if self.end == GATHER_CHUNKS {
+            self.chunks.rotate_left(self.first);
+            self.end -= self.first;
+            self.first = 0;
+        }
+        self.bytes += chunk.len();
+        self.chunks[self.end] = chunk;
+        self.end += 1;
+    }
+
+    /// Drops the first `written` bytes.
+    fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let chunk = &mut self.chunks[self.first];
+            let step = written.min(chunk.len());
+            chunk.advance(step);
+            written -= step;
+            if chunk.is_empty() {
+                *chunk = Bytes::new();
+                self.first += 1;
+            }
+        }
+        if self.first == self.end {
+            (self.first, self.end) = (0, 0);
+        }
+    }
+}
+
+/// Writes `response`: its head, then its body's chunks, gathered (see `GATHER_BYTES`) so
+/// that the head and as much of the body as fits go in one vectored write (one
+/// `sendmsg(MSG_MORE)` of the head and one `sendfile` of the file's run, below), then
+/// flushes, which releases the response's guards.
 async fn send(
     io: &mut Socket,
     buf: &mut BytesMut,
@@ -328,36 +389,50 @@ async fn send(
     let mut head = Bytes::from(head);
     // `HEAD`, `204`, `304`: the body is dropped unsent; its guards wait for the flush.
     let mut body = (framing.body_len > 0).then_some(body);
-    let mut chunk = Bytes::new();
+    let mut gathered = Gathered::default();
     poll_fn(|cx| {
         loop {
-            if chunk.is_empty()
+            let mut waiting = false;
+            while gathered.has_room()
                 && let Some(pending) = body.as_mut()
             {
                 match Pin::new(pending).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let Ok(data) = frame.into_data() {
-                            chunk = data;
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            gathered.push(data);
                         }
-                        continue;
                     }
                     Poll::Ready(None) => body = None,
                     Poll::Ready(Some(Err(never))) => match never {},
-                    // Our bodies never wait; a body that did would be written once ready.
-                    Poll::Pending if head.is_empty() => {
-                        return poll_gone(io, buf, cx).map(Err);
+                    // Our bodies never wait; a body that did is written as far as it got.
+                    Poll::Pending => {
+                        waiting = true;
+                        break;
                     }
-                    Poll::Pending => {}
                 }
             }
-            if head.is_empty() && chunk.is_empty() {
+            if head.is_empty() && gathered.is_empty() {
+                if waiting {
+                    return poll_gone(io, buf, cx).map(Err);
+                }
                 if body.is_some() {
                     continue;
                 }
                 return Pin::new(&mut *io).poll_flush(cx).map_err(LaneError::from);
             }
-            let slices = [IoSlice::new(&head), IoSlice::new(&chunk)];
-            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
+            // No empty slice: the socket would spend a syscall on it.
+            let mut slices = [IoSlice::new(&[]); GATHER_CHUNKS + 1];
+            let mut count = 0;
+            for part in std::iter::once(&head).chain(&gathered.chunks[gathered.first..gathered.end])
+            {
+                if !part.is_empty() {
+                    slices[count] = IoSlice::new(part);
+                    count += 1;
+                }
+            }
+            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                 }
@@ -367,7 +442,7 @@ async fn send(
             };
             let from_head = written.min(head.len());
             head.advance(from_head);
-            chunk.advance(written - from_head);
+            gathered.advance(written - from_head);
         }
     })
     .await?;
@@ -447,6 +522,42 @@ mod tests {
         let mut buf = BytesMut::from(&b"GET /media/\xff HTTP/1.1\r\nHost: h\r\n\r\n"[..]);
         let parsed = head::parse(&mut buf, lane.max_head, |path| lane.route_of(path));
         assert!(matches!(parsed, Parsed::HandOff(_)));
+    }
+
+    #[test]
+    fn gathered_chunks_advance_in_order_across_partial_writes() {
+        let mut gathered = Gathered::default();
+        let data: Vec<u8> = (0..=255u8).cycle().take(40).collect();
+        let data = Bytes::from(data);
+        for i in 0..4 {
+            gathered.push(data.slice(i * 10..(i + 1) * 10));
+        }
+        assert_eq!((gathered.bytes, gathered.end), (40, 4));
+        // A partial write that ends inside the second chunk.
+        gathered.advance(15);
+        assert_eq!((gathered.first, gathered.bytes), (1, 25));
+        assert_eq!(&gathered.chunks[1][..], &data[15..20]);
+        // Full: the live chunks move to the front to make room.
+        for i in 0..(GATHER_CHUNKS - 4) {
+            assert!(gathered.has_room(), "room at {i}");
+            gathered.push(Bytes::from_static(b"abc"));
+        }
+        assert_eq!(gathered.end, GATHER_CHUNKS);
+        assert!(
+            gathered.has_room(),
+            "one chunk was written: one slot is free"
+        );
+        gathered.push(Bytes::from_static(b"xyz"));
+        assert!(!gathered.has_room());
+        assert_eq!((gathered.first, gathered.end), (0, GATHER_CHUNKS));
+        assert_eq!(&gathered.chunks[0][..], &data[15..20]);
+        assert_eq!(&gathered.chunks[GATHER_CHUNKS - 1][..], b"xyz");
+        gathered.advance(gathered.bytes);
+        assert!(gathered.is_empty());
+        assert_eq!((gathered.first, gathered.end, gathered.bytes), (0, 0, 0));
+        // The byte budget closes a write before the chunk count does.
+        gathered.push(Bytes::from(vec![0u8; GATHER_BYTES]));
+        assert!(!gathered.has_room());
     }
 
     /// The connection's future is allocated once per connection and kept while it is
