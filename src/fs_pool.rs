@@ -48,7 +48,8 @@
 //! A job costs a channel send, a thread wake-up and a oneshot reply: about 7,000
 //! instructions more than the same call made inline (BENCHMARKS.md). The hot path never
 //! pays it: a cached mapping within its revalidation window is served with no syscall
-//! and no hop at all (see `store`).
+//! and no hop at all, and hot files are re-`stat`ed ahead of their window's end in
+//! batches, one job for many files (see `store`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};

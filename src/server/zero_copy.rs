@@ -187,7 +187,7 @@ pub struct ZeroCopyIo {
     min_sendfile: usize,
     counters: Arc<ConnCounters>,
     /// `TCP_CORK` is set: a file is being sent, and the flush that ends the response
-    /// lifts it (see [`ZeroCopyIo::cork`]).
+    /// lifts it (see [`cork`]).
     corked: bool,
 }
 

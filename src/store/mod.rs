@@ -32,9 +32,13 @@
 //! blocks like any other call, and inline it would block the worker that every other
 //! connection on it waits for. The window is what makes the hop cheap: at most one per
 //! cached file per window, whatever the request rate, while the hot path — a cached
-//! file inside its window — makes no syscall and no hop at all.
+//! file inside its window — makes no syscall and no hop at all. A file used in the second
+//! half of its window is `stat`ed ahead of time, in a batch with the others due
+//! ([`refresh`]): a few pool jobs a second instead of one hop per hot file, and no request
+//! of a hot file waits for its `stat`.
 
 mod mapping;
+mod refresh;
 mod regular;
 pub mod settings;
 
@@ -43,7 +47,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -365,6 +369,8 @@ struct Entry {
     /// [`Store::clock`] reading taken before the `open` or `stat` that last found this
     /// file at its path.
     checked_ns: AtomicU64,
+    /// Queued for a refresh-ahead sweep (see [`refresh`]).
+    refreshing: AtomicBool,
 }
 
 /// The mapping cache's key: a root and the checked relative path under it, as the
@@ -446,6 +452,7 @@ pub struct Store {
     fs: FsPool,
     window_ns: u64,
     epoch: Instant,
+    refresh: Arc<refresh::RefreshAhead>,
 }
 
 impl Store {
@@ -454,13 +461,16 @@ impl Store {
         let entries = settings.map_cache_entries.max(1);
         let bytes = settings.map_cache_bytes.max(1);
         let floor = (bytes / entries as u64).max(1);
+        let window_ns = u64::try_from(settings.revalidate_window.as_nanos()).unwrap_or(u64::MAX);
+        let epoch = Instant::now();
         Store {
             cache: quick_cache::sync::Cache::with_weighter(entries, bytes, MapWeighter { floor }),
             max_file_size: settings.max_file_size,
             counters: StoreCounters::default(),
+            refresh: Arc::new(refresh::RefreshAhead::new(fs.clone(), window_ns, epoch)),
             fs,
-            window_ns: u64::try_from(settings.revalidate_window.as_nanos()).unwrap_or(u64::MAX),
-            epoch: Instant::now(),
+            window_ns,
+            epoch,
         }
     }
 
@@ -490,6 +500,7 @@ impl Store {
             "Mapping cache lookups by result",
             by_kind([
                 ("hit", &c.hits),
+                ("refreshed", &self.refresh.refreshed),
                 ("revalidated", &c.revalidated),
                 ("mapped", &c.maps),
                 ("replaced", &c.replaced),
@@ -523,26 +534,29 @@ impl Store {
         let key = MapQuery::new(root, relative);
         if let Some(entry) = self.cache.get(&key) {
             let checking = self.clock();
-            let checked = entry.checked_ns.load(Ordering::Relaxed);
-            if checking.saturating_sub(checked) < self.window_ns {
+            let age = checking.saturating_sub(entry.checked_ns.load(Ordering::Relaxed));
+            if age < self.window_ns {
+                if self.refresh.is_due(age) && !entry.refreshing.load(Ordering::Relaxed) {
+                    self.refresh.queue(
+                        &entry,
+                        root.canonical.join(relative),
+                        guarded(root, relative),
+                    );
+                }
                 self.counters.hits.inc();
                 return Ok(Arc::clone(&entry.file));
             }
             let full = root.canonical.join(relative);
-            let path = full.clone();
-            let (guard, guarded) = (root.guard.clone(), relative.to_path_buf());
-            let stat = move || match guard {
-                Some(guard) => guard.open_checked(&guarded).map(|(_, meta)| meta).map_err(
-                    |error| match error {
-                        OpenError::Io(error) => error,
-                        OpenError::NotRegular => io::ErrorKind::NotFound.into(),
-                    },
-                ),
-                None => std::fs::metadata(&path),
+            let (path, guarded) = (full.clone(), guarded(root, relative));
+            let stat = move || {
+                let guarded = guarded.as_ref().map(|(g, r)| (g, r.as_path()));
+                refresh::stat_file(&path, guarded)
             };
             match self.fs.run(stat).await {
                 Ok(Ok(meta)) if FileIdentity::of(&meta) == entry.file.identity => {
                     entry.checked_ns.fetch_max(checking, Ordering::Relaxed);
+                    // A sweep that failed to vouch for it may have left it marked.
+                    entry.refreshing.store(false, Ordering::Relaxed);
                     self.counters.revalidated.inc();
                     return Ok(Arc::clone(&entry.file));
                 }
@@ -580,10 +594,18 @@ impl Store {
         let entry = Entry {
             file: Arc::clone(&file),
             checked_ns: AtomicU64::new(mapping),
+            refreshing: AtomicBool::new(false),
         };
         self.cache.insert(key.to_key(), Arc::new(entry));
         Ok(file)
     }
+}
+
+/// The guard of `root`, if it has one, with the path it opens.
+fn guarded(root: &Root, relative: &Path) -> Option<(Arc<dyn GuardedOpen>, PathBuf)> {
+    root.guard
+        .as_ref()
+        .map(|guard| (Arc::clone(guard), relative.to_path_buf()))
 }
 
 /// Confines, opens (regular files only) and maps `relative` under `root`. Blocking:
@@ -745,6 +767,78 @@ mod tests {
         let after = store.open(&root, Path::new("a.gif")).await.unwrap();
         assert_eq!(&after.bytes[..], b"second!");
         assert_eq!(count(&store.counters().replaced), 1);
+    }
+
+    /// Opens `name` every 20 ms for `run`; returns what each open served, with when.
+    async fn keep_opening(
+        store: &Store,
+        root: &Root,
+        name: &str,
+        run: Duration,
+    ) -> Vec<(Instant, Result<Arc<MappedFile>, StoreError>)> {
+        let started = Instant::now();
+        let mut served = Vec::new();
+        while started.elapsed() < run {
+            served.push((Instant::now(), store.open(root, Path::new(name)).await));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        served
+    }
+
+    #[tokio::test]
+    async fn a_hot_file_is_refreshed_ahead_and_no_request_waits_for_its_stat() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a.gif"), b"hot").unwrap();
+        let store = store_with_window(Duration::from_millis(400));
+        let served = keep_opening(&store, &root, "a.gif", Duration::from_millis(1500)).await;
+        assert!(served.iter().all(|(_, r)| r.is_ok()));
+        // Past the last sweep (window / 8 after the last queueing), so the counts settle.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let c = store.counters();
+        let refreshed = count(&store.refresh.refreshed);
+        assert_eq!(count(&c.maps), 1);
+        assert_eq!(
+            count(&c.revalidated),
+            0,
+            "no request found the window over: the sweeps kept it open"
+        );
+        assert!(refreshed >= 2, "about one sweep per window: {refreshed}");
+        assert_eq!(count(&c.hits), served.len() as u64 - 1);
+        // One pool job per sweep (one file each here), besides the first map.
+        assert_eq!(store.fs.counters().completed.get(), 1 + refreshed);
+    }
+
+    #[tokio::test]
+    async fn a_hot_file_replaced_or_deleted_is_noticed_within_one_window() {
+        let window = Duration::from_millis(400);
+        for delete in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = Root::open(dir.path()).unwrap();
+            std::fs::write(dir.path().join("a.gif"), b"first").unwrap();
+            let store = store_with_window(window);
+            // Hot for a while: its window is carried forward by the sweeps.
+            keep_opening(&store, &root, "a.gif", Duration::from_millis(700)).await;
+            assert!(count(&store.refresh.refreshed) >= 1);
+            if delete {
+                std::fs::remove_file(dir.path().join("a.gif")).unwrap();
+            } else {
+                replace(dir.path(), "a.gif", b"second!");
+            }
+            let changed = Instant::now();
+            let served = keep_opening(&store, &root, "a.gif", Duration::from_millis(1000)).await;
+            for (at, result) in served {
+                if at.duration_since(changed) < window {
+                    continue;
+                }
+                // One window after the change, every open sees it.
+                match (delete, result) {
+                    (true, Err(StoreError::NotFound)) => {}
+                    (false, Ok(file)) => assert_eq!(&file.bytes[..], b"second!"),
+                    (_, other) => panic!("delete {delete}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[tokio::test]
