@@ -810,6 +810,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_refresh_queue_is_bounded_and_the_rest_revalidate_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let files = refresh::MAX_QUEUED * 3;
+        for n in 0..files {
+            std::fs::write(dir.path().join(format!("{n}.gif")), b"gif").unwrap();
+        }
+        let window = Duration::from_millis(800);
+        let store = store_with_window(window);
+        for n in 0..files {
+            store
+                .open(&root, Path::new(&format!("{n}.gif")))
+                .await
+                .unwrap();
+        }
+        // Into the second half of every window at once: each file is due, one sweep takes
+        // only the queue's worth.
+        tokio::time::sleep(window / 2 + Duration::from_millis(20)).await;
+        for n in 0..files {
+            store
+                .open(&root, Path::new(&format!("{n}.gif")))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(window / 8 + Duration::from_millis(150)).await;
+        assert_eq!(
+            count(&store.refresh.refreshed),
+            refresh::MAX_QUEUED as u64,
+            "the queue's bound"
+        );
+        // The others' windows run out; their requests re-stat them as before.
+        tokio::time::sleep(window / 2).await;
+        for n in 0..files {
+            store
+                .open(&root, Path::new(&format!("{n}.gif")))
+                .await
+                .unwrap();
+        }
+        let c = store.counters();
+        assert_eq!(count(&c.revalidated), (files - refresh::MAX_QUEUED) as u64);
+        assert_eq!(count(&c.maps), files as u64);
+    }
+
+    #[tokio::test]
     async fn a_hot_file_replaced_or_deleted_is_noticed_within_one_window() {
         let window = Duration::from_millis(400);
         for delete in [false, true] {
