@@ -10,7 +10,8 @@
 # generated 1,000-GIF corpus. `perf stat` counts tracepoints on core 0 during the run,
 # `perf record` of `net:net_dev_xmit` sizes the packets sent from it; both are divided by
 # the requests wrk saw answered. Needs root (tracepoints), perf, wrk, nginx, taskset.
-# Counts, not timings, are the point: they do not move with the machine's noise.
+# Counts, not timings, are the point: they do not move with the machine's noise. They
+# are of everything on core 0, though: run it on an otherwise idle machine.
 #
 # Environment: SECS (default 4), SERVER_ENV (extra `KEY=value` words for oip-media),
 # WORK (scratch folder, default a new temp folder; the corpus is kept there).
