@@ -22,9 +22,9 @@
 //! Why from half the window, measured with the load bench's mix on one worker (1,000
 //! files, ~6,000 requests/s, 1 s window): queued from half a window, 0.08 context
 //! switches and 0.02 `futex` calls per request at 64 connections (0.67 and 0.30 with a
-//! hop per expired file), 0.2 `stat`s per request; from the last quarter, 0.15 `stat`s
-//! but 0.36 context switches, since a file often gets no request in a quarter second and
-//! its next one waits for the hop again.
+//! hop per expired file), ~1,400 `stat`s a second; from the last quarter, ~1,050 `stat`s
+//! a second but 0.36 context switches per request, since a file often gets no request in
+//! a quarter second and its next one waits for the hop again.
 //!
 //! # What does not change
 //! - **The promise.** A mapping is served only within one window of a `stat` that found
