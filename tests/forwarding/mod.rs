@@ -108,6 +108,13 @@ impl Site {
 
     /// Sum of the samples of `name` (labels ignored) in oip-media's `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_sum(&[name]).await
+    }
+
+    /// Sum of the samples of every metric in `names` (labels ignored), all from one
+    /// scrape: two scrapes could see one response move from one gauge to the other
+    /// between them and count it twice.
+    pub async fn metrics_sum(&self, names: &[&str]) -> f64 {
         let text = client()
             .get(format!("{}/metrics", self.direct()))
             .send()
@@ -121,7 +128,7 @@ impl Site {
             .filter_map(|line| {
                 let (series, value) = line.rsplit_once(' ')?;
                 let metric = series.split('{').next()?;
-                (metric == name).then(|| value.parse::<f64>().ok())?
+                names.contains(&metric).then(|| value.parse::<f64>().ok())?
             })
             .sum()
     }
