@@ -249,6 +249,22 @@ fn server_data_segments(server: std::net::SocketAddr, client: &TcpStream) -> Opt
         .map(|n| n.parse().expect("a count"))
 }
 
+/// One GET of `path` on `stream` (kept alive), read to the end of its `body_len`-byte
+/// body through `buf`.
+async fn get_on(stream: &mut TcpStream, path: &str, body_len: usize, buf: &mut [u8]) {
+    let ask = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    stream.write_all(ask.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    while find(&raw, b"\r\n\r\n").is_none_or(|end| raw.len() < end + 4 + body_len) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Sends `count` GETs of `path` on one keep-alive connection, each read to its end,
 /// and returns the data segments the server sent for all but the first (a warm-up:
 /// the first packets of a connection are sized by its start-up pacing).
@@ -262,17 +278,7 @@ async fn segments_for(
     let mut after_warm_up = 0;
     let mut buf = vec![0u8; 256 * 1024];
     for i in 0..count {
-        let ask = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
-        stream.write_all(ask.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        while find(&raw, b"\r\n\r\n").is_none_or(|end| raw.len() < end + 4 + body_len) {
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "closed early");
-            raw.extend_from_slice(&buf[..n]);
-        }
+        get_on(&mut stream, path, body_len, &mut buf).await;
         if i == 0 {
             after_warm_up = server_data_segments(server, &stream)?;
         }
@@ -326,17 +332,7 @@ async fn sequential_gets(
     let mut buf = vec![0u8; 256 * 1024];
     let started = Instant::now();
     for _ in 0..count {
-        let ask = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
-        stream.write_all(ask.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        while find(&raw, b"\r\n\r\n").is_none_or(|end| raw.len() < end + 4 + body_len) {
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "closed early");
-            raw.extend_from_slice(&buf[..n]);
-        }
+        get_on(&mut stream, path, body_len, &mut buf).await;
     }
     started.elapsed()
 }

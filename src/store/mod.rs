@@ -809,6 +809,16 @@ mod tests {
         assert_eq!(store.fs.counters().completed.get(), 1 + refreshed);
     }
 
+    /// Opens `0.gif` … `{files - 1}.gif`, each once.
+    async fn open_all(store: &Store, root: &Root, files: usize) {
+        for n in 0..files {
+            store
+                .open(root, Path::new(&format!("{n}.gif")))
+                .await
+                .unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn the_refresh_queue_is_bounded_and_the_rest_revalidate_as_before() {
         let dir = tempfile::tempdir().unwrap();
@@ -819,21 +829,11 @@ mod tests {
         }
         let window = Duration::from_millis(800);
         let store = store_with_window(window);
-        for n in 0..files {
-            store
-                .open(&root, Path::new(&format!("{n}.gif")))
-                .await
-                .unwrap();
-        }
+        open_all(&store, &root, files).await;
         // Into the second half of every window at once: each file is due, one sweep takes
         // only the queue's worth.
         tokio::time::sleep(window / 2 + Duration::from_millis(20)).await;
-        for n in 0..files {
-            store
-                .open(&root, Path::new(&format!("{n}.gif")))
-                .await
-                .unwrap();
-        }
+        open_all(&store, &root, files).await;
         tokio::time::sleep(window / 8 + Duration::from_millis(150)).await;
         assert_eq!(
             count(&store.refresh.refreshed),
@@ -842,12 +842,7 @@ mod tests {
         );
         // The others' windows run out; their requests re-stat them as before.
         tokio::time::sleep(window / 2).await;
-        for n in 0..files {
-            store
-                .open(&root, Path::new(&format!("{n}.gif")))
-                .await
-                .unwrap();
-        }
+        open_all(&store, &root, files).await;
         let c = store.counters();
         assert_eq!(count(&c.revalidated), (files - refresh::MAX_QUEUED) as u64);
         assert_eq!(count(&c.maps), files as u64);
