@@ -110,6 +110,11 @@ fn candidates() -> Vec<Candidate> {
             env: vec![],
         },
         Candidate {
+            label: "jemalloc: background thread, no decay (dirty_decay_ms:0)",
+            binary: default.clone(),
+            env: vec![("_RJEM_MALLOC_CONF", "dirty_decay_ms:0".into())],
+        },
+        Candidate {
             label: "jemalloc: no background thread, 10 s decay",
             binary: default,
             env: vec![(
