@@ -183,9 +183,15 @@ pub(super) async fn serve(
     lane: Arc<Lane>,
     mut io: Socket,
     conn: Conn,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), LaneError> {
     let mut buf = BytesMut::new();
+    // One watch on the stop signal for the connection's whole life, polled at each idle
+    // wait: a fresh one per wait joined and left the channel's waiter list every time,
+    // ~400 instructions per request under callgrind. Polled only while idle and never
+    // after it resolves (the connection ends then); a stop that comes while a request is
+    // under way wakes the task once, and the next idle wait sees it.
+    let mut stopped = pin!(stopping(stop.clone()));
     loop {
         // A complete head the lane takes, or the connection's end or hand-over.
         let mut parse_from = 0;
@@ -213,7 +219,7 @@ pub(super) async fn serve(
                 }
                 tokio::select! {
                     read = poll_fn(|cx| poll_read_more(&mut io, &mut buf, cx)) => read?,
-                    () = stopping(&mut stop) => return Ok(()),
+                    () = stopped.as_mut() => return Ok(()),
                 }
             } else {
                 poll_fn(|cx| poll_read_more(&mut io, &mut buf, cx)).await?
@@ -450,7 +456,7 @@ async fn send(
 }
 
 /// Resolves once the server is told to stop (or its controller is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
+async fn stopping(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|&stop| stop).await;
 }
 
@@ -461,7 +467,7 @@ async fn hand_off(
     io: Socket,
     prefix: Bytes,
     conn: Conn,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), LaneError> {
     let Conn {
         app,
@@ -489,7 +495,7 @@ async fn hand_off(
     }
     tokio::select! {
         served = connection.as_mut() => Ok(served?),
-        () = stopping(&mut stop) => {
+        () = stopping(stop) => {
             connection.as_mut().graceful_shutdown();
             Ok(connection.await?)
         }
