@@ -849,6 +849,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_sweeps_reuse_their_queue_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let files = refresh::MAX_QUEUED;
+        for n in 0..files {
+            std::fs::write(dir.path().join(format!("{n}.gif")), b"gif").unwrap();
+        }
+        let window = Duration::from_millis(800);
+        let store = store_with_window(window);
+        open_all(&store, &root, files).await;
+        let mut spares = Vec::new();
+        for _ in 0..4 {
+            // Into the second half of every window: each file is queued, then swept.
+            tokio::time::sleep(window / 2 + Duration::from_millis(20)).await;
+            open_all(&store, &root, files).await;
+            tokio::time::sleep(window / 8 + Duration::from_millis(150)).await;
+            spares.push(store.refresh.spare_buffer());
+        }
+        assert_eq!(count(&store.refresh.refreshed), 4 * files as u64);
+        // Two buffers take turns (one fills while the other is swept); none is made anew.
+        assert!(spares.iter().all(|&(_, room)| room >= files), "{spares:?}");
+        assert_eq!(spares[0], spares[2], "{spares:?}");
+        assert_eq!(spares[1], spares[3], "{spares:?}");
+    }
+
+    #[tokio::test]
     async fn a_hot_file_replaced_or_deleted_is_noticed_within_one_window() {
         let window = Duration::from_millis(400);
         for delete in [false, true] {

@@ -41,6 +41,9 @@
 //! At most [`MAX_QUEUED`] files wait for a sweep (past that a file is not queued, and its
 //! request re-`stat`s as before); a file is queued at most once at a time; one sweep is
 //! scheduled at a time, and it is one pool job, within the pool's queue and timeout.
+//! The queue keeps two buffers for good, taking turns (one fills while the other is
+//! swept), each at most `MAX_QUEUED` entries of 72 bytes (~290 KiB), sized by the
+//! busiest sweep so far; the paths they point to are freed with each sweep.
 
 use std::fs::Metadata;
 use std::io;
@@ -103,6 +106,11 @@ impl Drop for Batch {
 /// The queue and its sweeps (one per store, shared with the sweep's task).
 pub(super) struct RefreshAhead {
     queued: Mutex<Batch>,
+    /// The last sweep's buffer, emptied and handed back for the next batch to fill.
+    /// A fresh `Vec` per sweep grew by doubling to ~1,000 entries eight times a second
+    /// on the worker and was freed on a pool thread; the long run's RssAnon stepped up
+    /// by ~100–200 KiB after its first round with that churn. One buffer, reused.
+    spare: Mutex<Vec<Due>>,
     pool: FsPool,
     window_ns: u64,
     epoch: Instant,
@@ -115,6 +123,7 @@ impl RefreshAhead {
     pub(super) fn new(pool: FsPool, window_ns: u64, epoch: Instant) -> RefreshAhead {
         RefreshAhead {
             queued: Mutex::new(Batch::default()),
+            spare: Mutex::new(Vec::new()),
             pool,
             window_ns,
             epoch,
@@ -163,14 +172,25 @@ impl RefreshAhead {
         }
     }
 
+    /// Where the spare buffer lives and how many files it holds room for (tests).
+    #[cfg(test)]
+    pub(super) fn spare_buffer(&self) -> (usize, usize) {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        (spare.as_ptr() as usize, spare.capacity())
+    }
+
     /// Waits `window / 8`, then `stat`s everything queued by then in one pool job.
     async fn sweep(&self) {
         tokio::time::sleep(Duration::from_nanos(self.window_ns / 8)).await;
-        let batch = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
+        let spare = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
+        let batch = std::mem::replace(
+            &mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()),
+            Batch(spare),
+        );
         let (epoch, refreshed) = (self.epoch, self.refreshed.clone());
         // Refused or timed out: the batch is dropped (here or by the pool thread that
         // skips the job) and its files may be queued again.
-        let _ = self
+        let swept = self
             .pool
             .run(move || {
                 let mut batch = batch;
@@ -187,7 +207,14 @@ impl RefreshAhead {
                     // Changed or gone: left queued-looking, so it is not swept again;
                     // its window runs out and the request path replaces or drops it.
                 }
+                std::mem::take(&mut batch.0)
             })
             .await;
+        if let Ok(buffer) = swept
+            && buffer.capacity() <= MAX_QUEUED
+        {
+            // Empty (drained); the next sweep's batch fills it.
+            *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = buffer;
+        }
     }
 }
