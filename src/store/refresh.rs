@@ -103,14 +103,20 @@ impl Drop for Batch {
     }
 }
 
-/// The queue and its sweeps (one per store, shared with the sweep's task).
-pub(super) struct RefreshAhead {
-    queued: Mutex<Batch>,
+/// What waits for the next sweep, and the buffer it will wait in after that.
+#[derive(Default)]
+struct Queued {
+    batch: Batch,
     /// The last sweep's buffer, emptied and handed back for the next batch to fill.
     /// A fresh `Vec` per sweep grew by doubling to ~1,000 entries eight times a second
     /// on the worker and was freed on a pool thread; the long run's RssAnon stepped up
-    /// by ~100–200 KiB after its first round with that churn. One buffer, reused.
-    spare: Mutex<Vec<Due>>,
+    /// by ~100–200 KiB after its first round with that churn. Two buffers take turns.
+    spare: Vec<Due>,
+}
+
+/// The queue and its sweeps (one per store, shared with the sweep's task).
+pub(super) struct RefreshAhead {
+    queued: Mutex<Queued>,
     pool: FsPool,
     window_ns: u64,
     epoch: Instant,
@@ -122,8 +128,7 @@ impl RefreshAhead {
     /// `epoch` is the store's clock's: windows are counted on the same clock.
     pub(super) fn new(pool: FsPool, window_ns: u64, epoch: Instant) -> RefreshAhead {
         RefreshAhead {
-            queued: Mutex::new(Batch::default()),
-            spare: Mutex::new(Vec::new()),
+            queued: Mutex::new(Queued::default()),
             pool,
             window_ns,
             epoch,
@@ -155,16 +160,16 @@ impl RefreshAhead {
         };
         let first = {
             let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-            if queued.0.len() >= MAX_QUEUED {
+            if queued.batch.0.len() >= MAX_QUEUED {
                 entry.refreshing.store(false, Ordering::Release);
                 return;
             }
-            queued.0.push(Due {
+            queued.batch.0.push(Due {
                 entry: Arc::clone(entry),
                 full,
                 guarded,
             });
-            queued.0.len() == 1
+            queued.batch.0.len() == 1
         };
         if first {
             let this = Arc::clone(self);
@@ -175,18 +180,18 @@ impl RefreshAhead {
     /// Where the spare buffer lives and how many files it holds room for (tests).
     #[cfg(test)]
     pub(super) fn spare_buffer(&self) -> (usize, usize) {
-        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        (spare.as_ptr() as usize, spare.capacity())
+        let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        (queued.spare.as_ptr() as usize, queued.spare.capacity())
     }
 
     /// Waits `window / 8`, then `stat`s everything queued by then in one pool job.
     async fn sweep(&self) {
         tokio::time::sleep(Duration::from_nanos(self.window_ns / 8)).await;
-        let spare = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
-        let batch = std::mem::replace(
-            &mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()),
-            Batch(spare),
-        );
+        let batch = {
+            let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+            let spare = std::mem::take(&mut queued.spare);
+            std::mem::replace(&mut queued.batch, Batch(spare))
+        };
         let (epoch, refreshed) = (self.epoch, self.refreshed.clone());
         // Refused or timed out: the batch is dropped (here or by the pool thread that
         // skips the job) and its files may be queued again.
@@ -210,11 +215,10 @@ impl RefreshAhead {
                 std::mem::take(&mut batch.0)
             })
             .await;
-        if let Ok(buffer) = swept
-            && buffer.capacity() <= MAX_QUEUED
-        {
-            // Empty (drained); the next sweep's batch fills it.
-            *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = buffer;
+        if let Ok(buffer) = swept {
+            // Empty (drained); the next sweep's batch fills it. Its room is at most
+            // `MAX_QUEUED`: `queue` pushes no further.
+            self.queued.lock().unwrap_or_else(|p| p.into_inner()).spare = buffer;
         }
     }
 }
