@@ -43,6 +43,17 @@ use crate::response::{self, NOSNIFF, X_REQUEST_ID};
 use crate::routes::{self, ROUTES, Route, RouteFamily, Router};
 use crate::state::AppState;
 
+/// Where a whole file's fields, rendered once per file version (`http::file_head`),
+/// are in a response [`App::respond`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileFields {
+    /// Put first into its `HeaderMap`: for hyper, and any reader of a plain `Response`.
+    InMap,
+    /// Left with its body ([`Body::file_head`]): for the fast lane, which writes their
+    /// rendered lines whole.
+    Rendered,
+}
+
 /// The router with its state. Cheap to clone (three `Arc`s), one clone per connection.
 #[derive(Clone)]
 pub struct App {
@@ -90,7 +101,7 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let route = self.route_of(request.uri().path());
-        self.respond(route, request)
+        self.respond(route, request, FileFields::InMap)
     }
 
     /// The route of a request's path (`request.uri().path()`), in [`ROUTES`].
@@ -103,10 +114,15 @@ impl App {
     /// as it makes the request's future; the fast lane, which needs the route to know
     /// that it takes the request, hands over the one it found rather than have it
     /// looked up twice.
+    ///
+    /// `fields` says where a whole file's rendered fields (`http::file_head`) are to be
+    /// in the response: put first into its map, or left with its body for a lane that
+    /// writes them whole.
     pub(crate) async fn respond<B>(
         &self,
         route: Option<&'static Route>,
         request: Request<B>,
+        fields: FileFields,
     ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -150,6 +166,12 @@ impl App {
             self.dispatch(route, request).instrument(span.clone())
         ));
         let mut response = handled.as_mut().await;
+        if fields == FileFields::InMap
+            && let Some(file_head) = response.body_mut().take_file_head()
+        {
+            // Before the app's own fields, where the fast lane writes the lines.
+            file_head.put_first(response.headers_mut());
+        }
         let id = handled
             .as_mut()
             .take_value()

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use crate::access_log::AccessRecord;
+use crate::http::file_head::FileHead;
 use crate::metrics::Sharded;
 use crate::outbox::stall::Stallable;
 use crate::outbox::{Guard, Outbox};
@@ -58,6 +59,10 @@ pub struct Body {
     registered: bool,
     /// The response's access-log line, released with the guards once the body ends.
     access: Option<Box<AccessRecord>>,
+    /// The whole file's `200` fields, rendered once per file version, that belong to
+    /// this response but are not in its `HeaderMap` yet (see
+    /// [`Body::set_file_head`]).
+    file_head: Option<Arc<FileHead>>,
 }
 
 impl Body {
@@ -86,6 +91,7 @@ impl Body {
             outbox: None,
             registered: false,
             access: None,
+            file_head: None,
         }
     }
 
@@ -96,6 +102,24 @@ impl Body {
         let mut body = Body::from_segments(segments, chunk);
         body.file = Some(file);
         body
+    }
+
+    /// Marks `head`'s fields as this response's, kept here rather than in its
+    /// `HeaderMap`: the fast lane writes them from their rendered lines, and any other
+    /// reader of the response has them put first into the map
+    /// ([`Body::take_file_head`], `App::respond`) before it sees the response.
+    pub fn set_file_head(&mut self, head: Arc<FileHead>) {
+        self.file_head = Some(head);
+    }
+
+    /// The fields marked by [`Body::set_file_head`], still outside the map.
+    pub fn file_head(&self) -> Option<&FileHead> {
+        self.file_head.as_deref()
+    }
+
+    /// Takes the fields marked by [`Body::set_file_head`], to put them into the map.
+    pub fn take_file_head(&mut self) -> Option<Arc<FileHead>> {
+        self.file_head.take()
     }
 
     /// Sends this body through the connection's `outbox`: its file is registered there

@@ -3,6 +3,7 @@
 //! unit tests; routes call [`decide`] and then build the response from its outcome.
 
 pub mod conditional;
+pub mod file_head;
 pub mod multipart;
 pub mod path;
 pub mod query;

@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::body::Body;
 use crate::http::conditional::EntityTag;
+use crate::http::file_head::{Described, FULL_RESPONSE_HEADERS};
 use crate::http::{self as rfc, FileOutcome, Validators, multipart};
 use crate::response;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,26 @@ pub fn respond(
     };
     let outcome = rfc::decide(method, request_headers, len, validators);
     let head = method == Method::HEAD;
+    if outcome == FileOutcome::Full
+        && describe.extra.is_empty()
+        && let Some(file_head) = file.whole_file_head(Described {
+            content_type: &describe.content_type,
+            cache_control: &describe.cache_control,
+            etag: &describe.etag,
+            last_modified: describe.last_modified,
+        })
+    {
+        // The common answer, a whole file: its fields were rendered once for this file
+        // version and ride with the body (see `http::file_head`), so this response's
+        // map starts empty and allocates only for the app's own fields.
+        let mut body = if head {
+            Body::empty()
+        } else {
+            Body::from_file(Arc::clone(file), vec![file.bytes.clone()], chunk)
+        };
+        body.set_file_head(Arc::clone(file_head));
+        return Response::new(body);
+    }
 
     let (status, body_segments, content_len, content_type, content_range) = match outcome {
         FileOutcome::Full => (
@@ -133,7 +154,7 @@ pub fn respond(
     let headers = response.headers_mut();
     // One allocation for every header this response will carry, including those
     // `App::handle` adds (CORS, `X-Request-Id`, `nosniff`), instead of growing 4 → 8 → 16.
-    *headers = HeaderMap::with_capacity(RESPONSE_HEADERS);
+    *headers = HeaderMap::with_capacity(FULL_RESPONSE_HEADERS);
     validator_headers(headers, file, &describe);
     headers.insert(header::CONTENT_TYPE, content_type);
     let content_len = if content_len == len {
@@ -153,10 +174,6 @@ pub fn respond(
 /// instead of validated byte by byte per request.
 const ACCEPT_RANGES_BYTES: HeaderValue = HeaderValue::from_static("bytes");
 const IMAGE_GIF: HeaderValue = HeaderValue::from_static("image/gif");
-
-/// Headers a response of a file can carry (a full GIF carries 10 with CORS); a
-/// `HeaderMap` of this capacity never grows for one.
-const RESPONSE_HEADERS: usize = 16;
 
 /// Headers a cache needs on 200, 206 and 304 alike (RFC 9110 §15.4.5). The file's own
 /// `Last-Modified` is rendered once per file version; a route's override (a variant

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::app::App;
+use crate::app::{App, FileFields};
 use crate::body::Body;
 use crate::config::{Config, FastLane, RuntimeLayout};
 use crate::error::StartError;
@@ -226,6 +226,7 @@ impl Shared {
 async fn answer<B>(
     app: Arc<App>,
     route: Option<&'static Route>,
+    fields: FileFields,
     in_flight: InFlight,
     outbox: Arc<Outbox>,
     peer: std::net::IpAddr,
@@ -238,7 +239,7 @@ where
     // Made here, in this future's own state: made by the caller and passed in, the
     // app's future was moved whole (~2.6 KB) into this one, +900 instructions per GIF
     // request under callgrind.
-    let mut response = app.respond(route, request).await;
+    let mut response = app.respond(route, request, fields).await;
     let body = response.body_mut();
     body.note_client(peer);
     body.attach(in_flight);
@@ -376,7 +377,16 @@ async fn accept_loop(
             let route = app.route_of(request.uri().path());
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    answer(app, route, in_flight, outbox, peer.ip(), request).await,
+                    answer(
+                        app,
+                        route,
+                        FileFields::InMap,
+                        in_flight,
+                        outbox,
+                        peer.ip(),
+                        request,
+                    )
+                    .await,
                 )
             }
         });

@@ -57,6 +57,7 @@ use prometheus_client::registry::Registry;
 
 use crate::fs_pool::{FsPool, FsPoolError};
 use crate::http::conditional::EntityTag;
+use crate::http::file_head::{Described, FileHead};
 use crate::metrics::{ReadAtScrape, ShardedCounter, by_kind};
 pub use regular::{OpenError, open_regular};
 pub use settings::StoreSettings;
@@ -106,6 +107,9 @@ pub struct MappedFile {
     file: Option<File>,
     /// The header values that describe this version, rendered on first use.
     validators: OnceLock<FileValidators>,
+    /// The fields of this version's whole-file `200` as the first route to send one
+    /// described it, rendered once (see [`MappedFile::whole_file_head`]).
+    whole_file_head: OnceLock<Arc<FileHead>>,
 }
 
 /// The header values of one file version that every response of it repeats, rendered
@@ -139,6 +143,7 @@ impl MappedFile {
             identity: FileIdentity::of(meta),
             modified: meta.modified().unwrap_or(UNIX_EPOCH),
             validators: OnceLock::new(),
+            whole_file_head: OnceLock::new(),
         })
     }
 
@@ -156,6 +161,7 @@ impl MappedFile {
             modified,
             file: None,
             validators: OnceLock::new(),
+            whole_file_head: OnceLock::new(),
         }
     }
 
@@ -187,6 +193,31 @@ impl MappedFile {
                 content_length: HeaderValue::from(self.len()),
             }
         })
+    }
+
+    /// The fields of a whole-file `200` of this version for a route that describes it
+    /// as `described`, or `None` when the head rendered for this version describes it
+    /// otherwise (another route maps the same file with another `Cache-Control`, say:
+    /// that route builds its fields per request) or the file is empty. Rendered by the
+    /// first request that asks, with the validators, and kept with the mapping (~400
+    /// bytes): a replaced file is a new mapping, hence a new head.
+    pub fn whole_file_head(&self, described: Described<'_>) -> Option<&Arc<FileHead>> {
+        if self.is_empty() {
+            return None;
+        }
+        let head = self.whole_file_head.get_or_init(|| {
+            let validators = self.validators();
+            let last_modified = match described.last_modified {
+                None => validators.last_modified.clone(),
+                Some(modified) => HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok(),
+            };
+            Arc::new(FileHead::new(
+                described,
+                last_modified,
+                validators.content_length.clone(),
+            ))
+        });
+        head.fits(described).then_some(head)
     }
 
     /// Length in bytes.
@@ -707,6 +738,70 @@ mod tests {
         assert_eq!(count(&store.counters().replaced), 1);
         // The old mapping stays valid for whoever still holds it.
         assert_eq!(&first.bytes[..], b"first");
+    }
+
+    #[tokio::test]
+    async fn a_file_versions_head_is_rendered_once_and_only_for_its_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a.gif"), b"first").unwrap();
+        std::fs::write(dir.path().join("empty.gif"), b"").unwrap();
+        let store = store_with_window(Duration::ZERO);
+        let gif = HeaderValue::from_static("image/gif");
+        let a_day = HeaderValue::from_static("public, max-age=86400");
+        let file = store.open(&root, Path::new("a.gif")).await.unwrap();
+        let etag = file.validators().etag.clone();
+        let described = Described {
+            content_type: &gif,
+            cache_control: &a_day,
+            etag: &etag,
+            last_modified: None,
+        };
+        let head = Arc::clone(file.whole_file_head(described).expect("a head"));
+        let lines = std::str::from_utf8(head.lines()).unwrap();
+        assert!(lines.contains("content-length: 5\r\n"), "{lines}");
+        assert!(lines.contains("content-type: image/gif\r\n"), "{lines}");
+        let again = store.open(&root, Path::new("a.gif")).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&head, again.whole_file_head(described).unwrap()),
+            "the same version's requests share one head"
+        );
+        // Another route's description of the same file builds its own fields.
+        let no_store = HeaderValue::from_static("no-store");
+        assert!(
+            again
+                .whole_file_head(Described {
+                    cache_control: &no_store,
+                    ..described
+                })
+                .is_none()
+        );
+        // A replaced file is a new version with a new head.
+        replace(dir.path(), "a.gif", b"second!");
+        let replaced = store.open(&root, Path::new("a.gif")).await.unwrap();
+        let etag = replaced.validators().etag.clone();
+        let new_head = replaced
+            .whole_file_head(Described {
+                etag: &etag,
+                ..described
+            })
+            .unwrap();
+        assert!(
+            std::str::from_utf8(new_head.lines())
+                .unwrap()
+                .contains("content-length: 7\r\n")
+        );
+        // An empty file has no body, so no app `Content-Length` to render.
+        let empty = store.open(&root, Path::new("empty.gif")).await.unwrap();
+        let etag = empty.validators().etag.clone();
+        assert!(
+            empty
+                .whole_file_head(Described {
+                    etag: &etag,
+                    ..described
+                })
+                .is_none()
+        );
     }
 
     #[tokio::test]

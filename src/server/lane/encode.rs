@@ -91,11 +91,18 @@ fn can_have_content_length(status: StatusCode) -> bool {
 
 /// Writes the head of a response with `body_len` body bytes to a request as `asked` into
 /// `dst`, and says how the rest goes out. `headers` gets hyper's `Connection` fix-ups.
+///
+/// `file_lines`: a whole file's fields, rendered once per file version
+/// (`http::file_head`), which belong first among the response's fields: hyper writes
+/// them there from the map (`FileHead::put_first`). They hold the app's
+/// `Content-Length`, which a `200` with a body or to `HEAD` keeps (as hyper keeps the
+/// map's); the app sends them only for a non-empty file's `200`.
 pub(crate) fn encode(
     asked: Asked,
     status: StatusCode,
     response_version: Version,
     headers: &mut HeaderMap,
+    file_lines: Option<&[u8]>,
     body_len: u64,
     dst: &mut Vec<u8>,
 ) -> Framing {
@@ -124,6 +131,14 @@ pub(crate) fn encode(
     let body = (body_len > 0).then_some(body_len);
     let is_head = asked.is_head;
     let mut wrote_len = false;
+    if let Some(lines) = file_lines {
+        debug_assert!(
+            status == StatusCode::OK && (body.is_some() || is_head),
+            "a file's rendered fields with a {status} of {body_len} bytes"
+        );
+        dst.extend_from_slice(lines);
+        wrote_len = true;
+    }
     let mut wrote_date = false;
     let mut previous: Option<&http::HeaderName> = None;
     // The line of a name written without its end yet (content-length, connection).
@@ -271,6 +286,7 @@ mod tests {
             status,
             Version::HTTP_11,
             &mut map,
+            None,
             body_len,
             &mut dst,
         );
@@ -353,6 +369,64 @@ mod tests {
         assert_eq!(
             text,
             "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ndate: D\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_files_rendered_fields_come_first_and_carry_the_length() {
+        let lines = b"etag: \"e\"\r\ncontent-length: 10\r\n";
+        let mut map = HeaderMap::new();
+        map.insert("x-request-id", HeaderValue::from_static("i"));
+        let written = |method: &Method, version, keep_alive, body_len| {
+            let asked = Asked {
+                is_head: *method == Method::HEAD,
+                version,
+                keep_alive,
+            };
+            let mut dst = Vec::new();
+            let framing = encode(
+                asked,
+                StatusCode::OK,
+                Version::HTTP_11,
+                &mut map.clone(),
+                Some(lines),
+                body_len,
+                &mut dst,
+            );
+            let text = String::from_utf8(dst).unwrap();
+            let (before, _) = text.rsplit_once("date: ").expect("a date line");
+            (before.to_owned(), framing)
+        };
+        let (text, framing) = written(GET, Version::HTTP_11, true, 10);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\n"
+        );
+        assert_eq!(
+            framing,
+            Framing {
+                body_len: 10,
+                close: false
+            }
+        );
+        // HEAD keeps the length of the body it does not send, and no second one.
+        let (text, framing) = written(HEAD, Version::HTTP_11, true, 0);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\n"
+        );
+        assert_eq!(framing.body_len, 0);
+        // hyper's own `Connection` goes after the app's fields, as it appends it to the map.
+        let (text, framing) = written(GET, Version::HTTP_11, false, 10);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\nconnection: close\r\n"
+        );
+        assert!(framing.close);
+        let (text, _) = written(GET, Version::HTTP_10, true, 10);
+        assert_eq!(
+            text,
+            "HTTP/1.0 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\nconnection: keep-alive\r\n"
         );
     }
 

@@ -62,8 +62,9 @@ use tokio::sync::watch;
 
 use super::timed_io::{ConnActivity, TimedIo};
 use super::zero_copy::ZeroCopyIo;
-use crate::app::App;
+use crate::app::{App, FileFields};
 use crate::body::Body;
+use crate::http::file_head::FileHead;
 use crate::outbox::Outbox;
 use crate::routes::{ROUTES, Route, RouteFamily, Router};
 use encode::{Asked, Framing};
@@ -264,6 +265,7 @@ async fn exchange(
         let mut answering = pin!(super::answer(
             Arc::clone(&conn.app),
             Some(route),
+            FileFields::Rendered,
             in_flight,
             Arc::clone(&conn.outbox),
             conn.peer,
@@ -382,12 +384,16 @@ async fn send(
     response: Response<Body>,
 ) -> Result<Framing, LaneError> {
     let (mut parts, body) = response.into_parts();
-    let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
+    // A whole file's fields, rendered once per file version, go in as they are.
+    let file_lines = body.file_head().map(FileHead::lines);
+    let mut head =
+        Vec::with_capacity(256 + parts.headers.len() * 48 + file_lines.map_or(0, <[u8]>::len));
     let framing = encode::encode(
         asked,
         parts.status,
         parts.version,
         &mut parts.headers,
+        file_lines,
         body.remaining(),
         &mut head,
     );
@@ -482,7 +488,18 @@ async fn hand_off(
         let app = Arc::clone(&app);
         let outbox = Arc::clone(&outbox);
         async move {
-            Ok::<_, Infallible>(super::answer(app, route, in_flight, outbox, peer, request).await)
+            Ok::<_, Infallible>(
+                super::answer(
+                    app,
+                    route,
+                    FileFields::InMap,
+                    in_flight,
+                    outbox,
+                    peer,
+                    request,
+                )
+                .await,
+            )
         }
     });
     let mut connection = pin!(
