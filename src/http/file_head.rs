@@ -48,25 +48,43 @@ struct Key {
 
 /// A whole file's `200` header fields, in the order both lanes write them, and the
 /// same rendered as lines. Kept with each cached mapping, so it holds each value once
-/// (the fields are made from the key and two values; ~400 bytes in all).
+/// (the fields are made from the key and two values).
+///
+/// One allocation per file version, of 720 bytes, with the lines inline. Heads live as
+/// long as their mapping but are made by a request, among the request's and its
+/// connection's short-lived allocations. With the lines in a second, ~200-byte block
+/// (`Box<[u8]>`: jemalloc's 224-byte class, where a GIF request makes two short-lived
+/// 208-byte allocations), a long run's RssAnon stepped further after its first round
+/// (mean 105 KiB in twelve runs, against 63 in ten without heads), most likely as pages
+/// that the first round used stayed pinned by heads made on them. In the 768-byte class, which a GIF
+/// request's own allocations do not use (gdb on `malloc`, 20 requests: 8 to 208, 597,
+/// 624, 1,024 and 3,568 bytes), the step is back to 58 KiB (six runs; all in
+/// `docs/benchmarks/fast-lane.md`, fifth pass).
 #[derive(Debug)]
 pub struct FileHead {
     key: Key,
     last_modified: Option<HeaderValue>,
     content_length: HeaderValue,
-    lines: Box<[u8]>,
+    len: u16,
+    lines: [u8; LINES_CAPACITY],
 }
+
+/// Most bytes of a head's lines: a GIF's six fields take ~200; a head that would not
+/// fit (a long `Content-Type` from a manifest, say) is not rendered, and its route
+/// builds its fields per request.
+const LINES_CAPACITY: usize = 448;
 
 impl FileHead {
     /// The head of a `200` of a whole non-empty file (an empty body's `Content-Length` is
     /// the lane's to write, not the app's) of `content_length` bytes, as `described`, with
     /// `last_modified` already rendered (`None`: a time HTTP dates cannot express, and
-    /// no field). The order is the one `file_response` gives a `HeaderMap`.
+    /// no field). The order is the one `file_response` gives a `HeaderMap`. `None` when
+    /// its lines would not fit [`LINES_CAPACITY`].
     pub fn new(
         described: Described<'_>,
         last_modified: Option<HeaderValue>,
         content_length: HeaderValue,
-    ) -> FileHead {
+    ) -> Option<FileHead> {
         let mut head = FileHead {
             key: Key {
                 content_type: described.content_type.clone(),
@@ -76,22 +94,22 @@ impl FileHead {
             },
             last_modified,
             content_length,
-            lines: Box::default(),
+            len: 0,
+            lines: [0; LINES_CAPACITY],
         };
-        let mut lines = Vec::with_capacity(
-            head.fields()
-                .map(|(name, value)| name.as_str().len() + value.len() + 4)
-                .sum(),
-        );
+        let mut lines = [0; LINES_CAPACITY];
+        let mut len = 0;
         for (name, value) in head.fields() {
             // Lowercase names, `: `, the value as given: hyper's own writing.
-            lines.extend_from_slice(name.as_str().as_bytes());
-            lines.extend_from_slice(b": ");
-            lines.extend_from_slice(value.as_bytes());
-            lines.extend_from_slice(b"\r\n");
+            for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+                let end = len + part.len();
+                lines.get_mut(len..end)?.copy_from_slice(part);
+                len = end;
+            }
         }
-        head.lines = lines.into_boxed_slice();
-        head
+        head.lines = lines;
+        head.len = u16::try_from(len).ok()?;
+        Some(head)
     }
 
     /// Whether this head is the one a route describing the file as `described` would
@@ -106,7 +124,7 @@ impl FileHead {
 
     /// The fields as `name: value\r\n` lines, in order; they include `Content-Length`.
     pub fn lines(&self) -> &[u8] {
-        &self.lines
+        &self.lines[..usize::from(self.len)]
     }
 
     /// The fields, in order (each value shares its bytes with this head's).
@@ -186,6 +204,7 @@ mod tests {
             last_modified,
             HeaderValue::from(10u64),
         )
+        .expect("a GIF's head fits")
     }
 
     fn head() -> FileHead {
@@ -215,6 +234,32 @@ mod tests {
             written.extend_from_slice(b"\r\n");
         }
         assert_eq!(written, head.lines());
+    }
+
+    #[test]
+    fn a_head_is_one_block_of_at_most_768_bytes() {
+        // With `Arc`'s two counts: jemalloc's 768-byte class, which a GIF request's own
+        // allocations do not use (see `FileHead`).
+        let size = std::mem::size_of::<FileHead>() + 16;
+        assert!(size <= 768, "{size}");
+        assert!(
+            size > 640,
+            "{size}: the 640-byte class holds requests' header maps"
+        );
+    }
+
+    #[test]
+    fn a_head_too_long_to_fit_is_not_rendered() {
+        let long =
+            HeaderValue::from_str(&format!("text/x-{}", "a".repeat(LINES_CAPACITY))).unwrap();
+        let etag = etag();
+        let described = Described {
+            content_type: &long,
+            cache_control: &A_DAY,
+            etag: &etag,
+            last_modified: None,
+        };
+        assert!(FileHead::new(described, None, HeaderValue::from(10u64)).is_none());
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub struct MappedFile {
     validators: OnceLock<FileValidators>,
     /// The fields of this version's whole-file `200` as the first route to send one
     /// described it, rendered once (see [`MappedFile::whole_file_head`]).
-    whole_file_head: OnceLock<Arc<FileHead>>,
+    whole_file_head: OnceLock<Option<Arc<FileHead>>>,
 }
 
 /// The header values of one file version that every response of it repeats, rendered
@@ -198,9 +198,10 @@ impl MappedFile {
     /// The fields of a whole-file `200` of this version for a route that describes it
     /// as `described`, or `None` when the head rendered for this version describes it
     /// otherwise (another route maps the same file with another `Cache-Control`, say:
-    /// that route builds its fields per request) or the file is empty. Rendered by the
-    /// first request that asks, with the validators, and kept with the mapping (~400
-    /// bytes): a replaced file is a new mapping, hence a new head.
+    /// that route builds its fields per request), would not fit one (see `FileHead`), or
+    /// the file is empty. Rendered by the first request that asks, with the validators,
+    /// and kept with the mapping (~750 bytes): a replaced file is a new mapping, hence a
+    /// new head.
     pub fn whole_file_head(&self, described: Described<'_>) -> Option<&Arc<FileHead>> {
         if self.is_empty() {
             return None;
@@ -211,13 +212,9 @@ impl MappedFile {
                 None => validators.last_modified.clone(),
                 Some(modified) => HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok(),
             };
-            Arc::new(FileHead::new(
-                described,
-                last_modified,
-                validators.content_length.clone(),
-            ))
+            FileHead::new(described, last_modified, validators.content_length.clone()).map(Arc::new)
         });
-        head.fits(described).then_some(head)
+        head.as_ref().filter(|head| head.fits(described))
     }
 
     /// Length in bytes.
