@@ -271,6 +271,19 @@ mod tests {
         headers: &[(&'static str, &'static str)],
         body_len: u64,
     ) -> (String, Framing) {
+        head_with(method, version, keep_alive, status, headers, None, body_len)
+    }
+
+    /// [`head`], with a file's rendered lines (`file_lines`).
+    fn head_with(
+        method: &Method,
+        version: Version,
+        keep_alive: bool,
+        status: StatusCode,
+        headers: &[(&'static str, &'static str)],
+        file_lines: Option<&[u8]>,
+        body_len: u64,
+    ) -> (String, Framing) {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(*name, HeaderValue::from_static(value));
@@ -286,7 +299,7 @@ mod tests {
             status,
             Version::HTTP_11,
             &mut map,
-            None,
+            file_lines,
             body_len,
             &mut dst,
         );
@@ -374,33 +387,22 @@ mod tests {
 
     #[test]
     fn a_files_rendered_fields_come_first_and_carry_the_length() {
-        let lines = b"etag: \"e\"\r\ncontent-length: 10\r\n";
-        let mut map = HeaderMap::new();
-        map.insert("x-request-id", HeaderValue::from_static("i"));
+        let lines: &[u8] = b"etag: \"e\"\r\ncontent-length: 10\r\n";
         let written = |method: &Method, version, keep_alive, body_len| {
-            let asked = Asked {
-                is_head: *method == Method::HEAD,
+            head_with(
+                method,
                 version,
                 keep_alive,
-            };
-            let mut dst = Vec::new();
-            let framing = encode(
-                asked,
                 StatusCode::OK,
-                Version::HTTP_11,
-                &mut map.clone(),
+                &[("x-request-id", "i")],
                 Some(lines),
                 body_len,
-                &mut dst,
-            );
-            let text = String::from_utf8(dst).unwrap();
-            let (before, _) = text.rsplit_once("date: ").expect("a date line");
-            (before.to_owned(), framing)
+            )
         };
         let (text, framing) = written(GET, Version::HTTP_11, true, 10);
         assert_eq!(
             text,
-            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\n"
+            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\ndate: D\r\n\r\n"
         );
         assert_eq!(
             framing,
@@ -413,20 +415,20 @@ mod tests {
         let (text, framing) = written(HEAD, Version::HTTP_11, true, 0);
         assert_eq!(
             text,
-            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\n"
+            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\ndate: D\r\n\r\n"
         );
         assert_eq!(framing.body_len, 0);
         // hyper's own `Connection` goes after the app's fields, as it appends it to the map.
         let (text, framing) = written(GET, Version::HTTP_11, false, 10);
         assert_eq!(
             text,
-            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\nconnection: close\r\n"
+            "HTTP/1.1 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\nconnection: close\r\ndate: D\r\n\r\n"
         );
         assert!(framing.close);
         let (text, _) = written(GET, Version::HTTP_10, true, 10);
         assert_eq!(
             text,
-            "HTTP/1.0 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\nconnection: keep-alive\r\n"
+            "HTTP/1.0 200 OK\r\netag: \"e\"\r\ncontent-length: 10\r\nx-request-id: i\r\nconnection: keep-alive\r\ndate: D\r\n\r\n"
         );
     }
 
