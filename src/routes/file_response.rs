@@ -180,11 +180,7 @@ const IMAGE_GIF: HeaderValue = HeaderValue::from_static("image/gif");
 /// keeps its source's) is rendered here.
 fn validator_headers(headers: &mut HeaderMap, file: &MappedFile, describe: &FileHeaders) {
     headers.insert(header::ETAG, describe.etag.to_header_value());
-    let date = match describe.last_modified {
-        None => file.validators().last_modified.clone(),
-        Some(modified) => HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok(),
-    };
-    if let Some(date) = date {
+    if let Some(date) = file.last_modified_value(describe.last_modified) {
         headers.insert(header::LAST_MODIFIED, date);
     }
     headers.insert(header::CACHE_CONTROL, describe.cache_control.clone());

@@ -207,14 +207,25 @@ impl MappedFile {
             return None;
         }
         let head = self.whole_file_head.get_or_init(|| {
-            let validators = self.validators();
-            let last_modified = match described.last_modified {
-                None => validators.last_modified.clone(),
-                Some(modified) => HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok(),
-            };
-            FileHead::new(described, last_modified, validators.content_length.clone()).map(Arc::new)
+            let last_modified = self.last_modified_value(described.last_modified);
+            FileHead::new(
+                described,
+                last_modified,
+                self.validators().content_length.clone(),
+            )
+            .map(Arc::new)
         });
         head.as_ref().filter(|head| head.fits(described))
+    }
+
+    /// `Last-Modified` of this version (rendered once), or of `instead` when a route
+    /// gives another time (a variant keeps its source's; rendered per call). `None` for a
+    /// time HTTP dates cannot express.
+    pub fn last_modified_value(&self, instead: Option<SystemTime>) -> Option<HeaderValue> {
+        match instead {
+            None => self.validators().last_modified.clone(),
+            Some(modified) => HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok(),
+        }
     }
 
     /// Length in bytes.
