@@ -497,3 +497,283 @@ async fn shutdown_closes_idle_lane_connections_at_once() {
         .expect("closed");
     assert!(matches!(rest, Ok(0) | Err(_)));
 }
+
+/// Generated heads, a few hundred per run, each followed on the same connection by a
+/// plain request that closes it, whole or in pieces: both servers must answer every
+/// byte alike. The
+/// hand-written cases above cover what we thought of; these cover combinations of
+/// methods, versions, targets and fields (repeated, oddly cased or spaced, empty,
+/// malformed), where the lane's rules and hyper's could part. A seed reproduces a run:
+/// `OIP_LANE_FUZZ_SEED=<seed> OIP_LANE_FUZZ_CASES=<n> cargo test --test fast_lane generated`.
+#[tokio::test]
+async fn generated_heads_are_answered_alike_by_both_lanes() {
+    let pair = Pair::start(|_| {}).await;
+    let first = pair.same(&get("/media/fitnessally/a.gif", "")).await;
+    let etag = first
+        .text
+        .lines()
+        .find_map(|line| line.strip_prefix("etag: "))
+        .expect("an etag")
+        .to_owned();
+    let seed = std::env::var("OIP_LANE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let cases: usize = std::env::var("OIP_LANE_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    println!("seed {seed}, {cases} cases");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let palette = FieldPalette::new(&etag);
+    let (lane_before, handed_before) = pair.lane_counts();
+    let mut differ = Vec::new();
+    for case in 0..cases {
+        let mut raw = generated_head(&mut rng, &palette);
+        raw.extend_from_slice(
+            b"GET /media/fitnessally/a.gif HTTP/1.1\r\nHost: t\r\nX-Request-Id: last\r\nConnection: close\r\n\r\n",
+        );
+        // One case in four arrives in up to five pieces, a millisecond apart.
+        let (piece, gap) = if rng.u8(..4) == 0 {
+            (
+                rng.usize(raw.len() / 5 + 1..=raw.len()),
+                Duration::from_millis(1),
+            )
+        } else {
+            (usize::MAX, Duration::ZERO)
+        };
+        let (mut lane, mut hyper) = pair.both(&raw, piece, gap).await;
+        // An id a client sent that is not kept is replaced by a fresh one, random in
+        // each server.
+        lane.text = mask_fresh_ids(&lane.text);
+        hyper.text = mask_fresh_ids(&hyper.text);
+        if lane != hyper {
+            differ.push(format!(
+                "case {case}: {:?}\n  lane:  {:?}\n  hyper: {:?}",
+                String::from_utf8_lossy(&raw),
+                lane,
+                hyper
+            ));
+        }
+    }
+    let (lane_after, handed_after) = pair.lane_counts();
+    assert!(
+        differ.is_empty(),
+        "seed {seed}: {} of {cases} differ; the first:\n{}",
+        differ.len(),
+        differ[..differ.len().min(3)].join("\n")
+    );
+    // The generator reaches both sides of the lane's rules.
+    assert!(
+        lane_after - lane_before > cases as u64 / 3,
+        "the lane took {}",
+        lane_after - lane_before
+    );
+    assert!(
+        handed_after - handed_before > cases as u64 / 20,
+        "hyper was handed {}",
+        handed_after - handed_before
+    );
+    pair.stop().await;
+}
+
+/// A fresh request id (16 hex digits) becomes `R`.
+fn mask_fresh_ids(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_prefix("x-request-id: ") {
+            Some(id)
+                if id.trim_end().len() == 16
+                    && id.trim_end().bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                "x-request-id: R\r\n".to_owned()
+            }
+            _ => line.to_owned(),
+        })
+        .collect()
+}
+
+/// The fields [`generated_head`] draws from: each a list of whole lines (with CRLF) of
+/// which one is picked, some of them a field twice.
+struct FieldPalette {
+    groups: Vec<Vec<String>>,
+}
+
+impl FieldPalette {
+    fn new(etag: &str) -> FieldPalette {
+        let owned = |lines: &[&str]| lines.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
+        let mut groups = vec![
+            owned(&[
+                "Host: t\r\n",
+                "host: t:8080\r\n",
+                "HOST:t\r\n",
+                "Host:\r\n",
+                "Host: a\r\nHost: b\r\n",
+                "Host: t \r\n",
+                "Host: \tt\r\n",
+            ]),
+            owned(&[
+                "Connection: close\r\n",
+                "Connection: keep-alive\r\n",
+                "connection: Keep-Alive\r\n",
+                "Connection:  close \r\n",
+                "Connection: keep-alive, close\r\n",
+                "Connection: close,keep-alive\r\n",
+                "Connection: ,\r\n",
+                "Connection:\r\n",
+                "Connection: keep-alive,\r\n",
+                "Connection: keep-alive\r\nConnection: close\r\n",
+                "Connection: closed\r\n",
+                "Connection: te, close\r\n",
+            ]),
+            owned(&[
+                "Range: bytes=0-9\r\n",
+                "Range: bytes=-5\r\n",
+                "Range: bytes=5-\r\n",
+                "Range: bytes=0-1,4-5\r\n",
+                "Range: bytes=9-0\r\n",
+                "Range: bytes=abc\r\n",
+                "Range: bytes = 0-1\r\n",
+                "Range: items=0-1\r\n",
+                "Range: bytes=0-0,-1\r\n",
+                "Range: bytes=999999-\r\n",
+                "Range: bytes=0-9\r\nRange: bytes=2-3\r\n",
+                "range: BYTES=1-2\r\n",
+            ]),
+            vec![
+                format!("If-None-Match: {etag}\r\n"),
+                format!("If-None-Match: {}\r\n", etag.trim_start_matches("W/")),
+                format!("If-None-Match: \"x\", {etag}\r\n"),
+                "If-None-Match: *\r\n".into(),
+                "If-None-Match: \"nope\"\r\n".into(),
+                "If-None-Match: garbage\r\n".into(),
+                format!("If-None-Match: \"x\"\r\nIf-None-Match: {etag}\r\n"),
+            ],
+            vec![
+                "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n".into(),
+                "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n".into(),
+                "If-Modified-Since: yesterday\r\n".into(),
+                "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n".into(),
+                format!("If-Range: {etag}\r\n"),
+                "If-Range: \"other\"\r\n".into(),
+                "If-Range: Fri, 01 Jan 2100 00:00:00 GMT\r\n".into(),
+            ],
+            owned(&[
+                "Origin: https://fitnessally.io\r\n",
+                "Origin: https://app.fitnessally.io\r\n",
+                "Origin: https://evil.example\r\n",
+                "Origin: null\r\n",
+                "Origin:\r\n",
+                "Origin: https://fitnessally.io\r\nOrigin: https://evil.example\r\n",
+                "Access-Control-Request-Method: GET\r\nOrigin: https://fitnessally.io\r\n",
+            ]),
+            owned(&[
+                "X-Request-Id: fixed-id\r\n",
+                "X-Request-Id: \r\n",
+                "X-Request-Id: has space\r\n",
+                "X-Request-Id: ok\r\nX-Request-Id: twice\r\n",
+                "x-request-id: {}<>\"\r\n",
+                "X-Request-Id: \t\r\n",
+            ]),
+            owned(&[
+                "Content-Length: 0\r\n",
+                "Content-Length: 00\r\n",
+                "Content-Length: +0\r\n",
+                "Content-Length: 0, 0\r\n",
+                "Content-Length: 3\r\n\r\nabc",
+                "Transfer-Encoding: chunked\r\n",
+                "Transfer-Encoding: identity\r\n",
+                "Expect: 100-continue\r\n",
+                "Upgrade: h2c\r\n",
+            ]),
+            owned(&[
+                "Accept-Encoding: gzip, br\r\n",
+                "Accept: image/*\r\n",
+                "Authorization: Bearer not.a.token\r\n",
+                "Cookie: a=b\r\n",
+                "X-Forwarded-For: 10.0.0.1\r\n",
+                "X-Empty:\r\n",
+                "X-Tabs:\tv\t\r\n",
+                "X-Odd-!#$%&'*+.^_`|~: v\r\n",
+                "X-Quote: \"a, b\"\r\n",
+                "X-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+                "Te: trailers\r\n",
+                "Keep-Alive: timeout=5\r\n",
+                "Proxy-Connection: keep-alive\r\n",
+            ]),
+        ];
+        // A line the lane leaves to hyper or hyper refuses, rare among the rest.
+        groups.push(owned(&[
+            "X-Fold: a\r\n b\r\n",
+            "X-Bad Name: v\r\n",
+            "X-Colon : v\r\n",
+            ": novalue\r\n",
+            "X-Ctl: a\x01b\r\n",
+            "X-Del: a\x7fb\r\n",
+        ]));
+        FieldPalette { groups }
+    }
+}
+
+/// One generated request (bodies only where a `Content-Length` line carries one).
+fn generated_head(rng: &mut fastrand::Rng, palette: &FieldPalette) -> Vec<u8> {
+    const METHODS: &[&str] = &["GET", "GET", "GET", "HEAD", "HEAD", "POST", "OPTIONS"];
+    const VERSIONS: &[&str] = &["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0"];
+    let id = media_id(7);
+    let targets = [
+        "/media/fitnessally/a.gif".to_owned(),
+        "/media/fitnessally/a.gif?x=1".to_owned(),
+        "/media/fitnessally/a.gif?".to_owned(),
+        "/media/fitnessally/a.gif#frag".to_owned(),
+        "/media/fitnessally/%61.gif".to_owned(),
+        "/media/fitnessally/A.GIF".to_owned(),
+        "/media//fitnessally/a.gif".to_owned(),
+        "/media/fitnessally/./a.gif".to_owned(),
+        "/media/fitnessally/../fitnessally/a.gif".to_owned(),
+        "/media/%2e%2e/secret".to_owned(),
+        "/media/fitnessally/missing.gif".to_owned(),
+        "/media/fitnessally/a.gif?w=1".to_owned(),
+        "/media/fitnessally/big.gif?w=1".to_owned(),
+        format!("/api/media/{id}"),
+        format!("/api/media/{id}?still=1"),
+        format!("/api/media/{id}/info"),
+        "/api/media?id=tone.mp3".to_owned(),
+        "/api/generate/media/tone.mp3".to_owned(),
+        "/api/generate/media/..%2ftone.mp3".to_owned(),
+        "/healthz".to_owned(),
+        "/media/fitnessally/a gif".to_owned(),
+        "/media/fitnessally/a.gif?q=%zz".to_owned(),
+    ];
+    let mut head = format!(
+        "{} {} {}\r\n",
+        METHODS[rng.usize(..METHODS.len())],
+        targets[rng.usize(..targets.len())],
+        VERSIONS[rng.usize(..VERSIONS.len())]
+    );
+    // Each group at most once, in a random order; the last group (the odd lines) rarely.
+    let mut order: Vec<usize> = (0..palette.groups.len()).collect();
+    rng.shuffle(&mut order);
+    let mut body = None;
+    for group in order {
+        let odd = group == palette.groups.len() - 1;
+        if rng.u8(..100) >= if odd { 6 } else { 35 } {
+            continue;
+        }
+        let lines = &palette.groups[group];
+        let line = &lines[rng.usize(..lines.len())];
+        match line.split_once("\r\n\r\n") {
+            // A field line with its body after the head.
+            Some((field, rest)) => {
+                head.push_str(field);
+                head.push_str("\r\n");
+                body = Some(rest.to_owned());
+            }
+            None => head.push_str(line),
+        }
+    }
+    if !head.to_ascii_lowercase().contains("\nx-request-id:") {
+        head.push_str("X-Request-Id: fixed-id\r\n");
+    }
+    head.push_str("\r\n");
+    head.push_str(body.as_deref().unwrap_or_default());
+    head.into_bytes()
+}
