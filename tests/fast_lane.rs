@@ -83,6 +83,17 @@ impl Pair {
         lane
     }
 
+    /// Asks both for `a.gif` (answered alike) and returns its `ETag`.
+    async fn first_etag(&self) -> String {
+        let first = self.same(&get("/media/fitnessally/a.gif", "")).await;
+        first
+            .text
+            .lines()
+            .find_map(|line| line.strip_prefix("etag: "))
+            .expect("an etag")
+            .to_owned()
+    }
+
     async fn stop(self) {
         self.lane.stop().await;
         self.hyper.shutdown().await;
@@ -170,13 +181,7 @@ fn get(target: &str, extra: &str) -> Vec<u8> {
 #[tokio::test]
 async fn the_lanes_answer_byte_for_byte_alike() {
     let pair = Pair::start(|_| {}).await;
-    let first = pair.same(&get("/media/fitnessally/a.gif", "")).await;
-    let etag = first
-        .text
-        .lines()
-        .find_map(|line| line.strip_prefix("etag: "))
-        .expect("an etag")
-        .to_owned();
+    let etag = pair.first_etag().await;
     let id = media_id(7);
     let requests: Vec<Vec<u8>> = vec![
         get("/media/fitnessally/a.gif?x=1", ""),
@@ -508,13 +513,7 @@ async fn shutdown_closes_idle_lane_connections_at_once() {
 #[tokio::test]
 async fn generated_heads_are_answered_alike_by_both_lanes() {
     let pair = Pair::start(|_| {}).await;
-    let first = pair.same(&get("/media/fitnessally/a.gif", "")).await;
-    let etag = first
-        .text
-        .lines()
-        .find_map(|line| line.strip_prefix("etag: "))
-        .expect("an etag")
-        .to_owned();
+    let etag = pair.first_etag().await;
     let seed = std::env::var("OIP_LANE_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
